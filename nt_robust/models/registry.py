@@ -1,0 +1,72 @@
+"""Build a model from a small validated config::
+
+    config = ModelConfig(arch="wrn", depth=16, width=4)
+    model = create_model(config, num_classes=10)
+    variables = init_variables(model, jax.random.key(0), image_shape=(32, 32, 3))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nt_robust.models.small import MLP, SmallCNN
+from nt_robust.models.wide_resnet import WideResNet
+
+ARCHITECTURES = ("wrn", "mlp", "cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """``arch``: "wrn" (WideResNet-depth-width), "mlp" (depth hidden layers of width
+    units) or "cnn" (SmallCNN, channels x width; depth unused). ``input_mean`` /
+    ``input_std``: optional per-channel normalization applied inside the model."""
+
+    arch: str = "wrn"
+    width: int = 1
+    depth: int = 16
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        for name in ("width", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
+        if self.arch == "wrn" and (self.depth - 4) % 6 != 0:
+            raise ValueError(f"model.depth for a WideResNet must be 6n+4 (10, 16, 22, 28, 34, ...), got {self.depth}")
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``WRN-34-10``, ``MLP-2x256``, ``CNNx4``."""
+        if self.arch == "wrn":
+            return f"WRN-{self.depth}-{self.width}"
+        if self.arch == "mlp":
+            return f"MLP-{self.depth}x{self.width}"
+        return f"CNNx{self.width}"
+
+
+def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
+    """The Flax module for ``config``; every model is called as ``model.apply(v, x, train=...)``."""
+    norm = dict(input_mean=config.input_mean, input_std=config.input_std)
+    if config.arch == "wrn":
+        return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes, **norm)
+    if config.arch == "mlp":
+        return MLP(width=config.width, depth=config.depth, num_classes=num_classes, **norm)
+    return SmallCNN(width=config.width, num_classes=num_classes, **norm)
+
+
+def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> Any:
+    """Initialize ``{'params': ..., ['batch_stats': ...]}`` for images of ``image_shape`` (H, W, C)."""
+    return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def count_parameters(params: Any) -> int:
+    """Number of scalars in a parameter tree (BatchNorm running statistics excluded)."""
+    return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))

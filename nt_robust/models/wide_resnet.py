@@ -1,0 +1,78 @@
+"""The WideResNet of the TRADES code, with width as a first-class argument.
+
+WRN-d-k: a 3x3 stem with 16 channels, then three groups of ``n = (d - 4) / 6``
+pre-activation basic blocks with 16k, 32k and 64k channels (strides 1, 2, 2), a final
+BatchNorm + ReLU, global average pooling and a linear classifier. No dropout; no module
+that the forward pass does not use (the TRADES code builds one and never calls it)::
+
+    model = WideResNet(depth=34, width=10, num_classes=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    logits = model.apply(variables, images, train=False)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from nt_robust.models.layers import Normalize, conv_init, linear_init
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    # PyTorch momentum 0.1 is Flax momentum 0.9; eps as in PyTorch.
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation block. When channels change, BN+ReLU feed both the residual branch
+    and the 1x1 shortcut convolution (as in the TRADES code); otherwise the shortcut is
+    the raw input."""
+
+    out_channels: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        equal_in_out = x.shape[-1] == self.out_channels and self.stride == 1
+        activated = nn.relu(_batch_norm(train, "bn1")(x))
+        out = nn.Conv(self.out_channels, (3, 3), strides=self.stride, padding=1,
+                      use_bias=False, kernel_init=conv_init, name="conv1")(activated)
+        out = nn.relu(_batch_norm(train, "bn2")(out))
+        out = nn.Conv(self.out_channels, (3, 3), strides=1, padding=1,
+                      use_bias=False, kernel_init=conv_init, name="conv2")(out)
+        if equal_in_out:
+            shortcut = x
+        else:
+            shortcut = nn.Conv(self.out_channels, (1, 1), strides=self.stride, padding=0,
+                               use_bias=False, kernel_init=conv_init, name="shortcut")(activated)
+        return shortcut + out
+
+
+class WideResNet(nn.Module):
+    """WRN-``depth``-``width``; ``depth`` must be 6n + 4 and ``width`` an integer ≥ 1."""
+
+    depth: int = 34
+    width: int = 10
+    num_classes: int = 10
+    input_mean: Sequence[float] | None = None
+    input_std: Sequence[float] | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if (self.depth - 4) % 6 != 0 or self.depth < 10:
+            raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, ...), got {self.depth}")
+        if int(self.width) != self.width or self.width < 1:
+            raise ValueError(f"WideResNet width must be an integer >= 1, got {self.width}")
+        blocks_per_group = (self.depth - 4) // 6
+        x = Normalize(self.input_mean, self.input_std)(x)
+        x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name="stem")(x)
+        for group, (channels, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
+            for block in range(blocks_per_group):
+                x = BasicBlock(channels * self.width, stride if block == 0 else 1,
+                               name=f"group{group + 1}_block{block + 1}")(x, train)
+        x = nn.relu(_batch_norm(train, "final_bn")(x))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=linear_init,
+                        bias_init=nn.initializers.zeros, name="classifier")(x)
