@@ -1,0 +1,60 @@
+"""Attack losses: per-example objectives that an attack *maximizes*.
+
+Every loss has the signature ``LossFn(logits, target) -> (N,)``; ``target`` is the
+integer labels for ``cross_entropy`` and ``cw_margin`` and the clean logits for
+``kl_to_clean``::
+
+    loss = cross_entropy(logits_fn(x_adv), y)               # (N,)
+    loss = kl_to_clean(logits_fn(x_adv), logits_fn(x))      # TRADES inner maximization
+    loss = cw_margin(logits_fn(x_adv), y)                   # > 0 iff misclassified
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``-log softmax(logits)[y]`` per example."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def kl_to_clean(logits: jax.Array, clean_logits: jax.Array) -> jax.Array:
+    """``KL(p_clean || p_adv)`` per example, as in the TRADES code.
+
+    ``sum_k p_clean_k (log p_clean_k - log p_adv_k)`` (``nn.KLDivLoss`` summed over
+    classes). The clean distribution is a constant target: its gradient is stopped.
+    """
+    clean_logits = jax.lax.stop_gradient(clean_logits)
+    clean_log_probs = jax.nn.log_softmax(clean_logits, axis=-1)
+    adv_log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.exp(clean_log_probs) * (clean_log_probs - adv_log_probs), axis=-1)
+
+
+def best_other_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``max_{j != y} z_j`` per example."""
+    is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+    return jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+
+
+def cw_margin(logits: jax.Array, labels: jax.Array, confidence: float | None = None) -> jax.Array:
+    """Carlini-Wagner margin ``max_{j != y} z_j - z_y`` per example.
+
+    Positive exactly when the example is misclassified. With ``confidence`` = κ the
+    margin is capped at κ (CW's ``max(z_y - max_{j≠y} z_j, -κ)`` written as a loss to
+    maximize): once an example is misclassified by κ, it stops pulling on the attack.
+    """
+    label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    margin = best_other_logit(logits, labels) - label_logit
+    if confidence is not None:
+        margin = jnp.minimum(margin, confidence)
+    return margin
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_to_clean, "cw": cw_margin}

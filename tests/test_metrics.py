@@ -1,0 +1,180 @@
+"""Metrics against hand-computed values, closed forms and the identities of PAPER.md §3."""
+
+import dataclasses
+import itertools
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nt_robust.attacks import FGSM, PGD20
+from nt_robust.metrics import (LipschitzConfig, evaluate, evaluate_batch, evaluate_model, logit_margin,
+                               natural_accuracy, perturbation_stability, robust_accuracy, summarize,
+                               trades_grad_local_lipschitz, yang_local_lipschitz)
+
+# "rbg" keys and fori loops keep CPU compile times short (threefry draws cost ~1 s each to compile).
+SMALL_PGD = dataclasses.replace(PGD20, num_steps=3, loop="fori")
+
+
+def key(seed):
+    return jax.random.key(seed, impl="rbg")
+
+
+def _linear_model(seed, dim, num_classes, scale=1.0):
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(dim, num_classes)).astype(np.float32) * scale
+    bias = (rng.normal(size=num_classes) * 0.1).astype(np.float32)
+    return (lambda x: x.reshape(x.shape[0], -1) @ weights + bias), weights, bias
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(3)(nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1))))
+
+
+def _dataset(seed, n=37, shape=(4, 4, 3), num_classes=3):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n,) + shape, dtype=np.uint8), rng.integers(0, num_classes, n)
+
+
+def test_accuracy_and_stability_from_per_example_arrays():
+    labels = np.array([0, 1, 2, 3])
+    clean = np.array([0, 1, 0, 0])
+    adv = np.array([0, 2, 0, 3])
+    assert natural_accuracy(clean, labels) == 0.5
+    assert robust_accuracy(adv, labels) == 0.5
+    assert perturbation_stability(clean, adv) == 0.5
+    with pytest.raises(ValueError):
+        natural_accuracy(clean, labels[:3])
+    with pytest.raises(ValueError):
+        robust_accuracy(np.array([]), np.array([]))
+
+
+def test_logit_margin_is_label_logit_minus_best_other():
+    logits = np.array([[3.0, 1.0, 2.0], [0.0, 5.0, -1.0]], np.float32)
+    np.testing.assert_allclose(logit_margin(jnp.asarray(logits), jnp.array([0, 2])), [1.0, -6.0])
+
+
+def test_lipschitz_config_defaults_and_validation():
+    yang, trades = LipschitzConfig("yang"), LipschitzConfig("trades_grad")
+    assert (yang.eps, yang.step_size, yang.num_steps, yang.init_std) == (0.01, 0.003, 10, 0.001)
+    assert (trades.eps, trades.step_size, trades.num_steps) == (0.031, 0.007, 10)
+    assert LipschitzConfig(**yang.to_dict()) == yang
+    with pytest.raises(ValueError, match="method"):
+        LipschitzConfig("spectral")
+    with pytest.raises(ValueError, match="eps"):
+        LipschitzConfig("yang", eps=-1.0)
+    with pytest.raises(ValueError, match="init_std"):
+        LipschitzConfig("yang", init_std=float("nan"))
+
+
+def test_yang_lipschitz_of_a_one_dimensional_linear_model_is_exact():
+    # f(x) = x·w + b with scalar x: ‖f(x) − f(x')‖₁ / |x − x'| = ‖w‖₁ for every x' ≠ x, so the search
+    # must return it whatever it visits. Tolerance: x − x' (|·| ≈ 0.01) is a difference of float32
+    # numbers near 0.5, exact to ~3e-8, i.e. ~3e-6 relative.
+    logits_fn, w, _ = _linear_model(0, dim=1, num_classes=6)
+    x = jnp.asarray(np.random.default_rng(1).uniform(0.2, 0.8, (16, 1)), jnp.float32)
+    estimate = jax.jit(lambda x, k: yang_local_lipschitz(logits_fn, x, k, loop="fori"))(x, key(2))
+    np.testing.assert_allclose(estimate, np.abs(w).sum(), rtol=1e-4)
+
+
+def test_yang_lipschitz_of_a_linear_model_is_a_lower_bound_of_the_closed_form():
+    # sup over B∞ of ‖W(x'−x)‖₁/‖x'−x‖∞ = max over sign vectors s of ‖Wᵀs‖₁ (a convex function's max
+    # over the cube is at a vertex), by brute force in 3 dimensions. The sign ascent does not reach
+    # it for d ≥ 2: the ∞-norm's gradient pulls the largest coordinate inwards each step, so the
+    # iterates cycle inside the ball; the estimate is only guaranteed to be a lower bound.
+    logits_fn, w, _ = _linear_model(3, dim=3, num_classes=5)
+    x = jnp.asarray(np.random.default_rng(4).uniform(0.2, 0.8, (64, 3)), jnp.float32)
+    estimate = np.asarray(jax.jit(lambda x, k: yang_local_lipschitz(logits_fn, x, k, loop="fori"))(x, key(5)))
+    closed_form = max(np.abs(np.array(s) @ w).sum() for s in itertools.product([-1.0, 1.0], repeat=3))
+    assert np.all(estimate <= closed_form * (1 + 1e-4))
+    assert np.all(estimate > 0)
+
+
+def test_trades_grad_lipschitz_matches_an_analytic_reference_on_a_linear_model():
+    # For softmax(Wᵀx' + b), ∇ₓ' KL(p(x) ‖ p(x')) = W (p(x') − p(x)); the reference runs the TRADES
+    # inner loop with that formula in float64. The start is the library's draw for restart 0.
+    logits_fn, w, b = _linear_model(6, dim=8, num_classes=4, scale=3.0)
+    x = jnp.asarray(np.random.default_rng(7).uniform(0.0, 1.0, (16, 8)), jnp.float32)
+    config = LipschitzConfig("trades_grad", loop="fori")
+    estimate = jax.jit(lambda x, k: trades_grad_local_lipschitz(logits_fn, x, k, loop="fori"))(x, key(8))
+
+    def probs(v):
+        z = v @ w + b
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    x64 = np.asarray(x, np.float64)
+    noise = np.asarray(jax.random.normal(jax.random.fold_in(key(8), 0), x.shape), np.float64)
+    x_adv = np.clip(np.clip(x64 + config.init_std * noise, x64 - config.eps, x64 + config.eps), 0, 1)
+    largest = np.zeros(len(x64))
+    for _ in range(config.num_steps):
+        grad = (probs(x_adv) - probs(x64)) @ w.T
+        largest = np.maximum(largest, np.abs(grad).sum(-1))
+        x_adv = np.clip(np.clip(x_adv + config.step_size * np.sign(grad), x64 - config.eps, x64 + config.eps), 0, 1)
+    # float32 model vs float64 reference: ~3e-5 relative here (p(x') − p(x) is a difference of close numbers).
+    np.testing.assert_allclose(estimate, largest, rtol=2e-4)
+
+
+def test_zero_eps_gives_robust_accuracy_equal_to_natural_accuracy():
+    logits_fn, _, _ = _linear_model(9, dim=48, num_classes=3)
+    images, labels = _dataset(10)
+    zero = dataclasses.replace(SMALL_PGD, eps=0.0)
+    result = evaluate(logits_fn, images, labels, key(11), zero, batch_size=16)
+    np.testing.assert_array_equal(result.per_example["adv_pred"], result.per_example["clean_pred"])
+    summary = result.summary()
+    assert summary["robust_accuracy"] == summary["natural_accuracy"]
+    assert summary["perturbation_stability"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_robust_accuracy_is_at_least_natural_plus_stability_minus_one(seed):
+    model = MLP()
+    variables = model.init(key(seed), jnp.zeros((1, 4, 4, 3)))
+    images, labels = _dataset(seed)
+    attack = dataclasses.replace(SMALL_PGD, eps=0.3, step_size=0.1)  # large enough to flip predictions
+    summary = evaluate_model(model, variables, images, labels, key(seed), attack, batch_size=16).summary()
+    assert 0 < summary["perturbation_stability"] < 1
+    assert summary["robust_accuracy"] >= summary["natural_accuracy"] + summary["perturbation_stability"] - 1 - 1e-12
+
+
+def test_summary_is_recomputed_from_the_per_example_arrays():
+    model = MLP()
+    variables = model.init(key(12), jnp.zeros((1, 4, 4, 3)))
+    images, labels = _dataset(13)
+    lipschitz = LipschitzConfig("yang", num_steps=2, loop="fori")
+    result = evaluate_model(model, variables, images, labels, key(14), SMALL_PGD, lipschitz, batch_size=16)
+    per_example = result.per_example
+    assert set(per_example) == {"labels", "clean_pred", "adv_pred", "clean_margin", "adv_margin", "lipschitz"}
+    assert all(v.shape == (37,) for v in per_example.values())
+    np.testing.assert_array_equal(per_example["labels"], labels)
+    np.testing.assert_array_equal(per_example["clean_margin"] > 0, per_example["clean_pred"] == labels)
+    summary = result.summary()
+    assert summary == json.loads(json.dumps(summary))  # plain JSON
+    assert {k: summary[k] for k in summarize(per_example)} == summarize(per_example)
+    assert summary["num_examples"] == 37
+    assert summary["natural_accuracy"] == np.mean(per_example["clean_pred"] == labels)
+    assert summary["robust_accuracy"] == np.mean(per_example["adv_pred"] == labels)
+    assert summary["perturbation_stability"] == np.mean(per_example["adv_pred"] == per_example["clean_pred"])
+    assert summary["lipschitz_mean"] == pytest.approx(np.mean(per_example["lipschitz"]), rel=1e-12)
+    assert summary["attack"]["eps"] == 0.031 and summary["lipschitz"]["method"] == "yang"
+    assert summary["bn_mode"] == "eval" and summary["batch_size"] == 16
+
+
+def test_batching_padding_and_input_dtype_do_not_change_deterministic_results():
+    logits_fn, _, _ = _linear_model(15, dim=48, num_classes=3)
+    images, labels = _dataset(16)
+    fgsm = FGSM(0.031)  # no random start: independent of the per-batch keys
+    padded = evaluate(logits_fn, images, labels, key(17), fgsm, batch_size=16)  # 16 + 16 + 5 (padded)
+    whole = evaluate(logits_fn, images.astype(np.float32) / 255, labels, key(17), fgsm, batch_size=64)
+    for name in padded.per_example:
+        np.testing.assert_allclose(padded.per_example[name], whole.per_example[name], rtol=1e-6, atol=1e-6)
+    direct = evaluate_batch(logits_fn, jnp.asarray(images[:16] / 255, jnp.float32), jnp.asarray(labels[:16]),
+                            key(0), fgsm)
+    np.testing.assert_array_equal(direct["adv_pred"], padded.per_example["adv_pred"][:16])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        evaluate(logits_fn, images.astype(np.float32), labels, key(0), fgsm)
