@@ -1,0 +1,121 @@
+"""``nt-robust``: a thin command line over the library.
+
+    nt-robust train --config experiments/quick_fmnist.toml --set objective.lam=12
+    nt-robust eval runs/quick_fmnist --checkpoint best_test --attack cw20
+    nt-robust info
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nt_robust.config import ConfigError, load_config
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING)
+    ours = logging.getLogger("nt_robust")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+    ours.propagate = False
+    for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every file it writes at INFO
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nt-robust", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or resume) one run")
+    train.add_argument("--config", help="TOML file (see experiments/); defaults if omitted")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set objective.lam=12 (repeatable)")
+    train.add_argument("--run-dir", help="run directory (default: runs/<name>)")
+    train.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    dist = train.add_argument_group("multi-process (hosts) training")
+    dist.add_argument("--distributed", action="store_true",
+                      help="call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...)")
+    dist.add_argument("--coordinator", help="host:port of process 0 (explicit cluster)")
+    dist.add_argument("--num-processes", type=int)
+    dist.add_argument("--process-id", type=int)
+    dist.add_argument("--cpu-collectives", choices=["gloo", "mpi"], help="cross-process collectives on CPU")
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint with an attack")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--checkpoint", default="best_test", choices=["best_test", "best_val", "latest"])
+    evaluate.add_argument("--attack", default=None,
+                          help="preset: pgd20, pgd20-0.003, cw20, fgsm (default: the run's eval.attack)")
+    evaluate.add_argument("--split", default="test", choices=["test", "val"])
+    evaluate.add_argument("--examples", type=int, default=None, help="first N examples (default: all)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override eval settings, e.g. --set eval.attack.restarts=5")
+
+    commands.add_parser("info", help="versions and devices")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nt_robust.train import ExperimentConfig
+    from nt_robust.config import to_dict
+
+    config = load_config(ExperimentConfig, args.config, args.overrides)
+    if args.dry_run:
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
+    if args.distributed or args.coordinator:
+        from nt_robust.train.sharding import initialize_distributed
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.cpu_collectives)
+    else:
+        from nt_robust.train.sharding import initialize_distributed_from_env
+        initialize_distributed_from_env()
+    from nt_robust.studies.tables import format_run_table
+    from nt_robust.train import train
+
+    summary = train(config, args.run_dir or Path("runs") / config.name)
+    print(format_run_table([summary]))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from nt_robust.train.evaluate_run import evaluate_run
+
+    result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, attack=args.attack, split=args.split,
+                          examples=args.examples, overrides=args.overrides, progress=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _info() -> int:
+    from nt_robust.environment import environment_info
+
+    print(json.dumps(environment_info(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            return _eval(args)
+        return _info()
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
+        # Our errors say what went wrong and how to fix it; a traceback only with -v.
+        if args.verbose:
+            raise
+        print(f"nt-robust: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

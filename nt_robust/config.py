@@ -1,0 +1,168 @@
+"""Typed, validated configs built from TOML files and ``--set key=value`` overrides.
+
+Every config is a frozen dataclass. :func:`build` turns a nested dict into one, checking
+unknown keys and types and naming the offending field in every error::
+
+    config = load_config(ExperimentConfig, "experiments/quick_fmnist.toml",
+                         overrides=["objective.lam=12", "model.width=4"])
+    to_dict(config)        # plain nested dict, saved as the run's config.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+NONE_STRINGS = ("none", "None", "null")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """Construct dataclass ``cls`` from ``data``; missing keys take the defaults."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a table of settings, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=1)
+            suggestion = f"; did you mean {_join(path, hint[0])!r}?" if hint else ""
+            raise ConfigError(f"unknown config key {_join(path, key)!r}{suggestion} "
+                              f"(known keys here: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name in fields:
+        if name not in data:
+            continue
+        value = data[name]
+        default = fields[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A partial table updates the default section instead of replacing it.
+            value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default)}, **value}
+        kwargs[name] = _coerce(hints[name], value, _join(path, name))
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        prefix = f"{path}: " if path and not message.startswith(path) else ""
+        raise ConfigError(f"{prefix}{message}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples become lists) suitable for JSON."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+    return plain(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"objective.lam=12"`` -> ``(["objective", "lam"], 12)``; values are TOML literals,
+    and anything that is not one is taken as a string (``data.dataset=cifar10``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    keys = [k.strip() for k in key.split(".")]
+    if not all(keys):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of nested ``data`` with each ``a.b=value`` applied. (TOML has no null: for
+    an optional field, the strings ``none``/``null`` mean None.)"""
+    result = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is a value, not a section")
+        node[keys[-1]] = value
+    return result
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None,
+                overrides: list[str] | None = None) -> T:
+    """Read a TOML file (or start from defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {os.fspath(path)!r} does not exist "
+                              "(the ready-made ones are in experiments/)") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
+    return build(cls, apply_overrides(data, overrides or []))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _coerce(annotation: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if type(None) in options and (value is None or value in NONE_STRINGS):
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if dataclasses.is_dataclass(value):
+            return value
+        return build(annotation, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    return value

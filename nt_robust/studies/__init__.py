@@ -1,0 +1,1 @@
+"""Width × λ studies: result tables, reports and figures, read from run directories."""

@@ -1,0 +1,181 @@
+"""The experiment config: every knob of one training run, typed and validated.
+
+Sections mirror the data flow (data -> model -> attack -> objective -> optimizer ->
+loop -> evaluation). Defaults are the paper's TRADES protocol (PAPER.md §4) except
+where a field says otherwise. Load one from a file with overrides::
+
+    from nt_robust.config import load_config
+    config = load_config(ExperimentConfig, "experiments/quick_fmnist.toml", ["objective.lam=9"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from nt_robust.attacks import PGD20, TRADES_TRAIN, AttackConfig
+from nt_robust.models import BN_MODES, ModelConfig
+
+OBJECTIVES = ("natural", "pgd_at", "trades")
+SCHEDULES = ("piecewise", "cosine", "late_halving", "constant")
+LIPSCHITZ_METHODS = ("yang", "trades_grad", "none")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{field} {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``val_size`` examples are carved from the training set (seeded by ``split_seed``)
+    for checkpoint selection; ``train_subset`` keeps the first N examples of the
+    (shuffled) remaining training split for quick runs (None: all). How much of the
+    validation and test sets is evaluated each epoch is set in ``eval``."""
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    val_size: int = 1000
+    split_seed: int = 0
+    train_subset: int | None = None
+    crop_padding: int = 4
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.dataset in DATASETS, "data.dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        _require(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size}")
+        _require(self.crop_padding >= 0, "data.crop_padding", f"must be >= 0, got {self.crop_padding}")
+        _require(self.train_subset is None or self.train_subset >= 1, "data.train_subset",
+                 f"must be >= 1 or none, got {self.train_subset}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """``kind``: "natural" (cross-entropy), "pgd_at" (Eq. 1: CE(x) + lam·(CE(x̂) − CE(x)),
+    lam = 1 is Madry's PGD-AT) or "trades" (CE(x) + lam·KL(p(x) ‖ p(x̂))).
+
+    ``lam`` is the weight on the robust regularizer: for TRADES it is the TRADES *code's*
+    ``beta`` (default 6), not the TRADES paper's λ = 1/beta. ``clip_regularizer`` (pgd_at
+    only) uses the authors' code variant lam·(max(CE(x̂), CE(x)) − CE(x)).
+    ``attack_bn_mode``: BatchNorm statistics while the inner attack runs ("eval", as in
+    TRADES and the paper's code, or "train")."""
+
+    kind: str = "trades"
+    lam: float = 6.0
+    clip_regularizer: bool = False
+    attack_bn_mode: str = "eval"
+
+    def __post_init__(self) -> None:
+        _require(self.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {self.kind!r}")
+        _require(self.lam >= 0 and self.lam == self.lam and self.lam != float("inf"),
+                 "objective.lam", f"must be a finite number >= 0, got {self.lam}")
+        _require(self.attack_bn_mode in BN_MODES, "objective.attack_bn_mode",
+                 f"must be one of {BN_MODES}, got {self.attack_bn_mode!r}")
+        _require(not self.clip_regularizer or self.kind == "pgd_at", "objective.clip_regularizer",
+                 "only applies to kind = 'pgd_at'")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum; weight decay is added to the gradient of *all* weights before
+    momentum, as in PyTorch's SGD used by TRADES. Schedules: "piecewise" (× ``decay`` at
+    each epoch in ``milestones``), "cosine", "late_halving" (the authors' code: halve the
+    rate every epoch from ``late_halving_start`` × epochs on; our reading) or "constant".
+    ``ema_decay``: keep an exponential moving average of the weights (None: off)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 2e-4
+    schedule: str = "piecewise"
+    milestones: tuple[int, ...] = (75, 90)
+    decay: float = 0.1
+    late_halving_start: float = 0.75
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        _require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
+                 "optim.milestones", f"must be increasing positive epochs, got {list(self.milestones)}")
+        _require(0 < self.decay <= 1, "optim.decay", f"must be in (0, 1], got {self.decay}")
+        _require(0 <= self.late_halving_start <= 1, "optim.late_halving_start",
+                 f"must be a fraction of training in [0, 1], got {self.late_halving_start}")
+        _require(self.ema_decay is None or 0 < self.ema_decay < 1, "optim.ema_decay",
+                 f"must be in (0, 1) or none, got {self.ema_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Per-epoch evaluation on ``val_examples`` of the held-out split and ``test_examples``
+    of the test set (None: all) with ``attack`` (default the paper's PGD-20) and a local
+    Lipschitz estimate (PAPER.md §3: "yang" on logits, "trades_grad" = the authors'
+    logging, or "none"); ``lipschitz_eps`` None takes the method's default ε."""
+
+    attack: AttackConfig = PGD20
+    lipschitz: str = "yang"
+    lipschitz_eps: float | None = None
+    val_examples: int | None = 1000
+    test_examples: int | None = 1000
+    batch_size: int = 256
+    every_epochs: int = 1
+    bn_mode: str = "eval"
+
+    def __post_init__(self) -> None:
+        _require(self.lipschitz in LIPSCHITZ_METHODS, "eval.lipschitz",
+                 f"must be one of {LIPSCHITZ_METHODS}, got {self.lipschitz!r}")
+        _require(self.lipschitz_eps is None or self.lipschitz_eps > 0, "eval.lipschitz_eps",
+                 f"must be > 0 or none, got {self.lipschitz_eps}")
+        for name in ("val_examples", "test_examples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"eval.{name}", f"must be >= 0 or none, got {value}")
+        _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.every_epochs >= 1, "eval.every_epochs", f"must be >= 1, got {self.every_epochs}")
+        _require(self.bn_mode in BN_MODES, "eval.bn_mode", f"must be one of {BN_MODES}, got {self.bn_mode!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """``batch_size`` is the *global* batch, split evenly over all devices of all hosts.
+    ``checkpoint_every_steps`` adds mid-epoch checkpoints (0: only at epoch ends);
+    ``keep_checkpoints`` recent ones are kept, plus the best by validation and by test."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+                 f"must be >= 0, got {self.checkpoint_every_steps}")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One training run. ``train_attack`` is the inner maximization (default TRADES':
+    ℓ∞ ε = 0.031, 10 steps of 0.007 from x + 0.001·N(0, I), KL loss; for pgd_at use
+    ``loss = "ce"``). ε is stored exactly as written."""
+
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig(arch="wrn", width=10, depth=34)
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train_attack: AttackConfig = TRADES_TRAIN
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    train: LoopConfig = LoopConfig()
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        expected_loss = {"trades": "kl", "pgd_at": "ce"}.get(self.objective.kind)
+        if expected_loss and self.train_attack.loss != expected_loss:
+            raise ValueError(f"train_attack.loss is {self.train_attack.loss!r} but objective.kind "
+                             f"{self.objective.kind!r} maximizes {expected_loss!r}: set "
+                             f"train_attack.loss = \"{expected_loss}\"")

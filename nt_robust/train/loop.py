@@ -1,0 +1,314 @@
+"""The training loop: epochs of sharded train steps, per-epoch evaluation, checkpoints.
+
+    from nt_robust.train import train
+    summary = train(config, "runs/my_run")      # resumes if runs/my_run holds this config
+
+Everything a resume needs is in the checkpoint (the state, plus the epoch, the position
+within it, the epoch's running sums and the best results so far); the data order of an
+epoch is a function of (seed, epoch). So a run killed at any point and resumed ends
+with the same numbers as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from nt_robust.config import to_dict
+from nt_robust.environment import environment_info
+from nt_robust.metrics import summarize
+from nt_robust.models import count_parameters, create_model, init_variables
+from nt_robust.train.checkpoints import Checkpointer
+from nt_robust.train.config import ExperimentConfig
+from nt_robust.train.data import Splits, epoch_order, prepare_splits
+from nt_robust.train.evaluation import Evaluator
+from nt_robust.train.optim import make_optimizer, make_schedule
+from nt_robust.train.run_dir import RunDirectory
+from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
+                                      replicate, replicated_sharding)
+from nt_robust.train.state import TrainState, create_train_state, model_variables
+from nt_robust.train.step import init_key, make_train_step
+
+log = logging.getLogger("nt_robust.train")
+
+TRAIN_METRICS = ("loss", "natural_loss", "regularizer", "accuracy", "grad_norm")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the parameters stopped being finite."""
+
+
+@dataclasses.dataclass
+class Progress:
+    """The host-side part of the training state, saved in every checkpoint's record."""
+
+    epoch: int = 0                    # the epoch in progress (0-based)
+    batch: int = 0                    # next batch within it
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    steps_in_sums: int = 0
+    epoch_seconds: float = 0.0
+    best_val: dict[str, Any] | None = None
+    best_test: dict[str, Any] | None = None
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _prefixed(prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in summary.items()}
+
+
+class Trainer:
+    """Holds what one run needs; :func:`train` is the usual entry point."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path):
+        self.config = config
+        self.is_main = jax.process_index() == 0
+        self.run = RunDirectory(run_dir)
+        check_divisible(config.train.batch_size, "train.batch_size")
+        self.mesh = data_mesh()
+        self.splits: Splits = prepare_splits(config.data)
+        self.steps_per_epoch = len(self.splits.train_images) // config.train.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"train.batch_size = {config.train.batch_size} exceeds the "
+                             f"{len(self.splits.train_images)} training examples")
+        self.model = create_model(config.model, self.splits.num_classes)
+        self.optimizer = make_optimizer(config.optim, config.train.epochs, self.steps_per_epoch)
+        self.schedule = make_schedule(config.optim, config.train.epochs, self.steps_per_epoch)
+        rep, batch = replicated_sharding(self.mesh), batch_sharding(self.mesh)
+        self.train_step = jax.jit(make_train_step(self.model, config, self.optimizer),
+                                  in_shardings=(rep, batch, batch), out_shardings=(rep, rep),
+                                  donate_argnums=0)
+        self.all_finite = jax.jit(_all_finite)
+        self.evaluator = Evaluator(self.model, config.eval, self.mesh, seed=config.train.seed)
+
+    def initial_state(self) -> TrainState:
+        variables = init_variables(self.model, init_key(self.config.train.seed), self.splits.image_shape)
+        state = create_train_state(variables, self.optimizer, self.config.objective.lam,
+                                   use_ema=self.config.optim.ema_decay is not None)
+        return replicate(state, self.mesh)
+
+    def restore(self, kind: str = "latest") -> tuple[TrainState, dict[str, Any]]:
+        """The state saved in checkpoint ``kind`` ("latest", "best_val" or "best_test")."""
+        checkpoints = Checkpointer(self.run.checkpoint_dir, keep=self.config.train.keep_checkpoints)
+        try:
+            restored = checkpoints.restore(kind, self.initial_state())
+        finally:
+            checkpoints.close()
+        if restored is None:
+            raise FileNotFoundError(f"{self.run.checkpoint_dir / kind} holds no checkpoint yet "
+                                    "(best_val needs data.val_size > 0; best_test needs eval.test_examples > 0)")
+        return restored
+
+    def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Train to the end (or until ``stop_after_steps`` optimizer steps, for tests)."""
+        config, run = self.config, self.run
+        resumed = run.claim(to_dict(config), environment_info(), write=self.is_main)
+        state = self.initial_state()
+        checkpoints = Checkpointer(run.checkpoint_dir, keep=config.train.keep_checkpoints)
+        progress = Progress()
+        restored = checkpoints.restore("latest", state)
+        if restored is not None:
+            state, record = restored
+            progress = Progress(**record["progress"])
+            log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, progress.epoch + 1,
+                     progress.batch, int(state.step))
+        elif resumed:
+            log.info("%s has a config but no checkpoint yet: starting from scratch", run.root)
+        rows = [r for r in run.read_metrics() if r["epoch"] <= progress.epoch]
+        self._log_start(state)
+        try:
+            state = self._epochs(state, progress, rows, checkpoints, stop_after_steps)
+        finally:
+            checkpoints.close()
+        if progress.epoch < config.train.epochs:
+            return {"stopped_at_step": int(state.step)}
+        return self._finish(state, progress, rows)
+
+    def _log_start(self, state: TrainState) -> None:
+        c = self.config
+        log.info("%s %s on %s: %d train / %d val / %d test examples, %d steps per epoch, %s params",
+                 c.objective.kind, c.model.label, c.data.dataset, len(self.splits.train_images),
+                 len(self.splits.val_images), len(self.splits.test_images), self.steps_per_epoch,
+                 f"{count_parameters(state.params):,}")
+        log.info("lam = %g, train attack eps = %r, eval attack eps = %r, %d device(s) on %d process(es) [%s]",
+                 c.objective.lam, c.train_attack.eps, c.eval.attack.eps, jax.device_count(),
+                 jax.process_count(), jax.default_backend())
+
+    def _epochs(self, state: TrainState, progress: Progress, rows: list[dict[str, Any]],
+                checkpoints: Checkpointer, stop_after_steps: int | None) -> TrainState:
+        config, splits = self.config, self.splits
+        batch_size, epochs = config.train.batch_size, config.train.epochs
+        rows_of_process = process_rows(batch_size)
+        every = config.train.checkpoint_every_steps
+        run_start = time.time()
+        while progress.epoch < epochs:
+            epoch_start = time.time() - progress.epoch_seconds
+            order = epoch_order(config.train.seed, progress.epoch, len(splits.train_images))
+            bar = tqdm(total=self.steps_per_epoch, initial=progress.batch, unit="step", leave=False,
+                       desc=f"epoch {progress.epoch + 1}/{epochs}",
+                       disable=not (config.train.progress and self.is_main))
+            pending = None
+            while progress.batch < self.steps_per_epoch:
+                indices = order[progress.batch * batch_size:(progress.batch + 1) * batch_size][rows_of_process]
+                state, metrics = self.train_step(state, global_batch(splits.train_images[indices], self.mesh),
+                                                 global_batch(splits.train_labels[indices], self.mesh))
+                if pending is not None:  # read step i-1 while step i runs
+                    self._accumulate(progress, pending, bar)
+                pending = (metrics, int(state.step))
+                progress.batch += 1
+                bar.update(1)
+                at_checkpoint = every and int(state.step) % every == 0
+                at_stop = stop_after_steps is not None and int(state.step) >= stop_after_steps
+                if at_checkpoint or at_stop:
+                    self._accumulate(progress, pending, bar)
+                    pending = None
+                    progress.epoch_seconds = time.time() - epoch_start
+                    self._check_params(state, progress)
+                    checkpoints.save("latest", state, {"progress": dataclasses.asdict(progress)})
+                if at_stop:
+                    bar.close()
+                    return state
+            if pending is not None:
+                self._accumulate(progress, pending, bar)
+            bar.close()
+            self._check_params(state, progress)
+            train_seconds = time.time() - epoch_start
+            row = self._end_of_epoch(state, progress, checkpoints, train_seconds)
+            rows.append(row)
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            progress.sums, progress.steps_in_sums, progress.epoch_seconds = {}, 0, 0.0
+            checkpoints.save("latest", state, {"progress": dataclasses.asdict(progress)})
+            if self.is_main:
+                self.run.write_metrics(rows)
+            elapsed = time.time() - run_start
+            done_here = progress.epoch - (rows[0]["epoch"] - 1 if rows else 0)
+            remaining = (epochs - progress.epoch) * elapsed / max(1, done_here)
+            log.info("epoch %d/%d  %s  (%.0f s; about %s left)", progress.epoch, epochs,
+                     self._describe(row), row["epoch_seconds"], _duration(remaining))
+        return state
+
+    def _accumulate(self, progress: Progress, pending: tuple[dict[str, jax.Array], int], bar: tqdm) -> None:
+        metrics, step = pending
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(values["loss"]):
+            raise TrainingDivergedError(
+                f"the training loss became {values['loss']} at step {step} (epoch {progress.epoch + 1}); "
+                f"nothing after the last good checkpoint was saved ({self.run.checkpoint_dir / 'latest'}). "
+                "Lower optim.lr or objective.lam, or check the data, then rerun to resume from it.")
+        for name in TRAIN_METRICS:
+            progress.sums[name] = progress.sums.get(name, 0.0) + values[name]
+        progress.steps_in_sums += 1
+        bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['accuracy']:.3f}", refresh=False)
+
+    def _check_params(self, state: TrainState, progress: Progress) -> None:
+        if not bool(self.all_finite((state.params, state.batch_stats))):
+            raise TrainingDivergedError(
+                f"parameters stopped being finite in epoch {progress.epoch + 1} (step {int(state.step)}); "
+                f"the last good checkpoint in {self.run.checkpoint_dir / 'latest'} was kept. "
+                "Lower optim.lr or objective.lam and rerun to resume from it.")
+
+    def _evaluate(self, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
+        c = self.config.eval
+        variables = model_variables(state, use_ema=self.config.optim.ema_decay is not None)
+        results = {}
+        for split, images, labels, limit in (("val", self.splits.val_images, self.splits.val_labels, c.val_examples),
+                                             ("test", self.splits.test_images, self.splits.test_labels,
+                                              c.test_examples)):
+            if len(images) and (limit is None or limit > 0):
+                results[split] = self.evaluator(variables, images, labels, limit)
+        return results
+
+    def _end_of_epoch(self, state: TrainState, progress: Progress, checkpoints: Checkpointer,
+                      train_seconds: float) -> dict[str, Any]:
+        config = self.config
+        epoch = progress.epoch + 1
+        n = max(1, progress.steps_in_sums)
+        row: dict[str, Any] = {"epoch": epoch, "step": int(state.step),
+                               "lr": float(self.schedule(int(state.step) - 1)), "lam": float(state.lam),
+                               **{f"train_{k}": v / n for k, v in progress.sums.items()},
+                               "train_seconds": train_seconds}
+        if epoch % config.eval.every_epochs == 0 or epoch == config.train.epochs:
+            eval_start = time.time()
+            results = self._evaluate(state)
+            row["eval_seconds"] = time.time() - eval_start
+            for split, per_example in results.items():
+                row.update(_prefixed(split, summarize(per_example)))
+            for selection, split in (("best_val", "val"), ("best_test", "test")):
+                if split not in results:
+                    continue
+                best = getattr(progress, selection)
+                robust = row[f"{split}_robust_accuracy"]
+                if best is None or robust > best[f"{split}_robust_accuracy"]:
+                    setattr(progress, selection, {k: v for k, v in row.items() if k.startswith(("epoch", "val_", "test_"))})
+                    checkpoints.save(selection, state, {"progress": dataclasses.asdict(progress)})
+                    if self.is_main:
+                        for name, per_example in results.items():
+                            self.run.save_eval(f"{selection}_{name}", per_example)
+            if self.is_main and epoch == config.train.epochs:
+                for name, per_example in results.items():
+                    self.run.save_eval(f"final_{name}", per_example)
+        row["epoch_seconds"] = train_seconds + row.get("eval_seconds", 0.0)
+        return row
+
+    @staticmethod
+    def _describe(row: dict[str, Any]) -> str:
+        parts = [f"loss {row['train_loss']:.4f}"]
+        for split in ("val", "test"):
+            if f"{split}_natural_accuracy" in row:
+                parts.append(f"{split} nat {row[f'{split}_natural_accuracy']:.3f} "
+                             f"rob {row[f'{split}_robust_accuracy']:.3f} "
+                             f"stab {row[f'{split}_perturbation_stability']:.3f}")
+        return " | ".join(parts)
+
+    def _finish(self, state: TrainState, progress: Progress, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        config = self.config
+        summary = {
+            "name": config.name,
+            "model": config.model.label,
+            "objective": config.objective.kind,
+            "lam": config.objective.lam,
+            "dataset": config.data.dataset,
+            "seed": config.train.seed,
+            "epochs": config.train.epochs,
+            "steps": int(state.step),
+            "train_attack_eps": config.train_attack.eps,
+            "eval_attack": config.eval.attack.to_dict(),
+            "lipschitz": None if self.evaluator.lipschitz is None else self.evaluator.lipschitz.to_dict(),
+            "data": self.splits.metadata,
+            "final": rows[-1] if rows else None,
+            "selected_by_val_robust_accuracy": progress.best_val,
+            "selected_by_test_robust_accuracy_paper_protocol": progress.best_test,
+            "train_seconds_total": sum(r["epoch_seconds"] for r in rows),
+            "devices": jax.device_count(),
+            "backend": jax.default_backend(),
+        }
+        if self.is_main:
+            self.run.write_summary(summary)
+        return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def train(config: ExperimentConfig, run_dir: str | Path, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir``; returns its summary."""
+    return Trainer(config, run_dir).fit(stop_after_steps)
+

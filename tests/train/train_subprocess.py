@@ -1,0 +1,73 @@
+"""Run a short training in a fresh process (device count, distributed setup and crashes
+need their own process). Used by the tests; not a test itself.
+
+    python train_subprocess.py RUN_DIR OUT.npz '["model.arch=mlp", ...]' [--kill-after-steps N]
+        [--coordinator HOST:PORT --num-processes P --process-id I]
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+parser = argparse.ArgumentParser()
+parser.add_argument("run_dir")
+parser.add_argument("out")
+parser.add_argument("overrides")
+parser.add_argument("--kill-after-steps", type=int)
+parser.add_argument("--coordinator")
+parser.add_argument("--num-processes", type=int)
+parser.add_argument("--process-id", type=int)
+args = parser.parse_args()
+
+import jax  # noqa: E402  (after XLA_FLAGS from the parent's environment)
+import numpy as np  # noqa: E402
+
+if args.coordinator:
+    from nt_robust.train.sharding import initialize_distributed
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id, cpu_collectives="gloo")
+
+from nt_robust.config import load_config  # noqa: E402
+from nt_robust.train import ExperimentConfig, Trainer  # noqa: E402
+
+config = load_config(ExperimentConfig, None, json.loads(args.overrides))
+trainer = Trainer(config, args.run_dir)
+if args.kill_after_steps is not None:
+    original_step, calls = trainer.train_step, [0]
+
+    def step_then_die(*a):
+        out = original_step(*a)
+        calls[0] += 1
+        if calls[0] == args.kill_after_steps:
+            jax.block_until_ready(out)
+            os.kill(os.getpid(), signal.SIGKILL)  # an unclean death, as from the OOM killer
+        return out
+
+    trainer.train_step = step_then_die
+
+summary = trainer.fit()
+state, _ = trainer.restore("latest")
+leaves = {f"leaf{i}": np.asarray(leaf) for i, leaf in
+          enumerate(jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state)))}
+
+# One TRADES step (2 inner ℓ∞ steps) from the trained state on the first 32 examples,
+# through the same sharded jit the trainer uses.
+from nt_robust.train.sharding import global_batch, process_rows  # noqa: E402
+from nt_robust.train.step import make_train_step  # noqa: E402
+
+trades = load_config(ExperimentConfig, None, json.loads(args.overrides) + [
+    "objective.kind=trades", "train_attack.loss=kl", "train_attack.norm=linf", "train_attack.eps=0.031",
+    "train_attack.step_size=0.007", "train_attack.start=gaussian"])
+step = jax.jit(make_train_step(trainer.model, trades, trainer.optimizer))  # shardings from the inputs
+rows = process_rows(32)
+images, labels = trainer.splits.train_images[:32][rows], trainer.splits.train_labels[:32][rows]
+adv_state, adv_metrics = step(state, global_batch(images, trainer.mesh), global_batch(labels, trainer.mesh))
+leaves.update({f"adv_leaf{i}": np.asarray(leaf) for i, leaf in
+               enumerate(jax.tree_util.tree_leaves((adv_state.params, adv_state.batch_stats)))})
+leaves["adv_loss"] = np.asarray(adv_metrics["loss"])
+if jax.process_index() == 0:
+    np.savez(args.out, **leaves)
+    print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                      "final": summary["final"]}))
+sys.stdout.flush()
