@@ -39,7 +39,7 @@ def format_run_table(summaries: Sequence[dict[str, Any]], split: str = "test") -
             record = summary.get(key)
             if not record or f"{split}_natural_accuracy" not in record:
                 continue
-            rows.append([summary["model"], summary["objective"], summary["lam"], rule_name, record["epoch"],
+            rows.append([summary["model"], summary["objective"], f"{summary['lam']:g}", rule_name, record["epoch"],
                          *(record.get(f"{split}_{metric}") for _, metric in COLUMNS)])
     header = ["model", "objective", "lam", "checkpoint", "epoch", *(f"{split} {name}" for name, _ in COLUMNS)]
     return format_table(header, rows)

@@ -1,0 +1,117 @@
+"""Guards (config validation, NaN stop, run-directory and checkpoint mismatches) and the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nt_robust import io
+from nt_robust.cli import main
+from nt_robust.config import ConfigError, load_config
+from nt_robust.train import ExperimentConfig, RunConfigMismatchError, Trainer, TrainingDivergedError, train
+
+TINY = ["data.dataset=synthetic", "data.val_size=64", "data.crop_padding=1", "model.arch=mlp",
+        "model.width=16", "model.depth=1", "train.batch_size=64", "train.epochs=2", "train_attack.num_steps=2",
+        "eval.attack.num_steps=3", "eval.val_examples=64", "eval.test_examples=64", "eval.batch_size=64",
+        "train.progress=false", "optim.lr=0.05"]
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train_attack.eps=-0.1", "eps"), ("eval.attack.eps=-1", "eps"), ("objective.lam=-1", "objective.lam"),
+    ("model.width=0", "model.width"), ("model.widht=4", "model.widht"), ("train.epochs='ten'", "train.epochs"),
+    ("train.batch_size=1.5", "train.batch_size"), ("data.dataset=imagenet", "data.dataset"),
+    ("objective.kind=madry", "objective.kind"), ("optim.milestones=[90, 75]", "optim.milestones"),
+    ("data.flip=1", "data.flip"), ("objective.kind=pgd_at", "train_attack.loss"),
+])
+def test_invalid_config_fails_before_any_work_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(ExperimentConfig, None, [override])
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError, match="did you mean 'model.width'"):
+        load_config(ExperimentConfig, None, ["model.widht=4"])
+
+
+def test_config_file_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(ExperimentConfig, tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nwidth = 2")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(ExperimentConfig, bad)
+
+
+def test_shipped_experiment_configs_are_valid():
+    for path in Path(__file__).parents[2].joinpath("experiments").glob("*.toml"):
+        load_config(ExperimentConfig, path)
+
+
+def test_nan_guard_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = load_config(ExperimentConfig, None, TINY + ["objective.kind=natural", "optim.lr=1e6",
+                                                         "optim.momentum=0.0", "train.checkpoint_every_steps=1"])
+    with pytest.raises(TrainingDivergedError, match="became|stopped being finite") as error:
+        train(config, tmp_path / "run")
+    assert "last good checkpoint" in str(error.value)
+    state, _ = Trainer(config, tmp_path / "run").restore("latest")
+    for leaf in np.asarray(state.params["classifier"]["kernel"]), np.asarray(state.params["hidden1"]["kernel"]):
+        assert np.all(np.isfinite(leaf))
+
+
+def test_run_directory_with_another_config_is_never_overwritten(tmp_path):
+    config = load_config(ExperimentConfig, None, TINY + ["train.epochs=1"])
+    train(config, tmp_path / "run")
+    before = (tmp_path / "run" / "summary.json").read_bytes()
+    other = load_config(ExperimentConfig, None, TINY + ["train.epochs=1", "objective.lam=9"])
+    with pytest.raises(RunConfigMismatchError, match="objective.lam"):
+        train(other, tmp_path / "run")
+    assert (tmp_path / "run" / "summary.json").read_bytes() == before
+
+
+def test_cli_train_then_eval_writes_a_complete_run_directory(tmp_path, capsys):
+    run_dir = tmp_path / "cli_run"
+    args = ["train", "--run-dir", str(run_dir)] + [a for o in TINY for a in ("--set", o)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "best test-robust" in table and "MLP-1x16" in table
+    config = io.read_json(run_dir / "config.json")
+    assert config["train_attack"]["eps"] == 0.031 and config["objective"]["lam"] == 6.0
+    environment = io.read_json(run_dir / "environment.json")
+    assert environment["packages"]["jax"] and environment["device_count"] >= 1
+    rows = io.read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("lam", "train_natural_loss", "train_regularizer", "test_robust_accuracy",
+                "val_perturbation_stability", "test_lipschitz_mean"):
+        assert key in rows[-1]
+    summary = io.read_json(run_dir / "summary.json")
+    best = summary["selected_by_test_robust_accuracy_paper_protocol"]
+    assert best["test_robust_accuracy"] == max(r["test_robust_accuracy"] for r in rows)
+    # Summaries are recomputable from the per-example arrays.
+    final = io.load_arrays(run_dir / "eval" / "final_test.npz")
+    assert np.mean(final["adv_pred"] == final["labels"]) == pytest.approx(rows[-1]["test_robust_accuracy"])
+
+    assert main(["eval", str(run_dir), "--attack", "cw20", "--examples", "32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["attack"]["loss"] == "cw" and result["num_examples"] == 32
+    assert (run_dir / "eval" / "best_test_test_cw20.npz").exists()
+    # eps 0 cannot lower accuracy below natural: robust == natural
+    assert main(["eval", str(run_dir), "--set", "eval.attack.eps=0.0", "--examples", "64"]) == 0
+    zero = json.loads(capsys.readouterr().out)
+    assert zero["robust_accuracy"] == zero["natural_accuracy"]
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    assert main(["train", "--set", "model.width=0", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "model.width" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_batch_size_not_dividing_devices_is_a_clear_error(monkeypatch, tmp_path):
+    import jax
+    monkeypatch.setattr(jax, "device_count", lambda: 3)
+    config = load_config(ExperimentConfig, None, TINY)
+    with pytest.raises(ValueError, match="does not divide over 3 devices"):
+        Trainer(config, tmp_path / "run")
