@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nt_robust.config import ConfigError, load_config
+from nt_robust.environment import enable_compilation_cache
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override eval settings, e.g. --set eval.attack.restarts=5")
 
+    study = commands.add_parser("study", help="width × λ sweeps: run, list, estimate, report")
+    study.add_argument("spec", help="study spec TOML (see experiments/study_*.toml)")
+    study.add_argument("--list", action="store_true", help="list the runs with their index and status")
+    study.add_argument("--index", type=int, help="run only this run (a cluster job array's task id)")
+    study.add_argument("--stage", choices=["grid", "war"], help="run only this stage")
+    study.add_argument("--estimate", action="store_true", help="time a few steps per width, print the cost, stop")
+    study.add_argument("--no-estimate", action="store_true", help="skip the cost estimate before running")
+    study.add_argument("--report", action="store_true", help="only aggregate, draw figures and write the report")
+    study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
+    study.add_argument("--figures-dir", help="where figures and report.md go (default figures/<name>)")
+
     commands.add_parser("info", help="versions and devices")
     return parser
 
@@ -93,6 +105,30 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from nt_robust.studies.pipeline import build_report, estimate_cost, format_estimate, run_study
+    from nt_robust.studies.sweep import load_study, run_index
+    from nt_robust.studies.tables import format_table
+
+    study = load_study(args.spec, args.runs_root)
+    if args.list:
+        rows = [[r.index, r.stage, r.name, "finished" if study.is_finished(r) else
+                 ("started" if study.run_dir(r).exists() else "pending")] for r in study.runs()]
+        print(format_table(["index", "stage", "run", "status"], rows))
+        return 0
+    if args.index is not None:
+        run_index(study, args.index)
+        return 0
+    if args.estimate or not (args.report or args.no_estimate):
+        print(format_estimate(estimate_cost(study)), flush=True)
+        if args.estimate:
+            return 0
+    if not args.report:
+        run_study(study, args.stage)
+    print(f"report: {build_report(study, args.figures_dir)}")
+    return 0
+
+
 def _info() -> int:
     from nt_robust.environment import environment_info
 
@@ -103,11 +139,15 @@ def _info() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.command != "info":
+        enable_compilation_cache()
     try:
         if args.command == "train":
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "study":
+            return _study(args)
         return _info()
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
         # Our errors say what went wrong and how to fix it; a traceback only with -v.

@@ -1,12 +1,15 @@
-"""What a run was computed with: versions, devices, processes, git commit.
+"""What a run is computed with: versions, devices, processes, git commit; and the
+persistent compilation cache.
 
     info = environment_info()      # saved as RUN_DIR/environment.json
+    enable_compilation_cache()     # what the CLI does at start-up
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -57,3 +60,15 @@ def environment_info() -> dict[str, Any]:
         "process_count": jax.process_count(),
         "process_index": jax.process_index(),
     }
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across processes (runs of a sweep that differ only in
+    λ or seed share programs). ``NT_ROBUST_COMPILATION_CACHE=off`` disables it; any other
+    value is the cache directory (default ``~/.cache/nt_robust/xla``)."""
+    setting = os.environ.get("NT_ROBUST_COMPILATION_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    jax.config.update("jax_compilation_cache_dir", setting or str(cache_home / "nt_robust" / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

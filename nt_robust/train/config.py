@@ -158,6 +158,40 @@ class LoopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WarConfig:
+    """WAR (Width Adjusted Regularization), *our reconstruction* (PAPER.md §6: the paper's
+    exact rule is unknown). A small network tuned at λ_s reaches a ratio
+    ρ_s = λ·R_rob / R_nat between its weighted robust regularizer and its natural risk
+    (mean over its epochs). A wider network trained with WAR starts at λ_s
+    (``objective.lam``) and, after each epoch from ``warmup_epochs`` on, sets
+    λ = clip(ρ_s · R̄_nat / R̄_rob, min_lam, max_lam) with R̄ exponential moving averages
+    (``momentum``) of its own per-epoch training terms, so the ratio stays at ρ_s.
+    ``target_ratio`` gives ρ_s directly; otherwise ``reference_run`` names the small
+    model's run directory to read it from. ``min_lam`` None means λ_s: WAR never goes
+    below the small model's λ."""
+
+    enabled: bool = False
+    target_ratio: float | None = None
+    reference_run: str | None = None
+    momentum: float = 0.5
+    warmup_epochs: int = 1
+    min_lam: float | None = None
+    max_lam: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            _require((self.target_ratio is None) != (self.reference_run is None), "war.target_ratio",
+                     "or war.reference_run must be set (exactly one) when war.enabled = true")
+        _require(self.target_ratio is None or self.target_ratio > 0, "war.target_ratio",
+                 f"must be > 0, got {self.target_ratio}")
+        _require(0 <= self.momentum < 1, "war.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.warmup_epochs >= 1, "war.warmup_epochs", f"must be >= 1, got {self.warmup_epochs}")
+        _require(self.min_lam is None or self.min_lam >= 0, "war.min_lam", f"must be >= 0, got {self.min_lam}")
+        _require(self.max_lam > 0 and (self.min_lam is None or self.max_lam >= self.min_lam), "war.max_lam",
+                 f"must be > 0 and >= war.min_lam, got {self.max_lam}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One training run. ``train_attack`` is the inner maximization (default TRADES':
     ℓ∞ ε = 0.031, 10 steps of 0.007 from x + 0.001·N(0, I), KL loss; for pgd_at use
@@ -171,8 +205,11 @@ class ExperimentConfig:
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     train: LoopConfig = LoopConfig()
+    war: WarConfig = WarConfig()
 
     def __post_init__(self) -> None:
+        _require(not self.war.enabled or self.objective.kind != "natural", "war.enabled",
+                 "needs a robust objective (objective.kind = 'trades' or 'pgd_at')")
         _require(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
         expected_loss = {"trades": "kl", "pgd_at": "ce"}.get(self.objective.kind)
         if expected_loss and self.train_attack.loss != expected_loss:

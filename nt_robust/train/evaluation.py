@@ -37,15 +37,16 @@ class Evaluator:
         check_divisible(config.batch_size, "eval.batch_size")
         self.config, self.mesh = config, mesh
         self.lipschitz = lipschitz_config(config)
-        base_key = jax.random.key(seed)
+        self.seed = seed
 
-        def batch_fn(variables: Any, images: jax.Array, labels: jax.Array, index: jax.Array):
+        def batch_fn(variables: Any, images: jax.Array, labels: jax.Array, index: jax.Array, seed: jax.Array):
             logits_fn = make_logits_fn(model, variables, config.bn_mode)
-            key = jax.random.fold_in(base_key, index)
+            key = jax.random.fold_in(jax.random.key(seed), index)
             return evaluate_batch(logits_fn, to_float(images), labels, key, config.attack, self.lipschitz)
 
         self._batch_fn = jax.jit(batch_fn, in_shardings=(replicated_sharding(mesh), batch_sharding(mesh),
-                                                         batch_sharding(mesh), replicated_sharding(mesh)),
+                                                         batch_sharding(mesh), replicated_sharding(mesh),
+                                                         replicated_sharding(mesh)),
                                  out_shardings=batch_sharding(mesh))
 
     def __call__(self, variables: Any, images: np.ndarray, labels: np.ndarray,
@@ -64,7 +65,8 @@ class Evaluator:
                 y = np.concatenate([y, np.zeros(batch_size - real, y.dtype)])
             rows = process_rows(batch_size)
             out = self._batch_fn(variables, global_batch(x[rows], self.mesh),
-                                 global_batch(y[rows], self.mesh), replicate(np.int32(index), self.mesh))
+                                 global_batch(y[rows], self.mesh), replicate(np.int32(index), self.mesh),
+                                 replicate(np.int32(self.seed), self.mesh))
             chunks.append({k: v[:real] for k, v in to_host(out).items()})
         if not chunks:
             return {}

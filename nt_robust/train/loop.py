@@ -37,6 +37,7 @@ from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh
                                       replicate, replicated_sharding)
 from nt_robust.train.state import TrainState, create_train_state, model_variables
 from nt_robust.train.step import init_key, make_train_step
+from nt_robust.train.war import WarController, epoch_ratio, reference_ratio
 
 log = logging.getLogger("nt_robust.train")
 
@@ -58,6 +59,7 @@ class Progress:
     epoch_seconds: float = 0.0
     best_val: dict[str, Any] | None = None
     best_test: dict[str, Any] | None = None
+    war_state: dict[str, float] | None = None
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -92,11 +94,15 @@ class Trainer:
                                   donate_argnums=0)
         self.all_finite = jax.jit(_all_finite)
         self.evaluator = Evaluator(self.model, config.eval, self.mesh, seed=config.train.seed)
+        self.war = None
+        if config.war.enabled:
+            ratio = config.war.target_ratio or reference_ratio(config.war.reference_run)
+            self.war = WarController(config.war, base_lam=config.objective.lam, target_ratio=ratio)
 
     def initial_state(self) -> TrainState:
         variables = init_variables(self.model, init_key(self.config.train.seed), self.splits.image_shape)
         state = create_train_state(variables, self.optimizer, self.config.objective.lam,
-                                   use_ema=self.config.optim.ema_decay is not None)
+                                   use_ema=self.config.optim.ema_decay is not None, seed=self.config.train.seed)
         return replicate(state, self.mesh)
 
     def restore(self, kind: str = "latest") -> tuple[TrainState, dict[str, Any]]:
@@ -186,6 +192,8 @@ class Trainer:
             self._check_params(state, progress)
             train_seconds = time.time() - epoch_start
             row = self._end_of_epoch(state, progress, checkpoints, train_seconds)
+            if self.war is not None:
+                state = self._war_update(state, progress, row)
             rows.append(row)
             progress.epoch, progress.batch = progress.epoch + 1, 0
             progress.sums, progress.steps_in_sums, progress.epoch_seconds = {}, 0, 0.0
@@ -198,6 +206,14 @@ class Trainer:
             log.info("epoch %d/%d  %s  (%.0f s; about %s left)", progress.epoch, epochs,
                      self._describe(row), row["epoch_seconds"], _duration(remaining))
         return state
+
+    def _war_update(self, state: TrainState, progress: Progress, row: dict[str, Any]) -> TrainState:
+        lam = float(state.lam)
+        lam_next, progress.war_state = self.war.update(progress.war_state, progress.epoch + 1,
+                                                       row["train_natural_loss"], row["train_regularizer"], lam)
+        row.update(war_ratio=epoch_ratio(lam, row["train_natural_loss"], row["train_regularizer"]),
+                   war_target_ratio=self.war.target_ratio, lam_next=lam_next)
+        return state.replace(lam=replicate(np.float32(lam_next), self.mesh))
 
     def _accumulate(self, progress: Progress, pending: tuple[dict[str, jax.Array], int], bar: tqdm) -> None:
         metrics, step = pending
@@ -279,6 +295,11 @@ class Trainer:
             "model": config.model.label,
             "objective": config.objective.kind,
             "lam": config.objective.lam,
+            "lam_final": float(state.lam),
+            "war": config.war.enabled,
+            "war_target_ratio": None if self.war is None else self.war.target_ratio,
+            "width": config.model.width,
+            "arch": config.model.arch,
             "dataset": config.data.dataset,
             "seed": config.train.seed,
             "epochs": config.train.epochs,

@@ -1,7 +1,9 @@
 """The complete training state: everything an exact resume needs, as one pytree.
 
 Data order and per-step randomness are functions of (seed, step), so the state carries
-no RNG: ``step`` is enough to reproduce the rest of the run.
+no RNG stream: ``seed`` and ``step`` are enough to reproduce the rest of the run. The seed
+is an array, not a compile-time constant, so runs that differ only in seed or λ share
+one compiled program (and the persistent compilation cache).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: optax.OptState
     ema_params: Any                 # exponential moving average of params (None when off)
     lam: jax.Array                  # float32 scalar, current robust weight (WAR may move it)
+    seed: jax.Array                 # int32 scalar, root of the per-step randomness
 
 
 def create_train_state(variables: Any, optimizer: optax.GradientTransformation, lam: float,
-                       use_ema: bool) -> TrainState:
+                       use_ema: bool, seed: int = 0) -> TrainState:
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -33,6 +36,7 @@ def create_train_state(variables: Any, optimizer: optax.GradientTransformation, 
         opt_state=optimizer.init(params),
         ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
         lam=jnp.asarray(lam, jnp.float32),
+        seed=jnp.asarray(seed, jnp.int32),
     )
 
 

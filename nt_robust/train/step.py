@@ -43,7 +43,7 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 0)
 
 
-def step_key_root(seed: int) -> jax.Array:
+def step_key_root(seed: int | jax.Array) -> jax.Array:
     """Step ``s`` draws its augmentation and attack randomness from ``fold_in(root, s)``."""
     return jax.random.fold_in(jax.random.key(seed), 1)
 
@@ -54,7 +54,7 @@ def make_train_step(model: nn.Module, config: ExperimentConfig,
     ema_decay = config.optim.ema_decay
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
-        key = jax.random.fold_in(step_key_root(config.train.seed), state.step)
+        key = jax.random.fold_in(step_key_root(state.seed), state.step)
         augment_key, attack_key = jax.random.split(key)
         x = augment_batch(augment_key, to_float(images), crop_padding=data.crop_padding, flip=data.flip)
 

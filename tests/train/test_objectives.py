@@ -59,7 +59,7 @@ def test_trades_step_matches_hand_written_loss_and_gradient():
     # Non-trivial weights so the KL term is far from zero.
     variables = jax.tree_util.tree_map(lambda v: v * 5.0, variables)
     optimizer = make_optimizer(config.optim, epochs=1, steps_per_epoch=1)
-    state = create_train_state(variables, optimizer, config.objective.lam, use_ema=False)
+    state = create_train_state(variables, optimizer, config.objective.lam, use_ema=False, seed=7)
     images, labels = ds.train_images[:16], ds.train_labels[:16]
 
     new_state, metrics = jax.jit(make_train_step(model, config, optimizer))(state, images, labels)

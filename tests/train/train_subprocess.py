@@ -24,6 +24,10 @@ args = parser.parse_args()
 import jax  # noqa: E402  (after XLA_FLAGS from the parent's environment)
 import numpy as np  # noqa: E402
 
+from nt_robust.environment import enable_compilation_cache  # noqa: E402
+
+enable_compilation_cache()
+
 if args.coordinator:
     from nt_robust.train.sharding import initialize_distributed
     initialize_distributed(args.coordinator, args.num_processes, args.process_id, cpu_collectives="gloo")

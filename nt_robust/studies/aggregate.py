@@ -1,0 +1,91 @@
+"""One tidy table from run directories (reads only config.json, summary.json, metrics.jsonl)::
+
+    rows = collect_runs(Path("runs/studies/quick_fmnist").iterdir())
+    write_table(rows, Path("runs/studies/quick_fmnist/results"))   # results.csv + results.json
+    curves = collect_curves(run_dirs)                               # one row per run and epoch
+
+A row is one run under one checkpoint-selection rule: ``final`` (last epoch),
+``best_val`` (highest held-out robust accuracy) or ``best_test`` (highest test robust
+accuracy: the paper's protocol, optimistic by construction).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+from pathlib import Path
+from typing import Any, Iterable
+
+from nt_robust import io
+
+SELECTIONS = {"final": "final", "best_val": "selected_by_val_robust_accuracy",
+              "best_test": "selected_by_test_robust_accuracy_paper_protocol"}
+METRICS = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "lipschitz_mean")
+
+
+def _run_fields(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run": config["name"],
+        "dataset": config["data"]["dataset"],
+        "arch": config["model"]["arch"],
+        "depth": config["model"]["depth"],
+        "width": config["model"]["width"],
+        "model": summary["model"],
+        "objective": config["objective"]["kind"],
+        "lam": config["objective"]["lam"],
+        "war": config["war"]["enabled"],
+        "lam_final": summary.get("lam_final", config["objective"]["lam"]),
+        "seed": config["train"]["seed"],
+        "epochs": config["train"]["epochs"],
+        "train_eps": config["train_attack"]["eps"],
+        "eval_eps": config["eval"]["attack"]["eps"],
+        "train_seconds": summary.get("train_seconds_total"),
+        "backend": summary.get("backend"),
+        "devices": summary.get("devices"),
+    }
+
+
+def finished_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in paths if (Path(p) / "summary.json").exists() and (Path(p) / "config.json").exists())
+
+
+def collect_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Rows for every finished run directory among ``paths`` (others are ignored)."""
+    rows = []
+    for run_dir in finished_run_dirs(paths):
+        config, summary = io.read_json(run_dir / "config.json"), io.read_json(run_dir / "summary.json")
+        fields = _run_fields(config, summary)
+        for selection, key in SELECTIONS.items():
+            record = summary.get(key)
+            if not record:
+                continue
+            row = {**fields, "selection": selection, "epoch": record["epoch"]}
+            for split in ("val", "test"):
+                for metric in METRICS:
+                    row[f"{split}_{metric}"] = record.get(f"{split}_{metric}")
+            rows.append(row)
+    return rows
+
+
+def collect_curves(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """One row per run and epoch, from metrics.jsonl (for per-epoch figures)."""
+    rows = []
+    for run_dir in finished_run_dirs(paths):
+        config, summary = io.read_json(run_dir / "config.json"), io.read_json(run_dir / "summary.json")
+        fields = _run_fields(config, summary)
+        for record in io.read_jsonl(run_dir / "metrics.jsonl"):
+            rows.append({**fields, **record})
+    return rows
+
+
+def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
+    """``stem.csv`` and ``stem.json``, atomically."""
+    io.write_json(stem.with_suffix(".json"), rows)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    io.write_text(stem.with_suffix(".csv"), buffer.getvalue())

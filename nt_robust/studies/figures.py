@@ -1,0 +1,197 @@
+"""The study's figures, one function each, all in one style, saved as PNG and PDF::
+
+    paths = make_all_figures(rows, curves, Path("figures/quick_fmnist"))
+
+``rows`` is the tidy table of :mod:`nt_robust.studies.aggregate` (checkpoint chosen by
+held-out robust accuracy), ``curves`` its per-epoch companion. Every point is a mean over
+seeds; error bars are one standard deviation.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nt_robust import io  # noqa: E402
+from nt_robust.studies.analysis import best_lam_by_width, grid_rows, group_stats, select  # noqa: E402
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "legend.fontsize": 8, "legend.frameon": False, "lines.linewidth": 1.6, "lines.markersize": 4,
+}
+METRIC_LABELS = {
+    "natural_accuracy": "natural accuracy", "robust_accuracy": "robust accuracy",
+    "perturbation_stability": "perturbation stability", "lipschitz_mean": "local Lipschitz (mean)",
+}
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = []
+    for suffix in (".png", ".pdf"):
+        buffer = _io.BytesIO()
+        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight")
+        io.write_bytes(stem.with_suffix(suffix), buffer.getvalue())
+        paths.append(stem.with_suffix(suffix))
+    plt.close(fig)
+    return paths
+
+
+def _colors(n: int):
+    return plt.get_cmap("viridis")(np.linspace(0.05, 0.85, max(n, 1)))
+
+
+def _fixed_lam(rows: list[dict[str, Any]], lam: float | None) -> float:
+    lams = sorted({r["lam"] for r in rows})
+    return lam if lam in lams else lams[len(lams) // 2]
+
+
+def plot_epoch_curves(curves: list[dict[str, Any]], stem: Path, lam: float | None = None) -> list[Path]:
+    """Natural / robust accuracy and stability on the test set vs epoch, one line per width."""
+    curves = [c for c in curves if not c["war"] and "test_robust_accuracy" in c]
+    lam = _fixed_lam(curves, lam)
+    curves = select(curves, lam=lam)
+    widths = sorted({c["width"] for c in curves})
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), layout="constrained")
+        for metric, ax in zip(("natural_accuracy", "robust_accuracy", "perturbation_stability"), axes):
+            for color, width in zip(_colors(len(widths)), widths):
+                stats = group_stats(select(curves, width=width), ("epoch",), f"test_{metric}")
+                epochs = [k[0] for k in stats]
+                mean = np.array([s.mean for s in stats.values()])
+                std = np.array([s.std for s in stats.values()])
+                ax.plot(epochs, mean, color=color, label=f"width {width}")
+                ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+            ax.set(xlabel="epoch", ylabel=METRIC_LABELS[metric])
+        axes[0].legend()
+        fig.suptitle(f"Per-epoch test metrics at fixed λ = {lam:g}")
+        return _save(fig, stem)
+
+
+def plot_metrics_vs_width(rows: list[dict[str, Any]], stem: Path, lam: float | None = None) -> list[Path]:
+    """Best-epoch natural, robust accuracy, stability and local Lipschitz vs width at fixed λ."""
+    rows = grid_rows(rows)
+    lam = _fixed_lam(rows, lam)
+    rows = select(rows, lam=lam)
+    metrics = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "lipschitz_mean")
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.1), layout="constrained")
+        for metric, ax in zip(metrics, axes):
+            stats = group_stats(rows, ("width",), f"test_{metric}")
+            widths = [k[0] for k in stats]
+            ax.errorbar(widths, [s.mean for s in stats.values()], yerr=[s.std for s in stats.values()],
+                        marker="o", capsize=3)
+            ax.set(xscale="log", xlabel="width", ylabel=METRIC_LABELS[metric])
+            ax.set_xticks(widths, [str(w) for w in widths])
+            ax.minorticks_off()
+        fig.suptitle(f"Test metrics at the best held-out epoch vs width, λ = {lam:g}")
+        return _save(fig, stem)
+
+
+def plot_metrics_vs_lambda(rows: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """Robust accuracy, natural accuracy and stability vs λ (one line per width), and a
+    width × λ heatmap of robust accuracy."""
+    rows = grid_rows(rows)
+    widths = sorted({r["width"] for r in rows})
+    lams = sorted({r["lam"] for r in rows})
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), layout="constrained")
+        for metric, ax in zip(("robust_accuracy", "natural_accuracy", "perturbation_stability"), axes):
+            for color, width in zip(_colors(len(widths)), widths):
+                stats = group_stats(select(rows, width=width), ("lam",), f"test_{metric}")
+                ax.errorbar([k[0] for k in stats], [s.mean for s in stats.values()],
+                            yerr=[s.std for s in stats.values()], color=color, marker="o", capsize=2,
+                            label=f"width {width}")
+            ax.set(xscale="log", xlabel="λ", ylabel=METRIC_LABELS[metric])
+            ax.set_xticks(lams, [f"{x:g}" for x in lams])
+            ax.minorticks_off()
+        axes[0].legend()
+        grid = np.full((len(widths), len(lams)), np.nan)
+        stats = group_stats(rows, ("width", "lam"), "test_robust_accuracy")
+        for (width, lam), s in stats.items():
+            grid[widths.index(width), lams.index(lam)] = s.mean
+        image = axes[3].imshow(grid, origin="lower", aspect="auto", cmap="magma")
+        axes[3].set_xticks(range(len(lams)), [f"{x:g}" for x in lams])
+        axes[3].set_yticks(range(len(widths)), [str(w) for w in widths])
+        axes[3].set(xlabel="λ", ylabel="width", title="robust accuracy")
+        axes[3].grid(False)
+        best = best_lam_by_width(rows)
+        middle = np.nanmean(grid)
+        for i, width in enumerate(widths):
+            for j, lam in enumerate(lams):
+                if not np.isnan(grid[i, j]):
+                    star = "★" if lam == best[width] else ""
+                    axes[3].text(j, i, f"{grid[i, j]:.3f}{star}", ha="center", va="center", fontsize=7,
+                                 color="black" if grid[i, j] > middle else "white")
+        fig.colorbar(image, ax=axes[3], fraction=0.05)
+        fig.suptitle("Test metrics vs λ per width (★: best λ by held-out robust accuracy)")
+        return _save(fig, stem)
+
+
+def plot_lipschitz_vs_width(rows: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """Local Lipschitz (mean over test points) vs width, one line per λ."""
+    rows = grid_rows(rows)
+    lams = sorted({r["lam"] for r in rows})
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.5, 3.2), layout="constrained")
+        for color, lam in zip(_colors(len(lams)), lams):
+            stats = group_stats(select(rows, lam=lam), ("width",), "test_lipschitz_mean")
+            ax.errorbar([k[0] for k in stats], [s.mean for s in stats.values()],
+                        yerr=[s.std for s in stats.values()], color=color, marker="o", capsize=2, label=f"λ={lam:g}")
+        ax.set(xscale="log", xlabel="width", ylabel=METRIC_LABELS["lipschitz_mean"],
+               title="Local Lipschitzness vs width")
+        ax.legend()
+        return _save(fig, stem)
+
+
+def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
+    """Test robust accuracy per wide width: fixed λ_s (the small model's best), the
+    grid-tuned λ, and WAR."""
+    war_rows = [r for r in rows if r["selection"] == "best_val" and r["war"]]
+    grid = grid_rows(rows)
+    if not war_rows or not grid:
+        return None
+    best = best_lam_by_width(grid)
+    lam_s = best[min(best)]
+    widths = sorted({r["width"] for r in war_rows})
+    bars = []
+    for width in widths:
+        by_lam = group_stats(select(grid, width=width), ("lam",), "test_robust_accuracy")
+        war = group_stats(select(war_rows, width=width), ("width",), "test_robust_accuracy")[(width,)]
+        bars.append((by_lam.get((lam_s,)), by_lam.get((best.get(width),)), war))
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+        x = np.arange(len(widths))
+        labels = (f"fixed λ_s = {lam_s:g}", "grid-tuned λ", "WAR (from λ_s)")
+        for k, (label, color) in enumerate(zip(labels, _colors(3))):
+            values = [b[k] for b in bars]
+            ax.bar(x + (k - 1) * 0.27, [v.mean if v else np.nan for v in values], 0.25,
+                   yerr=[v.std if v else 0 for v in values], color=color, capsize=2, label=label)
+        ax.set_xticks(x, [str(w) for w in widths])
+        ax.set(xlabel="width", ylabel="test robust accuracy", title="WAR vs fixed and tuned λ")
+        lows = [b[k].mean for b in bars for k in range(3) if b[k]]
+        ax.set_ylim(min(lows) - 0.05, max(lows) + 0.03)
+        ax.legend(loc="lower right")
+        return _save(fig, stem)
+
+
+def make_all_figures(rows: list[dict[str, Any]], curves: list[dict[str, Any]], directory: Path,
+                     lam: float | None = None) -> list[Path]:
+    """Every study figure that the data allow; returns the files written."""
+    directory = Path(directory)
+    paths = []
+    if curves:
+        paths += plot_epoch_curves(curves, directory / "epoch_curves", lam)
+    if grid_rows(rows):
+        paths += plot_metrics_vs_width(rows, directory / "metrics_vs_width", lam)
+        paths += plot_metrics_vs_lambda(rows, directory / "metrics_vs_lambda")
+        paths += plot_lipschitz_vs_width(rows, directory / "lipschitz_vs_width")
+    paths += plot_war(rows, directory / "war") or []
+    return paths

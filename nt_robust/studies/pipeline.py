@@ -1,0 +1,133 @@
+"""A study from nothing to report: estimate, run (all, one stage, or one index), aggregate,
+figures, claims, markdown::
+
+    study = load_study("experiments/study_quick_fmnist.toml")
+    print(format_estimate(estimate_cost(study)))
+    run_study(study)                                  # skips finished runs, resumes the rest
+    report_path = build_report(study)                 # results.csv/json, figures, report.md
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from nt_robust import io
+from nt_robust.config import load_config
+from nt_robust.environment import environment_info
+from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
+from nt_robust.studies.analysis import evaluate_claims
+from nt_robust.studies.figures import make_all_figures
+from nt_robust.studies.report import render_report
+from nt_robust.studies.sweep import GRID_STAGE, WAR_STAGE, Study, run_index
+from nt_robust.studies.tables import format_table
+from nt_robust.train.config import ExperimentConfig
+
+log = logging.getLogger("nt_robust.studies")
+
+
+def run_study(study: Study, stage: str | None = None) -> None:
+    """Run every unfinished run (grid stage first, then WAR), or only ``stage``."""
+    stages = [stage] if stage else [GRID_STAGE, WAR_STAGE]
+    runs = [r for r in study.runs() if r.stage in stages]
+    todo = [r for r in runs if not study.is_finished(r)]
+    log.info("%s: %d runs in stage(s) %s, %d finished, %d to run", study.name, len(runs), "+".join(stages),
+             len(runs) - len(todo), len(todo))
+    for run in todo:
+        run_index(study, run.index)
+
+
+def estimate_cost(study: Study, timed_steps: int = 3) -> list[dict[str, Any]]:
+    """Time a few training steps per distinct model on this machine and extrapolate to the
+    whole study (training steps plus per-epoch evaluation)."""
+    from nt_robust.train.loop import Trainer
+    from nt_robust.train.sharding import global_batch
+
+    by_width: dict[int, list] = {}
+    for run in study.runs():
+        by_width.setdefault(run.width, []).append(run)
+    estimates = []
+    for width, runs in sorted(by_width.items()):
+        overrides = [o for o in runs[0].overrides if not o.startswith("name=")] if runs[0].stage == GRID_STAGE \
+            else list(runs[0].overrides)
+        config = load_config(ExperimentConfig, study.base_config, overrides)
+        trainer = Trainer(config, Path("/nonexistent-estimate"))
+        state = trainer.initial_state()
+        batch = config.train.batch_size
+        images = global_batch(trainer.splits.train_images[:batch], trainer.mesh)
+        labels = global_batch(trainer.splits.train_labels[:batch], trainer.mesh)
+        start = time.time()
+        state, metrics = trainer.train_step(state, images, labels)
+        jax.block_until_ready(metrics)
+        compile_seconds = time.time() - start
+        start = time.time()
+        for _ in range(timed_steps):
+            state, metrics = trainer.train_step(state, images, labels)
+        jax.block_until_ready(metrics)
+        step_seconds = (time.time() - start) / timed_steps
+        eval_points = sum(len(x[:n] if n is not None else x) for x, n in (
+            (trainer.splits.val_images, config.eval.val_examples),
+            (trainer.splits.test_images, config.eval.test_examples)))
+        # An evaluation point costs about (attack steps + Lipschitz steps + 2) forward-backward
+        # passes; a training example (train attack steps + 2).
+        eval_factor = (config.eval.attack.num_steps + 12) / (config.train_attack.num_steps + 2)
+        per_run = config.train.epochs * step_seconds * (trainer.steps_per_epoch + eval_points * eval_factor / batch)
+        estimates.append({"width": width, "model": config.model.label, "runs": len(runs),
+                          "epochs": config.train.epochs, "steps_per_epoch": trainer.steps_per_epoch,
+                          "seconds_per_step": step_seconds, "compile_seconds": compile_seconds,
+                          "hours_per_run": per_run / 3600, "hours": len(runs) * per_run / 3600})
+    return estimates
+
+
+def format_estimate(estimates: list[dict[str, Any]]) -> str:
+    device = f"{jax.device_count()} × {jax.devices()[0].device_kind}"
+    rows = [[e["model"], e["runs"], e["epochs"], e["steps_per_epoch"], f"{e['seconds_per_step']:.3f}",
+             f"{e['hours_per_run']:.2f}", f"{e['hours']:.2f}"] for e in estimates]
+    total = sum(e["hours"] for e in estimates)
+    return (f"Estimated cost on this machine ({device}): {total:.2f} device-hours "
+            f"({total * jax.device_count():.2f} device·hours per device)\n"
+            + format_table(["model", "runs", "epochs", "steps/epoch", "s/step", "h/run", "h total"], rows))
+
+
+def hardware_description() -> str:
+    info = environment_info()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{info['device_count']} {info['backend']} device(s) [{', '.join(info['device_kinds'])}], "
+            f"CPU {cpu} ({os.cpu_count()} cores), jax {info['packages']['jax']}")
+
+
+def build_report(study: Study, figures_dir: Path | None = None) -> Path:
+    """Aggregate the finished runs, draw the figures and write the report; returns its path."""
+    run_dirs = [study.run_dir(r) for r in study.runs()]
+    rows = collect_runs(run_dirs)
+    if not rows:
+        raise FileNotFoundError(f"no finished runs under {study.runs_root}: run the study first")
+    results_dir = study.runs_root / "results"
+    write_table(rows, results_dir / "results")
+    curves = collect_curves(run_dirs)
+    write_table(curves, results_dir / "curves")
+    figures_dir = Path(figures_dir or Path("figures") / study.name)
+    base_lam = study.base().objective.lam
+    figures = make_all_figures(rows, curves, figures_dir, lam=base_lam)
+    claims = evaluate_claims(rows)
+    context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
+               "time_utc": environment_info()["time_utc"]}
+    report_dir = figures_dir
+    text = render_report(study.name, rows, claims, figures, report_dir, context)
+    report_path = report_dir / "report.md"
+    io.write_text(report_path, text)
+    io.write_json(results_dir / "claims.json", [c.__dict__ for c in claims])
+    log.info("report: %s (%d runs, %d figures)", report_path, len({r['run'] for r in rows}), len(figures))
+    return report_path
+

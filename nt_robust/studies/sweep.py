@@ -1,0 +1,226 @@
+"""Width × λ sweeps that expand to independent runs addressable by index.
+
+A study spec (TOML) names a base experiment config, a grid of overrides, seeds and,
+optionally, WAR runs::
+
+    name = "quick_fmnist"
+    base_config = "experiments/quick_fmnist.toml"
+    seeds = [0, 1]
+    set = ["train.epochs=8"]                 # applied to every run
+    [grid]
+    "model.width" = [32, 128, 512]
+    "objective.lam" = [1.0, 6.0, 24.0]
+    [war]
+    reference_width = 32                     # λ_s = this width's best λ (held-out robust accuracy)
+    widths = [128, 512]
+
+    study = load_study("experiments/study_quick_fmnist.toml")
+    for run in study.runs():                 # index, name, stage, overrides
+        ...
+    run_index(study, 3)                      # what a cluster job array's task 3 does
+
+Grid runs come first (indices 0 … G−1), WAR runs after them. A WAR run's config is
+resolved when it starts, from the finished grid runs of the reference width, so job
+arrays must run the grid stage before the WAR stage (``--stage grid`` / ``--stage war``).
+Finished runs (``summary.json`` present) are skipped; interrupted ones resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from nt_robust import io
+from nt_robust.config import ConfigError, load_config
+from nt_robust.train.config import ExperimentConfig
+
+log = logging.getLogger("nt_robust.studies")
+
+GRID_STAGE, WAR_STAGE = "grid", "war"
+
+
+@dataclasses.dataclass(frozen=True)
+class WarPlan:
+    """WAR runs: for each width in ``widths`` and each seed, start from the reference
+    width's best λ (λ_s, by mean held-out robust accuracy over seeds) and keep the ratio
+    measured on that λ_s run of the same seed. ``extra`` overrides apply to WAR runs only
+    (e.g. "war.momentum=0.7")."""
+
+    reference_width: int
+    widths: tuple[int, ...]
+    extra: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    index: int
+    stage: str
+    name: str
+    overrides: tuple[str, ...]
+    width: int
+    seed: int
+    lam: float | None           # None for WAR runs until resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    base_config: Path
+    runs_root: Path
+    seeds: tuple[int, ...]
+    common: tuple[str, ...]
+    grid: dict[str, tuple[Any, ...]]
+    war: WarPlan | None
+    spec_path: Path
+
+    def grid_runs(self) -> list[RunSpec]:
+        keys = list(self.grid)
+        runs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            for seed in self.seeds:
+                setting = dict(zip(keys, values))
+                overrides = (*self.common, *(f"{k}={_toml(v)}" for k, v in setting.items()), f"train.seed={seed}")
+                name = "_".join(f"{_short(k)}{_name_value(v)}" for k, v in setting.items()) + f"_seed{seed}"
+                runs.append(RunSpec(len(runs), GRID_STAGE, name, overrides + (f"name={_toml(name)}",),
+                                    int(setting.get("model.width", self.base().model.width)), seed,
+                                    float(setting.get("objective.lam", self.base().objective.lam))))
+        return runs
+
+    def war_runs(self) -> list[RunSpec]:
+        if self.war is None:
+            return []
+        start = len(self.grid_runs())
+        runs = []
+        for width in self.war.widths:
+            for seed in self.seeds:
+                name = f"war_width{width}_seed{seed}"
+                overrides = (*self.common, *self.war.extra, f"model.width={width}", f"train.seed={seed}",
+                             f"name={_toml(name)}")
+                runs.append(RunSpec(start + len(runs), WAR_STAGE, name, overrides, width, seed, None))
+        return runs
+
+    def runs(self) -> list[RunSpec]:
+        return self.grid_runs() + self.war_runs()
+
+    def base(self) -> ExperimentConfig:
+        return load_config(ExperimentConfig, self.base_config)
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.runs_root / run.name
+
+    def is_finished(self, run: RunSpec) -> bool:
+        return (self.run_dir(run) / "summary.json").exists()
+
+
+def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> Study:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            spec = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"study spec {path} does not exist (the ready-made ones are experiments/study_*.toml)") from None
+    known = {"name", "base_config", "runs_root", "seeds", "set", "grid", "war"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown study keys {sorted(unknown)} (known: {sorted(known)})")
+    for key in ("name", "base_config", "grid"):
+        if key not in spec:
+            raise ConfigError(f"{path}: missing '{key}'")
+    base = Path(spec["base_config"])
+    if not base.is_absolute() and not base.exists():
+        base = path.parent.parent / base  # relative to the repository root
+    grid = {k: tuple(v if isinstance(v, list) else [v]) for k, v in spec["grid"].items()}
+    if any(len(v) == 0 for v in grid.values()):
+        raise ConfigError(f"{path}: every grid axis needs at least one value")
+    war = None
+    if "war" in spec:
+        w = spec["war"]
+        unknown = set(w) - {"reference_width", "widths", "set"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown [war] keys {sorted(unknown)}")
+        war = WarPlan(int(w["reference_width"]), tuple(int(x) for x in w["widths"]), tuple(w.get("set", ())))
+        if war.reference_width not in grid.get("model.width", ()):
+            raise ConfigError(f"{path}: war.reference_width {war.reference_width} must be one of grid "
+                              f"'model.width' values {list(grid.get('model.width', ()))}")
+        if "objective.lam" not in grid:
+            raise ConfigError(f"{path}: WAR needs a λ grid ('objective.lam') to tune the reference width")
+    root = Path(runs_root or spec.get("runs_root") or Path("runs") / "studies" / spec["name"])
+    study = Study(spec["name"], base, root, tuple(int(s) for s in spec.get("seeds", [0])),
+                  tuple(spec.get("set", ())), grid, war, path)
+    for run in study.grid_runs():  # validate every run's config before any work
+        load_config(ExperimentConfig, study.base_config, list(run.overrides))
+    return study
+
+
+def best_reference_lam(study: Study) -> float:
+    """λ_s: the reference width's λ with the best held-out robust accuracy (mean over seeds)."""
+    assert study.war is not None
+    by_lam: dict[float, list[float]] = {}
+    missing = []
+    for run in study.grid_runs():
+        if run.width != study.war.reference_width:
+            continue
+        if not study.is_finished(run):
+            missing.append(run.name)
+            continue
+        summary = io.read_json(study.run_dir(run) / "summary.json")
+        best = summary["selected_by_val_robust_accuracy"] or summary["final"]
+        by_lam.setdefault(run.lam, []).append(best.get("val_robust_accuracy", best.get("test_robust_accuracy")))
+    if missing:
+        raise RuntimeError(f"WAR runs need the λ grid of width {study.war.reference_width} to finish first; "
+                           f"missing: {', '.join(missing)} (run `nt-robust study {study.spec_path} --stage grid`)")
+    return max(by_lam, key=lambda lam: (sum(by_lam[lam]) / len(by_lam[lam]), -lam))
+
+
+def resolve_overrides(study: Study, run: RunSpec) -> list[str]:
+    """The run's full override list; for WAR runs this reads the finished reference runs."""
+    if run.stage != WAR_STAGE:
+        return list(run.overrides)
+    lam_s = best_reference_lam(study)
+    reference = next(r for r in study.grid_runs()
+                     if r.width == study.war.reference_width and r.lam == lam_s and r.seed == run.seed)
+    return [*run.overrides, f"objective.lam={lam_s}", "war.enabled=true",
+            f"war.reference_run={_toml(str(study.run_dir(reference).resolve()))}"]
+
+
+def run_index(study: Study, index: int) -> dict[str, Any] | None:
+    """Train run ``index`` (skipping it if finished); returns its summary."""
+    from nt_robust.train import train
+
+    runs = study.runs()
+    if not 0 <= index < len(runs):
+        raise ConfigError(f"index {index} is out of range: {study.name} has {len(runs)} runs (0 … {len(runs) - 1})")
+    run = runs[index]
+    run_dir = study.run_dir(run)
+    if study.is_finished(run):
+        log.info("[%d/%d] %s: finished, skipped", index + 1, len(runs), run.name)
+        return io.read_json(run_dir / "summary.json")
+    log.info("[%d/%d] %s", index + 1, len(runs), run.name)
+    config = load_config(ExperimentConfig, study.base_config, resolve_overrides(study, run))
+    return train(config, run_dir)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return str(value)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _name_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).replace("/", "-").replace(" ", "")

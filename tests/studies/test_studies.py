@@ -1,0 +1,273 @@
+"""Sweeps, aggregation, WAR's λ rule, claims and figures, on fabricated run directories."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from nt_robust import io
+from nt_robust.config import ConfigError, load_config, to_dict
+from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
+from nt_robust.studies.analysis import SUPPORTED, CONTRADICTED, evaluate_claims, stats_of, compare
+from nt_robust.studies.figures import make_all_figures
+from nt_robust.studies.sweep import load_study, resolve_overrides, run_index
+from nt_robust.train import ExperimentConfig
+from nt_robust.train.config import WarConfig
+from nt_robust.train.war import WarController, epoch_ratio, reference_ratio
+
+REPO = Path(__file__).parents[2]
+
+
+def write_spec(tmp_path: Path, war: bool = True, seeds=(0, 1)) -> Path:
+    spec = tmp_path / "experiments" / "study.toml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    text = f'''name = "fab"
+base_config = "{REPO / 'experiments' / 'quick_fmnist.toml'}"
+runs_root = "{tmp_path / 'runs'}"
+seeds = {list(seeds)}
+set = ["train.epochs=3"]
+[grid]
+"model.width" = [8, 32, 128]
+"objective.lam" = [1.0, 6.0]
+'''
+    if war:
+        text += '[war]\nreference_width = 8\nwidths = [32, 128]\n'
+    spec.write_text(text)
+    return spec
+
+
+def fabricate_run(study, run, natural: float, robust: float, stability: float, lipschitz: float,
+                  lam_final: float | None = None, seconds: float = 10.0) -> None:
+    """A finished run directory with the files the engine writes, with given test metrics."""
+    config = load_config(ExperimentConfig, study.base_config, resolve_overrides(study, run)
+                         if run.stage == "grid" else list(run.overrides) + ["war.enabled=true", "war.target_ratio=0.2"])
+    run_dir = study.run_dir(run)
+    io.write_json(run_dir / "config.json", to_dict(config))
+    rows = []
+    for epoch in (1, 2, 3):
+        scale = epoch / 3
+        record = {"epoch": epoch, "lam": config.objective.lam, "train_natural_loss": 1.0 / epoch,
+                  "train_regularizer": 0.1, "epoch_seconds": seconds / 3}
+        for split in ("val", "test"):
+            record.update({f"{split}_natural_accuracy": natural * scale, f"{split}_robust_accuracy": robust * scale,
+                           f"{split}_perturbation_stability": stability, f"{split}_lipschitz_mean": lipschitz,
+                           f"{split}_num_examples": 100})
+        rows.append(record)
+    io.write_jsonl(run_dir / "metrics.jsonl", rows)
+    best = {k: v for k, v in rows[-1].items() if k.startswith(("epoch", "val_", "test_"))}
+    io.write_json(run_dir / "summary.json", {
+        "model": config.model.label, "objective": "trades", "lam": config.objective.lam,
+        "lam_final": lam_final or config.objective.lam, "final": rows[-1], "train_seconds_total": seconds,
+        "selected_by_val_robust_accuracy": best, "selected_by_test_robust_accuracy_paper_protocol": best,
+        "backend": "cpu", "devices": 1})
+
+
+def test_sweep_expands_to_indexed_runs_grid_first(tmp_path):
+    study = load_study(write_spec(tmp_path))
+    runs = study.runs()
+    assert len(runs) == 3 * 2 * 2 + 2 * 2
+    assert [r.index for r in runs] == list(range(len(runs)))
+    assert len({r.name for r in runs}) == len(runs)
+    assert [r.stage for r in runs] == ["grid"] * 12 + ["war"] * 4
+    first = runs[0]
+    assert first.width == 8 and first.lam == 1.0 and first.seed == 0
+    config = load_config(ExperimentConfig, study.base_config, list(first.overrides))
+    assert config.model.width == 8 and config.objective.lam == 1.0 and config.train.epochs == 3
+
+
+def test_bad_specs_are_clear_errors(tmp_path):
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace('"model.width" = [8, 32, 128]', '"model.widht" = [8]'))
+    with pytest.raises(ConfigError):
+        load_study(spec)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study(tmp_path / "nope.toml")
+
+
+def test_finished_runs_are_skipped_and_war_waits_for_the_grid(tmp_path):
+    study = load_study(write_spec(tmp_path))
+    war_run = study.war_runs()[0]
+    with pytest.raises(RuntimeError, match="need the λ grid of width 8"):
+        resolve_overrides(study, war_run)
+    grid = study.grid_runs()
+    # λ=6 is better than λ=1 for width 8 on held-out robust accuracy.
+    for run in grid:
+        fabricate_run(study, run, 0.8, 0.4 if run.lam == 6.0 else 0.3, 0.7, 5.0)
+    summary = run_index(study, 0)  # finished: returns the summary without training
+    assert summary["lam"] == 1.0
+    overrides = resolve_overrides(study, war_run)
+    assert "objective.lam=6.0" in overrides and "war.enabled=true" in overrides
+    reference = next(o for o in overrides if o.startswith("war.reference_run="))
+    assert "width8_lam6_seed0" in reference
+    with pytest.raises(ConfigError, match="out of range"):
+        run_index(study, 99)
+
+
+def test_aggregation_reads_fabricated_run_directories(tmp_path):
+    study = load_study(write_spec(tmp_path, war=False))
+    for run in study.grid_runs():
+        fabricate_run(study, run, natural=0.5 + run.width / 1000, robust=0.3, stability=0.9 - run.width / 1000,
+                      lipschitz=run.width)
+    (study.runs_root / "not_finished").mkdir()
+    rows = collect_runs(study.runs_root.iterdir())
+    assert len(rows) == 12 * 3  # final, best_val, best_test per run
+    row = next(r for r in rows if r["run"] == "width128_lam6_seed1" and r["selection"] == "best_val")
+    assert row["width"] == 128 and row["lam"] == 6.0 and row["seed"] == 1 and row["epoch"] == 3
+    assert row["test_natural_accuracy"] == pytest.approx(0.628)
+    assert row["eval_eps"] == 0.1 and row["train_eps"] == 0.1
+    write_table(rows, tmp_path / "out" / "results")
+    assert io.read_json(tmp_path / "out" / "results.json") == rows
+    csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + len(rows) and csv_lines[0].startswith("run,")
+    assert len(collect_curves(study.runs_root.iterdir())) == 12 * 3
+
+
+def test_claims_follow_fabricated_trends(tmp_path):
+    study = load_study(write_spec(tmp_path))
+    noise = {0: -0.002, 1: 0.002}
+    for run in study.grid_runs():
+        w = math.log2(run.width)
+        fabricate_run(study, run, natural=0.5 + 0.05 * w + noise[run.seed],
+                      robust=0.35 + noise[run.seed] + (0.01 * run.lam if run.width == 128 else 0.0),
+                      stability=0.9 - 0.03 * w + 0.002 * run.lam + noise[run.seed],
+                      lipschitz=2.0 * w + noise[run.seed])
+    for run in study.war_runs():
+        fabricate_run(study, run, natural=0.8, robust=0.41 + noise[run.seed], stability=0.7, lipschitz=10.0,
+                      lam_final=9.0)
+    claims = {c.number: c for c in evaluate_claims(collect_runs(study.runs_root.iterdir()))}
+    assert claims[1].verdict == SUPPORTED          # natural accuracy rises with width
+    assert claims[2].verdict == SUPPORTED          # stability falls with width
+    assert claims[4].verdict == SUPPORTED          # Lipschitz rises
+    assert claims[3].verdict == SUPPORTED          # robust rises far less than natural
+    assert claims[6].verdict == SUPPORTED          # best λ: 1 at width 8 (tie → smaller), 6 at width 128
+    assert claims[8].verdict == "not evaluated"
+
+
+def test_compare_uses_two_standard_errors():
+    a, b = stats_of([0.50, 0.52]), stats_of([0.60, 0.62])
+    assert compare(a, b, expect_increase=True)[0] == SUPPORTED
+    assert compare(a, b, expect_increase=False)[0] == CONTRADICTED
+    assert compare(stats_of([0.5]), stats_of([0.9]), True)[0] == "inconclusive"  # one seed: no spread
+
+
+def test_figures_are_written_from_a_fabricated_table(tmp_path):
+    study = load_study(write_spec(tmp_path))
+    for run in study.grid_runs():
+        fabricate_run(study, run, 0.5 + run.width / 1000, 0.3 + run.lam / 100, 0.8, run.width / 10)
+    for run in study.war_runs():
+        fabricate_run(study, run, 0.6, 0.35, 0.8, 5.0, lam_final=7.5)
+    rows = collect_runs(study.runs_root.iterdir())
+    paths = make_all_figures(rows, collect_curves(study.runs_root.iterdir()), tmp_path / "figs", lam=6.0)
+    names = {p.name for p in paths}
+    for stem in ("epoch_curves", "metrics_vs_width", "metrics_vs_lambda", "lipschitz_vs_width", "war"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+    for path in paths:
+        assert path.stat().st_size > 1000
+
+
+def war(target=0.5, **kwargs) -> WarController:
+    config = WarConfig(enabled=True, target_ratio=target, **{"momentum": 0.0, **kwargs})
+    return WarController(config, base_lam=6.0, target_ratio=target)
+
+
+def test_war_follows_the_target_ratio_on_a_synthetic_loss_stream():
+    controller, state, lam = war(target=0.5), None, 6.0
+    # Natural risk 1.0 and regularizer 0.05: keeping λ·R_rob/R_nat = 0.5 needs λ = 10.
+    for epoch in range(1, 6):
+        lam, state = controller.update(state, epoch, natural_loss=1.0, regularizer=0.05, lam=lam)
+    assert lam == pytest.approx(10.0)
+    assert epoch_ratio(lam, 1.0, 0.05) == pytest.approx(0.5)
+
+
+def test_war_respects_its_bounds_and_warmup():
+    controller, state = war(target=0.5, warmup_epochs=3, max_lam=20.0), None
+    lam, state = controller.update(state, 1, natural_loss=1.0, regularizer=0.001, lam=6.0)
+    assert lam == 6.0                                   # warm-up: unchanged
+    lam, state = controller.update(state, 3, natural_loss=1.0, regularizer=0.001, lam=lam)
+    assert lam == 20.0                                  # 500 clipped to max_lam
+    lam, state = controller.update(state, 4, natural_loss=0.01, regularizer=1.0, lam=lam)
+    assert lam == 6.0                                   # 0.005 clipped to min_lam = λ_s
+
+
+def test_war_moving_average():
+    controller = WarController(WarConfig(enabled=True, target_ratio=1.0, momentum=0.5), base_lam=0.0, target_ratio=1.0)
+    _, state = controller.update(None, 1, natural_loss=2.0, regularizer=1.0, lam=1.0)
+    lam, state = controller.update(state, 2, natural_loss=4.0, regularizer=1.0, lam=1.0)
+    assert state["natural"] == pytest.approx(3.0) and lam == pytest.approx(3.0)
+
+
+def test_reference_ratio_is_the_mean_epoch_ratio(tmp_path):
+    io.write_jsonl(tmp_path / "metrics.jsonl", [
+        {"lam": 6.0, "train_natural_loss": 1.0, "train_regularizer": 0.1},
+        {"lam": 6.0, "train_natural_loss": 0.5, "train_regularizer": 0.1}])
+    assert reference_ratio(tmp_path) == pytest.approx((0.6 + 1.2) / 2)
+    with pytest.raises(FileNotFoundError, match="train the small model first"):
+        reference_ratio(tmp_path / "missing")
+
+
+def test_war_config_validation():
+    with pytest.raises(ValueError, match="war.target_ratio"):
+        WarConfig(enabled=True)
+    with pytest.raises(ConfigError, match="war.enabled"):
+        load_config(ExperimentConfig, None, ["war.enabled=true", "war.target_ratio=0.3", "objective.kind=natural"])
+
+
+def test_study_command_end_to_end_on_synthetic_data(tmp_path, capsys):
+    from nt_robust.cli import main
+
+    base = tmp_path / "base.toml"
+    base.write_text('''name = "tiny"
+[data]
+dataset = "synthetic"
+val_size = 64
+crop_padding = 1
+[model]
+arch = "mlp"
+depth = 1
+[train_attack]
+num_steps = 2
+[eval]
+val_examples = 64
+test_examples = 64
+batch_size = 64
+[eval.attack]
+num_steps = 3
+[optim]
+lr = 0.05
+[train]
+epochs = 2
+batch_size = 64
+progress = false
+''')
+    spec = tmp_path / "study.toml"
+    spec.write_text(f'''name = "tiny_study"
+base_config = "{base}"
+runs_root = "{tmp_path / 'runs'}"
+seeds = [0]
+[grid]
+"model.width" = [4, 32]
+"objective.lam" = [1.0, 6.0]
+[war]
+reference_width = 4
+widths = [32]
+''')
+    figures = tmp_path / "figures"
+    assert main(["study", str(spec), "--figures-dir", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert "Estimated cost" in out and "report:" in out
+    report = (figures / "report.md").read_text()
+    assert "**1. At fixed λ, natural accuracy rises with width.**" in report
+    assert "WAR from" in report and (figures / "war.png").exists()
+    rows = io.read_json(tmp_path / "runs" / "results" / "results.json")
+    assert {r["run"] for r in rows} == {"width4_lam1_seed0", "width4_lam6_seed0", "width32_lam1_seed0",
+                                        "width32_lam6_seed0", "war_width32_seed0"}
+    war_config = io.read_json(tmp_path / "runs" / "war_width32_seed0" / "config.json")
+    assert war_config["war"]["enabled"] and war_config["war"]["reference_run"].endswith("seed0")
+    war_metrics = io.read_jsonl(tmp_path / "runs" / "war_width32_seed0" / "metrics.jsonl")
+    assert all("lam_next" in r for r in war_metrics)
+    # A second invocation finds everything finished and only rebuilds the report.
+    before = (tmp_path / "runs" / "width4_lam1_seed0" / "summary.json").stat().st_mtime_ns
+    assert main(["study", str(spec), "--figures-dir", str(figures), "--no-estimate"]) == 0
+    assert (tmp_path / "runs" / "width4_lam1_seed0" / "summary.json").stat().st_mtime_ns == before
+    assert main(["study", str(spec), "--list"]) == 0
+    assert capsys.readouterr().out.count("finished") == 5
