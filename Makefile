@@ -27,10 +27,10 @@ data:
 		sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "note: no apt; put Fashion-MNIST in \$$NT_ROBUST_DATA_DIR (see README)"; fi
 
-# The main job: a quick TRADES run on Fashion-MNIST, offline, ending with a table of
-# natural accuracy, robust accuracy and stability (rerunning resumes / reprints).
+# The main job: the quick width x lambda study on Fashion-MNIST, offline: trains every
+# run (skipping finished ones), then writes figures/quick_fmnist/ with report.md.
 demo: setup
-	$(VENV)/bin/nt-robust train --config experiments/quick_fmnist.toml
+	$(VENV)/bin/nt-robust study experiments/study_quick_fmnist.toml
 
 test: setup
 	$(PY) -m pytest -q tests
