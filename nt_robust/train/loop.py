@@ -158,7 +158,7 @@ class Trainer:
         batch_size, epochs = config.train.batch_size, config.train.epochs
         rows_of_process = process_rows(batch_size)
         every = config.train.checkpoint_every_steps
-        run_start = time.time()
+        run_start, first_epoch = time.time(), progress.epoch
         while progress.epoch < epochs:
             epoch_start = time.time() - progress.epoch_seconds
             order = epoch_order(config.train.seed, progress.epoch, len(splits.train_images))
@@ -172,11 +172,12 @@ class Trainer:
                                                  global_batch(splits.train_labels[indices], self.mesh))
                 if pending is not None:  # read step i-1 while step i runs
                     self._accumulate(progress, pending, bar)
-                pending = (metrics, int(state.step))
                 progress.batch += 1
+                step = progress.epoch * self.steps_per_epoch + progress.batch  # == state.step, without a sync
+                pending = (metrics, step)
                 bar.update(1)
-                at_checkpoint = every and int(state.step) % every == 0
-                at_stop = stop_after_steps is not None and int(state.step) >= stop_after_steps
+                at_checkpoint = every and step % every == 0
+                at_stop = stop_after_steps is not None and step >= stop_after_steps
                 if at_checkpoint or at_stop:
                     self._accumulate(progress, pending, bar)
                     pending = None
@@ -200,9 +201,8 @@ class Trainer:
             checkpoints.save("latest", state, {"progress": dataclasses.asdict(progress)})
             if self.is_main:
                 self.run.write_metrics(rows)
-            elapsed = time.time() - run_start
-            done_here = progress.epoch - (rows[0]["epoch"] - 1 if rows else 0)
-            remaining = (epochs - progress.epoch) * elapsed / max(1, done_here)
+            seconds_per_epoch = (time.time() - run_start) / (progress.epoch - first_epoch)
+            remaining = (epochs - progress.epoch) * seconds_per_epoch
             log.info("epoch %d/%d  %s  (%.0f s; about %s left)", progress.epoch, epochs,
                      self._describe(row), row["epoch_seconds"], _duration(remaining))
         return state
