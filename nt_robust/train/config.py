@@ -29,8 +29,8 @@ def _require(condition: bool, field: str, message: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """``val_size`` examples are carved from the training set (seeded by ``split_seed``)
-    for checkpoint selection; ``train_subset`` keeps the first N examples of the
-    (shuffled) remaining training split for quick runs (None: all). How much of the
+    for checkpoint selection; ``train_subset`` keeps the first N remaining training
+    examples, in dataset order, for quick runs (None: all). How much of the
     validation and test sets is evaluated each epoch is set in ``eval``."""
 
     dataset: str = "cifar10"

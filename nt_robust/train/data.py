@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from nt_robust.data import Dataset, load_dataset, make_synthetic_dataset, train_val_split
+from nt_robust.data import Dataset, load_dataset, train_val_split
 from nt_robust.train.config import DataConfig
 
 
@@ -28,8 +28,7 @@ class Splits:
 
 
 def prepare_splits(config: DataConfig) -> Splits:
-    dataset: Dataset = (make_synthetic_dataset() if config.dataset == "synthetic"
-                        else load_dataset(config.dataset, data_dir=config.data_dir))
+    dataset: Dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     train_x, train_y, val_x, val_y = train_val_split(dataset.train_images, dataset.train_labels,
                                                      config.val_size, seed=config.split_seed)
     if config.train_subset is not None:
