@@ -167,7 +167,7 @@ def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
         war = group_stats(select(war_rows, width=width), ("width",), "test_robust_accuracy")[(width,)]
         bars.append((by_lam.get((lam_s,)), by_lam.get((best.get(width),)), war))
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+        fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
         x = np.arange(len(widths))
         labels = (f"fixed λ_s = {lam_s:g}", "grid-tuned λ", "WAR (from λ_s)")
         for k, (label, color) in enumerate(zip(labels, _colors(3))):
@@ -178,7 +178,7 @@ def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
         ax.set(xlabel="width", ylabel="test robust accuracy", title="WAR vs fixed and tuned λ")
         lows = [b[k].mean for b in bars for k in range(3) if b[k]]
         ax.set_ylim(min(lows) - 0.05, max(lows) + 0.03)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         return _save(fig, stem)
 
 
