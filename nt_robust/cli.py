@@ -2,6 +2,8 @@
 
     nt-robust train --config experiments/quick_fmnist.toml --set objective.lam=12
     nt-robust eval runs/quick_fmnist --checkpoint best_test --attack cw20
+    nt-robust eval runs/quick_fmnist --protocol autoattack-standard
+    nt-robust study experiments/study_quick_fmnist.toml
     nt-robust info
 """
 
@@ -58,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--examples", type=int, default=None, help="first N examples (default: all)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override eval settings, e.g. --set eval.attack.restarts=5")
+    evaluate.add_argument("--protocol", default=None,
+                          help="named protocol: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, "
+                               "cw20 (resumable; results in RUN_DIR/eval/<checkpoint>_<split>_<protocol>_eps<eps>.json)")
+    evaluate.add_argument("--eps", type=float, default=None, help="override epsilon (default: the run's eval.attack.eps)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="protocol batch size (default: eval.batch_size)")
 
     study = commands.add_parser("study", help="width × λ sweeps: run, list, estimate, report")
     study.add_argument("spec", help="study spec TOML (see experiments/study_*.toml)")
@@ -100,7 +107,8 @@ def _eval(args: argparse.Namespace) -> int:
     from nt_robust.train.evaluate_run import evaluate_run
 
     result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, attack=args.attack, split=args.split,
-                          examples=args.examples, overrides=args.overrides, progress=True)
+                          examples=args.examples, overrides=args.overrides, progress=True,
+                          protocol=args.protocol, eps=args.eps, batch_size=args.batch_size)
     print(json.dumps(result, indent=2))
     return 0
 

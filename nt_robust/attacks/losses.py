@@ -58,3 +58,40 @@ def cw_margin(logits: jax.Array, labels: jax.Array, confidence: float | None = N
 
 
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_to_clean, "cw": cw_margin}
+
+
+# Losses of AutoAttack (Croce & Hein 2020). Not in LOSSES: they need the sorted logits or a
+# target class, and are used by :mod:`nt_robust.attacks.apgd`.
+
+_DLR_EPS = 1e-12  # keeps the ratio finite when the top logits tie (as in the published loss)
+
+
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Difference of Logits Ratio ``-(z_y - max_{j≠y} z_j) / (z_π1 - z_π3)`` per example.
+
+    ``π`` orders the logits decreasingly. Invariant to shifting and scaling the logits,
+    so a model cannot hide behind saturated softmax outputs; needs at least 3 classes.
+    """
+    if logits.shape[-1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[-1]}")
+    top = jax.lax.top_k(logits, 3)[0]
+    label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return -(label_logit - best_other_logit(logits, labels)) / (top[:, 0] - top[:, 2] + _DLR_EPS)
+
+
+def targeted_dlr(logits: jax.Array, labels: jax.Array, targets: jax.Array) -> jax.Array:
+    """Targeted DLR ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`` per example; needs 4 classes."""
+    if logits.shape[-1] < 4:
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes, got {logits.shape[-1]}")
+    top = jax.lax.top_k(logits, 4)[0]
+    label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    target_logit = jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return -(label_logit - target_logit) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _DLR_EPS)
+
+
+def ranked_class(logits: jax.Array, rank: int) -> jax.Array:
+    """The class with the ``rank``-th largest logit per example (rank 1 = the prediction).
+
+    AutoAttack's targeted attacks aim at ranks 2, 3, ... of the clean logits.
+    """
+    return jax.lax.top_k(logits, rank)[1][:, rank - 1]

@@ -16,6 +16,7 @@ settings is returned without recomputing. ε is the run's ``eval.attack.eps`` un
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _sanity(trainer: Trainer, variables: Any, images: np.ndarray, labels: np.nda
     flags = sanity_flags(ModelFn(trainer.model, bn_mode), variables, x, labels[:SANITY_POINTS],
                          jax.random.key(seed), eps, bn_mode=bn_mode, result=result)
     if show:
-        print("sanity checks:\n" + format_flags(flags), flush=True)
+        print("sanity checks:\n" + format_flags(flags), file=sys.stderr, flush=True)  # stdout: the JSON
     return [f.to_dict() for f in flags]
 
 
@@ -115,8 +116,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_test", attack: str
                                 config.train.seed, config.eval.bn_mode, show=progress),
     }
     stem = Path(run_dir) / "eval" / f"{checkpoint}_{split}_{attack_name}"
-    io.save_arrays(stem.with_suffix(".npz"), per_example)
-    io.write_json(stem.with_suffix(".json"), result)
+    io.save_arrays(Path(f"{stem}.npz"), per_example)   # not with_suffix: "pgd20-0.003" has a dot
+    io.write_json(Path(f"{stem}.json"), result)
     return result
 
 
@@ -130,22 +131,23 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
     fingerprint = {"protocol": protocol.to_dict(), "checkpoint": checkpoint, "step": step, "split": split,
                    "num_examples": int(len(labels)), "seed": config.train.seed, "batch_size": batch_size,
                    "bn_mode": config.eval.bn_mode}
+    # ε is part of the name (with_suffix would cut "eps0.1" at its dot: build the names by hand).
     stem = Path(run_dir) / "eval" / f"{checkpoint}_{split}_{name}_eps{protocol.eps!r}"
-    json_path = stem.with_suffix(".json")
-    if json_path.exists() and stem.with_suffix(".npz").exists():
+    json_path, npz_path = Path(f"{stem}.json"), Path(f"{stem}.npz")
+    store = BatchStore(Path(f"{stem}.partial"), fingerprint)
+    if json_path.exists() and npz_path.exists():
         previous = io.read_json(json_path)
-        if previous.get("fingerprint") == BatchStore(stem.with_suffix(".partial"), fingerprint).fingerprint:
+        if previous.get("fingerprint") == store.fingerprint:
             if progress:
-                print(f"{json_path} is finished with these settings: not recomputed", flush=True)
+                print(f"{json_path} is finished with these settings: not recomputed", file=sys.stderr, flush=True)
             return previous
-    store = BatchStore(stem.with_suffix(".partial"), fingerprint)
     report = None
     if progress:
         if store.done:
-            print(f"resuming {name}: {len(store.done)} batch(es) already done", flush=True)
+            print(f"resuming {name}: {len(store.done)} batch(es) already done", file=sys.stderr, flush=True)
 
         def report(done: int, total: int) -> None:
-            print(f"{name} (eps={protocol.eps!r}): batch {done}/{total}", flush=True)
+            print(f"{name} (eps={protocol.eps!r}): batch {done}/{total}", file=sys.stderr, flush=True)
 
     result = run_protocol(protocol, ModelFn(trainer.model, config.eval.bn_mode), variables, images, labels,
                           seed=config.train.seed, batch_size=batch_size, store=store, progress=report)
@@ -160,7 +162,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         "sanity_flags": _sanity(trainer, variables, images, labels, protocol.eps, config.train.seed,
                                 config.eval.bn_mode, result=result, show=progress),
     }
-    io.save_arrays(stem.with_suffix(".npz"), result.per_example)
+    io.save_arrays(npz_path, result.per_example)
     io.write_json(json_path, summary)
     store.clear()
     return summary

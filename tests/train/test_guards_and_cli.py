@@ -43,9 +43,15 @@ def test_config_file_errors_are_clear(tmp_path):
         load_config(ExperimentConfig, bad)
 
 
-def test_shipped_experiment_configs_are_valid():
-    for path in Path(__file__).parents[2].joinpath("experiments").glob("*.toml"):
-        load_config(ExperimentConfig, path)
+def test_shipped_experiment_configs_and_study_specs_are_valid():
+    from nt_robust.studies.sweep import load_study
+
+    experiments = Path(__file__).parents[2] / "experiments"
+    for path in experiments.glob("*.toml"):
+        if path.name.startswith("study_"):
+            assert load_study(path).runs()  # validates every run's config
+        else:
+            load_config(ExperimentConfig, path)
 
 
 def test_nan_guard_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,0 +1,116 @@
+"""Attack throughput (images/s): our JAX APGD-CE and AutoAttack cascade vs torchattacks.
+
+    python benchmarks/attacks.py RUN_DIR --examples 500            # prints one JSON object
+    python benchmarks/attacks.py RUN_DIR --no-torch --queries 1000
+
+Same model (the run's checkpoint, exported to PyTorch for torchattacks), same points,
+same CPU. Our numbers exclude compilation (a warm-up call on the same shapes first) and
+report it separately; torchattacks has none. The cascade runs each stage only on the
+points still robust, in both frameworks (torchattacks: stage by stage on what is left).
+The load average is printed because this machine is shared: compare numbers only
+within one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _timed(fn):
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--checkpoint", default="best_test")
+    parser.add_argument("--examples", type=int, default=500)
+    parser.add_argument("--queries", type=int, default=5000, help="Square's budget in the cascade")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads (2 beside JAX's pool contend badly on 2 cores)")
+    args = parser.parse_args(argv)
+
+    from nt_robust.attacks import protocols as P
+    from nt_robust.attacks.apgd import APGDConfig
+    from nt_robust.train.evaluate_run import load_run_config
+    from nt_robust.train.loop import Trainer
+    from nt_robust.train.state import model_variables
+
+    config = load_run_config(args.run_dir)
+    trainer = Trainer(config, args.run_dir)
+    state, _ = trainer.restore(args.checkpoint)
+    variables = jax.device_get(model_variables(state, use_ema=config.optim.ema_decay is not None))
+    eps = config.eval.attack.eps
+    n = args.examples
+    x = trainer.splits.test_images[:n].astype(np.float32) / 255.0
+    y = trainer.splits.test_labels[:n].astype(np.int32)
+    apply_fn = P.ModelFn(trainer.model, "eval")
+    load_before = os.getloadavg()
+
+    results: dict = {"model": config.model.label, "eps": eps, "examples": n, "square_queries": args.queries,
+                     "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count()}
+    apgd_ce = APGDConfig(eps=eps, loss="ce")
+    xs, ys, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
+    _, compile_seconds = _timed(lambda: P._stage_predictions(apply_fn, apgd_ce, variables, xs, ys, key)
+                                .block_until_ready())
+    _, seconds = _timed(lambda: P._stage_predictions(apply_fn, apgd_ce, variables, xs, ys, key).block_until_ready())
+    results["ours_apgd_ce"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                               "first_call_seconds_incl_compile": round(compile_seconds, 2)}
+
+    protocol = P.PROTOCOLS["autoattack-standard"].at_eps(eps)
+    stages = tuple(dataclasses.replace(s, config=dataclasses.replace(s.config, num_queries=args.queries))
+                   if s.name == "square" else s for s in protocol.stages)
+    protocol = dataclasses.replace(protocol, stages=stages)
+    first, compile_seconds = _timed(lambda: P.run_protocol(protocol, apply_fn, variables, x, y, batch_size=n))
+    second, seconds = _timed(lambda: P.run_protocol(protocol, apply_fn, variables, x, y, batch_size=n))
+    results["ours_cascade"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                               "first_call_seconds_incl_compile": round(compile_seconds, 2),
+                               "robust_accuracy": second.summary()["robust_accuracy"]}
+
+    if not args.no_torch:
+        import torch
+
+        from nt_robust.attacks.torch_export import nhwc_to_nchw, to_torch, torchattacks_attack
+        torch.set_num_threads(args.torch_threads)
+        torch_model = to_torch(trainer.model, variables)
+        tx, ty = torch.from_numpy(nhwc_to_nchw(x)), torch.from_numpy(y.astype(np.int64))
+        attack = torchattacks_attack(torch_model, "apgd-ce", eps)
+        _, seconds = _timed(lambda: attack(tx, ty))
+        results["torchattacks_apgd_ce"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                                           "torch_threads": torch.get_num_threads()}
+
+        def torch_cascade():
+            with torch.no_grad():
+                robust = torch_model(tx).argmax(1) == ty
+            for name in ("apgd-ce", "apgd-t", "fab-t", "square"):
+                idx = torch.nonzero(robust).flatten()
+                if len(idx) == 0:
+                    break
+                adv = torchattacks_attack(torch_model, name, eps, queries=args.queries)(tx[idx], ty[idx])
+                with torch.no_grad():
+                    robust[idx] = torch_model(adv).argmax(1) == ty[idx]
+            return float(robust.float().mean())
+
+        accuracy, seconds = _timed(torch_cascade)
+        results["torchattacks_cascade"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                                           "robust_accuracy": accuracy}
+    results["load_average_before"] = [round(v, 2) for v in load_before]
+    results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

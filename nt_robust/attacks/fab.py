@@ -1,0 +1,199 @@
+"""FAB, the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), ℓ∞, in JAX.
+
+    from nt_robust.attacks.fab import FABConfig, fab
+
+    result = fab(logits_fn, x, y, key, FABConfig(eps=8 / 255))                  # FAB-T
+    result = fab(logits_fn, x, y, key, FABConfig(eps=8 / 255, targeted=False))  # FAB
+    result.x_adv, result.fooled, result.norm   # x_adv = x where no point within ε was found
+
+FAB looks for the *smallest* perturbation that changes the decision. Each step
+linearizes the decision boundary towards one class (the target, or for the untargeted
+version the class whose linearized boundary is closest), projects both the current
+iterate and the original point onto that hyperplane within the box [0, 1]
+(:func:`project_onto_hyperplane_box`), and moves to a convex combination of the two,
+extrapolated by ``eta``, with the weight of the original point
+``min(‖δ_iter‖ / (‖δ_iter‖ + ‖δ_orig‖), alpha_max)``. Whenever the iterate is
+misclassified it is recorded if it is the closest so far and pulled back towards the
+original point by ``beta``. A point counts as broken when its closest misclassified
+iterate lies within ε. Restarts after the first start from ``x + min(r, ε)·t/‖t‖∞/2``
+(``t ~ U(-1, 1)``, ``r`` the closest distance so far). Targeted runs aim at the classes
+ranked 2 … ``num_targets`` + 1 by the clean logits, one run each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nt_robust.attacks.loops import LOOPS, run_loop
+from nt_robust.models.apply import LogitsFn
+
+_FAR = 1e10  # "no adversarial point found yet"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FABConfig:
+    """One FAB attack (hashable: a static argument of ``jax.jit``). Defaults: AutoAttack's
+    (100 steps, alpha_max 0.1, eta 1.05, beta 0.9, 9 targets, 1 restart)."""
+
+    eps: float
+    norm: str = "linf"
+    targeted: bool = True
+    num_steps: int = 100
+    restarts: int = 1
+    num_targets: int = 9
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    loop: str = "fori"
+
+    def __post_init__(self) -> None:
+        if self.norm != "linf":
+            raise ValueError(f"FAB is implemented for norm='linf' only, got {self.norm!r}")
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be finite and >= 0, got {self.eps!r}")
+        for name in ("num_steps", "restarts", "num_targets"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        object.__setattr__(self, "eps", float(self.eps))
+
+
+class FABResult(NamedTuple):
+    x_adv: jax.Array   # closest misclassified point if within ε, else x itself
+    fooled: jax.Array  # (N,) bool: x_adv is misclassified and within ε
+    norm: jax.Array    # (N,) ℓ∞ distance of the closest misclassified point found (1e10: none)
+
+
+def project_onto_hyperplane_box(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """``d`` of smallest ‖d‖∞ with ``w·(t + d) = b`` and ``t + d ∈ [0, 1]^D``, per row.
+
+    ``t``, ``w``: (N, D); ``b``: (N,). Moving every coordinate by ``λ`` (clipped at the box)
+    in the direction that closes the gap changes ``w·d`` by ``R(λ) = Σ_i |w_i|·min(λ, p_i)``,
+    ``p_i`` the room left in the box; R is piecewise linear and increasing, so the smallest
+    λ reaching the gap is found exactly from the sorted ``p`` and cumulative sums. Where
+    even the whole box cannot close the gap, the box corner (the best effort) is returned.
+    """
+    gap = jnp.sum(w * t, axis=1) - b
+    w = w * jnp.where(gap >= 0, 1.0, -1.0)[:, None]     # now the gap w·t − b is >= 0
+    gap = jnp.abs(gap)
+    upward = w < 0                                     # coordinates that must increase
+    limit = jnp.where(upward, 1.0 - t, -t)             # the box edge in the useful direction
+    room = jnp.abs(limit)
+    weight = jnp.abs(w)
+    order = jnp.argsort(room, axis=1)
+    room_sorted = jnp.take_along_axis(room, order, axis=1)
+    weight_sorted = jnp.take_along_axis(weight, order, axis=1)
+    # R at the breakpoints λ = room_sorted[k]: sum_{j<=k} u_j p_j + p_k sum_{j>k} u_j.
+    filled = jnp.cumsum(weight_sorted * room_sorted, axis=1)
+    weight_left = jnp.sum(weight, axis=1, keepdims=True) - jnp.cumsum(weight_sorted, axis=1)
+    reach = filled + room_sorted * weight_left
+    reachable = reach[:, -1] >= gap
+    k = jnp.argmax(reach >= gap[:, None], axis=1)      # first breakpoint that closes the gap
+    filled_before = jnp.take_along_axis(filled, k[:, None], axis=1)[:, 0] - (
+        jnp.take_along_axis(weight_sorted * room_sorted, k[:, None], axis=1)[:, 0])
+    weight_from_k = jnp.take_along_axis(weight_left, k[:, None], axis=1)[:, 0] + (
+        jnp.take_along_axis(weight_sorted, k[:, None], axis=1)[:, 0])
+    lam = jnp.maximum((gap - filled_before) / jnp.maximum(weight_from_k, 1e-30), 0.0)
+    d = jnp.where(reachable[:, None], jnp.sign(limit) * jnp.minimum(lam[:, None], room), limit)
+    return jnp.where(w != 0, d, 0.0)
+
+
+def _boundary(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array, target: jax.Array | None):
+    """``(f, g)``: the linearized boundaries at ``x1`` (N, M) and their gradients (N, M, D)."""
+    flat_shape = x1.shape
+
+    def logits_of_flat(z):
+        return logits_fn(z.reshape(flat_shape))
+
+    flat = x1.reshape(x1.shape[0], -1)
+    logits, vjp = jax.vjp(logits_of_flat, flat)
+    num_classes = logits.shape[-1]
+    if target is not None:
+        diff = jnp.take_along_axis(logits, target[:, None], 1) - jnp.take_along_axis(logits, y[:, None], 1)
+        cotangent = jax.nn.one_hot(target, num_classes) - jax.nn.one_hot(y, num_classes)
+        return diff, vjp(cotangent.astype(logits.dtype))[0][:, None, :]
+    jacobian = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(
+        jnp.eye(num_classes, dtype=logits.dtype))                        # (K, N, D)
+    jacobian = jnp.swapaxes(jacobian, 0, 1)                               # (N, K, D)
+    diff = logits - jnp.take_along_axis(logits, y[:, None], 1)
+    grad = jacobian - jnp.take_along_axis(jacobian, y[:, None, None], 1)
+    diff = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), _FAR, diff)  # never the label itself
+    return diff, grad
+
+
+def fab_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, x_start: jax.Array,
+            target: jax.Array | None, config: FABConfig) -> tuple[jax.Array, jax.Array]:
+    """One FAB run: ``(closest misclassified point, its ℓ∞ distance or 1e10)`` per example."""
+    n = x.shape[0]
+    x0 = x.reshape(n, -1)
+
+    def predicts_wrong(z):
+        return jnp.argmax(logits_fn(z), axis=-1) != y
+
+    def step(_, carry):
+        x1, best, best_norm = carry
+        diff, grad = _boundary(logits_fn, x1, y, target)
+        distance = jnp.abs(diff) / (1e-12 + jnp.sum(jnp.abs(grad), axis=-1))
+        closest = jnp.argmin(distance, axis=1)
+        w = jnp.take_along_axis(grad, closest[:, None, None], 1)[:, 0]
+        b = jnp.sum(w * x1.reshape(n, -1), axis=1) - jnp.take_along_axis(diff, closest[:, None], 1)[:, 0]
+        flat1 = x1.reshape(n, -1)
+        d1 = project_onto_hyperplane_box(flat1, w, b)
+        d2 = project_onto_hyperplane_box(x0, w, b)
+        a1 = jnp.maximum(jnp.max(jnp.abs(d1), axis=1), 1e-8)
+        a2 = jnp.maximum(jnp.max(jnp.abs(d2), axis=1), 1e-8)
+        alpha = jnp.clip(a1 / (a1 + a2), 0.0, config.alpha_max)[:, None]
+        flat1 = jnp.clip((flat1 + config.eta * d1) * (1 - alpha) + (x0 + config.eta * d2) * alpha, 0.0, 1.0)
+        x1 = flat1.reshape(x.shape)
+        wrong = predicts_wrong(x1)
+        norm = jnp.max(jnp.abs(flat1 - x0), axis=1)
+        closer = wrong & (norm < best_norm)
+        best = jnp.where(closer[:, None], flat1, best)
+        best_norm = jnp.where(closer, norm, best_norm)
+        flat1 = jnp.where(wrong[:, None], x0 + (flat1 - x0) * config.beta, flat1)
+        return flat1.reshape(x.shape), best, best_norm
+
+    init = (x_start, x0, jnp.full((n,), _FAR, x.dtype))
+    _, best, best_norm = run_loop(0, config.num_steps, step, init, config.loop)
+    return best.reshape(x.shape), best_norm
+
+
+def fab(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, config: FABConfig) -> FABResult:
+    """FAB (targeted or not) with restarts; points misclassified from the start are returned
+    as they are (norm 0). Run ``r`` (target rank ``2 + r // restarts`` when targeted; a
+    random start unless ``r % restarts == 0``) uses ``fold_in(key, r)``. The runs are a
+    ``fori_loop``: one compiled copy whatever their number."""
+    y = y.astype(jnp.int32)
+    clean_logits = jax.lax.stop_gradient(logits_fn(x))
+    wrong_from_start = jnp.argmax(clean_logits, axis=-1) != y
+    ranked = None
+    runs = config.restarts
+    if config.targeted:
+        if config.num_targets + 1 > clean_logits.shape[-1]:
+            raise ValueError(f"num_targets={config.num_targets} needs at least {config.num_targets + 1} classes")
+        ranked = jax.lax.top_k(clean_logits, config.num_targets + 1)[1]
+        runs *= config.num_targets
+    expand = (slice(None),) + (None,) * (x.ndim - 1)
+
+    def one_run(run, carry):
+        best, best_norm = carry
+        target = None if ranked is None else jnp.take(ranked, 1 + run // config.restarts, axis=1)
+        t = jax.random.uniform(jax.random.fold_in(key, run), x.shape, x.dtype, -1.0, 1.0)
+        t = t / jnp.maximum(jnp.max(jnp.abs(t), axis=tuple(range(1, x.ndim)), keepdims=True), 1e-12)
+        random_start = jnp.clip(x + (jnp.minimum(best_norm, config.eps)[expand] * t) / 2, 0.0, 1.0)
+        x_start = jnp.where(run % config.restarts == 0, x, random_start)
+        candidate, norm = fab_run(logits_fn, x, y, x_start, target, config)
+        closer = norm < best_norm
+        return jnp.where(closer[expand], candidate, best), jnp.where(closer, norm, best_norm)
+
+    init = (x, jnp.where(wrong_from_start, 0.0, _FAR).astype(x.dtype))
+    best, best_norm = jax.lax.fori_loop(0, runs, one_run, init)
+    fooled = best_norm <= config.eps
+    x_adv = jnp.where(fooled[expand], best, x)
+    return FABResult(jax.lax.stop_gradient(x_adv), fooled, best_norm)

@@ -1,0 +1,320 @@
+"""Named, versioned evaluation protocols and the cascade that runs them.
+
+    from nt_robust.attacks.protocols import PROTOCOLS, ModelFn, run_protocol
+
+    protocol = PROTOCOLS["autoattack-standard"].at_eps(8 / 255)
+    result = run_protocol(protocol, ModelFn(model, "eval"), variables, images, labels, seed=0)
+    result.summary()          # name, version, ε (exact), points, seed, robust accuracy per stage
+    result.per_example["broken_by"]   # stage index that broke each point; -1 robust; -2 wrong when clean
+
+A protocol is an ordered list of stages (attacks). Each stage attacks only the points
+that every earlier stage left correctly classified (the cascade), so the robust accuracy
+after the last stage is the per-example worst case over all stages. Stages receive their
+ε from the protocol (``at_eps``); a protocol's ``version`` changes whenever a stage's
+settings change, so stored results say exactly what was run.
+
+Protocols (version 1):
+
+``autoattack-standard``
+    APGD-CE (100 steps, 1 restart), APGD-T (targeted DLR, 9 targets, 100 steps),
+    FAB-T (9 targets, 100 steps), Square (5000 queries, p_init 0.8): AutoAttack's
+    "standard" version.
+``autoattack-2020``
+    APGD-CE, APGD-DLR (untargeted), FAB (untargeted), Square 5000: the list the paper's
+    authors could run in 2020. Restarts as in "standard" (1 each; FAB untargeted 1):
+    our choice, the paper does not say.
+``pgd20-0.007`` / ``pgd20-0.003``
+    PGD-20 with CE, uniform start, step 0.007 / 0.003 (the paper's two PGD-20 settings).
+``cw20``
+    PGD-20 on the CW margin, step 0.007.
+
+Every adversarial point is projected onto B∞(x, ε) ∩ [0, 1] before it is judged, so no
+stage can report a point outside the threat model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nt_robust import io
+from nt_robust.attacks.apgd import APGDConfig, apgd
+from nt_robust.attacks.config import CW20, PGD20, AttackConfig
+from nt_robust.attacks.fab import FABConfig, fab
+from nt_robust.attacks.parts import PROJECTIONS
+from nt_robust.attacks.pgd import pgd
+from nt_robust.attacks.square import SquareConfig, square
+
+StageConfig = Union[AttackConfig, APGDConfig, FABConfig, SquareConfig]
+ROBUST, CLEAN_ERROR = -1, -2  # values of per_example["broken_by"] besides stage indices
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One attack of a protocol. ``white_box``: uses gradients (Square does not)."""
+
+    name: str
+    config: StageConfig
+    white_box: bool = True
+
+    def at_eps(self, eps: float) -> "Stage":
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, eps=eps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "attack": type(self.config).__name__, "white_box": self.white_box,
+                "config": dataclasses.asdict(self.config)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A named, versioned list of stages; ``eps`` None until :meth:`at_eps` sets it."""
+
+    name: str
+    version: int
+    stages: tuple[Stage, ...]
+    description: str = ""
+    eps: float | None = None
+
+    def at_eps(self, eps: float) -> "Protocol":
+        if not (isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        eps = float(eps)
+        return dataclasses.replace(self, eps=eps, stages=tuple(s.at_eps(eps) for s in self.stages))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "eps": self.eps, "description": self.description,
+                "stages": [s.to_dict() for s in self.stages]}
+
+
+_UNSET = 0.0  # ε placeholder until at_eps
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("autoattack-standard", 1, (
+        Stage("apgd-ce", APGDConfig(eps=_UNSET, loss="ce")),
+        Stage("apgd-t", APGDConfig(eps=_UNSET, loss="targeted_dlr", num_targets=9)),
+        Stage("fab-t", FABConfig(eps=_UNSET, targeted=True, num_targets=9)),
+        Stage("square", SquareConfig(eps=_UNSET, num_queries=5000), white_box=False),
+    ), "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square 5000"),
+    Protocol("autoattack-2020", 1, (
+        Stage("apgd-ce", APGDConfig(eps=_UNSET, loss="ce")),
+        Stage("apgd-dlr", APGDConfig(eps=_UNSET, loss="dlr")),
+        Stage("fab", FABConfig(eps=_UNSET, targeted=False)),
+        Stage("square", SquareConfig(eps=_UNSET, num_queries=5000), white_box=False),
+    ), "AutoAttack as in 2020: APGD-CE, APGD-DLR, FAB, Square 5000"),
+    Protocol("pgd20-0.007", 1, (Stage("pgd20", PGD20),), "PGD-20, CE, step 0.007, uniform start"),
+    Protocol("pgd20-0.003", 1, (Stage("pgd20", dataclasses.replace(PGD20, step_size=0.003)),),
+             "PGD-20, CE, step 0.003, uniform start"),
+    Protocol("cw20", 1, (Stage("cw20", CW20),), "PGD-20 on the CW margin, step 0.007"),
+)}
+
+
+def get_protocol(name: str, eps: float) -> Protocol:
+    """``PROTOCOLS[name]`` at ``eps``, with a helpful error for unknown names."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name].at_eps(eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFn:
+    """``(variables, x) -> logits`` for a Flax model with an explicit BatchNorm mode; hashable,
+    so one compiled attack serves every set of variables of the same model."""
+
+    model: Any
+    bn_mode: str = "eval"
+
+    def __call__(self, variables: Any, x: jax.Array) -> jax.Array:
+        from nt_robust.models.apply import make_logits_fn
+        return make_logits_fn(self.model, variables, self.bn_mode)(x)
+
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]  # hashable (variables, x) -> logits
+
+
+def attack_stage(config: StageConfig, logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                 y: jax.Array, key: jax.Array) -> jax.Array:
+    """The adversarial points of one stage, projected onto B(x, ε) ∩ [0, 1]."""
+    if isinstance(config, AttackConfig):
+        x_adv = pgd(logits_fn, x, y, key, config)
+    elif isinstance(config, APGDConfig):
+        x_adv = apgd(logits_fn, x, y, key, config).x_adv
+    elif isinstance(config, FABConfig):
+        x_adv = fab(logits_fn, x, y, key, config).x_adv
+    elif isinstance(config, SquareConfig):
+        x_adv = square(logits_fn, x, y, key, config).x_adv
+    else:
+        raise TypeError(f"unknown attack config {type(config).__name__}")
+    return PROJECTIONS[config.norm](x_adv, x, config.eps)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _stage_predictions(apply_fn: ApplyFn, config: StageConfig, variables: Any, x: jax.Array, y: jax.Array,
+                       key: jax.Array) -> jax.Array:
+    logits_fn = functools.partial(apply_fn, variables)
+    return jnp.argmax(logits_fn(attack_stage(config, logits_fn, x, y, key)), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(apply_fn: ApplyFn, variables: Any, x: jax.Array) -> jax.Array:
+    return jnp.argmax(apply_fn(variables, x), axis=-1)
+
+
+def _bucket(n: int, batch_size: int) -> int:
+    """Pad ``n`` robust points to a power of two (≥ 64, ≤ batch size): few compiled shapes."""
+    return min(max(64, 1 << (n - 1).bit_length()), batch_size)
+
+
+def cascade_batch(protocol: Protocol, apply_fn: ApplyFn, variables: Any, x: np.ndarray, y: np.ndarray,
+                  key: jax.Array, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Per-example results of the whole cascade on one batch (x float in [0, 1], NHWC).
+
+    Returns ``labels``, ``clean_pred``, ``adv_pred`` (prediction at the breaking point, or the
+    clean prediction where nothing broke it) and ``broken_by``. Stage ``s`` uses
+    ``fold_in(key, s)`` and sees only the still-robust points, padded to a power of two.
+    """
+    if protocol.eps is None:
+        raise ValueError(f"protocol {protocol.name!r} has no ε yet: use .at_eps(eps)")
+    batch_size = batch_size or len(x)
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    clean_pred = np.asarray(_predict(apply_fn, variables, jnp.asarray(x)))
+    adv_pred = clean_pred.copy()
+    broken_by = np.where(clean_pred == y, ROBUST, CLEAN_ERROR).astype(np.int16)
+    for index, stage in enumerate(protocol.stages):
+        todo = np.flatnonzero(broken_by == ROBUST)
+        if todo.size == 0:
+            break
+        size = _bucket(todo.size, max(batch_size, todo.size))
+        rows = np.concatenate([todo, np.full(size - todo.size, todo[0])])
+        pred = np.asarray(_stage_predictions(apply_fn, stage.config, variables, jnp.asarray(x[rows]),
+                                             jnp.asarray(y[rows]), jax.random.fold_in(key, index)))[:todo.size]
+        broken = pred != y[todo]
+        broken_by[todo[broken]] = index
+        adv_pred[todo[broken]] = pred[broken]
+    return {"labels": y, "clean_pred": clean_pred, "adv_pred": adv_pred, "broken_by": broken_by}
+
+
+def stage_accuracies(protocol: Protocol, broken_by: np.ndarray) -> dict[str, float]:
+    """Robust accuracy after each stage (cumulative), keyed ``"<index>:<stage name>"``."""
+    broken_by = np.asarray(broken_by)
+    n = max(len(broken_by), 1)
+    out = {"clean": float(np.mean(broken_by != CLEAN_ERROR)) if len(broken_by) else 0.0}
+    for index, stage in enumerate(protocol.stages):
+        still = (broken_by == ROBUST) | (broken_by > index)
+        out[f"{index}:{stage.name}"] = float(np.sum(still) / n)
+    return out
+
+
+@dataclasses.dataclass
+class ProtocolResult:
+    """What one protocol evaluation leaves: per-example arrays and the settings."""
+
+    protocol: Protocol
+    per_example: dict[str, np.ndarray]
+    seed: int
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        broken_by = self.per_example["broken_by"]
+        labels = self.per_example["labels"]
+        return {
+            "protocol": self.protocol.name,
+            "protocol_version": self.protocol.version,
+            "eps": self.protocol.eps,
+            "num_examples": int(len(labels)),
+            "seed": self.seed,
+            "natural_accuracy": float(np.mean(self.per_example["clean_pred"] == labels)) if len(labels) else 0.0,
+            "robust_accuracy": float(np.mean(broken_by == ROBUST)) if len(labels) else 0.0,
+            "robust_accuracy_after_stage": stage_accuracies(self.protocol, broken_by),
+            "broken_by_stage": {s.name: int(np.sum(broken_by == i)) for i, s in enumerate(self.protocol.stages)},
+            "stages": [s.to_dict() for s in self.protocol.stages],
+            **self.settings,
+        }
+
+
+def run_protocol(protocol: Protocol, apply_fn: ApplyFn, variables: Any, images: np.ndarray, labels: np.ndarray,
+                 seed: int = 0, batch_size: int = 256, store: "BatchStore | None" = None,
+                 progress: Callable[[int, int], None] | None = None) -> ProtocolResult:
+    """Run ``protocol`` batch by batch; batch ``i`` uses ``fold_in(key(seed), i)``.
+
+    With a ``store`` (:class:`nt_robust.attacks.protocols.BatchStore`), finished batches
+    are loaded instead of recomputed and every new batch is saved as soon as it is done.
+    ``images``: uint8 (scaled by 1/255) or float in [0, 1], NHWC.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype == np.uint8:
+        to_float = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
+    else:
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise ValueError("float images must lie in [0, 1] (normalization belongs inside the model)")
+        to_float = lambda a: a.astype(np.float32)  # noqa: E731
+    base = jax.random.key(seed)
+    starts = list(range(0, len(images), batch_size))
+    chunks = []
+    started = time.perf_counter()
+    for index, start in enumerate(starts):
+        chunk = store.load(index) if store is not None else None
+        if chunk is None:
+            chunk = cascade_batch(protocol, apply_fn, variables, to_float(images[start:start + batch_size]),
+                                  labels[start:start + batch_size], jax.random.fold_in(base, index), batch_size)
+            if store is not None:
+                store.save(index, chunk)
+        chunks.append(chunk)
+        if progress is not None:
+            progress(index + 1, len(starts))
+    per_example = ({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else
+                   {k: np.zeros(0, np.int32) for k in ("labels", "clean_pred", "adv_pred", "broken_by")})
+    return ProtocolResult(protocol, per_example, seed,
+                          {"batch_size": batch_size, "seconds": round(time.perf_counter() - started, 3)})
+
+
+class BatchStore:
+    """Per-batch results on disk, so an interrupted evaluation resumes where it stopped::
+
+        store = BatchStore(run_dir / "eval" / "best_test_test_autoattack-standard.partial",
+                           fingerprint={"protocol": protocol.to_dict(), "seed": 0, ...})
+        result = run_protocol(..., store=store)
+        store.clear()                 # once the final result is written
+
+    ``batch_00007.npz`` holds batch 7's arrays, ``index.json`` the finished batches and the
+    fingerprint of the settings; both are written atomically (a batch is listed only after
+    its file is complete). A store whose fingerprint differs from the requested one (other
+    ε, protocol version, checkpoint, points, seed, batch size) is discarded, not mixed in.
+    """
+
+    def __init__(self, directory: str | Path, fingerprint: dict[str, Any]):
+        self.directory = Path(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        self.done: set[int] = set()
+        index_path = self.directory / "index.json"
+        if index_path.exists():
+            index = io.read_json(index_path)
+            if index.get("fingerprint") == self.fingerprint:
+                self.done = set(index.get("batches", []))
+            else:
+                shutil.rmtree(self.directory)
+
+    def _write_index(self) -> None:
+        io.write_json(self.directory / "index.json",
+                            {"fingerprint": self.fingerprint, "batches": sorted(self.done)})
+
+    def load(self, index: int) -> dict[str, np.ndarray] | None:
+        if index not in self.done:
+            return None
+        return io.load_arrays(self.directory / f"batch_{index:05d}.npz")
+
+    def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        io.save_arrays(self.directory / f"batch_{index:05d}.npz", arrays)
+        self.done.add(index)
+        self._write_index()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

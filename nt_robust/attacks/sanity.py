@@ -1,0 +1,143 @@
+"""Runtime flags for evaluations that cannot be trusted (gradient masking and friends).
+
+    from nt_robust.attacks.sanity import sanity_flags, format_flags
+
+    flags = sanity_flags(apply_fn, variables, x, y, key, eps=0.031, bn_mode="eval",
+                         result=protocol_result)          # result: optional, for the cascade checks
+    print(format_flags(flags))    # one line per check: "ok" or "FLAG" with the numbers behind it
+
+Checks (each cheap, on a subset ``x`` of a few dozen points):
+
+``randomized_forward``      two forward passes of the same batch differ: attacks see noise,
+                            gradients are unreliable (AutoAttack's check_randomized).
+``batch_dependent_output``  an example's logits change with the rest of the batch: BatchNorm
+                            in training mode (or another batch coupling).
+``bn_train_mode``           the evaluation was configured with ``bn_mode="train"``.
+``probability_outputs``     the model returns probabilities, not logits (the CE and DLR losses
+                            then saturate; AutoAttack's check_range_output).
+``zero_gradients``          some examples have an all-zero input gradient of the CE loss.
+``nonfinite_gradients``     some input gradients are NaN or infinite.
+``eps_not_monotone``        PGD robust accuracy at ε/2, ε, 2ε does not decrease as ε grows
+                            (beyond one point of noise).
+``black_box_beats_white_box``  in a cascade, a gradient-free stage broke more than 0.2% of the
+                            points all white-box stages left (AutoAttack's check_square_sr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nt_robust.attacks.losses import cross_entropy
+from nt_robust.attacks.parts import project_linf, uniform_linf_start
+from nt_robust.attacks.pgd import projected_ascent
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    name: str
+    raised: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(apply_fn: ApplyFn, variables: Any, x: jax.Array) -> jax.Array:
+    return apply_fn(variables, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ce_gradients(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jax.grad(lambda z: jnp.sum(cross_entropy(apply_fn(variables, z), y)))(x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _pgd_correct(apply_fn: ApplyFn, num_steps: int, variables: Any, x: jax.Array, y: jax.Array,
+                 key: jax.Array, eps: jax.Array) -> jax.Array:
+    """PGD (CE, ``num_steps`` steps of ε/4, uniform start); ε traced: one compile for every ε."""
+    logits_fn = functools.partial(apply_fn, variables)
+    x_start = project_linf(uniform_linf_start(key, x, eps), x, eps)
+    x_adv = projected_ascent(lambda z: cross_entropy(logits_fn(z), y), x, x_start, norm="linf", eps=eps,
+                             step_size=eps / 4, num_steps=num_steps, loop="fori").x_adv
+    return jnp.argmax(logits_fn(x_adv), axis=-1) == y
+
+
+def forward_flags(apply_fn: ApplyFn, variables: Any, x: jax.Array, bn_mode: str = "eval") -> list[Flag]:
+    """Randomness, batch coupling, BN mode and probability outputs."""
+    first, second = np.asarray(_logits(apply_fn, variables, x)), np.asarray(_logits(apply_fn, variables, x))
+    scale = 1.0 + float(np.max(np.abs(first)))
+    diff = float(np.max(np.abs(first - second)))
+    flags = [Flag("randomized_forward", diff > 1e-5 * scale, f"max |Δlogit| between two passes = {diff:.3g}")]
+    k = min(4, len(x))
+    alone = np.concatenate([np.asarray(_logits(apply_fn, variables, x[i:i + 1])) for i in range(k)])
+    coupling = float(np.max(np.abs(alone - first[:k])))
+    flags.append(Flag("batch_dependent_output", coupling > 1e-4 * scale,
+                      f"max |Δlogit| alone vs in batch = {coupling:.3g}"))
+    flags.append(Flag("bn_train_mode", bn_mode == "train", f"bn_mode = {bn_mode!r}"))
+    probabilities = bool(first.min() >= -1e-5 and first.max() <= 1 + 1e-5
+                         and np.all(np.abs(first.sum(-1) - 1) < 1e-5))
+    flags.append(Flag("probability_outputs", probabilities,
+                      "outputs lie in [0, 1] and sum to 1" if probabilities else "outputs look like logits"))
+    return flags
+
+
+def gradient_flags(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array) -> list[Flag]:
+    """Zero and non-finite input gradients of the CE loss."""
+    grad = np.asarray(_ce_gradients(apply_fn, variables, x, y)).reshape(len(x), -1)
+    finite = np.isfinite(grad).all(axis=1)
+    zero = np.all(grad == 0, axis=1)
+    return [Flag("zero_gradients", bool(zero.any()), f"{int(zero.sum())}/{len(x)} examples with a zero gradient"),
+            Flag("nonfinite_gradients", bool((~finite).any()),
+                 f"{int((~finite).sum())}/{len(x)} examples with a non-finite gradient")]
+
+
+def eps_monotonicity_flag(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array, key: jax.Array,
+                          eps: float, num_steps: int = 20) -> Flag:
+    """PGD (CE, step ε/4, ``num_steps`` steps, uniform start) at ε/2, ε and 2ε."""
+    accuracies = []
+    for scale in (0.5, 1.0, 2.0):
+        correct = _pgd_correct(apply_fn, num_steps, variables, x, y, key, jnp.asarray(eps * scale, jnp.float32))
+        accuracies.append(float(np.mean(np.asarray(correct))))
+    slack = 1.0 / max(len(x), 1) + 1e-9
+    raised = accuracies[1] > accuracies[0] + slack or accuracies[2] > accuracies[1] + slack
+    return Flag("eps_not_monotone", raised, "PGD robust accuracy at ε/2, ε, 2ε = "
+                + ", ".join(f"{a:.3f}" for a in accuracies))
+
+
+def cascade_flags(result: Any, alpha: float = 0.002) -> list[Flag]:
+    """Checks on a finished :class:`~nt_robust.attacks.protocols.ProtocolResult`."""
+    broken_by = np.asarray(result.per_example["broken_by"])
+    black_box = [i for i, s in enumerate(result.protocol.stages) if not s.white_box]
+    if not black_box or not any(s.white_box for s in result.protocol.stages) or not len(broken_by):
+        return []
+    by_black_box = int(np.isin(broken_by, black_box).sum())
+    return [Flag("black_box_beats_white_box", by_black_box > alpha * len(broken_by),
+                 f"{by_black_box}/{len(broken_by)} points broken only by a gradient-free stage")]
+
+
+def sanity_flags(apply_fn: ApplyFn, variables: Any, x: np.ndarray, y: np.ndarray, key: jax.Array, eps: float,
+                 bn_mode: str = "eval", result: Any = None) -> list[Flag]:
+    """Every check above on ``(x, y)`` (a small subset, float in [0, 1]); ``result`` adds the
+    cascade check."""
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+    flags = forward_flags(apply_fn, variables, x, bn_mode)
+    flags += gradient_flags(apply_fn, variables, x, y)
+    flags.append(eps_monotonicity_flag(apply_fn, variables, x, y, key, eps))
+    if result is not None:
+        flags += cascade_flags(result)
+    return flags
+
+
+def format_flags(flags: list[Flag]) -> str:
+    """One line per check, raised flags first."""
+    ordered = sorted(flags, key=lambda f: not f.raised)
+    return "\n".join(f"{'FLAG' if f.raised else 'ok  '} {f.name}: {f.detail}" for f in ordered)

@@ -1,0 +1,86 @@
+"""APGD against closed-form worst cases of linear models, plus the helpers the other attack tests share."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nt_robust.attacks.apgd import APGDConfig, apgd, checkpoint_schedule
+
+EPS = 0.1
+
+# Linear test models whose worst case inside B∞(x, ε) ∩ [0, 1]^d has a closed form
+# (the other attack tests import these helpers from here).
+
+def linear_model(num_classes: int, shape=(4, 4, 1), seed: int = 0):
+    """``(logits_fn, W, b)`` with ``logits = flatten(x) @ W + b``."""
+    rng = np.random.default_rng(seed)
+    dim = int(np.prod(shape))
+    w = jnp.asarray(rng.normal(size=(dim, num_classes)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(num_classes,)) * 0.1, jnp.float32)
+    return (lambda x: x.reshape(x.shape[0], -1) @ w + b), w, b
+
+
+def images(n: int, shape=(4, 4, 1), seed: int = 1) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=(n,) + shape), jnp.float32)
+
+
+def worst_margin(x: jax.Array, y: jax.Array, w: jax.Array, b: jax.Array, eps: float) -> jax.Array:
+    """``max_j max_{x'} z_j(x') - z_y(x')`` over j ≠ y: each coordinate of x' goes to the end of
+    ``[max(x - ε, 0), min(x + ε, 1)]`` that the sign of ``w_j - w_y`` favours."""
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = jnp.clip(flat - eps, 0, 1), jnp.clip(flat + eps, 0, 1)
+    v = w[None, :, :] - w.T[y][:, :, None]                       # (N, d, K): w_j - w_y
+    best = jnp.sum(jnp.where(v > 0, hi[:, :, None], lo[:, :, None]) * v, axis=1) + b - b[y][:, None]
+    best = jnp.where(jax.nn.one_hot(y, w.shape[1], dtype=bool), -jnp.inf, best)
+    return jnp.max(best, axis=1)
+
+
+def assert_valid(x_adv, x, eps: float, tol: float = 1e-6) -> None:
+    """Every point within ε of x (ℓ∞) and inside [0, 1]."""
+    x_adv, x = np.asarray(x_adv), np.asarray(x)
+    assert x_adv.shape == x.shape
+    assert np.all(np.isfinite(x_adv))
+    assert np.max(np.abs(x_adv - x)) <= eps + tol
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_checkpoint_schedule_matches_published_fractions():
+    is_check, window = checkpoint_schedule(100)
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (windows 22, 19, 16, ... down to 6)
+    assert list(np.flatnonzero(is_check) + 1) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert list(window[is_check]) == [22, 19, 16, 13, 10, 7, 6, 6]
+
+
+def test_apgd_ce_reaches_closed_form_worst_case_on_binary_linear_model():
+    logits_fn, w, b = linear_model(2)
+    x = images(16)
+    y = jnp.argmax(logits_fn(x), axis=1)
+    result = jax.jit(apgd, static_argnums=(0, 4))(logits_fn, x, y, jax.random.key(0),
+                                                    APGDConfig(eps=EPS, num_steps=10))
+    assert_valid(result.x_adv, x, EPS)
+    worst = worst_margin(x, y, w, b, EPS)
+    worst_ce = jax.nn.softplus(worst)  # two classes: CE = softplus(z_other - z_y)
+    np.testing.assert_allclose(result.loss, worst_ce, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(result.fooled, worst > 0)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr", "targeted_dlr"])
+def test_apgd_breaks_exactly_the_breakable_points_of_a_linear_model(loss):
+    logits_fn, w, b = linear_model(10)
+    x = images(64)
+    y = jnp.argmax(logits_fn(x), axis=1)
+    config = APGDConfig(eps=EPS, loss=loss, num_steps=20, num_targets=3, restarts=2 if loss == "dlr" else 1)
+    result = jax.jit(apgd, static_argnums=(0, 4))(logits_fn, x, y, jax.random.key(1), config)
+    assert_valid(result.x_adv, x, EPS)
+    worst = np.asarray(worst_margin(x, y, w, b, EPS))
+    fooled = np.asarray(result.fooled)
+    adv_pred = np.asarray(jnp.argmax(logits_fn(result.x_adv), axis=1))
+    np.testing.assert_array_equal(fooled, adv_pred != np.asarray(y))
+    assert not np.any(fooled & (worst < 0))
+    clear = worst > 0.05
+    assert clear.sum() > 10
+    if loss == "targeted_dlr":  # only the 3 runner-up classes are tried
+        assert fooled[clear].mean() > 0.8
+    else:
+        assert np.all(fooled[clear])

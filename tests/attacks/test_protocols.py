@@ -1,0 +1,143 @@
+"""Protocols and the cascade: validity, monotonicity over members, stored settings,
+resumable evaluation, sanity flags."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nt_robust.attacks import PGD20
+from nt_robust.attacks.fab import FABConfig
+from nt_robust.attacks import protocols as P
+from nt_robust.attacks.sanity import cascade_flags, format_flags, forward_flags, gradient_flags, sanity_flags
+from nt_robust.attacks.square import SquareConfig
+from test_apgd import images
+
+EPS = 0.1
+_RNG = np.random.default_rng(0)
+_W = jnp.asarray(_RNG.normal(size=(36, 10)), jnp.float32)
+_B = jnp.asarray(_RNG.normal(size=(10,)) * 0.1, jnp.float32)
+
+
+def linear_apply(params, x):
+    """Module-level (hashable) ``(params, x) -> logits``."""
+    w, b = params
+    return x.reshape(x.shape[0], -1) @ w + b
+
+
+PARAMS = (_W, _B)
+# Weak on purpose (few steps, small ε) so that the stages differ and later ones still find points.
+SMALL = P.Protocol("small-test", 3, (
+    P.Stage("pgd", dataclasses.replace(PGD20, num_steps=2, step_size=0.01, loop="fori")),
+    P.Stage("fab", FABConfig(eps=0.0, targeted=False, num_steps=3)),
+    P.Stage("square", SquareConfig(eps=0.0, num_queries=30), white_box=False),
+))
+
+
+def _data(n=32):
+    x = np.asarray(images(n, shape=(6, 6, 1), seed=5))
+    y = np.array(jnp.argmax(linear_apply(PARAMS, jnp.asarray(x)), 1))
+    y[:3] = (y[:3] + 1) % 10  # three points wrong from the start
+    return x, y
+
+
+def test_registered_protocols_have_versions_and_take_eps():
+    assert {"autoattack-standard", "autoattack-2020", "pgd20-0.007", "pgd20-0.003", "cw20"} <= set(P.PROTOCOLS)
+    standard = P.get_protocol("autoattack-standard", 8 / 255)
+    assert [s.name for s in standard.stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert all(s.config.eps == 8 / 255 for s in standard.stages)
+    assert standard.stages[3].config.num_queries == 5000 and not standard.stages[3].white_box
+    assert [s.name for s in P.PROTOCOLS["autoattack-2020"].stages] == ["apgd-ce", "apgd-dlr", "fab", "square"]
+    assert P.get_protocol("pgd20-0.003", 0.031).stages[0].config.step_size == 0.003
+    with pytest.raises(ValueError, match="unknown protocol"):
+        P.get_protocol("nope", 0.1)
+    json.dumps(standard.to_dict())
+
+
+def test_cascade_is_at_least_as_strong_as_each_member_and_records_settings():
+    x, y = _data()
+    protocol = SMALL.at_eps(EPS)
+    result = P.run_protocol(protocol, linear_apply, PARAMS, x, y, seed=1, batch_size=16)
+    summary = result.summary()
+    assert summary["protocol"] == "small-test" and summary["protocol_version"] == 3
+    assert summary["eps"] == EPS and summary["num_examples"] == 32 and summary["seed"] == 1
+    after = summary["robust_accuracy_after_stage"]
+    values = [after[f"{i}:{s.name}"] for i, s in enumerate(protocol.stages)]
+    assert values == sorted(values, reverse=True) and values[-1] == summary["robust_accuracy"]
+    broken_by = result.per_example["broken_by"]
+    assert np.all(broken_by[:3] == P.CLEAN_ERROR)
+    robust = broken_by == P.ROBUST
+    np.testing.assert_array_equal(result.per_example["adv_pred"] == y, robust)
+    for index, stage in enumerate(protocol.stages):
+        alone = P.run_protocol(dataclasses.replace(protocol, stages=(stage,)), linear_apply, PARAMS, x, y,
+                               seed=1, batch_size=16)
+        assert summary["robust_accuracy"] <= alone.summary()["robust_accuracy"]
+    json.dumps(summary)
+
+
+def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, monkeypatch):
+    x, y = _data()
+    protocol = SMALL.at_eps(EPS)
+    fingerprint = {"protocol": protocol.to_dict(), "seed": 1}
+    reference = P.run_protocol(protocol, linear_apply, PARAMS, x, y, seed=1, batch_size=16)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(done, total):
+        if done == 1:
+            raise Interrupted
+
+    store = P.BatchStore(tmp_path / "ev.partial", fingerprint)
+    with pytest.raises(Interrupted):
+        P.run_protocol(protocol, linear_apply, PARAMS, x, y, seed=1, batch_size=16, store=store,
+                       progress=stop_after_first)
+    assert json.loads((tmp_path / "ev.partial" / "index.json").read_text())["batches"] == [0]
+
+    calls = []
+    original = P.cascade_batch
+    monkeypatch.setattr(P, "cascade_batch", lambda *a, **k: calls.append(1) or original(*a, **k))
+    resumed = P.run_protocol(protocol, linear_apply, PARAMS, x, y, seed=1, batch_size=16,
+                             store=P.BatchStore(tmp_path / "ev.partial", fingerprint))
+    assert len(calls) == 1  # batch 1 of 2; batch 0 came from disk
+    for key, value in reference.per_example.items():
+        np.testing.assert_array_equal(resumed.per_example[key], value)
+    # Different settings: the stale batches are discarded, not mixed in.
+    assert P.BatchStore(tmp_path / "ev.partial", {**fingerprint, "seed": 2}).done == set()
+
+
+def test_sanity_flags_catch_broken_models():
+    x, y = _data(16)
+    key = jax.random.key(0)
+    clean = {f.name: f for f in sanity_flags(linear_apply, PARAMS, x, y, key, EPS)}
+    assert not any(f.raised for f in clean.values()), format_flags(list(clean.values()))
+    assert "0.5" in clean["eps_not_monotone"].detail or "PGD" in clean["eps_not_monotone"].detail
+
+    def noisy(params, z):  # randomness in the forward pass (host noise: a new draw every call)
+        shape = jax.ShapeDtypeStruct((z.shape[0], 10), jnp.float32)
+        noise = jax.pure_callback(lambda: np.random.normal(size=shape.shape).astype(np.float32), shape)
+        return linear_apply(params, z) + noise
+
+    def batch_norm_like(params, z):  # output depends on the batch statistics
+        logits = linear_apply(params, z)
+        return (logits - logits.mean(0)) / (logits.std(0) + 1e-3)
+
+    def quantized(params, z):  # rounding the input: zero gradients everywhere
+        return linear_apply(params, jnp.round(z * 4) / 4)
+
+    def probabilities(params, z):
+        return jax.nn.softmax(linear_apply(params, z))
+
+    def raised(flags):
+        return {f.name for f in flags if f.raised}
+
+    assert raised(forward_flags(batch_norm_like, PARAMS, x, bn_mode="train")) == {"batch_dependent_output",
+                                                                                  "bn_train_mode"}
+    assert raised(gradient_flags(quantized, PARAMS, x, y)) == {"zero_gradients"}
+    assert raised(forward_flags(probabilities, PARAMS, x)) == {"probability_outputs"}
+    assert "randomized_forward" in raised(forward_flags(noisy, PARAMS, x))
+    result = P.ProtocolResult(SMALL.at_eps(EPS), {"broken_by": np.array([2, 2, -1, 0] * 5)}, 0)
+    assert cascade_flags(result)[0].raised
