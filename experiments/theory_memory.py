@@ -1,0 +1,82 @@
+"""How many points fit: time and peak memory of n×n kernels (ours tiled, nt analytic batched, nt empirical).
+
+Each measurement runs in a fresh subprocess so its peak resident memory (ru_maxrss) is
+its own::
+
+    python experiments/theory_memory.py --preset cpu   # -> figures/theory/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from nt_robust.io import write_json
+from nt_robust.theory.presets import get_preset
+
+_CHILD = r"""
+import json, resource, sys, time
+import jax, jax.numpy as jnp, numpy as np
+kind, n, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+x = np.asarray(jax.random.uniform(jax.random.key(0), (n, 784)))
+x = 28.0 * x / np.linalg.norm(x, axis=1, keepdims=True)
+t = time.time()
+if kind == "ours_tiled":
+    from nt_robust.theory.batching import tiled_kernel
+    from nt_robust.theory.kernels import KernelSpec, ntk
+    spec = KernelSpec(3)
+    k = tiled_kernel(lambda a, b: ntk(spec, a, b), x, x, tile=1000)
+elif kind == "nt_analytic_batched":
+    from nt_robust.theory.kernels import KernelSpec, nt_stax_mlp
+    from nt_robust.theory.nt_compat import nt
+    kernel_fn = nt.batch(nt_stax_mlp(KernelSpec(3))[2], batch_size=500, store_on_device=False)
+    k = np.asarray(kernel_fn(x, x, "ntk"))
+elif kind == "nt_empirical_batched":
+    from nt_robust.theory.networks import MLPSpec, apply, init_params
+    from nt_robust.theory.nt_compat import NTK_IMPL, nt
+    spec = MLPSpec(3, width)
+    params = init_params(spec, jax.random.key(1), 784)
+    fn = nt.empirical_ntk_fn(lambda p, v: apply(spec, p, v)[:, None], trace_axes=(), implementation=NTK_IMPL)
+    kernel_fn = nt.batch(lambda a, b, p: fn(a, b, p)[..., 0, 0], batch_size=250, store_on_device=False)
+    k = np.asarray(kernel_fn(x, x, params))
+print(json.dumps({"kind": kind, "n": n, "width": width if kind == "nt_empirical_batched" else None,
+                  "seconds": time.time() - t, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "finite": bool(np.isfinite(k).all()), "result_gb": k.nbytes / 2**30}))
+"""
+
+
+def run(kind: str, n: int, width: int = 0, timeout: int = 900) -> dict:
+    try:
+        out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(n), str(width)], capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"kind": kind, "n": n, "width": width, "error": f"timeout after {timeout}s"}
+    if out.returncode != 0:
+        return {"kind": kind, "n": n, "width": width, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--out", default="figures/theory")
+    args = parser.parse_args(argv)
+    preset = get_preset(args.preset)
+    start, rows = time.time(), []
+    for n in preset.memory_sizes:
+        for kind in ("ours_tiled", "nt_analytic_batched"):
+            rows.append(run(kind, n))
+            print(rows[-1], flush=True)
+            write_json(f"{args.out}/memory.json", {"preset": args.preset, "depth": 3, "rows": rows, "partial": True})
+    rows.append(run("nt_empirical_batched", max(min(preset.memory_sizes) // 2, 100), 256))
+    print(rows[-1], flush=True)
+    result = {"preset": args.preset, "depth": 3, "rows": rows, "seconds": time.time() - start}
+    write_json(f"{args.out}/memory.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
