@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nt_robust.models.conv import CONV_IMPLS
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.wide_resnet import WideResNet
 
@@ -24,17 +25,24 @@ ARCHITECTURES = ("wrn", "mlp", "cnn")
 class ModelConfig:
     """``arch``: "wrn" (WideResNet-depth-width), "mlp" (depth hidden layers of width
     units) or "cnn" (SmallCNN, channels x width; depth unused). ``input_mean`` /
-    ``input_std``: optional per-channel normalization applied inside the model."""
+    ``input_std``: optional per-channel normalization applied inside the model.
+    ``conv_impl``: how convolution weight gradients are computed — "auto" (shifted
+    matmuls on the CPU backend, where XLA's own are 4-30x slower; XLA elsewhere), "xla"
+    or "shifted_matmul". Same function and gradients up to float summation order; see
+    ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff through the model)."""
 
     arch: str = "wrn"
     width: int = 1
     depth: int = 16
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    conv_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         for name in ("width", "depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -56,10 +64,11 @@ def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
     """The Flax module for ``config``; every model is called as ``model.apply(v, x, train=...)``."""
     norm = dict(input_mean=config.input_mean, input_std=config.input_std)
     if config.arch == "wrn":
-        return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes, **norm)
+        return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes,
+                          conv_impl=config.conv_impl, **norm)
     if config.arch == "mlp":
         return MLP(width=config.width, depth=config.depth, num_classes=num_classes, **norm)
-    return SmallCNN(width=config.width, num_classes=num_classes, **norm)
+    return SmallCNN(width=config.width, num_classes=num_classes, conv_impl=config.conv_impl, **norm)
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> Any:

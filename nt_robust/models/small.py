@@ -13,6 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from nt_robust.models.conv import conv_function
 from nt_robust.models.layers import Normalize, conv_init, linear_init
 
 
@@ -38,12 +39,14 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """The TRADES MNIST SmallCNN (conv 32-32, pool, conv 64-64, pool, dense 200-200) with
     all channel and unit counts multiplied by ``width``. Convolutions use SAME padding so
-    any input of at least 4x4 works (the TRADES code uses VALID on 28x28); no dropout."""
+    any input of at least 4x4 works (the TRADES code uses VALID on 28x28); no dropout.
+    ``conv_impl``: see ``nt_robust.models.conv`` (changes speed, not the function)."""
 
     width: int = 1
     num_classes: int = 10
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -51,10 +54,11 @@ class SmallCNN(nn.Module):
         if x.shape[1] < 4 or x.shape[2] < 4:
             raise ValueError(f"SmallCNN needs images of at least 4x4 pixels, got {x.shape[1]}x{x.shape[2]}")
         x = Normalize(self.input_mean, self.input_std)(x)
+        conv_fn = conv_function(self.conv_impl)
         for stage, channels in enumerate((32, 64)):
             for conv in range(2):
                 x = nn.Conv(channels * self.width, (3, 3), padding="SAME", kernel_init=conv_init,
-                            name=f"conv{stage + 1}_{conv + 1}")(x)
+                            conv_general_dilated=conv_fn, name=f"conv{stage + 1}_{conv + 1}")(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.reshape(x, (x.shape[0], -1))

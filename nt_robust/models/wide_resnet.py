@@ -17,6 +17,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from nt_robust.models.conv import conv_function
 from nt_robust.models.layers import Normalize, conv_init, linear_init
 
 
@@ -32,32 +33,37 @@ class BasicBlock(nn.Module):
 
     out_channels: int
     stride: int
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
         equal_in_out = x.shape[-1] == self.out_channels and self.stride == 1
+        conv_fn = conv_function(self.conv_impl)
         activated = nn.relu(_batch_norm(train, "bn1")(x))
         out = nn.Conv(self.out_channels, (3, 3), strides=self.stride, padding=1,
-                      use_bias=False, kernel_init=conv_init, name="conv1")(activated)
+                      use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_fn, name="conv1")(activated)
         out = nn.relu(_batch_norm(train, "bn2")(out))
         out = nn.Conv(self.out_channels, (3, 3), strides=1, padding=1,
-                      use_bias=False, kernel_init=conv_init, name="conv2")(out)
+                      use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_fn, name="conv2")(out)
         if equal_in_out:
             shortcut = x
         else:
             shortcut = nn.Conv(self.out_channels, (1, 1), strides=self.stride, padding=0,
-                               use_bias=False, kernel_init=conv_init, name="shortcut")(activated)
+                               use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_fn,
+                               name="shortcut")(activated)
         return shortcut + out
 
 
 class WideResNet(nn.Module):
-    """WRN-``depth``-``width``; ``depth`` must be 6n + 4 and ``width`` an integer ≥ 1."""
+    """WRN-``depth``-``width``; ``depth`` must be 6n + 4 and ``width`` an integer ≥ 1.
+    ``conv_impl``: see ``nt_robust.models.conv`` (changes speed, not the function)."""
 
     depth: int = 34
     width: int = 10
     num_classes: int = 10
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -67,10 +73,11 @@ class WideResNet(nn.Module):
             raise ValueError(f"WideResNet width must be an integer >= 1, got {self.width}")
         blocks_per_group = (self.depth - 4) // 6
         x = Normalize(self.input_mean, self.input_std)(x)
-        x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init, name="stem")(x)
+        x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
+                    conv_general_dilated=conv_function(self.conv_impl), name="stem")(x)
         for group, (channels, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
             for block in range(blocks_per_group):
-                x = BasicBlock(channels * self.width, stride if block == 0 else 1,
+                x = BasicBlock(channels * self.width, stride if block == 0 else 1, self.conv_impl,
                                name=f"group{group + 1}_block{block + 1}")(x, train)
         x = nn.relu(_batch_norm(train, "final_bn")(x))
         x = jnp.mean(x, axis=(1, 2))

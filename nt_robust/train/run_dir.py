@@ -20,17 +20,32 @@ class RunConfigMismatchError(RuntimeError):
     """The run directory already holds a run made with a different config."""
 
 
-def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+_MISSING = object()
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new)):
-            found += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+            found += _differences(old.get(key, _MISSING), new.get(key, _MISSING), f"{path}.{key}" if path else key)
         return found
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+    return [] if old == new else [(path, old, new)]
 
 
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("train.progress",)
+# Config fields added after runs were made: a saved config without one ran as its default.
+ADDED_FIELDS = {"model.conv_impl": "auto"}
+
+
+def _matters(path: str, old: Any, new: Any) -> bool:
+    if path.startswith(RESUMABLE_CHANGES):
+        return False
+    return not (old is _MISSING and path in ADDED_FIELDS and new == ADDED_FIELDS[path])
+
+
+def _describe(value: Any) -> str:
+    return "(absent)" if value is _MISSING else repr(value)
 
 
 class RunDirectory:
@@ -48,8 +63,8 @@ class RunDirectory:
         Returns True when an existing run will be resumed."""
         if self.config_path.exists():
             previous = io.read_json(self.config_path)
-            differences = [d for d in _differences(previous, config)
-                           if not d.startswith(RESUMABLE_CHANGES)]
+            differences = [f"{path}: {_describe(old)} -> {_describe(new)}"
+                           for path, old, new in _differences(previous, config) if _matters(path, old, new)]
             if differences:
                 raise RunConfigMismatchError(
                     f"{self.root} already holds a run with a different config ({'; '.join(differences[:5])}). "

@@ -1,0 +1,97 @@
+"""Convolutions whose weight gradient is fast on XLA:CPU.
+
+XLA:CPU computes the weight gradient of a 3x3 convolution as another convolution whose
+window is the whole feature map and whose output is 3x3; Eigen runs that shape 4-30x
+slower than the forward pass (docs/benchmarks.md). ``shifted_matmul_conv`` keeps XLA's
+own forward convolution and input gradient (all that attacks need) and writes the weight
+gradient as one matmul per kernel tap::
+
+    dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
+
+Models take ``conv_impl`` = "auto" (shifted matmul on the CPU backend, XLA's
+convolution elsewhere), "xla" or "shifted_matmul"::
+
+    conv = conv_function("auto")
+    y = nn.Conv(64, (3, 3), conv_general_dilated=conv)(x)
+
+The forward values are XLA's, bit for bit; the weight gradient equals XLA's up to float
+summation order (~1e-6 relative). Gotcha: ``shifted_matmul`` is a ``jax.custom_vjp``,
+so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, neural-tangents'
+NTK_VECTOR_PRODUCTS) through such a model raises; use ``conv_impl = "xla"`` there.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "shifted_matmul")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_conv_impl(name: str) -> str:
+    """``"auto"`` -> ``"shifted_matmul"`` on the CPU backend, ``"xla"`` elsewhere."""
+    if name not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
+    if name == "auto":
+        return "shifted_matmul" if jax.default_backend() == "cpu" else "xla"
+    return name
+
+
+def conv_function(name: str) -> Callable:
+    """The ``conv_general_dilated`` to hand to ``flax.linen.Conv`` for ``conv_impl = name``."""
+    return shifted_matmul_conv if resolve_conv_impl(name) == "shifted_matmul" else lax.conv_general_dilated
+
+
+def _plain(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
+    return _plain(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return _plain(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, g):
+    x, kernel = residuals
+    dx = jax.vjp(lambda x_: _plain(x_, kernel, strides, padding), x)[1](g)[0]
+    kh, kw, cin, cout = kernel.shape
+    (sh, sw), (ho, wo) = strides, g.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    g_rows = g.reshape(-1, cout)
+    taps = [padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :].reshape(-1, cin).T @ g_rows
+            for i in range(kh) for j in range(kw)]
+    dkernel = jnp.stack(taps).reshape(kh, kw, cin, cout)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                        dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                        precision=None, preferred_element_type=None):
+    """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
+    groups take the shifted-matmul weight gradient; any other call is passed to ``lax``."""
+    simple = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+              and precision is None and preferred_element_type is None
+              and all(d == 1 for d in (lhs_dilation or (1, 1)))
+              and all(d == 1 for d in (rhs_dilation or (1, 1)))
+              and tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
+              == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
+    if not simple:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count,
+                                        precision, preferred_element_type)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return _conv(lhs, rhs, tuple(int(s) for s in window_strides),
+                 tuple(tuple(int(p) for p in pair) for pair in padding))

@@ -1,0 +1,99 @@
+"""The shifted-matmul convolution: XLA's forward values, and gradients equal to XLA's and
+to a weight gradient written out as explicit loops in numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from nt_robust.models import ModelConfig, create_model, init_variables
+from nt_robust.models.conv import conv_function, resolve_conv_impl, shifted_matmul_conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def numpy_weight_gradient(x, g, kernel_shape, stride, pad):
+    """dL/dW for L = sum(g * conv(x, W)), from the definition, one tap and pixel at a time."""
+    kh, kw, cin, cout = kernel_shape
+    xp = np.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+    dw = np.zeros(kernel_shape, np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            for h in range(g.shape[1]):
+                for w in range(g.shape[2]):
+                    dw[i, j] += xp[:, stride * h + i, stride * w + j, :].T @ g[:, h, w, :]
+    return dw
+
+
+CASES = [  # kernel, stride, padding: the shapes the WRN and the small CNN use
+    ((3, 3), 1, ((1, 1), (1, 1))),
+    ((3, 3), 2, ((1, 1), (1, 1))),
+    ((1, 1), 2, ((0, 0), (0, 0))),
+    ((3, 3), 1, "SAME"),
+]
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", CASES)
+def test_forward_and_gradients_match_xla_and_hand_computed_weight_gradient(kernel_size, stride, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 7, 7, 4)).astype(np.float32)
+    kernel = rng.standard_normal((*kernel_size, 4, 5)).astype(np.float32)
+    strides = (stride, stride)
+
+    def xla(x, k):
+        return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+    def ours(x, k):
+        return shifted_matmul_conv(x, k, strides, padding, dimension_numbers=NHWC)
+
+    out = ours(x, kernel)
+    np.testing.assert_array_equal(out, xla(x, kernel))  # the forward pass is XLA's own
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dx_ref, dw_ref = jax.vjp(xla, x, kernel)[1](g)
+    dx, dw = jax.vjp(ours, x, kernel)[1](g)
+    np.testing.assert_array_equal(dx, dx_ref)  # so is the input gradient
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
+    pads = lax.padtype_to_pads((7, 7), kernel_size, strides, padding) if isinstance(padding, str) else padding
+    np.testing.assert_allclose(dw, numpy_weight_gradient(x, g, kernel.shape, stride, pads), rtol=1e-4, atol=1e-4)
+
+
+def test_dilated_or_grouped_calls_fall_back_to_lax():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 9, 9, 4)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 2, 6)).astype(np.float32)
+    got = shifted_matmul_conv(x, kernel, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=NHWC,
+                              feature_group_count=2)
+    want = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=NHWC,
+                                    feature_group_count=2)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("arch,depth", [("cnn", 1), ("wrn", 10)])
+def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(arch, depth):
+    images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
+    labels = jnp.arange(4) % 10
+    results = {}
+    for impl in ("xla", "shifted_matmul"):
+        model = create_model(ModelConfig(arch, width=1, depth=depth, conv_impl=impl), num_classes=10)
+        variables = init_variables(model, jax.random.key(1), (8, 8, 3))
+
+        def loss(params, variables=variables, model=model):
+            logits = model.apply({**variables, "params": params}, images, train=False)
+            return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(4), labels]), logits
+
+        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+        results[impl] = (logits, grads)
+    np.testing.assert_array_equal(results["xla"][0], results["shifted_matmul"][0])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                           results["xla"][1], results["shifted_matmul"][1])
+
+
+def test_auto_resolves_by_backend_and_unknown_names_are_rejected():
+    expected = "shifted_matmul" if jax.default_backend() == "cpu" else "xla"
+    assert resolve_conv_impl("auto") == expected
+    assert conv_function("xla") is lax.conv_general_dilated
+    with pytest.raises(ValueError, match="model.conv_impl must be one of"):
+        ModelConfig("cnn", conv_impl="oneDNN")
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        resolve_conv_impl("fast")
