@@ -4,6 +4,7 @@
     nt-robust eval runs/quick_fmnist --checkpoint best_test --attack cw20
     nt-robust eval runs/quick_fmnist --protocol autoattack-standard
     nt-robust study experiments/study_quick_fmnist.toml
+    nt-robust train --config experiments/quick_fmnist.toml --cpu-devices 2   # one XLA device per core
     nt-robust info
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nt_robust.config import ConfigError, load_config
-from nt_robust.environment import enable_compilation_cache
+from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -36,8 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nt-robust", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
+    cpu = argparse.ArgumentParser(add_help=False)
+    cpu.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                     help="split the CPU into N XLA devices and shard each batch over them (one per core "
+                          "is fastest for conv nets; default $NT_ROBUST_CPU_DEVICES, else 1)")
 
-    train = commands.add_parser("train", help="train (or resume) one run")
+    train = commands.add_parser("train", help="train (or resume) one run", parents=[cpu])
     train.add_argument("--config", help="TOML file (see experiments/); defaults if omitted")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set objective.lam=12 (repeatable)")
@@ -51,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=int)
     dist.add_argument("--cpu-collectives", choices=["gloo", "mpi"], help="cross-process collectives on CPU")
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint with an attack")
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint with an attack", parents=[cpu])
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--checkpoint", default="best_test", choices=["best_test", "best_val", "latest"])
     evaluate.add_argument("--attack", default=None,
@@ -66,18 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eps", type=float, default=None, help="override epsilon (default: the run's eval.attack.eps)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="protocol batch size (default: eval.batch_size)")
 
-    study = commands.add_parser("study", help="width × λ sweeps: run, list, estimate, report")
+    study = commands.add_parser("study", help="width × λ sweeps: run, list, estimate, report", parents=[cpu])
     study.add_argument("spec", help="study spec TOML (see experiments/study_*.toml)")
     study.add_argument("--list", action="store_true", help="list the runs with their index and status")
     study.add_argument("--index", type=int, help="run only this run (a cluster job array's task id)")
-    study.add_argument("--stage", choices=["grid", "war"], help="run only this stage")
+    study.add_argument("--stage", choices=["grid", "war", "attacks"],
+                       help="run only this stage (attacks: the spec's [attack_check], after grid and war)")
     study.add_argument("--estimate", action="store_true", help="time a few steps per width, print the cost, stop")
     study.add_argument("--no-estimate", action="store_true", help="skip the cost estimate before running")
     study.add_argument("--report", action="store_true", help="only aggregate, draw figures and write the report")
     study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
     study.add_argument("--figures-dir", help="where figures and report.md go (default figures/<name>)")
 
-    commands.add_parser("info", help="versions and devices")
+    commands.add_parser("info", help="versions and devices", parents=[cpu])
     return parser
 
 
@@ -147,9 +153,11 @@ def _info() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.command != "info":
-        enable_compilation_cache()
     try:
+        set_cpu_devices(args.cpu_devices)  # both before anything starts the backend
+        if args.command != "info":
+            configure_xla_cpu()
+            enable_compilation_cache()
         if args.command == "train":
             return _train(args)
         if args.command == "eval":

@@ -1,8 +1,9 @@
-"""What a run is computed with: versions, devices, processes, git commit; and the
-persistent compilation cache.
+"""What a run is computed with: versions, devices, processes, git commit, XLA flags; the
+persistent compilation cache and XLA:CPU's scheduler.
 
     info = environment_info()      # saved as RUN_DIR/environment.json
-    enable_compilation_cache()     # what the CLI does at start-up
+    configure_xla_cpu()            # what the CLI does at start-up, before the backend starts
+    enable_compilation_cache()
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from nt_robust.models.conv import resolve_conv_impl
 
 PACKAGES = ("nt_robust", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "matplotlib")
 
@@ -59,6 +62,8 @@ def environment_info() -> dict[str, Any]:
         "device_kinds": sorted({d.device_kind for d in devices}),
         "process_count": jax.process_count(),
         "process_index": jax.process_index(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "conv_impl_auto": resolve_conv_impl("auto"),
     }
 
 
@@ -72,3 +77,57 @@ def enable_compilation_cache() -> None:
     cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     jax.config.update("jax_compilation_cache_dir", setting or str(cache_home / "nt_robust" / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+
+
+def configure_xla_cpu() -> bool:
+    """Ask XLA:CPU for its memory-optimized scheduler (what the CLI does at start-up).
+
+    The default scheduler keeps the unrolled attack's activations alive: XLA plans 1.5 GB
+    of temporaries for the small CNN's TRADES step, 0.3 GB with this one, and the step is
+    no slower (docs/benchmarks.md). Takes effect only before JAX starts its backend (XLA
+    reads ``XLA_FLAGS`` then), and only for CPU compiles. Left alone when ``XLA_FLAGS``
+    already names a scheduler, when ``NT_ROBUST_XLA_CPU_FLAGS=off``, and on jaxlib older
+    than 0.10 (where the flag was not checked; XLA aborts on flags it does not know).
+    Returns whether the flag was added.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("NT_ROBUST_XLA_CPU_FLAGS", "").lower() in ("off", "0", "false", "no"):
+        return False
+    if "xla_cpu_scheduler_type" in flags:
+        return False
+    try:
+        major, minor = (int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    if (major, minor) < (0, 10):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}".strip()
+    return True
+
+
+def set_cpu_devices(count: int | None = None) -> int | None:
+    """Split the host CPU into ``count`` XLA devices (default: ``$NT_ROBUST_CPU_DEVICES``;
+    neither: leave JAX's default of one). Training and evaluation then shard each batch
+    over them exactly as over GPUs, so XLA:CPU keeps every core busy: with one device per
+    core, conv-net TRADES steps ran ~1.5x faster here (docs/benchmarks.md). Results
+    depend on the device count at float-rounding level, and it is recorded in
+    environment.json. Must run before JAX starts its backend. Returns the count set."""
+    if count is None:
+        setting = os.environ.get("NT_ROBUST_CPU_DEVICES", "").strip()
+        if not setting:
+            return None
+        if not setting.isdigit():
+            raise ValueError(f"NT_ROBUST_CPU_DEVICES must be a positive integer, got {setting!r}")
+        count = int(setting)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of CPU devices must be an integer >= 1, got {count!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as error:  # JAX refuses once its backend has started
+        raise RuntimeError(f"cannot split the CPU into {count} devices: JAX has already started its "
+                           "backend in this process; set the count first thing (nt-robust --cpu-devices N, "
+                           "or NT_ROBUST_CPU_DEVICES=N in the environment)") from error
+    return count

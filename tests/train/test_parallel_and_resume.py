@@ -37,8 +37,8 @@ OVERRIDES = [
 
 
 def launch(tmp_path: Path, name: str, devices: int = 1, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
+    # Devices the way users ask for them (nt-robust --cpu-devices N / NT_ROBUST_CPU_DEVICES).
+    env = {**os.environ, "NT_ROBUST_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / name), str(tmp_path / f"{name}.npz"),
                              json.dumps(OVERRIDES), *extra], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -21,11 +21,13 @@ parser.add_argument("--num-processes", type=int)
 parser.add_argument("--process-id", type=int)
 args = parser.parse_args()
 
-import jax  # noqa: E402  (after XLA_FLAGS from the parent's environment)
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nt_robust.environment import enable_compilation_cache  # noqa: E402
+from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices  # noqa: E402
 
+set_cpu_devices()  # from NT_ROBUST_CPU_DEVICES, as the CLI does
+configure_xla_cpu()
 enable_compilation_cache()
 
 if args.coordinator:
