@@ -1,7 +1,8 @@
 """How many points fit: time and peak memory of n×n kernels (ours tiled, nt analytic batched, nt empirical).
 
-Each measurement runs in a fresh subprocess so its peak resident memory (ru_maxrss) is
-its own::
+Each measurement runs in a fresh subprocess so its peak resident memory is its own (VmHWM
+from /proc/self/status: ``ru_maxrss`` survives fork + exec on Linux and would report the
+parent's peak when this runs inside theory_all.py)::
 
     python experiments/theory_memory.py --preset cpu   # -> figures/theory/memory.json
 """
@@ -19,6 +20,12 @@ from nt_robust.theory.presets import get_preset
 
 _CHILD = r"""
 import json, resource, sys, time
+def peak_rss_gb():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 import jax, jax.numpy as jnp, numpy as np
 kind, n, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 x = np.asarray(jax.random.uniform(jax.random.key(0), (n, 784)))
@@ -43,7 +50,7 @@ elif kind == "nt_empirical_batched":
     kernel_fn = nt.batch(lambda a, b, p: fn(a, b, p)[..., 0, 0], batch_size=250, store_on_device=False)
     k = np.asarray(kernel_fn(x, x, params))
 print(json.dumps({"kind": kind, "n": n, "width": width if kind == "nt_empirical_batched" else None,
-                  "seconds": time.time() - t, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "seconds": time.time() - t, "peak_rss_gb": peak_rss_gb(),
                   "finite": bool(np.isfinite(k).all()), "result_gb": k.nbytes / 2**30}))
 """
 
