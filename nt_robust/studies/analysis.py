@@ -2,6 +2,7 @@
 
     stats = group_stats(rows, ("width", "lam"), "test_robust_accuracy")
     claims = evaluate_claims(rows)          # list of Claim(number, text, verdict, evidence)
+    claims = evaluate_claims(rows, attack_rows, "pgd20-0.007")   # with claim 8 (attack_check.py)
 
 Rule for every comparison: the difference of two seed means, with standard error
 sqrt(sem_a² + sem_b²); "supported" if it points the claimed way by more than two
@@ -124,7 +125,12 @@ def best_lam_by_width(rows: list[dict[str, Any]]) -> dict[int, float]:
     return best
 
 
-def evaluate_claims(all_rows: list[dict[str, Any]]) -> list[Claim]:
+def evaluate_claims(all_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]] | None = None,
+                    attack_reference: str | None = None) -> list[Claim]:
+    """Every claim of PAPER.md §7; claim 8 needs the study's attack check rows
+    (:mod:`nt_robust.studies.attack_check`), compared against ``attack_reference``."""
+    from nt_robust.studies.attack_check import attack_agreement_claim
+
     rows = grid_rows(all_rows)
     claims = []
     for number, text, metric, up in (
@@ -158,9 +164,7 @@ def evaluate_claims(all_rows: list[dict[str, Any]]) -> list[Claim]:
     claims.append(_claim_stability_vs_lam(rows))
     claims.append(_claim_best_lam(rows))
     claims.append(_claim_war(all_rows))
-    claims.append(Claim(8, "Rankings agree across PGD-20, CW-20 and AutoAttack; AutoAttack ≤ PGD accuracy.",
-                        NOT_EVALUATED, ["needs the AutoAttack protocols (evaluation issue); "
-                                        "`nt-robust eval RUN --attack cw20` gives CW-20 per run"]))
+    claims.append(attack_agreement_claim(attack_rows or [], attack_reference or ""))
     return sorted(claims, key=lambda c: c.number)
 
 

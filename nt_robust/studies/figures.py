@@ -182,11 +182,34 @@ def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
         return _save(fig, stem)
 
 
+def plot_attack_check(attack_rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
+    """Robust accuracy vs width under each protocol of the attack check, one panel per λ."""
+    if not attack_rows:
+        return None
+    protocols = list(dict.fromkeys(r["protocol"] for r in attack_rows))
+    lams = sorted({r["lam"] for r in attack_rows})
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(lams), figsize=(3.2 * len(lams), 2.9), layout="constrained",
+                                 squeeze=False, sharey=True)
+        for ax, lam in zip(axes[0], lams):
+            for protocol, color in zip(protocols, _colors(len(protocols))):
+                stats = group_stats(select(attack_rows, lam=lam, protocol=protocol), ("width",), "robust_accuracy")
+                widths = [k[0] for k in stats]
+                ax.errorbar(widths, [stats[k].mean for k in stats], yerr=[stats[k].std for k in stats],
+                            marker="o", color=color, capsize=2, label=protocol)
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel="width", title=f"λ = {lam:g}")
+        axes[0][0].set_ylabel(f"robust accuracy (first {attack_rows[0]['num_examples']} test images)")
+        axes[0][-1].legend(loc="best")
+        return _save(fig, stem)
+
+
 def make_all_figures(rows: list[dict[str, Any]], curves: list[dict[str, Any]], directory: Path,
-                     lam: float | None = None) -> list[Path]:
+                     lam: float | None = None, attack_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """Every study figure that the data allow; returns the files written."""
     directory = Path(directory)
     paths = []
+    paths += plot_attack_check(attack_rows or [], directory / "attack_check") or []
     if curves:
         paths += plot_epoch_curves(curves, directory / "epoch_curves", lam)
     if grid_rows(rows):

@@ -23,9 +23,10 @@ from nt_robust.config import load_config
 from nt_robust.environment import environment_info
 from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
 from nt_robust.studies.analysis import evaluate_claims
+from nt_robust.studies.attack_check import collect_attack_check, run_attack_check
 from nt_robust.studies.figures import make_all_figures
 from nt_robust.studies.report import render_report
-from nt_robust.studies.sweep import GRID_STAGE, WAR_STAGE, Study, run_index
+from nt_robust.studies.sweep import ATTACK_STAGE, GRID_STAGE, WAR_STAGE, Study, run_index
 from nt_robust.studies.tables import format_table
 from nt_robust.train.config import ExperimentConfig
 
@@ -33,14 +34,17 @@ log = logging.getLogger("nt_robust.studies")
 
 
 def run_study(study: Study, stage: str | None = None) -> None:
-    """Run every unfinished run (grid stage first, then WAR), or only ``stage``."""
-    stages = [stage] if stage else [GRID_STAGE, WAR_STAGE]
+    """Run every unfinished run (grid stage first, then WAR, then the attack check if the
+    spec asks for one), or only ``stage``."""
+    stages = [stage] if stage else [GRID_STAGE, WAR_STAGE, ATTACK_STAGE]
     runs = [r for r in study.runs() if r.stage in stages]
     todo = [r for r in runs if not study.is_finished(r)]
     log.info("%s: %d runs in stage(s) %s, %d finished, %d to run", study.name, len(runs), "+".join(stages),
              len(runs) - len(todo), len(todo))
     for run in todo:
         run_index(study, run.index)
+    if ATTACK_STAGE in stages and study.attack_check is not None:
+        run_attack_check(study)
 
 
 def estimate_cost(study: Study, timed_steps: int = 3) -> list[dict[str, Any]]:
@@ -119,8 +123,11 @@ def build_report(study: Study, figures_dir: Path | None = None) -> Path:
     write_table(curves, results_dir / "curves")
     figures_dir = Path(figures_dir or Path("figures") / study.name)
     base_lam = study.base().objective.lam
-    figures = make_all_figures(rows, curves, figures_dir, lam=base_lam)
-    claims = evaluate_claims(rows)
+    attack_rows = collect_attack_check(study) if study.attack_check is not None else []
+    if attack_rows:
+        write_table(attack_rows, results_dir / "attack_check")
+    figures = make_all_figures(rows, curves, figures_dir, lam=base_lam, attack_rows=attack_rows)
+    claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None)
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
                "time_utc": environment_info()["time_utc"]}
     report_dir = figures_dir

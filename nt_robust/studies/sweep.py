@@ -13,6 +13,9 @@ optionally, WAR runs::
     [war]
     reference_width = 32                     # λ_s = this width's best λ (held-out robust accuracy)
     widths = [128, 512]
+    [attack_check]                           # optional: claim 8 (studies/attack_check.py)
+    protocols = ["pgd20-0.007", "cw20", "autoattack-standard"]
+    examples = 200
 
     study = load_study("experiments/study_quick_fmnist.toml")
     for run in study.runs():                 # index, name, stage, overrides
@@ -22,7 +25,8 @@ optionally, WAR runs::
 Grid runs come first (indices 0 … G−1), WAR runs after them. A WAR run's config is
 resolved when it starts, from the finished grid runs of the reference width, so job
 arrays must run the grid stage before the WAR stage (``--stage grid`` / ``--stage war``).
-Finished runs (``summary.json`` present) are skipped; interrupted ones resume.
+Finished runs (``summary.json`` present) are skipped; interrupted ones resume. The
+attack check (``--stage attacks``) evaluates finished grid runs after both stages.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ from typing import Any
 
 from nt_robust import io
 from nt_robust.config import ConfigError, load_config
+from nt_robust.studies.attack_check import AttackCheckPlan
 from nt_robust.train.config import ExperimentConfig
 
 log = logging.getLogger("nt_robust.studies")
 
-GRID_STAGE, WAR_STAGE = "grid", "war"
+GRID_STAGE, WAR_STAGE, ATTACK_STAGE = "grid", "war", "attacks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Study:
     grid: dict[str, tuple[Any, ...]]
     war: WarPlan | None
     spec_path: Path
+    attack_check: AttackCheckPlan | None = None
 
     def grid_runs(self) -> list[RunSpec]:
         keys = list(self.grid)
@@ -125,7 +131,7 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
             spec = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"study spec {path} does not exist (the ready-made ones are experiments/study_*.toml)") from None
-    known = {"name", "base_config", "runs_root", "seeds", "set", "grid", "war"}
+    known = {"name", "base_config", "runs_root", "seeds", "set", "grid", "war", "attack_check"}
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"{path}: unknown study keys {sorted(unknown)} (known: {sorted(known)})")
@@ -151,8 +157,9 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
         if "objective.lam" not in grid:
             raise ConfigError(f"{path}: WAR needs a λ grid ('objective.lam') to tune the reference width")
     root = Path(runs_root or spec.get("runs_root") or Path("runs") / "studies" / spec["name"])
+    attack_check = AttackCheckPlan.from_spec(spec["attack_check"]) if "attack_check" in spec else None
     study = Study(spec["name"], base, root, tuple(int(s) for s in spec.get("seeds", [0])),
-                  tuple(spec.get("set", ())), grid, war, path)
+                  tuple(spec.get("set", ())), grid, war, path, attack_check)
     for run in study.grid_runs():  # validate every run's config before any work
         load_config(ExperimentConfig, study.base_config, list(run.overrides))
     return study

@@ -250,6 +250,9 @@ seeds = [0]
 [war]
 reference_width = 4
 widths = [32]
+[attack_check]
+protocols = ["pgd20-0.007", "cw20"]
+examples = 32
 ''')
     figures = tmp_path / "figures"
     assert main(["study", str(spec), "--figures-dir", str(figures)]) == 0
@@ -265,9 +268,20 @@ widths = [32]
     assert war_config["war"]["enabled"] and war_config["war"]["reference_run"].endswith("seed0")
     war_metrics = io.read_jsonl(tmp_path / "runs" / "war_width32_seed0" / "metrics.jsonl")
     assert all("lam_next" in r for r in war_metrics)
+    # Claim 8 from the attack check: both protocols on the four grid runs' best_val checkpoints.
+    checks = io.read_json(tmp_path / "runs" / "results" / "attack_check.json")
+    assert sorted((r["run"], r["protocol"]) for r in checks) == sorted(
+        (run, p) for run in ("width4_lam1_seed0", "width4_lam6_seed0", "width32_lam1_seed0", "width32_lam6_seed0")
+        for p in ("pgd20-0.007", "cw20"))
+    assert all(r["num_examples"] == 32 and 0 <= r["robust_accuracy"] <= r["natural_accuracy"] for r in checks)
+    claim8 = next(c for c in io.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 8)
+    assert claim8["verdict"] != "not evaluated" and "Kendall τ-b of cw20" in " ".join(claim8["evidence"])
     # A second invocation finds everything finished and only rebuilds the report.
     before = (tmp_path / "runs" / "width4_lam1_seed0" / "summary.json").stat().st_mtime_ns
+    evaluated = next((tmp_path / "runs" / "width4_lam1_seed0" / "eval").glob("best_val_test_cw20_eps*.json"))
+    evaluated_before = evaluated.stat().st_mtime_ns
     assert main(["study", str(spec), "--figures-dir", str(figures), "--no-estimate"]) == 0
     assert (tmp_path / "runs" / "width4_lam1_seed0" / "summary.json").stat().st_mtime_ns == before
+    assert evaluated.stat().st_mtime_ns == evaluated_before  # finished evaluations are not recomputed
     assert main(["study", str(spec), "--list"]) == 0
     assert capsys.readouterr().out.count("finished") == 5

@@ -1,0 +1,106 @@
+"""Claim 8: Kendall's τ-b against hand-counted pairs, verdicts on fabricated attack results,
+collection from fabricated evaluation files, and spec validation."""
+
+import math
+
+import pytest
+
+from nt_robust import io
+from nt_robust.config import ConfigError
+from nt_robust.studies.analysis import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED
+from nt_robust.studies.attack_check import (AttackCheckPlan, attack_agreement_claim, collect_attack_check,
+                                            kendall_tau_b)
+from nt_robust.studies.sweep import load_study
+
+from test_studies import write_spec  # noqa: E402 (pytest puts this folder on sys.path)
+
+
+def test_kendall_tau_b_by_hand():
+    assert kendall_tau_b([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau_b([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # [1,2,3,4] vs [1,3,2,4]: 6 pairs, only (2,3) discordant -> (5 - 1) / 6
+    assert kendall_tau_b([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # a tie in b: C = 5, D = 0, n0 = 6 pairs, 0 tied in a, 1 tied in b -> 5 / sqrt((6 - 0)(6 - 1))
+    assert kendall_tau_b([1, 2, 3, 4], [1, 3, 3, 4]) == pytest.approx(5 / math.sqrt(30))
+    assert math.isnan(kendall_tau_b([1, 1, 1], [2, 3, 4]))
+    with pytest.raises(ValueError, match="equal length"):
+        kendall_tau_b([1, 2], [1])
+
+
+def rows_for(accuracies: dict[str, list[float]]) -> list[dict]:
+    configs = [(16, 1.0), (16, 4.0), (64, 1.0), (64, 4.0)]
+    return [{"run": f"w{w}_l{lam:g}", "width": w, "lam": lam, "seed": 0, "protocol": protocol, "eps": 0.1,
+             "num_examples": 200, "natural_accuracy": 0.8, "robust_accuracy": acc}
+            for protocol, values in accuracies.items() for (w, lam), acc in zip(configs, values)]
+
+
+def test_same_ranking_and_autoattack_below_pgd_is_supported():
+    claim = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
+                                             "cw20": [0.38, 0.44, 0.47, 0.52],
+                                             "autoattack-standard": [0.35, 0.41, 0.45, 0.50]}), "pgd20-0.007")
+    assert claim.number == 8 and claim.verdict == SUPPORTED
+    assert any("Kendall τ-b of cw20 vs pgd20-0.007 over 4 configurations: +1.00" in e for e in claim.evidence)
+    assert any("autoattack-standard ≤ pgd20-0.007 in 4 of 4 runs" in e for e in claim.evidence)
+
+
+def test_autoattack_above_pgd_in_one_run_contradicts():
+    claim = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
+                                             "autoattack-standard": [0.35, 0.46, 0.45, 0.50]}), "pgd20-0.007")
+    assert claim.verdict == CONTRADICTED
+    assert any("above it in w16_l4 (0.460 > 0.450)" in e for e in claim.evidence)
+
+
+def test_reversed_ranking_contradicts_and_a_partial_one_is_inconclusive():
+    reversed_ = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
+                                                 "cw20": [0.55, 0.50, 0.45, 0.40]}), "pgd20-0.007")
+    assert reversed_.verdict == CONTRADICTED
+    partial = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
+                                               "cw20": [0.40, 0.50, 0.45, 0.55]}), "pgd20-0.007")  # τ = 2/3
+    assert partial.verdict == INCONCLUSIVE
+
+
+def test_without_attack_rows_claim_8_is_not_evaluated():
+    assert attack_agreement_claim([], "pgd20-0.007").verdict == NOT_EVALUATED
+
+
+def test_plan_validation_and_spec_parsing(tmp_path):
+    with pytest.raises(ConfigError, match="at least two"):
+        AttackCheckPlan(("cw20",))
+    with pytest.raises(ConfigError, match="unknown: \\['autoattack'\\]"):
+        AttackCheckPlan(("cw20", "autoattack"))
+    with pytest.raises(ConfigError, match="examples must be an integer"):
+        AttackCheckPlan(("cw20", "pgd20-0.007"), examples=0)
+    with pytest.raises(ConfigError, match="unknown \\[attack_check\\] keys"):
+        AttackCheckPlan.from_spec({"protocols": ["cw20", "pgd20-0.007"], "checkpoint": "latest"})
+    spec = write_spec(tmp_path, war=False)
+    spec.write_text(spec.read_text() + '[attack_check]\nprotocols = ["pgd20-0.007", "cw20"]\nexamples = 50\n'
+                    'seeds = [0]\n')
+    study = load_study(spec)
+    assert study.attack_check == AttackCheckPlan(("pgd20-0.007", "cw20"), 50, (0,))
+
+
+def test_collect_reads_only_matching_finished_evaluations(tmp_path):
+    spec = write_spec(tmp_path, war=False, seeds=(0,))
+    spec.write_text(spec.read_text() + '[attack_check]\nprotocols = ["pgd20-0.007", "cw20"]\nexamples = 50\n')
+    study = load_study(spec)
+    run = study.grid_runs()[0]
+    io.write_json(study.run_dir(run) / "config.json", {"eval": {"attack": {"eps": 0.1}}})
+    eval_dir = study.run_dir(run) / "eval"
+    io.write_json(eval_dir / "best_val_test_cw20_eps0.1.json",
+                  {"eps": 0.1, "num_examples": 50, "natural_accuracy": 0.7, "robust_accuracy": 0.3})
+    io.write_json(eval_dir / "best_val_test_pgd20-0.007_eps0.1.json",   # another size: not this check's
+                  {"eps": 0.1, "num_examples": 500, "natural_accuracy": 0.7, "robust_accuracy": 0.35})
+    io.write_json(eval_dir / "best_val_test_cw20_eps0.2.json",          # another ε: not this run's
+                  {"eps": 0.2, "num_examples": 50, "natural_accuracy": 0.7, "robust_accuracy": 0.1})
+    rows = collect_attack_check(study)
+    assert rows == [{"run": run.name, "width": run.width, "lam": run.lam, "seed": 0, "protocol": "cw20",
+                     "eps": 0.1, "num_examples": 50, "natural_accuracy": 0.7, "robust_accuracy": 0.3}]
+
+
+def test_attack_check_figure_is_written_from_fabricated_rows(tmp_path):
+    from nt_robust.studies.figures import plot_attack_check
+
+    rows = rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "cw20": [0.38, 0.44, 0.47, 0.52]})
+    paths = plot_attack_check(rows, tmp_path / "attack_check")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
+    assert plot_attack_check([], tmp_path / "none") is None
