@@ -25,8 +25,8 @@ memory and compile time are those of a cold process::
     .venv/bin/python benchmarks/train_step.py --probe conv-grads     # fwd / dx / dw of one conv layer
 
 Results and what was tried: docs/benchmarks.md. The default run (all five models, both
-objectives, both frameworks) took ~17 min on the shared 2-core machine at load ~1.5;
-``--models mlp,cnn,wrn16-1`` takes a few minutes.
+objectives, both frameworks) took 10.8 min on an idle 2-core machine;
+``--models cnn,wrn16-1`` about 3 min.
 
 Output: one JSON line per model as it finishes (``--quiet`` drops them), then one JSON
 object with everything. ``images_per_s`` = batch × timed steps / wall time of those steps

@@ -120,7 +120,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from nt_robust.studies.pipeline import build_report, estimate_cost, format_estimate, run_study
+    from nt_robust.studies.pipeline import build_report, estimate_cost, format_estimate, run_study, study_summary
     from nt_robust.studies.sweep import load_study, run_index
     from nt_robust.studies.tables import format_table
 
@@ -139,7 +139,9 @@ def _study(args: argparse.Namespace) -> int:
             return 0
     if not args.report:
         run_study(study, args.stage)
-    print(f"report: {build_report(study, args.figures_dir)}")
+    report = build_report(study, args.figures_dir)
+    print(study_summary(study))
+    print(f"report: {report}")
     return 0
 
 

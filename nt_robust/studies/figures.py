@@ -37,7 +37,9 @@ def _save(fig, stem: Path) -> list[Path]:
     paths = []
     for suffix in (".png", ".pdf"):
         buffer = _io.BytesIO()
-        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight")
+        # No creation date in PDFs: the same numbers give the same bytes, so reruns do not churn git.
+        metadata = {"CreationDate": None} if suffix == ".pdf" else None
+        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", metadata=metadata)
         io.write_bytes(stem.with_suffix(suffix), buffer.getvalue())
         paths.append(stem.with_suffix(suffix))
     plt.close(fig)

@@ -5,6 +5,7 @@ figures, claims, markdown::
     print(format_estimate(estimate_cost(study)))
     run_study(study)                                  # skips finished runs, resumes the rest
     report_path = build_report(study)                 # results.csv/json, figures, report.md
+    print(study_summary(study))                       # the results table and the verdicts
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from nt_robust.studies.aggregate import collect_curves, collect_runs, write_tabl
 from nt_robust.studies.analysis import evaluate_claims
 from nt_robust.studies.attack_check import collect_attack_check, run_attack_check
 from nt_robust.studies.figures import make_all_figures
-from nt_robust.studies.report import render_report
+from nt_robust.studies.report import render_report, summary_table
 from nt_robust.studies.sweep import ATTACK_STAGE, GRID_STAGE, WAR_STAGE, Study, run_index
 from nt_robust.studies.tables import format_table
 from nt_robust.train.config import ExperimentConfig
@@ -138,3 +139,13 @@ def build_report(study: Study, figures_dir: Path | None = None) -> Path:
     log.info("report: %s (%d runs, %d figures)", report_path, len({r['run'] for r in rows}), len(figures))
     return report_path
 
+
+
+def study_summary(study: Study) -> str:
+    """The terminal version of the report: the results table (best held-out checkpoint)
+    and one line per claim, from the files :func:`build_report` wrote."""
+    results_dir = study.runs_root / "results"
+    rows = io.read_json(results_dir / "results.json")
+    claims = io.read_json(results_dir / "claims.json")
+    verdicts = [f"claim {c['number']}: {c['verdict']:<14} {c['text']}" for c in sorted(claims, key=lambda c: c["number"])]
+    return "\n".join([summary_table(rows), "", *verdicts])

@@ -13,7 +13,8 @@ from nt_robust.studies.analysis import Claim, grid_rows, group_stats, select
 from nt_robust.studies.tables import format_table
 
 
-def _summary_table(rows: list[dict[str, Any]], selection: str) -> str:
+def summary_table(rows: list[dict[str, Any]], selection: str = "best_val") -> str:
+    """Seed mean ± std of the test metrics per (model, WAR, λ) under one checkpoint rule."""
     rows = [r for r in rows if r["selection"] == selection]
     keys = ("model", "war", "lam")
     metrics = ("test_natural_accuracy", "test_robust_accuracy", "test_perturbation_stability",
@@ -55,10 +56,10 @@ def render_report(name: str, rows: list[dict[str, Any]], claims: list[Claim], fi
     for claim in claims:
         lines.append(f"**{claim.number}. {claim.text}** — *{claim.verdict}*")
         lines += [f"- {e}" for e in claim.evidence] + [""]
-    lines += ["## Results (checkpoint: best held-out robust accuracy)", "", _summary_table(rows, "best_val"), ""]
+    lines += ["## Results (checkpoint: best held-out robust accuracy)", "", summary_table(rows, "best_val"), ""]
     if any(r["selection"] == "best_test" for r in grid):
         lines += ["## Results with the paper's protocol (checkpoint: best *test* robust accuracy; optimistic)",
-                  "", _summary_table(rows, "best_test"), ""]
+                  "", summary_table(rows, "best_test"), ""]
     if figures:
         lines += ["## Figures", ""]
         for path in figures:

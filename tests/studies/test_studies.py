@@ -258,6 +258,7 @@ examples = 32
     assert main(["study", str(spec), "--figures-dir", str(figures)]) == 0
     out = capsys.readouterr().out
     assert "Estimated cost" in out and "report:" in out
+    assert "| model" in out and "stability" in out and "claim 8: " in out  # the table and verdicts, printed
     report = (figures / "report.md").read_text()
     assert "**1. At fixed λ, natural accuracy rises with width.**" in report
     assert "WAR from" in report and (figures / "war.png").exists()
