@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     cpu = argparse.ArgumentParser(add_help=False)
     cpu.add_argument("--cpu-devices", type=int, default=None, metavar="N",
-                     help="split the CPU into N XLA devices and shard each batch over them (one per core "
-                          "is fastest for conv nets; default $NT_ROBUST_CPU_DEVICES, else 1)")
+                     help="split the CPU into N XLA devices and shard training batches over them (one per "
+                          "core is fastest for conv nets; default $NT_ROBUST_CPU_DEVICES, else 1)")
 
     train = commands.add_parser("train", help="train (or resume) one run", parents=[cpu])
     train.add_argument("--config", help="TOML file (see experiments/); defaults if omitted")
@@ -133,7 +133,7 @@ def _study(args: argparse.Namespace) -> int:
     if args.index is not None:
         run_index(study, args.index)
         return 0
-    if args.estimate or not (args.report or args.no_estimate):
+    if args.estimate or not (args.report or args.no_estimate or args.stage == "attacks"):
         print(format_estimate(estimate_cost(study)), flush=True)
         if args.estimate:
             return 0
@@ -157,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         set_cpu_devices(args.cpu_devices)  # both before anything starts the backend
+        configure_xla_cpu()                # (info too, so that it shows the flags train uses)
         if args.command != "info":
-            configure_xla_cpu()
             enable_compilation_cache()
         if args.command == "train":
             return _train(args)

@@ -110,8 +110,8 @@ def configure_xla_cpu() -> bool:
 
 def set_cpu_devices(count: int | None = None) -> int | None:
     """Split the host CPU into ``count`` XLA devices (default: ``$NT_ROBUST_CPU_DEVICES``;
-    neither: leave JAX's default of one). Training and evaluation then shard each batch
-    over them exactly as over GPUs, so XLA:CPU keeps every core busy: with one device per
+    neither: leave JAX's default of one). Training and its per-epoch evaluation then shard
+    each batch over them exactly as over GPUs (protocol evaluations do not), so XLA:CPU keeps every core busy: with one device per
     core, conv-net TRADES steps ran ~1.5x faster here (docs/benchmarks.md). Results
     depend on the device count at float-rounding level, and it is recorded in
     environment.json. Must run before JAX starts its backend. Returns the count set."""
@@ -128,6 +128,6 @@ def set_cpu_devices(count: int | None = None) -> int | None:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError as error:  # JAX refuses once its backend has started
         raise RuntimeError(f"cannot split the CPU into {count} devices: JAX has already started its "
-                           "backend in this process; set the count first thing (nt-robust --cpu-devices N, "
+                           "backend in this process; set the count first thing (nt-robust train|eval|study ... --cpu-devices N, "
                            "or NT_ROBUST_CPU_DEVICES=N in the environment)") from error
     return count

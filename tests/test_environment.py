@@ -19,6 +19,7 @@ def test_scheduler_flag_is_appended_to_existing_flags(monkeypatch):
 
 
 def test_users_choice_and_opt_out_are_respected(monkeypatch):
+    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT")
     assert configure_xla_cpu() is False
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"

@@ -27,7 +27,7 @@ class ModelConfig:
     units) or "cnn" (SmallCNN, channels x width; depth unused). ``input_mean`` /
     ``input_std``: optional per-channel normalization applied inside the model.
     ``conv_impl``: how convolution weight gradients are computed — "auto" (shifted
-    matmuls on the CPU backend, where XLA's own are 4-30x slower; XLA elsewhere), "xla"
+    matmuls on the CPU backend, where XLA's own are 2.6-9x slower; XLA elsewhere), "xla"
     or "shifted_matmul". Same function and gradients up to float summation order; see
     ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff through the model)."""
 

@@ -83,8 +83,12 @@ def run_attack_check(study) -> None:
                 continue  # a finished run's checkpoint never changes: no need to load it again
             log.info("[attack check %d/%d] %s: %s on %d test images", number, len(runs), run.name, protocol,
                      plan.examples)
-            evaluate_run(study.run_dir(run), checkpoint=CHECKPOINT, split="test", examples=plan.examples,
-                         protocol=protocol)
+            result = evaluate_run(study.run_dir(run), checkpoint=CHECKPOINT, split="test",
+                                  examples=plan.examples, protocol=protocol)
+            if result["num_examples"] < plan.examples:
+                raise ConfigError(f"[attack_check] examples = {plan.examples} but the test split of {run.name} "
+                                  f"has only {result['num_examples']} images: set examples <= "
+                                  f"{result['num_examples']}")
 
 
 def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
@@ -173,9 +177,10 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str):
         pairs = [(run, acc, by_run.get((run, reference))) for (run, p), acc in by_run.items() if p == protocol]
         worse = [(run, acc, ref) for run, acc, ref in pairs if ref is not None and acc > ref]
         violations += worse
+        pairs = [(run, acc, ref) for run, acc, ref in pairs if ref is not None]
         evidence.append(f"{protocol} ≤ {reference} in {len(pairs) - len(worse)} of {len(pairs)} runs"
                         + (f"; above it in {', '.join(f'{r} ({a:.3f} > {b:.3f})' for r, a, b in worse)}" if worse else "")
-                        + f"; mean gap {sum(acc - ref for _, acc, ref in pairs if ref is not None) / max(len(pairs), 1):+.4f}")
+                        + f"; mean gap {sum(acc - ref for _, acc, ref in pairs) / max(len(pairs), 1):+.4f}")
     if violations or any(t < TAU_CONTRADICTED for t in taus.values()):
         verdict = CONTRADICTED
     elif all(t >= TAU_SUPPORTED for t in taus.values()):

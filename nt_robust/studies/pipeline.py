@@ -20,7 +20,7 @@ from typing import Any
 import jax
 
 from nt_robust import io
-from nt_robust.config import load_config
+from nt_robust.config import ConfigError, load_config
 from nt_robust.environment import environment_info
 from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
 from nt_robust.studies.analysis import evaluate_claims
@@ -37,6 +37,9 @@ log = logging.getLogger("nt_robust.studies")
 def run_study(study: Study, stage: str | None = None) -> None:
     """Run every unfinished run (grid stage first, then WAR, then the attack check if the
     spec asks for one), or only ``stage``."""
+    if stage == ATTACK_STAGE and study.attack_check is None:
+        raise ConfigError(f"{study.spec_path} has no [attack_check] section: nothing to run in stage "
+                          f"'{ATTACK_STAGE}' (see nt_robust/studies/attack_check.py)")
     stages = [stage] if stage else [GRID_STAGE, WAR_STAGE, ATTACK_STAGE]
     runs = [r for r in study.runs() if r.stage in stages]
     todo = [r for r in runs if not study.is_finished(r)]

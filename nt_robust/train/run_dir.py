@@ -34,8 +34,9 @@ def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any
 
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("train.progress",)
-# Config fields added after runs were made: a saved config without one ran as its default.
-ADDED_FIELDS = {"model.conv_impl": "auto"}
+# Config fields added after runs were made, with the behaviour a saved config without one
+# ran with (not necessarily today's default): resuming such a run needs that value.
+ADDED_FIELDS = {"model.conv_impl": "xla"}
 
 
 def _matters(path: str, old: Any, new: Any) -> bool:
@@ -66,10 +67,13 @@ class RunDirectory:
             differences = [f"{path}: {_describe(old)} -> {_describe(new)}"
                            for path, old, new in _differences(previous, config) if _matters(path, old, new)]
             if differences:
+                legacy = [f"--set {path}={value}" for path, value in ADDED_FIELDS.items()
+                          if any(d.startswith(f"{path}: (absent)") for d in differences)]
                 raise RunConfigMismatchError(
                     f"{self.root} already holds a run with a different config ({'; '.join(differences[:5])}). "
-                    "Resume it with its own config, give this run another name (--set name=...) "
-                    "or --run-dir, or delete that directory.")
+                    "Resume it with its own config"
+                    + (f" (it predates {', '.join(legacy)}: add that to resume it exactly)" if legacy else "")
+                    + ", give this run another name (--set name=...) or --run-dir, or delete that directory.")
             resumed = True
         else:
             resumed = False

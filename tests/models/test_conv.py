@@ -26,18 +26,21 @@ def numpy_weight_gradient(x, g, kernel_shape, stride, pad):
     return dw
 
 
-CASES = [  # kernel, stride, padding: the shapes the WRN and the small CNN use
+CASES = [  # kernel, stride, padding: the shapes the WRN and the small CNN use, plus asymmetric SAME
     ((3, 3), 1, ((1, 1), (1, 1))),
     ((3, 3), 2, ((1, 1), (1, 1))),
     ((1, 1), 2, ((0, 0), (0, 0))),
     ((3, 3), 1, "SAME"),
+    ((3, 3), 2, "SAME"),          # even size: pads (0, 1)
+    ((3, 3), 1, ((2, 0), (0, 1))),
 ]
 
 
+@pytest.mark.parametrize("size", [7, 8])  # odd and even inputs (stride 2 drops the last row when even)
 @pytest.mark.parametrize("kernel_size,stride,padding", CASES)
-def test_forward_and_gradients_match_xla_and_hand_computed_weight_gradient(kernel_size, stride, padding):
+def test_forward_and_gradients_match_xla_and_hand_computed_weight_gradient(kernel_size, stride, padding, size):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 7, 7, 4)).astype(np.float32)
+    x = rng.standard_normal((3, size, size, 4)).astype(np.float32)
     kernel = rng.standard_normal((*kernel_size, 4, 5)).astype(np.float32)
     strides = (stride, stride)
 
@@ -54,19 +57,27 @@ def test_forward_and_gradients_match_xla_and_hand_computed_weight_gradient(kerne
     dx, dw = jax.vjp(ours, x, kernel)[1](g)
     np.testing.assert_array_equal(dx, dx_ref)  # so is the input gradient
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
-    pads = lax.padtype_to_pads((7, 7), kernel_size, strides, padding) if isinstance(padding, str) else padding
+    pads = lax.padtype_to_pads((size, size), kernel_size, strides, padding) if isinstance(padding, str) else padding
     np.testing.assert_allclose(dw, numpy_weight_gradient(x, g, kernel.shape, stride, pads), rtol=1e-4, atol=1e-4)
 
 
-def test_dilated_or_grouped_calls_fall_back_to_lax():
+@pytest.mark.parametrize("kwargs", [dict(rhs_dilation=(2, 2)), dict(lhs_dilation=(2, 2)),
+                                    dict(feature_group_count=2)])
+def test_dilated_or_grouped_calls_fall_back_to_lax(kwargs):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 9, 4)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 2, 6)).astype(np.float32)
-    got = shifted_matmul_conv(x, kernel, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=NHWC,
-                              feature_group_count=2)
-    want = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=NHWC,
-                                    feature_group_count=2)
-    np.testing.assert_array_equal(got, want)
+    in_per_group = 2 if "feature_group_count" in kwargs else 4
+    kernel = rng.standard_normal((3, 3, in_per_group, 6)).astype(np.float32)
+
+    def run(conv):
+        return lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs)
+
+    got, want = run(shifted_matmul_conv), run(lax.conv_general_dilated)
+    np.testing.assert_array_equal(got(x, kernel), want(x, kernel))
+    g = rng.standard_normal(want(x, kernel).shape).astype(np.float32)
+    for a, b in zip(jax.vjp(got, x, kernel)[1](g), jax.vjp(want, x, kernel)[1](g)):
+        np.testing.assert_array_equal(a, b)
+    assert "custom_vjp" not in str(jax.make_jaxpr(got)(x, kernel))
 
 
 @pytest.mark.parametrize("arch,depth", [("cnn", 1), ("wrn", 10)])
@@ -84,14 +95,16 @@ def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(ar
 
         (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
         results[impl] = (logits, grads)
+        # the model really routes its convolutions through ours (or not)
+        assert ("custom_vjp" in str(jax.make_jaxpr(loss)(variables["params"]))) == (impl == "shifted_matmul")
     np.testing.assert_array_equal(results["xla"][0], results["shifted_matmul"][0])
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                            results["xla"][1], results["shifted_matmul"][1])
 
 
 def test_auto_resolves_by_backend_and_unknown_names_are_rejected():
-    expected = "shifted_matmul" if jax.default_backend() == "cpu" else "xla"
-    assert resolve_conv_impl("auto") == expected
+    assert jax.default_backend() == "cpu"  # the suite runs on CPU, where auto must pick ours
+    assert conv_function("auto") is shifted_matmul_conv and resolve_conv_impl("auto") == "shifted_matmul"
     assert conv_function("xla") is lax.conv_general_dilated
     with pytest.raises(ValueError, match="model.conv_impl must be one of"):
         ModelConfig("cnn", conv_impl="oneDNN")

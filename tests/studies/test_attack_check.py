@@ -104,3 +104,11 @@ def test_attack_check_figure_is_written_from_fabricated_rows(tmp_path):
     paths = plot_attack_check(rows, tmp_path / "attack_check")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
     assert plot_attack_check([], tmp_path / "none") is None
+
+
+def test_attack_stage_without_a_plan_is_a_clear_error(tmp_path):
+    from nt_robust.studies.pipeline import run_study
+
+    study = load_study(write_spec(tmp_path, war=False))
+    with pytest.raises(ConfigError, match="no \\[attack_check\\] section"):
+        run_study(study, "attacks")

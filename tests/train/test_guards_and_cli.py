@@ -75,13 +75,15 @@ def test_run_directory_with_another_config_is_never_overwritten(tmp_path):
     assert (tmp_path / "run" / "summary.json").read_bytes() == before
 
 
-def test_run_made_before_a_field_existed_still_resumes_but_a_changed_value_does_not(tmp_path):
+def test_run_made_before_a_field_existed_resumes_only_with_the_behaviour_it_had(tmp_path):
     from nt_robust.train.run_dir import RunDirectory
-    config = {"model": {"arch": "cnn", "width": 1, "conv_impl": "auto"}, "objective": {"lam": 6.0}}
     io.write_json(tmp_path / "config.json", {"model": {"arch": "cnn", "width": 1}, "objective": {"lam": 6.0}})
-    assert RunDirectory(tmp_path).claim(config, {}, write=False) is True  # absent = the default it ran with
-    with pytest.raises(RunConfigMismatchError, match=r"model.conv_impl: \(absent\) -> 'xla'"):
-        RunDirectory(tmp_path).claim({**config, "model": {**config["model"], "conv_impl": "xla"}}, {}, write=False)
+    legacy = {"model": {"arch": "cnn", "width": 1, "conv_impl": "xla"}, "objective": {"lam": 6.0}}
+    assert RunDirectory(tmp_path).claim(legacy, {}, write=False) is True  # absent = XLA's conv, as it ran
+    today = {**legacy, "model": {**legacy["model"], "conv_impl": "auto"}}
+    with pytest.raises(RunConfigMismatchError, match=r"model.conv_impl: \(absent\) -> 'auto'.*"
+                                                     r"--set model.conv_impl=xla"):
+        RunDirectory(tmp_path).claim(today, {}, write=False)
 
 
 def test_cli_train_then_eval_writes_a_complete_run_directory(tmp_path, capsys):
