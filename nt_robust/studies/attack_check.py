@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 from nt_robust import io
@@ -46,8 +47,8 @@ class AttackCheckPlan:
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
-        if len(self.protocols) < 2 or unknown:
-            raise ConfigError(f"[attack_check] protocols needs at least two of {sorted(PROTOCOLS)}; "
+        if len(self.protocols) < 2 or unknown or len(set(self.protocols)) != len(self.protocols):
+            raise ConfigError(f"[attack_check] protocols needs at least two different ones of {sorted(PROTOCOLS)}; "
                               f"got {list(self.protocols)}" + (f" (unknown: {unknown})" if unknown else ""))
         if isinstance(self.examples, bool) or not isinstance(self.examples, int) or self.examples < 1:
             raise ConfigError(f"[attack_check] examples must be an integer >= 1, got {self.examples!r}")
@@ -97,8 +98,10 @@ def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
     run_dir = study.run_dir(run)
     if not (run_dir / "config.json").exists():
         return None
-    eps = float(io.read_json(run_dir / "config.json")["eval"]["attack"]["eps"])
-    path = run_dir / "eval" / f"{CHECKPOINT}_test_{protocol}_eps{eps!r}.json"
+    from nt_robust.train.evaluate_run import protocol_result_stem
+
+    eps = io.read_json(run_dir / "config.json")["eval"]["attack"]["eps"]
+    path = Path(f"{protocol_result_stem(run_dir, CHECKPOINT, 'test', protocol, eps)}.json")
     if not path.exists():
         return None
     result = io.read_json(path)

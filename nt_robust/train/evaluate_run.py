@@ -41,6 +41,12 @@ ATTACKS: dict[str, AttackConfig] = {
 }
 
 
+def protocol_result_stem(run_dir: str | Path, checkpoint: str, split: str, protocol: str, eps: float) -> Path:
+    """Where a protocol's result lives: ``RUN_DIR/eval/<checkpoint>_<split>_<protocol>_eps<ε>``
+    (+ ``.json`` / ``.npz``; built by hand because with_suffix would cut "eps0.1" at its dot)."""
+    return Path(run_dir) / "eval" / f"{checkpoint}_{split}_{protocol}_eps{float(eps)!r}"
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     path = Path(run_dir) / "config.json"
     if not path.exists():
@@ -131,8 +137,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
     fingerprint = {"protocol": protocol.to_dict(), "checkpoint": checkpoint, "step": step, "split": split,
                    "num_examples": int(len(labels)), "seed": config.train.seed, "batch_size": batch_size,
                    "bn_mode": config.eval.bn_mode}
-    # ε is part of the name (with_suffix would cut "eps0.1" at its dot: build the names by hand).
-    stem = Path(run_dir) / "eval" / f"{checkpoint}_{split}_{name}_eps{protocol.eps!r}"
+    stem = protocol_result_stem(run_dir, checkpoint, split, name, protocol.eps)
     json_path, npz_path = Path(f"{stem}.json"), Path(f"{stem}.npz")
     store = BatchStore(Path(f"{stem}.partial"), fingerprint)
     if json_path.exists() and npz_path.exists():
