@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import inspect
 import json
 import os
 import platform
@@ -115,6 +114,18 @@ class PeakMemory:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _measure(run_step, spec: dict[str, Any]) -> dict[str, Any]:
+    """The first (untimed) step's seconds, then ``_time_steps``, as images per second."""
+    t0 = time.perf_counter()
+    run_step()
+    first_step_s = time.perf_counter() - t0
+    timing = _time_steps(run_step, spec["warmup"], spec["steps"], spec["min_seconds"])
+    elapsed = timing.pop("_elapsed")
+    return {"first_step_s": round(first_step_s, 3), **timing,
+            "images_per_s": round(spec["batch"] * timing["timed_steps"] / elapsed, 1),
+            "images_per_cpu_s": round(spec["batch"] / timing["cpu_s_per_step"], 1)}
 
 
 def _time_steps(run_step, warmup: int, min_steps: int, min_seconds: float) -> dict[str, Any]:
@@ -206,11 +217,8 @@ def _jax_step(spec: dict[str, Any], config):
     variables = init_variables(model, init_key(config.train.seed), shape)
     optimizer = make_optimizer(config.optim, epochs=config.train.epochs,
                                steps_per_epoch=50_000 // config.train.batch_size)
-    extra = {}
-    if "seed" in inspect.signature(create_train_state).parameters:  # seed as state array (newer library)
-        extra["seed"] = config.train.seed
     state = create_train_state(variables, optimizer, config.objective.lam,
-                               use_ema=config.optim.ema_decay is not None, **extra)
+                               use_ema=config.optim.ema_decay is not None, seed=config.train.seed)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (spec["batch"], *shape), dtype=np.uint8)
     labels = rng.integers(0, NUM_CLASSES, spec["batch"]).astype(np.int32)
@@ -258,17 +266,9 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         holder["state"], metrics = compiled(holder["state"], images, labels)
         jax.block_until_ready((holder["state"], metrics))
 
-    t3 = time.perf_counter()
-    run_step()
-    first_step_s = time.perf_counter() - t3
-    timing = _time_steps(run_step, spec["warmup"], spec["steps"], spec["min_seconds"])
-    elapsed = timing.pop("_elapsed")
     result = {
         "framework": "jax", "parameters": count_parameters(variables["params"]),
-        "trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3),
-        "first_step_s": round(first_step_s, 3), **timing,
-        "images_per_s": round(spec["batch"] * timing["timed_steps"] / elapsed, 1),
-        "images_per_cpu_s": round(spec["batch"] / timing["cpu_s_per_step"], 1),
+        "trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3), **_measure(run_step, spec),
         "compile_peak_rss_mb": compile_peak, "step_peak_rss_mb": memory.peak_mb(),
         **buffers, "memory_method": memory.method, "attack_loop": _resolved_loop(spec["loop"]),
         "conv_impl": _resolved_conv_impl(config.model.conv_impl), "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -463,16 +463,8 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    run_step()
-    first_step_s = time.perf_counter() - t0
-    timing = _time_steps(run_step, spec["warmup"], spec["steps"], spec["min_seconds"])
-    elapsed = timing.pop("_elapsed")
     result = {
-        "framework": "torch", "parameters": sum(p.numel() for p in model.parameters()),
-        "first_step_s": round(first_step_s, 3), **timing,
-        "images_per_s": round(spec["batch"] * timing["timed_steps"] / elapsed, 1),
-        "images_per_cpu_s": round(spec["batch"] / timing["cpu_s_per_step"], 1),
+        "framework": "torch", "parameters": sum(p.numel() for p in model.parameters()), **_measure(run_step, spec),
         "step_peak_rss_mb": memory.peak_mb(), "memory_method": memory.method,
         "torch_threads": torch.get_num_threads(), "torch_variant": spec.get("torch_variant") or "matched",
         "device": str(device),
