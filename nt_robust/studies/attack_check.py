@@ -149,17 +149,14 @@ def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
 
 def attack_agreement_claim(rows: list[dict[str, Any]], reference: str):
     """Claim 8's verdict and evidence from :func:`collect_attack_check` rows."""
-    from nt_robust.studies.analysis import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim
+    from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim,
+                                            group_stats, select)
 
     text = "Rankings agree across PGD-20, CW-20 and AutoAttack; AutoAttack ≤ PGD accuracy."
     protocols = list(dict.fromkeys(r["protocol"] for r in rows))
-    means: dict[str, dict[tuple, float]] = {}
-    for protocol in protocols:
-        groups: dict[tuple, list[float]] = {}
-        for row in rows:
-            if row["protocol"] == protocol:
-                groups.setdefault((row["width"], row["lam"]), []).append(row["robust_accuracy"])
-        means[protocol] = {k: sum(v) / len(v) for k, v in groups.items()}
+    means = {p: {k: s.mean for k, s in group_stats(select(rows, protocol=p), ("width", "lam"),
+                                                    "robust_accuracy").items()}
+             for p in protocols}
     configs = sorted(set.intersection(*(set(m) for m in means.values()))) if means else []
     if reference not in means or len(protocols) < 2 or len(configs) < 3:
         return Claim(8, text, NOT_EVALUATED, ["needs an [attack_check] section in the study spec and at least "
@@ -177,10 +174,10 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str):
                         f"{taus[protocol]:+.2f}")
     by_run = {(r["run"], r["protocol"]): r["robust_accuracy"] for r in rows}
     for protocol in (p for p in protocols if p.startswith("autoattack")):
-        pairs = [(run, acc, by_run.get((run, reference))) for (run, p), acc in by_run.items() if p == protocol]
-        worse = [(run, acc, ref) for run, acc, ref in pairs if ref is not None and acc > ref]
+        pairs = [(run, acc, by_run[(run, reference)]) for (run, p), acc in by_run.items()
+                 if p == protocol and (run, reference) in by_run]
+        worse = [(run, acc, ref) for run, acc, ref in pairs if acc > ref]
         violations += worse
-        pairs = [(run, acc, ref) for run, acc, ref in pairs if ref is not None]
         evidence.append(f"{protocol} ≤ {reference} in {len(pairs) - len(worse)} of {len(pairs)} runs"
                         + (f"; above it in {', '.join(f'{r} ({a:.3f} > {b:.3f})' for r, a, b in worse)}" if worse else "")
                         + f"; mean gap {sum(acc - ref for _, acc, ref in pairs) / max(len(pairs), 1):+.4f}")
