@@ -12,7 +12,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # neural-tangents 0.6.5 (the last release) declares TensorFlow-era dependencies it does
-# not need for what we use; install it without them (see docs/theory.md and DESIGN.md).
+# not need for what we use; install it without them (see docs/theory.md and docs/design.md).
 setup: $(PY) data
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "neural-tangents==0.6.5" "frozendict>=2.3,<3"

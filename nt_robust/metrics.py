@@ -1,4 +1,4 @@
-"""Accuracy, robust accuracy, perturbation stability and local Lipschitzness (PAPER.md §3).
+"""Accuracy, robust accuracy, perturbation stability and local Lipschitzness (docs/paper.md §3).
 
 Everything is computed per example first; every summary number is a mean of those
 arrays (:func:`summarize`), so a stored evaluation can always be re-summarized::

@@ -1,4 +1,4 @@
-"""Training objectives of the paper (PAPER.md §2), each a batch mean of per-example terms.
+"""Training objectives of the paper (docs/paper.md §2), each a batch mean of per-example terms.
 
     natural:  CE(f(x), y)
     pgd_at:   CE(f(x), y) + lam · (CE(f(x̂), y) − CE(f(x), y))          Eq. 1; lam = 1 is PGD-AT

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values, closed forms and the identities of PAPER.md §3."""
+"""Metrics against hand-computed values, closed forms and the identities of docs/paper.md §3."""
 
 import dataclasses
 import itertools

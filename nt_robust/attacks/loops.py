@@ -2,7 +2,7 @@
 
 ``"unroll"`` writes every step into the graph (a Python loop at trace time): longer
 compiles, but on CPU several times faster for conv nets, where XLA runs a ``while``
-body poorly (DESIGN.md; ``benchmarks/attack_loop.py`` re-measures it). ``"fori"`` uses
+body poorly (docs/benchmarks.md; ``benchmarks/attack_loop.py`` re-measures it). ``"fori"`` uses
 ``lax.fori_loop``: one copy of the step, compile time independent of the step count.
 ``"auto"`` picks unroll on CPU and fori on GPU/TPU::
 

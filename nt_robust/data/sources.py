@@ -21,10 +21,11 @@ from .cifar import find_cifar
 from .idx import IDX_FILES, missing_idx_files
 from .specs import DatasetSpec
 
-__all__ = ["DATA_DIR_ENV", "SYSTEM_DIRS", "cache_dir", "candidate_dirs", "locate", "probe",
+__all__ = ["DATA_DIR_ENV", "DATA_DIR_SETTING", "SYSTEM_DIRS", "cache_dir", "candidate_dirs", "locate", "probe",
            "not_found_message"]
 
 DATA_DIR_ENV = "NT_ROBUST_DATA_DIR"
+DATA_DIR_SETTING = "data.data_dir"  # the config key (nt-robust ... --set data.data_dir=DIR)
 # Module-level so tests (and odd installations) can change it.
 SYSTEM_DIRS: dict[str, tuple[str, ...]] = {
     "fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
@@ -86,11 +87,12 @@ def not_found_message(spec: DatasetSpec, searched: Searched, download_note: str)
     lines += [f"  - {spec.url(f)}" for f in spec.download_files]
     lines += [
         "How to fix:",
-        f"  - put the files in a directory DIR and pass --data-dir DIR (data_dir=DIR), "
-        f"or set {DATA_DIR_ENV}=DIR; DIR or DIR/{spec.name} is searched",
+        f"  - put the files in a directory DIR and pass --set {DATA_DIR_SETTING}=DIR to nt-robust train "
+        f"(load_dataset(..., data_dir=DIR) in Python), or set {DATA_DIR_ENV}=DIR; "
+        f"DIR or DIR/{spec.name} is searched",
         f"  - or copy them into {cache_dir(spec.name)}",
-        "  - or allow downloading (download=True; unset NT_ROBUST_OFFLINE / "
-        "NT_ROBUST_DOWNLOAD=0) on a machine with internet access",
+        "  - or allow downloading on a machine with internet access: unset NT_ROBUST_OFFLINE "
+        "and NT_ROBUST_DOWNLOAD (load_dataset(..., download=True) in Python)",
     ]
     lines += [f"  - {fix}" for fix in spec.extra_fixes]
     return "\n".join(lines)

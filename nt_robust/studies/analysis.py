@@ -1,4 +1,4 @@
-"""Seed statistics and the claim-by-claim verdicts of PAPER.md §7, from the tidy table.
+"""Seed statistics and the claim-by-claim verdicts of docs/paper.md §7, from the tidy table.
 
     stats = group_stats(rows, ("width", "lam"), "test_robust_accuracy")
     claims = evaluate_claims(rows)          # list of Claim(number, text, verdict, evidence)
@@ -127,7 +127,7 @@ def best_lam_by_width(rows: list[dict[str, Any]]) -> dict[int, float]:
 
 def evaluate_claims(all_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]] | None = None,
                     attack_reference: str | None = None) -> list[Claim]:
-    """Every claim of PAPER.md §7; claim 8 needs the study's attack check rows
+    """Every claim of docs/paper.md §7; claim 8 needs the study's attack check rows
     (:mod:`nt_robust.studies.attack_check`), compared against ``attack_reference``."""
     from nt_robust.studies.attack_check import attack_agreement_claim
 

@@ -1,4 +1,4 @@
-"""Claim 8 of PAPER.md §7: do PGD-20, CW-20 and AutoAttack rank a study's models alike, and
+"""Claim 8 of docs/paper.md §7: do PGD-20, CW-20 and AutoAttack rank a study's models alike, and
 is AutoAttack's robust accuracy never above PGD's?
 
 A study spec may ask for the check (protocols from :mod:`nt_robust.attacks.protocols`,

@@ -50,7 +50,7 @@ def render_report(name: str, rows: list[dict[str, Any]], claims: list[Claim], fi
         "difference points the claimed way by more than two standard errors, *contradicted* when it "
         "points the other way by more than two, and *inconclusive* otherwise (always with one seed).",
         "",
-        "## Claims of the paper (PAPER.md §7) against our numbers",
+        "## Claims of the paper (docs/paper.md §7) against our numbers",
         "",
     ]
     for claim in claims:

@@ -1,7 +1,7 @@
 """The experiment config: every knob of one training run, typed and validated.
 
 Sections mirror the data flow (data -> model -> attack -> objective -> optimizer ->
-loop -> evaluation). Defaults are the paper's TRADES protocol (PAPER.md §4) except
+loop -> evaluation). Defaults are the paper's TRADES protocol (docs/paper.md §4) except
 where a field says otherwise. Load one from a file with overrides::
 
     from nt_robust.config import load_config
@@ -111,7 +111,7 @@ class OptimConfig:
 class EvalConfig:
     """Per-epoch evaluation on ``val_examples`` of the held-out split and ``test_examples``
     of the test set (None: all) with ``attack`` (default the paper's PGD-20) and a local
-    Lipschitz estimate (PAPER.md §3: "yang" on logits, "trades_grad" = the authors'
+    Lipschitz estimate (docs/paper.md §3: "yang" on logits, "trades_grad" = the authors'
     logging, or "none"); ``lipschitz_eps`` None takes the method's default ε."""
 
     attack: AttackConfig = PGD20
@@ -159,7 +159,7 @@ class LoopConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WarConfig:
-    """WAR (Width Adjusted Regularization), *our reconstruction* (PAPER.md §6: the paper's
+    """WAR (Width Adjusted Regularization), *our reconstruction* (docs/paper.md §6: the paper's
     exact rule is unknown). A small network tuned at λ_s reaches a ratio
     ρ_s = λ·R_rob / R_nat between its weighted robust regularizer and its natural risk
     (mean over its epochs). A wider network trained with WAR starts at λ_s

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedules (PAPER.md §4)::
+"""Optimizer and learning-rate schedules (docs/paper.md §4)::
 
     optimizer = make_optimizer(config.optim, epochs=100, steps_per_epoch=391)
 """

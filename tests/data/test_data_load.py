@@ -53,7 +53,7 @@ def test_missing_data_message_explains_the_fix(isolated, monkeypatch):
     for expected in (
         *IDX_FILES,
         "NT_ROBUST_DATA_DIR",
-        "--data-dir",
+        "--set data.data_dir=DIR",
         str(empty),
         str(empty / "mnist"),
         str(isolated / "env" / "mnist"),
