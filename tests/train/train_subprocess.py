@@ -3,6 +3,8 @@ need their own process). Used by the tests; not a test itself.
 
     python train_subprocess.py RUN_DIR OUT.npz '["model.arch=mlp", ...]' [--kill-after-steps N]
         [--coordinator HOST:PORT --num-processes P --process-id I]
+
+OUT.npz holds the final parameters, BatchNorm statistics and optimizer state.
 """
 
 import argparse
@@ -57,21 +59,6 @@ state, _ = trainer.restore("latest")
 leaves = {f"leaf{i}": np.asarray(leaf) for i, leaf in
           enumerate(jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state)))}
 
-# One TRADES step (2 inner ℓ∞ steps) from the trained state on the first 32 examples,
-# through the same sharded jit the trainer uses.
-from nt_robust.train.sharding import global_batch, process_rows  # noqa: E402
-from nt_robust.train.step import make_train_step  # noqa: E402
-
-trades = load_config(ExperimentConfig, None, json.loads(args.overrides) + [
-    "objective.kind=trades", "train_attack.loss=kl", "train_attack.norm=linf", "train_attack.eps=0.031",
-    "train_attack.step_size=0.007", "train_attack.start=gaussian"])
-step = jax.jit(make_train_step(trainer.model, trades, trainer.optimizer))  # shardings from the inputs
-rows = process_rows(32)
-images, labels = trainer.splits.train_images[:32][rows], trainer.splits.train_labels[:32][rows]
-adv_state, adv_metrics = step(state, global_batch(images, trainer.mesh), global_batch(labels, trainer.mesh))
-leaves.update({f"adv_leaf{i}": np.asarray(leaf) for i, leaf in
-               enumerate(jax.tree_util.tree_leaves((adv_state.params, adv_state.batch_stats)))})
-leaves["adv_loss"] = np.asarray(adv_metrics["loss"])
 if jax.process_index() == 0:
     np.savez(args.out, **leaves)
     print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
