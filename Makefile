@@ -32,7 +32,10 @@ data:
 demo: setup
 	$(VENV)/bin/nt-robust study experiments/study_quick_fmnist.toml
 
+# The machine first: float kernels and summation orders differ between CPU families, so a
+# failure report should say which CPU and ISA it came from.
 test: setup
+	@$(PY) -c "from nt_robust.environment import describe_cpu; print('machine: CPU', describe_cpu())"
 	$(PY) -m pytest -q tests
 
 clean:

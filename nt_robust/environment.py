@@ -1,7 +1,8 @@
-"""What a run is computed with: versions, devices, processes, git commit, XLA flags; the
-persistent compilation cache and XLA:CPU's scheduler.
+"""What a run is computed with: versions, devices, processes, CPU model and ISA, git commit,
+XLA flags; the persistent compilation cache and XLA:CPU's scheduler.
 
     info = environment_info()      # saved as RUN_DIR/environment.json
+    cpu_info()                     # {"model": "AMD EPYC ...", "vendor": ..., "isa": ["avx2", ...], "cores": 2}
     configure_xla_cpu()            # what the CLI does at start-up, before the backend starts
     enable_compilation_cache()
 """
@@ -47,6 +48,43 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+# Instruction-set features that change which float kernels XLA, Eigen, oneDNN and numpy
+# pick (and so summation orders and rounding): what a result's machine is told apart by.
+ISA_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+                "asimd", "sve", "sve2")
+
+
+def cpu_info(cpuinfo_path: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model name, vendor, the :data:`ISA_FEATURES` it has and the cores this
+    process may use. Reads ``/proc/cpuinfo`` (Linux); elsewhere only what ``platform`` knows."""
+    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "vendor": None, "isa": [],
+                            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    try:
+        text = Path(cpuinfo_path).read_text(errors="replace")
+    except OSError:
+        return info
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor describes them all
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    info["model"] = fields.get("model name") or fields.get("cpu model") or info["model"]
+    info["vendor"] = fields.get("vendor_id") or fields.get("cpu implementer")
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    info["isa"] = [feature for feature in ISA_FEATURES if feature in flags]
+    return info
+
+
+def describe_cpu(info: dict[str, Any] | None = None) -> str:
+    """One line, e.g. ``AMD EPYC (2 cores; avx2 fma avx512f ...)``."""
+    info = info or cpu_info()
+    return f"{info['model']} ({info['cores']} cores; {' '.join(info['isa']) or 'ISA unknown'})"
+
+
 def environment_info() -> dict[str, Any]:
     devices = jax.devices()
     return {
@@ -54,6 +92,7 @@ def environment_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
+        "cpu": cpu_info(),
         "packages": package_versions(),
         "git_commit": git_commit(),
         "backend": jax.default_backend(),

@@ -39,3 +39,38 @@ def test_cpu_device_count_is_validated_and_refused_once_the_backend_runs(monkeyp
     jax.devices()  # the backend is running now
     with pytest.raises(RuntimeError, match="already started its backend"):
         set_cpu_devices(3)
+
+
+SAPPHIRE_RAPIDS = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: a second processor that must not be read
+flags\t\t: fpu
+"""
+GRAVITON = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics sve sve2
+CPU implementer\t: 0x41
+"""
+
+
+def test_cpu_info_names_the_model_and_the_isa_features_that_pick_float_kernels(tmp_path):
+    from nt_robust.environment import cpu_info, describe_cpu, environment_info
+    path = tmp_path / "cpuinfo"
+    path.write_text(SAPPHIRE_RAPIDS)
+    info = cpu_info(path)
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz" and info["vendor"] == "GenuineIntel"
+    assert info["isa"] == ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                           "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
+    assert "amx_tile" in describe_cpu(info) and "Xeon" in describe_cpu(info)
+    path.write_text(GRAVITON)
+    arm = cpu_info(path)
+    assert arm["isa"] == ["asimd", "sve", "sve2"] and arm["vendor"] == "0x41"
+    missing = cpu_info(tmp_path / "absent")
+    assert missing["isa"] == [] and missing["model"]  # falls back to what platform knows
+    recorded = environment_info()["cpu"]  # what every run's environment.json carries
+    assert set(recorded) == {"model", "vendor", "isa", "cores"} and recorded["cores"] >= 1

@@ -11,8 +11,6 @@ figures, claims, markdown::
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ import jax
 
 from nt_robust import io
 from nt_robust.config import ConfigError, load_config
-from nt_robust.environment import environment_info
-from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
+from nt_robust.environment import describe_cpu, environment_info
+from nt_robust.studies.aggregate import collect_curves, collect_examples, collect_runs, write_table
 from nt_robust.studies.analysis import evaluate_claims
-from nt_robust.studies.attack_check import collect_attack_check, run_attack_check
+from nt_robust.studies.attack_check import collect_attack_check, collect_attack_examples, run_attack_check
 from nt_robust.studies.figures import make_all_figures
 from nt_robust.studies.report import render_report, summary_table
 from nt_robust.studies.sweep import ATTACK_STAGE, GRID_STAGE, WAR_STAGE, Study, run_index
@@ -105,18 +103,21 @@ def format_estimate(estimates: list[dict[str, Any]]) -> str:
 
 def hardware_description() -> str:
     info = environment_info()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return (f"{info['device_count']} {info['backend']} device(s) [{', '.join(info['device_kinds'])}], "
-            f"CPU {cpu} ({os.cpu_count()} cores), jax {info['packages']['jax']}")
+            f"CPU {describe_cpu(info['cpu'])}, jax {info['packages']['jax']}")
 
 
 def build_report(study: Study, figures_dir: Path | None = None) -> Path:
-    """Aggregate the finished runs, draw the figures and write the report; returns its path."""
+    """Aggregate the finished runs, draw the figures and write the report; returns its path.
+
+    One aggregation at a time per study (an flock on ``results/.lock``): job-array tasks
+    that finish together and each aggregate would otherwise race, and the one that read
+    the run directories first could write its table last, without the other's row."""
+    with io.file_lock(study.runs_root / "results" / ".lock"):
+        return _build_report(study, figures_dir)
+
+
+def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
     run_dirs = [study.run_dir(r) for r in study.runs()]
     rows = collect_runs(run_dirs)
     if not rows:
@@ -131,7 +132,9 @@ def build_report(study: Study, figures_dir: Path | None = None) -> Path:
     if attack_rows:
         write_table(attack_rows, results_dir / "attack_check")
     figures = make_all_figures(rows, curves, figures_dir, lam=base_lam, attack_rows=attack_rows)
-    claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None)
+    attack_examples = collect_attack_examples(study) if attack_rows else None
+    claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None,
+                             collect_examples(run_dirs), attack_examples)
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
                "time_utc": environment_info()["time_utc"]}
     report_dir = figures_dir
