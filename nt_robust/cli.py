@@ -1,8 +1,10 @@
-"""``nt-robust``: a thin command line over the library.
+"""nt-robust: a thin command line over the library.
 
     nt-robust train --config experiments/quick_fmnist.toml --set objective.lam=12
-    nt-robust eval runs/quick_fmnist --checkpoint best_test --attack cw20
+    nt-robust eval runs/quick_fmnist --attack cw20          # at the run's eps, best_val checkpoint
     nt-robust eval runs/quick_fmnist --protocol autoattack-standard
+    nt-robust compare runs/quick_fmnist runs/other
+    nt-robust plot runs/quick_fmnist --out curves.png
     nt-robust study experiments/study_quick_fmnist.toml
     nt-robust train --config experiments/quick_fmnist.toml --cpu-devices 2   # one XLA device per core
     nt-robust info
@@ -11,14 +13,18 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
+import tomllib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from nt_robust.config import ConfigError, load_config
 from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices
+
+log = logging.getLogger("nt_robust.cli")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -31,23 +37,86 @@ def setup_logging(verbose: bool = False) -> None:
     ours.propagate = False
     for noisy in ("absl", "jax._src.xla_bridge"):  # orbax logs every file it writes at INFO
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not verbose:  # and each failure of its worker threads with a traceback; our error names the cause
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+
+
+EXAMPLES = {
+    "train": """examples:
+  nt-robust train --config experiments/quick_fmnist.toml
+  nt-robust train --config experiments/quick_fmnist.toml --set objective.lam=12 --set model.width=64
+  nt-robust train --config experiments/quick_fmnist.toml --dry-run      # check config, size and memory
+  nt-robust train runs/quick_fmnist                      # resume an interrupted run with its own config
+  nt-robust train runs/quick_fmnist --extend-epochs 5    # 5 more epochs for a finished run (recorded)
+
+Any config field is set with --set SECTION.FIELD=VALUE (see nt_robust/train/config.py).""",
+    "eval": """examples:
+  nt-robust eval runs/quick_fmnist                              # the run's own attack, at its eps
+  nt-robust eval runs/quick_fmnist --attack cw20 --examples 500  # a preset, at the run's eps
+  nt-robust eval runs/quick_fmnist --protocol autoattack-standard --eps 0.05
+  nt-robust eval runs/quick_fmnist --attack pgd20 --set eval.attack.restarts=5 --checkpoint best_test
+
+eps is the run's eval.attack.eps for every attack, preset and protocol unless --eps (or
+--set eval.attack.eps=...) says otherwise; the eps used and the checkpoint's selection rule
+are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<name>_eps<eps>_n<N>.json""",
+    "study": """examples:
+  nt-robust study experiments/study_quick_fmnist.toml --estimate   # cost per width, then stop
+  nt-robust study experiments/study_quick_fmnist.toml              # run everything, then report
+  nt-robust study experiments/study_quick_fmnist.toml --list       # runs and their status""",
+    "compare": """examples:
+  nt-robust compare runs/quick_fmnist
+  nt-robust compare runs/studies/quick_fmnist/*                    # every run of a study
+  nt-robust compare runs/a runs/b --split val""",
+    "plot": """examples:
+  nt-robust plot runs/quick_fmnist                        # writes runs/quick_fmnist/curves.png
+  nt-robust plot runs/a runs/b --out figures/a_vs_b.png
+  nt-robust plot runs/quick_fmnist --split val --out val.png""",
+    "info": """examples:
+  nt-robust info
+  nt-robust info --cpu-devices 2""",
+}
+CHECKPOINT_HELP = ("which checkpoint: best_val (default; the epoch with the highest validation robust accuracy), "
+                   "best_test (highest test robust accuracy: the paper's protocol, optimistic when evaluated on "
+                   "test) or latest")
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching of long options (``--dry`` is not ``--dry-run``), examples verbatim."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nt-robust", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
-    cpu = argparse.ArgumentParser(add_help=False)
+    parser = _Parser(prog="nt-robust", description=__doc__.split("\n")[0],
+                     epilog="examples:\n" + "\n".join("  " + line.strip() for line in __doc__.splitlines()[2:]
+                                                     if line.strip()))
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cpu = _Parser(add_help=False)
     cpu.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                      help="split the CPU into N XLA devices and shard training batches over them (one per "
                           "core is fastest for conv nets; default $NT_ROBUST_CPU_DEVICES, else 1)")
 
-    train = commands.add_parser("train", help="train (or resume) one run", parents=[cpu])
+    def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], **kwargs)
+
+    train = command("train", "train (or resume, or extend) one run", parents=[cpu])
+    train.add_argument("run", nargs="?", metavar="RUN_DIR",
+                       help="an existing run directory: resume it with its own config (instead of --config)")
     train.add_argument("--config", help="TOML file (see experiments/); defaults if omitted")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set objective.lam=12 (repeatable)")
     train.add_argument("--run-dir", help="run directory (default: runs/<name>)")
-    train.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    train.add_argument("--dry-run", action="store_true",
+                       help="validate, estimate parameters and memory, print the resolved config, then stop")
+    train.add_argument("--extend-epochs", type=int, metavar="N",
+                       help="train the finished run RUN_DIR for N more epochs (piecewise or constant learning "
+                            "rate schedules only; recorded in RUN_DIR/extensions.json)")
+    train.add_argument("--no-memory-check", action="store_true",
+                       help="train even when the memory estimate exceeds the memory available")
     dist = train.add_argument_group("multi-process (hosts) training")
     dist.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...)")
@@ -56,22 +125,26 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=int)
     dist.add_argument("--cpu-collectives", choices=["gloo", "mpi"], help="cross-process collectives on CPU")
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint with an attack", parents=[cpu])
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--checkpoint", default="best_test", choices=["best_test", "best_val", "latest"])
+    evaluate = command("eval", "evaluate a run's checkpoint with an attack or a protocol", parents=[cpu])
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--checkpoint", default="best_val", choices=["best_val", "best_test", "latest"],
+                          help=CHECKPOINT_HELP)
     evaluate.add_argument("--attack", default=None,
-                          help="preset: pgd20, pgd20-0.003, cw20, fgsm (default: the run's eval.attack)")
+                          help="preset: pgd20, pgd20-0.003, cw20, fgsm, at the run's eps (default: the run's "
+                               "eval.attack); --set eval.attack.FIELD=... applies on top")
     evaluate.add_argument("--split", default="test", choices=["test", "val"])
-    evaluate.add_argument("--examples", type=int, default=None, help="first N examples (default: all)")
+    evaluate.add_argument("--examples", type=int, default=None,
+                          help="first N examples (default: all; more than the split has is clipped, with a warning)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override eval settings, e.g. --set eval.attack.restarts=5")
+                          help="override eval settings, e.g. --set eval.attack.restarts=5; one that cannot take "
+                               "effect is refused")
     evaluate.add_argument("--protocol", default=None,
                           help="named protocol: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, "
-                               "cw20 (resumable; results in RUN_DIR/eval/<checkpoint>_<split>_<protocol>_eps<eps>.json)")
+                               "cw20 (resumable; at the run's eps)")
     evaluate.add_argument("--eps", type=float, default=None, help="override epsilon (default: the run's eval.attack.eps)")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="protocol batch size (default: eval.batch_size)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: eval.batch_size)")
 
-    study = commands.add_parser("study", help="width × λ sweeps: run, list, estimate, report", parents=[cpu])
+    study = command("study", "width × λ sweeps: run, list, estimate, report", parents=[cpu])
     study.add_argument("spec", help="study spec TOML (see experiments/study_*.toml)")
     study.add_argument("--list", action="store_true", help="list the runs with their index and status")
     study.add_argument("--index", type=int, help="run only this run (a cluster job array's task id)")
@@ -83,16 +156,175 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
     study.add_argument("--figures-dir", help="where figures and report.md go (default figures/<name>)")
 
-    commands.add_parser("info", help="versions and devices", parents=[cpu])
+    compare = command("compare", "table of runs: every checkpoint rule, and their evaluations")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--split", default="test", choices=["test", "val"], help="metrics of this split")
+
+    plot = command("plot", "per-epoch curves of one or more runs, as an image")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="image file, .png or .pdf (default RUN_DIR/curves.png; needed for several runs)")
+    plot.add_argument("--split", default="test", choices=["test", "val"], help="metrics of this split")
+
+    command("info", "versions and devices", parents=[cpu])
+    parser.commands = commands.choices  # for suggestions on unknown options
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
+def _config_fields() -> list[str]:
+    """Every config field, dotted (``train.epochs``, ``eval.attack.eps``, ...)."""
+    import dataclasses
     from nt_robust.train import ExperimentConfig
-    from nt_robust.config import to_dict
 
-    config = load_config(ExperimentConfig, args.config, args.overrides)
+    def walk(instance: Any, prefix: str) -> list[str]:
+        found = []
+        for f in dataclasses.fields(instance):
+            value = getattr(instance, f.name)
+            path = f"{prefix}{f.name}"
+            found += walk(value, path + ".") if dataclasses.is_dataclass(value) else [path]
+        return found
+    return walk(ExperimentConfig(), "")
+
+
+def _suggestion(flag: str, value: str | None, parser: argparse.ArgumentParser, command: str) -> str | None:
+    """The closest option of ``parser`` to unknown ``flag``, else the config field it names."""
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    name = flag.split("=", 1)[0]
+    normal = "--" + name.lstrip("-").replace("_", "-").lower()
+    if normal in options:
+        return normal
+    close = difflib.get_close_matches(normal, options, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    if command not in ("train", "eval"):
+        return None
+    key = name.lstrip("-").replace("-", "_").lower()
+    fields = [f for f in _config_fields() if command == "train" or f.startswith("eval.")]
+    matches = [f for f in fields if f == key or f.rsplit(".", 1)[-1] == key]
+    if not matches:
+        leaves = {f.rsplit(".", 1)[-1]: f for f in fields}
+        matches = [leaves[m] for m in difflib.get_close_matches(key, leaves, n=1, cutoff=0.8)]
+    if not matches:
+        close = difflib.get_close_matches(normal, options, n=1, cutoff=0.6)
+        return close[0] if close else None
+    shown = value if value is not None else "VALUE"
+    return " or ".join(f"--set {m}={shown}" for m in matches)
+
+
+def _unknown_arguments_message(extra: list[str], parser: argparse.ArgumentParser, command: str,
+                               argv: Sequence[str]) -> str:
+    hints = []
+    argv = list(argv)
+    for token in extra:
+        if not token.startswith("-"):
+            continue
+        after = argv[argv.index(token) + 1] if token in argv and argv.index(token) + 1 < len(argv) else None
+        value = token.split("=", 1)[1] if "=" in token else (
+            after if after is not None and not after.startswith("-") else None)
+        suggestion = _suggestion(token, value, parser, command)
+        if suggestion:
+            hints.append(f"{token.split('=', 1)[0]}: did you mean {suggestion}?")
+    return f"unrecognized arguments: {' '.join(extra)}" + "".join(f"\n  {h}" for h in hints)
+
+
+def _toml_kind(path: Path) -> str | None:
+    """"study" (a study spec), "train" (an experiment config) or None, from its top-level keys."""
+    import dataclasses
+    from nt_robust.train import ExperimentConfig
+
+    try:
+        with open(path, "rb") as handle:
+            keys = set(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    if keys & {"grid", "base_config", "runs_root", "seeds", "set", "attack_check"}:
+        return "study"
+    sections = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    if keys and keys <= sections and keys - {"name"}:
+        return "train"
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def _available_memory() -> tuple[int | None, str, bool]:
+    """(bytes free for one run, where, whether model replicas share it): the host's available
+    RAM on the CPU backend (every CPU device holds a replica there), else the first
+    accelerator's memory limit. None when unknown."""
+    import jax
+
+    if jax.default_backend() == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "this host's available memory", True
+        except OSError:
+            pass
+        return None, "this host", True
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return (None if limit is None else int(limit)), f"{jax.local_devices()[0].device_kind}", False
+
+
+def _check_size(config: Any, skip: bool = False, dry_run: bool = False) -> str:
+    """Estimate parameters and memory from shapes before anything is allocated; refuse
+    (ConfigError) a run that cannot fit, naming the numbers and the likely mistake. A dry
+    run only says it would be refused here (the config may be meant for a larger machine)."""
+    import jax
+    from nt_robust.models.registry import width_hint
+    from nt_robust.train.config import estimate_training_memory
+
+    estimate = estimate_training_memory(config)
+    available, where, shared = _available_memory()
+    replicas = jax.local_device_count()
+    need = (estimate["weights_bytes"] * (replicas if shared else 1)
+            + estimate["activation_bytes"] // (1 if shared else replicas))
+    line = (f"{config.model.label}: {estimate['parameters']:,} parameters; training needs roughly {_gib(need)} "
+            f"({_gib(estimate['weights_bytes'])} weights, gradients and momentum"
+            f"{f' x {replicas} CPU devices' if shared and replicas > 1 else ''}, "
+            f"{_gib(estimate['activation_bytes'])} activations at train.batch_size = {config.train.batch_size})")
+    if available is not None and need > available and not skip:
+        hint = width_hint(config.model)
+        message = (f"{line}, more than {where} ({_gib(available)}). "
+                   + (f"{hint}. " if hint else "Lower model.width, model.depth or train.batch_size. ")
+                   + "(--no-memory-check trains anyway.)")
+        if not dry_run:
+            raise ConfigError(message)
+        return f"warning: training would be refused here: {message}"
+    return line
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nt_robust.train import ExperimentConfig, RunConfigMismatchError
+    from nt_robust.config import to_dict
+    from nt_robust.train.config import config_warnings
+    from nt_robust.train.extend import annotate_summary, extend_run, resume_config
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.run is not None:
+        target = Path(args.run)
+        if target.is_file() or target.suffix == ".toml":
+            if _toml_kind(target) == "study":
+                raise ConfigError(f"{target} is a study spec, not a run directory: did you mean "
+                                  f"`nt-robust study {target}`?")
+            raise ConfigError(f"{target} is a config file, not a run directory: did you mean "
+                              f"`nt-robust train --config {target}`?")
+        if args.config or args.run_dir:
+            raise ConfigError(f"give either a run directory ({target}) or --config / --run-dir, not both")
+        run_dir = target
+        if args.extend_epochs is not None:
+            config = extend_run(target, args.extend_epochs, args.overrides, dry_run=args.dry_run)
+        else:
+            config = resume_config(target, args.overrides)
+    elif args.extend_epochs is not None:
+        raise ConfigError("--extend-epochs needs the run directory: `nt-robust train RUN_DIR --extend-epochs N`")
+    else:
+        config = load_config(ExperimentConfig, args.config, args.overrides)
+    for warning in config_warnings(config):
+        print(f"nt-robust: warning: {warning}", file=sys.stderr, flush=True)
     if args.dry_run:
+        print(_check_size(config, args.no_memory_check, dry_run=True), file=sys.stderr, flush=True)
         print(json.dumps(to_dict(config), indent=2))
         return 0
     if args.distributed or args.coordinator:
@@ -101,22 +333,142 @@ def _train(args: argparse.Namespace) -> int:
     else:
         from nt_robust.train.sharding import initialize_distributed_from_env
         initialize_distributed_from_env()
+    log.info(_check_size(config, args.no_memory_check))
     from nt_robust.studies.tables import format_run_table
     from nt_robust.train import train
 
-    summary = train(config, args.run_dir or Path("runs") / config.name)
+    run_dir = run_dir or Path("runs") / config.name
+    try:
+        summary = train(config, run_dir)
+    except RunConfigMismatchError as error:
+        if "train.epochs:" not in str(error):
+            raise
+        raise RunConfigMismatchError(
+            f"{error} To train a finished run for more epochs, extend it explicitly: `nt-robust train {run_dir} "
+            "--extend-epochs N` (piecewise and constant schedules; recorded in RUN_DIR/extensions.json).") from None
+    summary = annotate_summary(run_dir, summary)
     print(format_run_table([summary]))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nt_robust.train.evaluate_run import evaluate_run
+    from nt_robust.train.evaluate_run import describe_result, evaluate_run
 
     result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, attack=args.attack, split=args.split,
                           examples=args.examples, overrides=args.overrides, progress=True,
                           protocol=args.protocol, eps=args.eps, batch_size=args.batch_size)
     print(json.dumps(result, indent=2))
+    print(describe_result(result), file=sys.stderr, flush=True)
     return 0
+
+
+def _run_label(run_dir: Path, config: dict[str, Any], labels: list[str]) -> str:
+    name = config.get("name") or run_dir.name
+    return name if name not in labels else str(run_dir)
+
+
+def _read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    from nt_robust import io
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
+                                "`nt-robust train`")
+    return run_dir, io.read_json(run_dir / "config.json")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from nt_robust import io
+    from nt_robust.studies.tables import COLUMNS, format_table
+
+    rules = (("final", "final"), ("best_val", "selected_by_val_robust_accuracy"),
+             ("best_test (paper)", "selected_by_test_robust_accuracy_paper_protocol"))
+    split, rows, evaluations, labels = args.split, [], [], []
+    for path in args.runs:
+        run_dir, config = _read_run(path)
+        label = _run_label(run_dir, config, labels)
+        labels.append(label)
+        fields = [label, config["model"]["arch"], config["model"]["width"], config["objective"]["kind"],
+                  f"{config['objective']['lam']:g}", repr(config["eval"]["attack"]["eps"])]  # ε exactly
+        if (run_dir / "summary.json").exists():
+            summary = io.read_json(run_dir / "summary.json")
+            records = [(name, summary.get(key)) for name, key in rules]
+        else:
+            metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+            evaluated = [r for r in metrics if f"{split}_robust_accuracy" in r]
+            records = [(f"latest of {config['train']['epochs']} (unfinished)", evaluated[-1] if evaluated else None)]
+        for name, record in records:
+            if record and f"{split}_natural_accuracy" in record:
+                rows.append([*fields, name, record["epoch"], *(record.get(f"{split}_{m}") for _, m in COLUMNS)])
+        for result_path in sorted((run_dir / "eval").glob("*.json")):
+            result = io.read_json(result_path)
+            if not isinstance(result, dict) or "robust_accuracy" not in result or "checkpoint" not in result:
+                continue
+            evaluations.append([label, result.get("protocol") or result.get("attack_name"), repr(result.get("eps")),
+                                result["checkpoint"], result.get("split"), result.get("num_examples"),
+                                result.get("natural_accuracy"), result["robust_accuracy"]])
+    if not rows and not evaluations:
+        raise FileNotFoundError(f"none of {', '.join(map(str, args.runs))} has evaluated an epoch on the "
+                                f"{split} split yet")
+    header = ["run", "arch", "width", "objective", "lam", "eval eps", "checkpoint", "epoch",
+              *(f"{split} {name}" for name, _ in COLUMNS)]
+    print(format_table(header, rows))
+    if evaluations:
+        print("\nevaluations (nt-robust eval; RUN_DIR/eval/*.json):")
+        print(format_table(["run", "attack", "eps", "checkpoint", "split", "examples", "natural", "robust"],
+                           evaluations))
+    print("\ncheckpoint: final = last epoch; best_val = highest validation robust accuracy; best_test = highest "
+          "test robust accuracy (the paper's protocol, optimistic on test)")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from nt_robust import io
+
+    if args.out is None and len(args.runs) > 1:
+        raise ConfigError("several runs: say where the figure goes with --out FILE.png")
+    curves, labels = {}, []
+    for path in args.runs:
+        run_dir, config = _read_run(path)
+        label = _run_label(run_dir, config, labels)
+        labels.append(label)
+        metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+        if not metrics:
+            raise FileNotFoundError(f"{run_dir} has no finished epoch yet (no metrics.jsonl rows)")
+        curves[f"{label} ({config['model']['arch']} w{config['model']['width']}, "
+               f"λ={config['objective']['lam']:g}, ε={config['eval']['attack']['eps']:g})"] = metrics
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "curves.png"
+    print(plot_run_curves(curves, out, args.split))
+    return 0
+
+
+def plot_run_curves(curves: dict[str, list[dict[str, Any]]], out: Path, split: str = "test") -> Path:
+    """One line per run of per-epoch natural and robust accuracy, perturbation stability
+    (on ``split``) and training loss; written atomically to ``out`` (format from its suffix)."""
+    import io as _io
+    from nt_robust import io
+    from matplotlib.ticker import MaxNLocator
+    from nt_robust.studies.figures import METRIC_LABELS, STYLE, plt
+
+    panels = [(f"{split}_natural_accuracy", f"{split} {METRIC_LABELS['natural_accuracy']}"),
+              (f"{split}_robust_accuracy", f"{split} {METRIC_LABELS['robust_accuracy']}"),
+              (f"{split}_perturbation_stability", f"{split} {METRIC_LABELS['perturbation_stability']}"),
+              ("train_loss", "training loss")]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), layout="constrained")
+        for label, rows in curves.items():
+            for (key, title), ax in zip(panels, axes):
+                points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
+                ax.set(xlabel="epoch", ylabel=title)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(3, len(curves)))
+        buffer = _io.BytesIO()
+        fig.savefig(buffer, format=out.suffix.lstrip(".") or "png", bbox_inches="tight")
+        plt.close(fig)
+    io.write_bytes(out, buffer.getvalue())
+    return out
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -124,7 +476,15 @@ def _study(args: argparse.Namespace) -> int:
     from nt_robust.studies.sweep import load_study, run_index
     from nt_robust.studies.tables import format_table
 
-    study = load_study(args.spec, args.runs_root)
+    spec = Path(args.spec)
+    if spec.is_dir():
+        raise ConfigError(f"{spec} is a directory, not a study spec"
+                          + (f": for a run, try `nt-robust compare {spec}` or `nt-robust plot {spec}`"
+                             if (spec / "config.json").exists() else " (see experiments/study_*.toml)"))
+    if _toml_kind(spec) == "train":
+        raise ConfigError(f"{spec} is a training config, not a study spec: did you mean `nt-robust train --config "
+                          f"{spec}`? (a study spec names a base_config and a [grid]; see experiments/study_*.toml)")
+    study = load_study(spec, args.runs_root)
     if args.list:
         rows = [[r.index, r.stage, r.name, "finished" if study.is_finished(r) else
                  ("started" if study.run_dir(r).exists() else "pending")] for r in study.runs()]
@@ -153,10 +513,15 @@ def _info() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser.commands[args.command]
+        command.error(_unknown_arguments_message(extra, command, args.command,
+                                                 sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
     try:
-        set_cpu_devices(args.cpu_devices)  # both before anything starts the backend
+        set_cpu_devices(getattr(args, "cpu_devices", None))  # both before anything starts the backend
         configure_xla_cpu()                # (info too, so that it shows the flags train uses)
         if args.command != "info":
             enable_compilation_cache()
@@ -166,6 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         if args.command == "study":
             return _study(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "plot":
+            return _plot(args)
         return _info()
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
         # Our errors say what went wrong and how to fix it; a traceback only with -v.
@@ -173,7 +542,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nt-robust: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +25,18 @@ ARCHITECTURES = ("wrn", "mlp", "cnn")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """``arch``: "wrn" (WideResNet-depth-width), "mlp" (depth hidden layers of width
-    units) or "cnn" (SmallCNN, channels x width; depth unused). ``input_mean`` /
+    units) or "cnn" (SmallCNN, channels x width; depth unused).
+
+    ``width`` means something different for each architecture:
+
+    * ``mlp``: units per hidden layer (typical 16 to 4096; parameters grow ~ width²·depth);
+    * ``cnn``: a *multiplier* of the SmallCNN's channels 32-32-64-64 and dense units 200-200
+      (typical 1 to 16; width = 256 is 8192-16384 channels, billions of parameters);
+    * ``wrn``: the WideResNet widening factor k of WRN-depth-k, a multiplier of the channels
+      16-32-64 (typical 1 to 20; the paper's WRN-34-10 has width = 10).
+
+    Switching ``arch`` keeps ``width``: an MLP's 256 is not a sensible CNN multiplier
+    (``nt-robust train`` estimates parameters and memory first and says so). ``input_mean`` /
     ``input_std``: optional per-channel normalization applied inside the model.
     ``conv_impl``: how convolution weight gradients are computed — "auto" (shifted
     matmuls on the CPU backend, where XLA's own are 2.6-9x slower; XLA elsewhere), "xla"
@@ -79,3 +91,36 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int
 def count_parameters(params: Any) -> int:
     """Number of scalars in a parameter tree (BatchNorm running statistics excluded)."""
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
+
+
+TYPICAL_MAX_WIDTH = {"mlp": 8192, "cnn": 16, "wrn": 20}
+
+
+def estimate_model_size(config: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> dict[str, int]:
+    """Parameters and activations per example of ``config``, from shapes only: ``jax.eval_shape``
+    of init and of the forward pass traces the model without allocating any array, so it is
+    cheap even for a model far too large to build. Returns ``parameters`` (count, BatchNorm
+    statistics excluded), ``state`` (BatchNorm statistics) and ``activations_per_example``
+    (floats in the outputs of every layer of one forward pass)."""
+    model = create_model(config, num_classes)
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+    _, intermediates = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
+        variables, x)
+    size = lambda tree: int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))  # noqa: E731
+    return {"parameters": size(variables.get("params", {})),
+            "state": size({k: v for k, v in variables.items() if k != "params"}),
+            "activations_per_example": size(intermediates)}
+
+
+def width_hint(config: ModelConfig) -> str | None:
+    """The likely mistake when ``width`` is far beyond what ``arch`` is normally given."""
+    if config.width <= TYPICAL_MAX_WIDTH[config.arch]:
+        return None
+    meaning = {"cnn": "a multiplier of the SmallCNN's channels (32·width in the first conv)",
+               "wrn": "the WideResNet widening factor (channels 16·width, 32·width, 64·width)",
+               "mlp": "units per hidden layer"}[config.arch]
+    mistake = (f" width = {config.width} looks like an MLP's units per layer (kept when model.arch was switched?); "
+               f"for arch = {config.arch!r} try 1 to {TYPICAL_MAX_WIDTH[config.arch]}") if config.arch != "mlp" else ""
+    return f"model.width = {config.width} for arch = {config.arch!r} is {meaning}.{mistake}"

@@ -101,7 +101,8 @@ def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
     from nt_robust.train.evaluate_run import protocol_result_stem
 
     eps = io.read_json(run_dir / "config.json")["eval"]["attack"]["eps"]
-    path = Path(f"{protocol_result_stem(run_dir, CHECKPOINT, 'test', protocol, eps)}.json")
+    stem = protocol_result_stem(run_dir, CHECKPOINT, "test", protocol, eps, study.attack_check.examples)
+    path = Path(f"{stem}.json")
     if not path.exists():
         return None
     result = io.read_json(path)

@@ -216,3 +216,46 @@ class ExperimentConfig:
             raise ValueError(f"train_attack.loss is {self.train_attack.loss!r} but objective.kind "
                              f"{self.objective.kind!r} maximizes {expected_loss!r}: set "
                              f"train_attack.loss = \"{expected_loss}\"")
+
+
+def config_warnings(config: ExperimentConfig) -> list[str]:
+    """Settings that are valid but probably not what was meant (``nt-robust train`` prints them)."""
+    warnings = []
+    optim, epochs = config.optim, config.train.epochs
+    if optim.schedule == "piecewise" and optim.milestones:
+        late = [m for m in optim.milestones if m >= epochs]
+        if late:
+            effect = (f"the learning rate never decays (optim.lr = {optim.lr:g} for the whole run)"
+                      if len(late) == len(optim.milestones) else f"the decays at epochs {late} never happen")
+            proposal = sorted({max(1, int(epochs * f)) for f in (0.75, 0.9)} - {epochs})
+            fix = (f"set optim.milestones = {proposal} (the default's 75% and 90% of training)"
+                   if proposal and proposal[-1] < epochs else "")
+            fix = " or ".join(x for x in (fix, 'optim.schedule = "constant" if no decay is meant') if x)
+            warnings.append(f"optim.milestones {list(optim.milestones)} are not all before train.epochs = {epochs}: "
+                            f"{effect}; {fix}")
+    from nt_robust.models.registry import width_hint
+    hint = width_hint(config.model)
+    if hint:
+        warnings.append(hint)
+    return warnings
+
+
+# Image shape (H, W, C) and classes of each dataset, known without loading it.
+DATASET_SHAPES = {"fashion_mnist": ((28, 28, 1), 10), "mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10),
+                  "cifar100": ((32, 32, 3), 100), "synthetic": ((8, 8, 1), 4)}
+
+
+def estimate_training_memory(config: ExperimentConfig) -> dict[str, int]:
+    """A rough float32 memory estimate of one run, from shapes only (nothing is allocated):
+    weights, gradients and momentum (+ EMA) of every parameter, plus every layer's output
+    for two forward passes of a training batch (the clean and the adversarial one, held for
+    the backward pass). Per replica of the model; XLA may need less (it frees and fuses) or
+    somewhat more (workspace), so it is an order of magnitude, for catching mistakes."""
+    from nt_robust.models.registry import estimate_model_size
+
+    shape, classes = DATASET_SHAPES[config.data.dataset]
+    size = estimate_model_size(config.model, classes, shape)
+    copies = 3 + (config.optim.ema_decay is not None)
+    weights = 4 * (size["parameters"] * copies + size["state"])
+    activations = 4 * 2 * size["activations_per_example"] * config.train.batch_size
+    return {**size, "weights_bytes": weights, "activation_bytes": activations, "total_bytes": weights + activations}

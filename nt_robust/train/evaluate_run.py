@@ -1,21 +1,38 @@
 """Evaluate a finished (or running) run's checkpoint with any attack or protocol::
 
-    result = evaluate_run("runs/quick_fmnist", checkpoint="best_test", attack="cw20")
+    result = evaluate_run("runs/quick_fmnist", attack="cw20")                 # best_val checkpoint
     result = evaluate_run("runs/quick_fmnist", protocol="autoattack-standard", examples=1000)
 
-Writes ``RUN_DIR/eval/<checkpoint>_<split>_<attack>.json`` (summary, exact ε, attack
-settings) and ``.npz`` (per-example arrays) atomically. A protocol (see
-:mod:`nt_robust.attacks.protocols`) writes ``<checkpoint>_<split>_<protocol>_eps<ε>.json``
-/ ``.npz``; while it runs, every finished batch is saved under ``….partial/``, so an
-interrupted evaluation resumes where it stopped, and a finished one with the same
-settings is returned without recomputing. ε is the run's ``eval.attack.eps`` unless
-``eps`` (or ``--set eval.attack.eps=…``) says otherwise. Sanity flags
-(:mod:`nt_robust.attacks.sanity`) are computed on the first 64 points, printed, and stored.
+ε is always the run's own ``eval.attack.eps`` unless ``eps`` (``--eps``) or
+``--set eval.attack.eps=…`` says otherwise, for the run's attack, every attack preset and
+every protocol alike (a preset or protocol fixes the steps, not the threat model). The
+result records the ε used (``eps``) and where it came from (``eps_source``). Every
+override either takes effect or is refused: ``eval.attack.*`` fields apply on top of a
+preset; a protocol's stages fix their own settings, so there only ε, ``eval.batch_size``
+and ``eval.bn_mode`` apply.
+
+The checkpoint defaults to ``best_val`` (selected on held-out validation robust
+accuracy); ``best_test`` (selected on the test set: the paper's protocol, optimistic when
+evaluated on test) and ``latest`` are there too. Every result says which rule picked it
+(``checkpoint_selection``).
+
+Writes ``RUN_DIR/eval/<checkpoint>_<split>_<attack>_eps<ε>_n<N>.json`` (summary, exact
+ε, attack settings) and ``.npz`` (per-example arrays) atomically, keyed by what they
+cover: N is the number of examples actually evaluated (``examples`` beyond the split is
+clipped, with a warning), and settings changed with ``--set`` add ``_set-<hash>``. A
+protocol (see :mod:`nt_robust.attacks.protocols`) writes
+``<checkpoint>_<split>_<protocol>_eps<ε>_n<N>.json`` / ``.npz``; while it runs, every
+finished batch is saved under ``….partial/``, so an interrupted evaluation resumes where it
+stopped, and a finished one with the same settings is returned without recomputing.
+Sanity flags (:mod:`nt_robust.attacks.sanity`) are computed on the first 64 points,
+printed, and stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,12 +44,15 @@ import numpy as np
 from nt_robust.attacks import CW20, FGSM, PGD20, AttackConfig
 from nt_robust.attacks.protocols import BatchStore, ModelFn, get_protocol, run_protocol
 from nt_robust.attacks.sanity import format_flags, sanity_flags
-from nt_robust.config import ConfigError, apply_overrides, build
+from nt_robust.config import ConfigError, apply_overrides, build, parse_override
 from nt_robust.metrics import summarize
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.loop import Trainer
 from nt_robust.train.state import model_variables
 
+# Attack presets: the steps, loss and start of each. Their ε (0.031 here) is a placeholder:
+# evaluate_run always replaces it with the run's eval.attack.eps (or --eps); see
+# preset_at_eps. FGSM's step is its ε.
 ATTACKS: dict[str, AttackConfig] = {
     "pgd20": PGD20,
     "pgd20-0.003": dataclasses.replace(PGD20, step_size=0.003),
@@ -40,11 +60,50 @@ ATTACKS: dict[str, AttackConfig] = {
     "fgsm": FGSM(PGD20.eps),
 }
 
+# How each checkpoint was chosen; printed and recorded next to every number.
+SELECTION_RULES = {
+    "best_val": "epoch with the highest validation robust accuracy (held-out selection)",
+    "best_test": "epoch with the highest test robust accuracy (the paper's protocol; optimistic on the test split)",
+    "latest": "last saved checkpoint (no selection)",
+}
+# eval.* settings that only steer per-epoch evaluation during training (never evaluate_run).
+_TRAINING_ONLY = {"eval.val_examples": "use --examples N", "eval.test_examples": "use --examples N",
+                  "eval.every_epochs": "it only applies while training"}
+# What a protocol takes from the config: its stages fix everything else.
+_PROTOCOL_SETTINGS = ("eval.attack.eps", "eval.batch_size", "eval.bn_mode")
 
-def protocol_result_stem(run_dir: str | Path, checkpoint: str, split: str, protocol: str, eps: float) -> Path:
-    """Where a protocol's result lives: ``RUN_DIR/eval/<checkpoint>_<split>_<protocol>_eps<ε>``
-    (+ ``.json`` / ``.npz``; built by hand because with_suffix would cut "eps0.1" at its dot)."""
-    return Path(run_dir) / "eval" / f"{checkpoint}_{split}_{protocol}_eps{float(eps)!r}"
+
+def preset_at_eps(name: str, eps: float) -> AttackConfig:
+    """Attack preset ``name`` at radius ``eps`` (FGSM: step = ε)."""
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    if name == "fgsm":
+        return FGSM(eps)
+    return dataclasses.replace(ATTACKS[name], eps=eps)
+
+
+def protocol_result_stem(run_dir: str | Path, checkpoint: str, split: str, protocol: str, eps: float,
+                         num_examples: int | None = None, variant: str = "") -> Path:
+    """Where a protocol's result lives: ``RUN_DIR/eval/<checkpoint>_<split>_<protocol>_eps<ε>_n<N>``
+    (+ ``.json`` / ``.npz``; built by hand because with_suffix would cut "eps0.1" at its dot).
+    ``num_examples`` None: the name results had before they were keyed by their size."""
+    size = "" if num_examples is None else f"_n{int(num_examples)}"
+    return Path(run_dir) / "eval" / f"{checkpoint}_{split}_{protocol}_eps{float(eps)!r}{size}{variant}"
+
+
+def attack_result_stem(run_dir: str | Path, checkpoint: str, split: str, attack_name: str, eps: float,
+                       num_examples: int, variant: str = "") -> Path:
+    """Where an attack evaluation lives: ``RUN_DIR/eval/<checkpoint>_<split>_<attack>_eps<ε>_n<N>``."""
+    return (Path(run_dir) / "eval"
+            / f"{checkpoint}_{split}_{attack_name}_eps{float(eps)!r}_n{int(num_examples)}{variant}")
+
+
+def _variant(settings: list[tuple[list[str], Any]]) -> str:
+    """``_set-<hash>`` for settings changed with --set (besides ε, which is in the name)."""
+    if not settings:
+        return ""
+    text = json.dumps(sorted((".".join(k), v) for k, v in settings), default=str)
+    return "_set-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -69,75 +128,163 @@ def _sanity(trainer: Trainer, variables: Any, images: np.ndarray, labels: np.nda
     return [f.to_dict() for f in flags]
 
 
-def evaluate_run(run_dir: str | Path, checkpoint: str = "best_test", attack: str | None = None,
+def _parse_overrides(overrides: list[str] | tuple[str, ...], protocol: str | None) -> list[tuple[list[str], Any]]:
+    """Parse and vet ``--set`` overrides: each must take effect on this evaluation or is refused."""
+    parsed = []
+    for text in overrides:
+        keys, value = parse_override(text)
+        dotted = ".".join(keys)
+        if keys[0] != "eval":
+            raise ConfigError(f"eval may only override eval.* settings (the model must match the "
+                              f"checkpoint), got {text!r}")
+        if dotted in _TRAINING_ONLY:
+            raise ConfigError(f"--set {text} has no effect on `nt-robust eval` ({_TRAINING_ONLY[dotted]})")
+        if keys[:2] == ["eval", "attack"] and len(keys) != 3:
+            raise ConfigError(f"--set {text}: set one attack field at a time, e.g. eval.attack.eps=0.1")
+        if protocol is not None and dotted not in _PROTOCOL_SETTINGS:
+            raise ConfigError(f"--set {text} does not apply to protocol {protocol!r}: its stages fix their own "
+                              f"steps, restarts and losses (nt_robust.attacks.protocols); a protocol takes only "
+                              f"{', '.join(_PROTOCOL_SETTINGS)} (or --eps / --batch-size). For other attack "
+                              f"settings use --attack or the run's own attack (no --protocol)")
+        parsed.append((keys, value))
+    return parsed
+
+
+def _resolve_attack(run_attack: AttackConfig, preset: str | None, parsed: list[tuple[list[str], Any]],
+                    eps: float | None) -> tuple[AttackConfig, str]:
+    """The attack to run and where its ε came from: the run's attack or ``preset`` at the
+    run's ε, then every ``eval.attack.*`` override, then ``eps``."""
+    fields = {keys[2]: value for keys, value in parsed if keys[:2] == ["eval", "attack"]}
+    start = run_attack if preset is None else preset_at_eps(preset, run_attack.eps)
+    data = {**start.to_dict(), **fields}
+    if eps is not None:
+        if "eps" in fields and fields["eps"] != eps:
+            raise ConfigError(f"--eps {eps!r} and --set eval.attack.eps={fields['eps']!r} disagree: give one")
+        data["eps"] = eps
+    if preset == "fgsm" and "step_size" not in fields:
+        data["step_size"] = data["eps"]  # FGSM steps ε, whichever ε that is
+    attack = build(AttackConfig, data, "eval.attack")
+    source = ("--eps" if eps is not None else "--set eval.attack.eps" if "eps" in fields
+              else "the run's eval.attack.eps")
+    return attack, source
+
+
+def _clip_examples(examples: int | None, available: int, split: str, progress: bool) -> int:
+    if examples is not None and examples < 0:
+        raise ConfigError(f"--examples must be >= 0, got {examples}")
+    if examples is not None and examples > available:
+        message = (f"--examples {examples} but the {split} split has only {available} examples: "
+                   f"evaluating {available}")
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    return available if examples is None else min(examples, available)
+
+
+def _selected_epoch(record: dict[str, Any], checkpoint: str) -> int | None:
+    progress = record.get("progress", {})
+    if checkpoint == "latest":
+        return progress.get("epoch")
+    best = progress.get(checkpoint)
+    return best.get("epoch") if isinstance(best, dict) else None
+
+
+def describe_result(result: dict[str, Any]) -> str:
+    """One line with the numbers and what they mean: ε, examples, split, checkpoint rule."""
+    name = result.get("protocol") or result.get("attack_name")
+    rule = result.get("checkpoint_selection") or SELECTION_RULES.get(result.get("checkpoint"), "")
+    epoch = f", epoch {result['epoch']}" if result.get("epoch") is not None else ""
+    return (f"{name}: robust accuracy {result['robust_accuracy']:.4f}, natural {result['natural_accuracy']:.4f} "
+            f"at eps={result['eps']!r} ({result.get('eps_source', '')}) on {result['num_examples']} "
+            f"{result['split']} examples; checkpoint {result['checkpoint']}{epoch}: {rule}")
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str | None = None,
                  split: str = "test", examples: int | None = None, overrides: list[str] | tuple[str, ...] = (),
                  progress: bool = False, protocol: str | None = None, eps: float | None = None,
                  batch_size: int | None = None) -> dict[str, Any]:
     """Evaluate checkpoint ``checkpoint`` of ``run_dir`` on ``split``; see the module docstring.
 
     ``attack`` (a PGD preset) and ``protocol`` are exclusive; with neither, the run's own
-    ``eval.attack``. ``eps`` overrides ε for either; ``batch_size`` (protocols only) defaults
-    to ``eval.batch_size``.
+    ``eval.attack``. ε is the run's ``eval.attack.eps`` for all three unless ``eps`` or an
+    ``eval.attack.eps`` override says otherwise. ``batch_size`` defaults to ``eval.batch_size``.
     """
     if attack is not None and protocol is not None:
         raise ConfigError("choose either an attack preset or a protocol, not both")
-    for override in overrides:
-        if not override.startswith("eval."):
-            raise ConfigError(f"eval may only override eval.* settings (the model must match the "
-                              f"checkpoint), got {override!r}")
-    config = load_run_config(run_dir, overrides)
-    if attack is not None:
-        if attack not in ATTACKS:
-            raise ConfigError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
-        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, attack=ATTACKS[attack]))
-    if eps is not None:
-        config = dataclasses.replace(config, eval=dataclasses.replace(
-            config.eval, attack=dataclasses.replace(config.eval.attack, eps=eps)))
+    if checkpoint not in SELECTION_RULES:
+        raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose one of {sorted(SELECTION_RULES)}")
+    if attack is not None and attack not in ATTACKS:
+        raise ConfigError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
+    parsed = _parse_overrides(overrides, protocol)
+    run_config = load_run_config(run_dir)
+    config = load_run_config(run_dir, overrides)  # validates every override against the config
+    attack_config, eps_source = _resolve_attack(run_config.eval.attack, attack, parsed, eps)
+    eval_config = dataclasses.replace(config.eval, attack=attack_config)
+    if batch_size is not None:
+        eval_config = dataclasses.replace(eval_config, batch_size=batch_size)
+    config = dataclasses.replace(config, eval=eval_config)
     if protocol is not None:
-        get_protocol(protocol, config.eval.attack.eps)  # fail on a bad name before loading anything
+        get_protocol(protocol, attack_config.eps)  # fail on a bad name before loading anything
     trainer = Trainer(config, run_dir)
     state, record = trainer.restore(checkpoint)
     variables = model_variables(state, use_ema=config.optim.ema_decay is not None)
     splits = trainer.splits
     images, labels = ((splits.test_images, splits.test_labels) if split == "test"
                       else (splits.val_images, splits.val_labels))
+    count = _clip_examples(examples, len(labels), split, progress)
+    images, labels = images[:count], labels[:count]
+    if progress:
+        what = protocol or attack or "the run's eval.attack"
+        print(f"evaluating {what} at eps={attack_config.eps!r} "
+              f"({eps_source}) on {count} {split} examples, checkpoint {checkpoint}: "
+              f"{SELECTION_RULES[checkpoint]}", file=sys.stderr, flush=True)
+    common = {
+        "eps": attack_config.eps,
+        "eps_source": eps_source,
+        "examples_requested": examples,
+        "checkpoint_selection": SELECTION_RULES[checkpoint],
+        "epoch": _selected_epoch(record, checkpoint),
+    }
     if protocol is not None:
+        variant = "" if config.eval.bn_mode == run_config.eval.bn_mode else f"_bn-{config.eval.bn_mode}"
         return _evaluate_protocol(trainer, variables, int(state.step), images, labels, run_dir, checkpoint,
-                                  split, examples, protocol, batch_size or config.eval.batch_size, progress)
-    per_example = trainer.evaluator(variables, images, labels, examples, progress=progress)
+                                  split, protocol, config.eval.batch_size, progress, common, variant)
+    per_example = trainer.evaluator(variables, images, labels, progress=progress)
     attack_name = attack or "config"
     result = {
         **summarize(per_example),
         "run_dir": str(run_dir),
         "checkpoint": checkpoint,
-        "epoch": record["progress"]["epoch"] if checkpoint == "latest" else None,
+        **common,
         "step": int(state.step),
         "split": split,
         "attack_name": attack_name,
         "attack": config.eval.attack.to_dict(),
+        "overrides": list(overrides),
         "lipschitz": None if trainer.evaluator.lipschitz is None else trainer.evaluator.lipschitz.to_dict(),
         "bn_mode": config.eval.bn_mode,
+        "batch_size": config.eval.batch_size,
         "seed": config.train.seed,
         "sanity_flags": _sanity(trainer, variables, images, labels, config.eval.attack.eps,
                                 config.train.seed, config.eval.bn_mode, show=progress),
     }
-    stem = Path(run_dir) / "eval" / f"{checkpoint}_{split}_{attack_name}"
+    changed = [(k, v) for k, v in parsed if k != ["eval", "attack", "eps"]]
+    if batch_size is not None:
+        changed.append((["eval", "batch_size"], batch_size))
+    stem = attack_result_stem(run_dir, checkpoint, split, attack_name, config.eval.attack.eps, count,
+                              _variant(changed))
     io.save_arrays(Path(f"{stem}.npz"), per_example)   # not with_suffix: "pgd20-0.003" has a dot
     io.write_json(Path(f"{stem}.json"), result)
-    return result
+    return {**result, "result_file": f"{stem}.json"}
 
 
 def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.ndarray, labels: np.ndarray,
-                       run_dir: str | Path, checkpoint: str, split: str, examples: int | None, name: str,
-                       batch_size: int, progress: bool) -> dict[str, Any]:
+                       run_dir: str | Path, checkpoint: str, split: str, name: str, batch_size: int,
+                       progress: bool, common: dict[str, Any], variant: str = "") -> dict[str, Any]:
     config = trainer.config
     protocol = get_protocol(name, config.eval.attack.eps)
-    if examples is not None:
-        images, labels = images[:examples], labels[:examples]
     fingerprint = {"protocol": protocol.to_dict(), "checkpoint": checkpoint, "step": step, "split": split,
                    "num_examples": int(len(labels)), "seed": config.train.seed, "batch_size": batch_size,
                    "bn_mode": config.eval.bn_mode}
-    stem = protocol_result_stem(run_dir, checkpoint, split, name, protocol.eps)
+    stem = protocol_result_stem(run_dir, checkpoint, split, name, protocol.eps, len(labels), variant)
     json_path, npz_path = Path(f"{stem}.json"), Path(f"{stem}.npz")
     store = BatchStore(Path(f"{stem}.partial"), fingerprint)
     if json_path.exists() and npz_path.exists():
@@ -145,7 +292,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         if previous.get("fingerprint") == store.fingerprint:
             if progress:
                 print(f"{json_path} is finished with these settings: not recomputed", file=sys.stderr, flush=True)
-            return previous
+            return {**common, **previous, "result_file": str(json_path)}
     report = None
     if progress:
         if store.done:
@@ -160,6 +307,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         **result.summary(),
         "run_dir": str(run_dir),
         "checkpoint": checkpoint,
+        **common,
         "step": step,
         "split": split,
         "bn_mode": config.eval.bn_mode,
@@ -170,4 +318,4 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
     io.save_arrays(npz_path, result.per_example)
     io.write_json(json_path, summary)
     store.clear()
-    return summary
+    return {**summary, "result_file": str(json_path)}

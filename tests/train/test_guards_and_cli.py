@@ -111,7 +111,7 @@ def test_cli_train_then_eval_writes_a_complete_run_directory(tmp_path, capsys):
     assert main(["eval", str(run_dir), "--attack", "cw20", "--examples", "32"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["attack"]["loss"] == "cw" and result["num_examples"] == 32
-    assert (run_dir / "eval" / "best_test_test_cw20.npz").exists()
+    assert (run_dir / "eval" / "best_val_test_cw20_eps0.031_n32.npz").exists()
     # eps 0 cannot lower accuracy below natural: robust == natural
     assert main(["eval", str(run_dir), "--set", "eval.attack.eps=0.0", "--examples", "64"]) == 0
     zero = json.loads(capsys.readouterr().out)
