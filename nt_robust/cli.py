@@ -41,6 +41,24 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
+def _exit_even_if_threads_linger(code: int, grace_seconds: float = 3.0) -> None:
+    """A failed command must end: library threads that outlive an error (orbax's commit
+    threads wait up to 300 s for each other) would keep the interpreter alive, so a daemon
+    timer ends the process after ``grace_seconds`` if they are still there."""
+    import os
+    import threading
+
+    if any(not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+        def end() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+        timer = threading.Timer(grace_seconds, end)
+        timer.daemon = True
+        timer.start()
+
+
 EXAMPLES = {
     "train": """examples:
   nt-robust train --config experiments/quick_fmnist.toml
@@ -536,12 +554,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plot":
             return _plot(args)
         return _info()
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
+    except (ConfigError, OSError, ValueError, RuntimeError) as error:
         # Our errors say what went wrong and how to fix it; a traceback only with -v.
+        # (OSError: a full disk, a read-only directory, ...; the message names the file.)
         if args.verbose:
             raise
         print(f"nt-robust: error: {type(error).__name__}: {error}", file=sys.stderr)
+        if argv is None:  # the command line, not a caller in this process
+            _exit_even_if_threads_linger(2)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: training says where it resumes from
+        print(f"nt-robust: interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
+        if argv is None:
+            _exit_even_if_threads_linger(130)
+        return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,12 +7,15 @@ replaced only once the new one is complete::
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -30,6 +33,41 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class NotWritableError(PermissionError):
+    """A directory results must go to is read-only (permissions or file system)."""
+
+
+def check_writable(directory: str | os.PathLike, purpose: str) -> None:
+    """Fail now, not after hours of work, if files cannot be written into ``directory``
+    (created if missing): probes with the same temporary file :func:`write_bytes` uses."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(tmp)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise NotWritableError(error.errno, f"cannot write to {directory} ({error.strerror}), where {purpose}. "
+                               "Make it writable, or copy the run directory somewhere writable and use the "
+                               "copy") from None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block,
+    waiting while another process (or thread) holds it; the OS drops it if the holder dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

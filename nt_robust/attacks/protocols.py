@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nt_robust import io
+from nt_robust.data.checks import check_images_and_labels
 from nt_robust.attacks.apgd import APGDConfig, apgd
 from nt_robust.attacks.config import CW20, PGD20, AttackConfig
 from nt_robust.attacks.fab import FABConfig, fab
@@ -250,11 +251,10 @@ def run_protocol(protocol: Protocol, apply_fn: ApplyFn, variables: Any, images: 
     ``images``: uint8 (scaled by 1/255) or float in [0, 1], NHWC.
     """
     images, labels = np.asarray(images), np.asarray(labels)
+    check_images_and_labels(images, labels, what="protocol")  # NaN (which min() < 0 misses), range, labels
     if images.dtype == np.uint8:
         to_float = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
     else:
-        if images.size and (images.min() < 0 or images.max() > 1):
-            raise ValueError("float images must lie in [0, 1] (normalization belongs inside the model)")
         to_float = lambda a: a.astype(np.float32)  # noqa: E731
     base = jax.random.key(seed)
     starts = list(range(0, len(images), batch_size))

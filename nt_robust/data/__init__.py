@@ -13,6 +13,7 @@ Loading never unpickles and always verifies checksums; see
 """
 
 from .augment import augment_batch, to_float
+from .checks import check_images_and_labels
 from .checksums import Checksum
 from .cifar import read_cifar_binary
 from .dataset import Dataset
@@ -32,6 +33,7 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "augment_batch",
+    "check_images_and_labels",
     "load_dataset",
     "make_synthetic_dataset",
     "read_cifar_binary",

@@ -223,6 +223,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
     config = dataclasses.replace(config, eval=eval_config)
     if protocol is not None:
         get_protocol(protocol, attack_config.eps)  # fail on a bad name before loading anything
+    io.check_writable(Path(run_dir) / "eval", "eval stores its results")  # before, not after, the attack
     trainer = Trainer(config, run_dir)
     state, record = trainer.restore(checkpoint)
     variables = model_variables(state, use_ema=config.optim.ema_decay is not None)

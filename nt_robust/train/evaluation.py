@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from jax.sharding import Mesh
 
-from nt_robust.data import to_float
+from nt_robust.data import check_images_and_labels, to_float
 from nt_robust.metrics import LipschitzConfig, evaluate_batch
 from nt_robust.models import make_logits_fn
 from nt_robust.train.config import EvalConfig
@@ -33,9 +33,9 @@ def lipschitz_config(config: EvalConfig) -> LipschitzConfig | None:
 
 
 class Evaluator:
-    def __init__(self, model: nn.Module, config: EvalConfig, mesh: Mesh, seed: int):
+    def __init__(self, model: nn.Module, config: EvalConfig, mesh: Mesh, seed: int, num_classes: int | None = None):
         check_divisible(config.batch_size, "eval.batch_size")
-        self.config, self.mesh = config, mesh
+        self.config, self.mesh, self.num_classes = config, mesh, num_classes
         self.lipschitz = lipschitz_config(config)
         self.seed = seed
 
@@ -53,6 +53,7 @@ class Evaluator:
                  limit: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
+        check_images_and_labels(images, labels, self.num_classes)  # NaN, range, label classes
         batch_size = self.config.batch_size
         chunks = []
         starts = range(0, len(images), batch_size)

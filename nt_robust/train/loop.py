@@ -32,7 +32,7 @@ from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.data import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
-from nt_robust.train.run_dir import RunDirectory
+from nt_robust.train.run_dir import RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock
 from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
                                       replicate, replicated_sharding)
 from nt_robust.train.state import TrainState, create_train_state, model_variables
@@ -46,6 +46,10 @@ TRAIN_METRICS = ("loss", "natural_loss", "regularizer", "accuracy", "grad_norm")
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or the parameters stopped being finite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training; the message says where the run resumes from."""
 
 
 @dataclasses.dataclass
@@ -93,7 +97,8 @@ class Trainer:
                                   in_shardings=(rep, batch, batch), out_shardings=(rep, rep),
                                   donate_argnums=0)
         self.all_finite = jax.jit(_all_finite)
-        self.evaluator = Evaluator(self.model, config.eval, self.mesh, seed=config.train.seed)
+        self.evaluator = Evaluator(self.model, config.eval, self.mesh, seed=config.train.seed,
+                                   num_classes=self.splits.num_classes)
         self.war = None
         if config.war.enabled:
             ratio = config.war.target_ratio or reference_ratio(config.war.reference_run)
@@ -107,7 +112,7 @@ class Trainer:
 
     def restore(self, kind: str = "latest") -> tuple[TrainState, dict[str, Any]]:
         """The state saved in checkpoint ``kind`` ("latest", "best_val" or "best_test")."""
-        checkpoints = Checkpointer(self.run.checkpoint_dir, keep=self.config.train.keep_checkpoints)
+        checkpoints = Checkpointer(self.run.checkpoint_dir, keep=self.config.train.keep_checkpoints, writer=False)
         try:
             restored = checkpoints.restore(kind, self.initial_state())
         finally:
@@ -119,12 +124,42 @@ class Trainer:
 
     def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
         """Train to the end (or until ``stop_after_steps`` optimizer steps, for tests)."""
+        lock = self._lock()
+        try:
+            return self._fit(stop_after_steps)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock(self) -> RunLock | None:
+        """Process 0 (the only writer of the run directory) takes its exclusive lock; in a
+        multi-process job every process learns whether it got it, so all stop together."""
+        lock, failure = None, None
+        if self.is_main:
+            try:
+                lock = self.run.lock()
+            except (RunDirectoryLockedError, RunDirectoryNotWritableError) as error:
+                failure = error
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            locked = bool(multihost_utils.broadcast_one_to_all(np.int32(failure is None)))  # process 0's
+            if not locked and failure is None:
+                raise RunDirectoryLockedError(f"process 0 could not lock {self.run.root}: see its error")
+        if failure is not None:
+            raise failure
+        return lock
+
+    def _fit(self, stop_after_steps: int | None) -> dict[str, Any]:
         config, run = self.config, self.run
         resumed = run.claim(to_dict(config), environment_info(), write=self.is_main)
         state = self.initial_state()
         checkpoints = Checkpointer(run.checkpoint_dir, keep=config.train.keep_checkpoints)
         progress = Progress()
-        restored = checkpoints.restore("latest", state)
+        try:
+            restored = checkpoints.restore("latest", state)
+        except BaseException:
+            checkpoints.close()
+            raise
         if restored is not None:
             state, record = restored
             progress = Progress(**record["progress"])
@@ -136,6 +171,13 @@ class Trainer:
         self._log_start(state)
         try:
             state = self._epochs(state, progress, rows, checkpoints, stop_after_steps)
+        except KeyboardInterrupt:
+            step = checkpoints.latest_step()
+            where = (f"its last checkpoint is step {step} in {run.checkpoint_dir / 'latest'}" if step is not None
+                     else "it has no checkpoint yet, so it restarts from step 0")
+            raise TrainingInterrupted(
+                f"training of {run.root} interrupted; {where}. Run the same command again to resume exactly "
+                "from there.") from None
         finally:
             checkpoints.close()
         if progress.epoch < config.train.epochs:
@@ -176,7 +218,8 @@ class Trainer:
                 step = progress.epoch * self.steps_per_epoch + progress.batch  # == state.step, without a sync
                 pending = (metrics, step)
                 bar.update(1)
-                at_checkpoint = every and step % every == 0
+                # (not at the epoch's last batch: the epoch-end checkpoint follows, at the same step)
+                at_checkpoint = every and step % every == 0 and progress.batch < self.steps_per_epoch
                 at_stop = stop_after_steps is not None and step >= stop_after_steps
                 if at_checkpoint or at_stop:
                     self._accumulate(progress, pending, bar)

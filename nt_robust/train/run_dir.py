@@ -6,18 +6,122 @@
     RUN_DIR/summary.json        final and best-epoch metrics, both selection rules
     RUN_DIR/checkpoints/        orbax: latest/, best_val/, best_test/
     RUN_DIR/eval/*.npz          per-example arrays (labels, predictions, margins, Lipschitz)
+    RUN_DIR/.lock               held (flock) by the process training the run; names it
+
+Only one process trains a run directory at a time: :meth:`RunDirectory.lock` takes an
+exclusive ``flock`` on ``RUN_DIR/.lock`` and writes the holder (pid, host, start time,
+command) into it. A second trainer fails at once with :class:`RunDirectoryLockedError`
+naming the holder. The OS drops the lock when its process dies (even by SIGKILL), so a
+stale ``.lock`` left by a dead process is simply taken over. Readers (``nt-robust eval``)
+take no lock. On NFS, flock works across hosts with NFSv4 (Lustre needs ``-o flock``).
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 from nt_robust import io
 
+log = logging.getLogger("nt_robust.train")
+
 
 class RunConfigMismatchError(RuntimeError):
     """The run directory already holds a run made with a different config."""
+
+
+class RunDirectoryLockedError(RuntimeError):
+    """Another live process is training this run directory."""
+
+
+class RunDirectoryNotWritableError(RuntimeError):
+    """The run directory (or its file system) is read-only for this process."""
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable_error(root: Path, error: OSError, doing: str) -> RunDirectoryNotWritableError:
+    return RunDirectoryNotWritableError(
+        f"cannot write to {root} ({error.strerror}{f': {error.filename}' if error.filename else ''}), which "
+        f"{doing} needs. Make it writable (chmod -R u+w {root}), or copy the run to a writable place and use "
+        "that copy.")
+
+
+class RunLock:
+    """An exclusive, process-lifetime lock on a run directory (see the module docstring)::
+
+        with RunLock(run_dir):
+            ...   # train
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.path = self.root / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            if error.errno in _NOT_WRITABLE:
+                raise not_writable_error(self.root, error, "training") from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(_read_holder(fd))
+            os.close(fd)
+            raise RunDirectoryLockedError(
+                f"{self.root} is being trained by another process ({holder}). Wait for it to finish, or "
+                "stop it first; if it is a requeued copy of this job, one of the two is redundant. "
+                "(A lock of a process that died is released by the OS and taken over automatically.)") from None
+        stale = _read_holder(fd)
+        if stale:
+            log.info("taking over the lock of %s, which is no longer running", _describe_holder(stale))
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # an empty file = released cleanly; non-empty = its holder died
+            os.close(self._fd)         # (closing drops the flock)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        return json.loads(text) if text else None
+    except (OSError, ValueError):
+        return {"unreadable": True}
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder or "pid" not in holder:
+        return "holder unknown"
+    return (f"pid {holder['pid']} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
+            + (f": {holder['command']}" if holder.get("command") else ""))
 
 
 _MISSING = object()
@@ -83,6 +187,11 @@ class RunDirectory:
             io.write_json(self.environment_path if not resumed else self.root / "environment.resumed.json",
                           environment)
         return resumed
+
+    def lock(self) -> RunLock:
+        """Take the run's exclusive lock (:class:`RunDirectoryLockedError` if another live
+        process holds it); release it with ``.release()`` or use it as a context manager."""
+        return RunLock(self.root).acquire()
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return io.read_jsonl(self.metrics_path)
