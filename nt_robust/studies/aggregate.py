@@ -1,8 +1,10 @@
-"""One tidy table from run directories (reads only config.json, summary.json, metrics.jsonl)::
+"""One tidy table from run directories (config.json, summary.json, metrics.jsonl; eval/*.npz
+for the per-example arrays)::
 
     rows = collect_runs(Path("runs/studies/quick_fmnist").iterdir())
     write_table(rows, Path("runs/studies/quick_fmnist/results"))   # results.csv + results.json
     curves = collect_curves(run_dirs)                               # one row per run and epoch
+    examples = collect_examples(run_dirs)   # run -> split -> per-example metric arrays (eval/*.npz)
 
 A row is one run under one checkpoint-selection rule: ``final`` (last epoch),
 ``best_val`` (highest held-out robust accuracy) or ``best_test`` (highest test robust
@@ -15,6 +17,8 @@ import csv
 import io as _io
 from pathlib import Path
 from typing import Any, Iterable
+
+import numpy as np
 
 from nt_robust import io
 
@@ -76,6 +80,31 @@ def collect_curves(paths: Iterable[Path]) -> list[dict[str, Any]]:
         for record in io.read_jsonl(run_dir / "metrics.jsonl"):
             rows.append({**fields, **record})
     return rows
+
+
+def per_example_metrics(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-example values whose means are the summary metrics (metrics.summarize)."""
+    labels, clean, adv = (np.asarray(arrays[k]) for k in ("labels", "clean_pred", "adv_pred"))
+    out = {"labels": labels, "natural_accuracy": (clean == labels).astype(np.float64),
+           "robust_accuracy": (adv == labels).astype(np.float64),
+           "perturbation_stability": (clean == adv).astype(np.float64)}
+    if "lipschitz" in arrays:
+        out["lipschitz_mean"] = np.asarray(arrays["lipschitz"], np.float64)
+    return out
+
+
+def collect_examples(paths: Iterable[Path], selection: str = "best_val") -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Per finished run (by name) and split, the per-example metrics of the ``selection``
+    checkpoint, from ``RUN_DIR/eval/{selection}_{split}.npz`` (runs without them are left out)."""
+    examples: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for run_dir in finished_run_dirs(paths):
+        name = io.read_json(Path(run_dir) / "config.json")["name"]
+        for split in ("val", "test"):
+            path = Path(run_dir) / "eval" / f"{selection}_{split}.npz"
+            if path.exists():
+                with np.load(path) as arrays:
+                    examples.setdefault(name, {})[split] = per_example_metrics(dict(arrays))
+    return examples
 
 
 def write_table(rows: list[dict[str, Any]], stem: Path) -> None:

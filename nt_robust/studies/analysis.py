@@ -1,23 +1,58 @@
-"""Seed statistics and the claim-by-claim verdicts of docs/paper.md §7, from the tidy table.
+"""Seed statistics and the claim-by-claim verdicts of docs/paper.md §7, from the tidy table and
+the runs' per-example arrays::
 
-    stats = group_stats(rows, ("width", "lam"), "test_robust_accuracy")
-    claims = evaluate_claims(rows)          # list of Claim(number, text, verdict, evidence)
-    claims = evaluate_claims(rows, attack_rows, "pgd20-0.007")   # with claim 8 (attack_check.py)
+    stats = group_stats(rows, ("width", "lam"), "test_robust_accuracy")   # seed mean ± std
+    examples = collect_examples(run_dirs)   # aggregate.py: per-example arrays by run and split
+    claims = evaluate_claims(rows, examples=examples)   # list of Claim(number, text, verdict, evidence)
+    claims = evaluate_claims(rows, attack_rows, "pgd20-0.007", examples, attack_examples)  # + claim 8
+    iv = contrast(rows_a, rows_b, "robust_accuracy", examples)   # Interval of B − A on the test set
 
-Rule for every comparison: the difference of two seed means, with standard error
-sqrt(sem_a² + sem_b²); "supported" if it points the claimed way by more than two
-standard errors, "contradicted" if it points the other way by more than two,
-"inconclusive" otherwise (and always with a single seed, where there is no spread).
-Checkpoints are those with the best *held-out* robust accuracy; metrics are on the test set.
+Every comparison is an interval from :mod:`nt_robust.studies.uncertainty`: the difference of
+two configurations, paired by seed and by test example, with the spread over seeds *and*
+over test points counted and a t quantile with Welch–Satterthwaite degrees of freedom.
+A verdict is *supported* or *contradicted* only when its 95% interval excludes zero (or the
+stated margin); otherwise *inconclusive*, with the smallest effect the study could have
+detected (80% power). With one seed every verdict is inconclusive. Checkpoints are those
+with the best *held-out* robust accuracy; metrics are on the test set.
+
+Per claim (the paper gives no thresholds; these are ours):
+
+1, 2, 4. At each λ, the metric at the widest minus at the narrowest width.
+3. At each λ, g = robust gain − ½ · natural gain from the narrowest to the widest width.
+   Supported if g's interval lies below 0 ("rises far less": less than half as much) or some
+   step between neighbouring widths has a robust difference whose interval lies below 0
+   (not monotone); contradicted if g's interval lies above 0 and no step drops.
+5. At the widest width, stability at the largest minus at the smallest λ.
+6. λ_s = the narrowest width's best λ and λ* the widest width's, both chosen on *validation*
+   robust accuracy; on the test set, robust(widest, λ*) − robust(widest, λ_s). If λ* > λ_s:
+   supported if that interval lies above 0, contradicted if below. If λ* < λ_s: contradicted
+   if the interval lies above 0 (a smaller λ is significantly better). If λ* = λ_s:
+   contradicted if λ_s beats every larger λ of the grid at the widest width (each interval
+   below 0). Else inconclusive.
+7. Per WAR width, WAR − the grid-tuned λ (chosen on validation) on the test set, against a
+   margin δ = 0.01: supported ("reaches") if the interval lies above −δ, contradicted if it
+   lies below −δ, else inconclusive.
+8. See :mod:`nt_robust.studies.attack_check` (bootstrap over test examples).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED = "supported", "contradicted", "inconclusive", "not evaluated"
+import numpy as np
+
+from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Interval,
+                                           contrast_interval, no_interval, verdict)
+
+__all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_EVALUATED", "Stats", "stats_of", "select",
+           "group_stats", "contrast", "Claim", "evaluate_claims", "best_lam_by_width", "grid_rows", "war_costs"]
+
+WAR_MARGIN = 0.01  # claim 7: "reaches" = not more than this below the tuned robust accuracy
+
+# run name -> split ("test", "val") -> metric ("robust_accuracy", …, "labels") -> (N,) array
+Examples = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +91,37 @@ def group_stats(rows: Iterable[dict[str, Any]], keys: Sequence[str], metric: str
     return {k: stats_of(v) for k, v in sorted(groups.items())}
 
 
-def compare(a: Stats, b: Stats, expect_increase: bool) -> tuple[str, float, float]:
-    """Verdict on "b > a" (or "b < a"), the difference b − a and its standard error."""
-    diff = b.mean - a.mean
-    se = math.sqrt(a.sem ** 2 + b.sem ** 2) if a.n > 1 and b.n > 1 else math.nan
-    if math.isnan(se) or math.isnan(diff):
-        return INCONCLUSIVE, diff, se
-    signed = diff if expect_increase else -diff
-    if signed > 2 * se:
-        return SUPPORTED, diff, se
-    if signed < -2 * se:
-        return CONTRADICTED, diff, se
-    return INCONCLUSIVE, diff, se
+def contrast(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], terms: str | Mapping[str, float],
+             examples: Examples | None = None, split: str = "test") -> Interval:
+    """Interval for the seed mean of Σ coef · (metric of B − metric of A) on ``split``, pairing
+    the runs of A and B by seed, and by test example where ``examples`` holds every run's
+    per-example arrays (else from the seed spread alone, which the interval's note says)."""
+    terms = {terms: 1.0} if isinstance(terms, str) else dict(terms)
+    by_seed_a, by_seed_b = {r["seed"]: r for r in rows_a}, {r["seed"]: r for r in rows_b}
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    if not seeds:
+        return no_interval(math.nan, 0, 0, "no seed in common")
+    pairs = [(by_seed_a[s], by_seed_b[s]) for s in seeds]
+    if examples is not None and all(r["run"] in examples and split in examples[r["run"]] for p in pairs for r in p):
+        d = np.stack([sum(coef * (_per_example(b, examples, split, m) - _per_example(a, examples, split, m))
+                          for m, coef in terms.items())
+                      for a, b in pairs])
+        for a, b in pairs:
+            if not np.array_equal(examples[a["run"]][split]["labels"], examples[b["run"]][split]["labels"]):
+                raise ValueError(f"{a['run']} and {b['run']} were evaluated on different {split} examples: "
+                                 "per-example pairing needs the same images in the same order")
+        return contrast_interval(d)
+    values = [sum(coef * (b[f"{split}_{m}"] - a[f"{split}_{m}"]) for m, coef in terms.items()) for a, b in pairs]
+    return contrast_interval(np.asarray(values, dtype=np.float64))
+
+
+def _per_example(row: dict[str, Any], examples: Examples, split: str, metric: str) -> np.ndarray:
+    values = np.asarray(examples[row["run"]][split][metric], dtype=np.float64)
+    summary = row.get(f"{split}_{metric}")
+    if summary is not None and abs(float(values.mean()) - summary) > 1e-5 * max(1.0, abs(summary)):
+        raise ValueError(f"{row['run']}: the per-example {split} {metric} averages to {values.mean():.6f} but "
+                         f"the summary says {summary:.6f} (arrays from another checkpoint?)")
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +148,19 @@ def _combine(verdicts: list[str]) -> str:
     return INCONCLUSIVE
 
 
-def _fmt(diff: float, se: float) -> str:
-    return f"{diff:+.4f} ± {se:.4f}" if not math.isnan(se) else f"{diff:+.4f} (no spread)"
-
-
-def _width_trend(rows, metric: str, expect_increase: bool) -> tuple[list[str], list[str]]:
+def _width_trend(rows, metric: str, expect_increase: bool, examples: Examples | None) -> tuple[list[str], list[str]]:
     verdicts, evidence = [], []
     for lam in sorted({r["lam"] for r in rows}):
-        stats = group_stats(select(rows, lam=lam), ("width",), metric)
+        at_lam = select(rows, lam=lam)
+        stats = group_stats(at_lam, ("width",), f"test_{metric}")
         if len(stats) < 2:
             continue
-        widths = sorted(stats)
-        verdict, diff, se = compare(stats[widths[0]], stats[widths[-1]], expect_increase)
-        verdicts.append(verdict)
-        series = ", ".join(f"{w[0]}: {stats[w].mean:.4f}" for w in widths)
-        evidence.append(f"λ={lam:g}: width {widths[0][0]}→{widths[-1][0]} {_fmt(diff, se)} → {verdict} [{series}]")
+        widths = sorted(w for (w,) in stats)
+        iv = contrast(select(at_lam, width=widths[0]), select(at_lam, width=widths[-1]), metric, examples)
+        v = verdict(iv, expect_increase)
+        verdicts.append(v)
+        series = ", ".join(f"{w}: {stats[(w,)].mean:.4f}" for w in widths)
+        evidence.append(f"λ={lam:g}: width {widths[0]}→{widths[-1]} {iv.describe()} → {v} [{series}]")
     return verdicts, evidence
 
 
@@ -126,80 +178,107 @@ def best_lam_by_width(rows: list[dict[str, Any]]) -> dict[int, float]:
 
 
 def evaluate_claims(all_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]] | None = None,
-                    attack_reference: str | None = None) -> list[Claim]:
-    """Every claim of docs/paper.md §7; claim 8 needs the study's attack check rows
-    (:mod:`nt_robust.studies.attack_check`), compared against ``attack_reference``."""
+                    attack_reference: str | None = None, examples: Examples | None = None,
+                    attack_examples: Mapping[tuple[str, str], np.ndarray] | None = None) -> list[Claim]:
+    """Every claim of docs/paper.md §7. ``examples``: per-example arrays of the best-held-out
+    checkpoints (:func:`nt_robust.studies.aggregate.collect_examples`); claim 8 needs the
+    attack check's rows and per-example results (:mod:`nt_robust.studies.attack_check`),
+    compared against ``attack_reference``."""
     from nt_robust.studies.attack_check import attack_agreement_claim
 
     rows = grid_rows(all_rows)
     claims = []
     for number, text, metric, up in (
-        (1, "At fixed λ, natural accuracy rises with width.", "test_natural_accuracy", True),
-        (2, "At fixed λ, perturbation stability falls with width.", "test_perturbation_stability", False),
-        (4, "Local Lipschitzness rises with width at fixed λ.", "test_lipschitz_mean", True),
+        (1, "At fixed λ, natural accuracy rises with width.", "natural_accuracy", True),
+        (2, "At fixed λ, perturbation stability falls with width.", "perturbation_stability", False),
+        (4, "Local Lipschitzness rises with width at fixed λ.", "lipschitz_mean", True),
     ):
-        verdicts, evidence = _width_trend(rows, metric, up)
+        verdicts, evidence = _width_trend(rows, metric, up, examples)
         claims.append(Claim(number, text, _combine(verdicts), evidence))
-
-    verdicts, evidence = [], []
-    for lam in sorted({r["lam"] for r in rows}):
-        nat = group_stats(select(rows, lam=lam), ("width",), "test_natural_accuracy")
-        rob = group_stats(select(rows, lam=lam), ("width",), "test_robust_accuracy")
-        if len(rob) < 2:
-            continue
-        widths = sorted(rob)
-        gain_nat = nat[widths[-1]].mean - nat[widths[0]].mean
-        gain_rob = rob[widths[-1]].mean - rob[widths[0]].mean
-        means = [rob[w].mean for w in widths]
-        monotone = all(b >= a for a, b in zip(means, means[1:]))
-        holds = (not monotone) or gain_rob < 0.5 * gain_nat
-        verdict = SUPPORTED if holds else CONTRADICTED
-        if min(s.n for s in rob.values()) < 2:
-            verdict = INCONCLUSIVE  # one seed: no way to tell a trend from noise
-        verdicts.append(verdict)
-        evidence.append(f"λ={lam:g}: robust gain {gain_rob:+.4f} vs natural gain {gain_nat:+.4f}, "
-                        f"robust {'monotone' if monotone else 'not monotone'} in width → {verdict}")
-    claims.append(Claim(3, "At fixed λ, robust accuracy does not rise monotonically with width "
-                           "(or rises far less than natural accuracy).", _combine(verdicts), evidence))
-    claims.append(_claim_stability_vs_lam(rows))
-    claims.append(_claim_best_lam(rows))
-    claims.append(_claim_war(all_rows))
-    claims.append(attack_agreement_claim(attack_rows or [], attack_reference or ""))
+    claims.append(_claim_robust_vs_natural(rows, examples))
+    claims.append(_claim_stability_vs_lam(rows, examples))
+    claims.append(_claim_best_lam(rows, examples))
+    claims.append(_claim_war(all_rows, examples))
+    claims.append(attack_agreement_claim(attack_rows or [], attack_reference or "", attack_examples))
     return sorted(claims, key=lambda c: c.number)
 
 
-def _claim_stability_vs_lam(rows) -> Claim:
+def _claim_robust_vs_natural(rows, examples: Examples | None) -> Claim:
+    text = ("At fixed λ, robust accuracy does not rise monotonically with width "
+            "(or rises far less than natural accuracy).")
+    verdicts, evidence = [], []
+    for lam in sorted({r["lam"] for r in rows}):
+        at_lam = select(rows, lam=lam)
+        widths = sorted({r["width"] for r in at_lam})
+        if len(widths) < 2:
+            continue
+        narrow, wide = select(at_lam, width=widths[0]), select(at_lam, width=widths[-1])
+        gain_nat = contrast(narrow, wide, "natural_accuracy", examples)
+        gain_rob = contrast(narrow, wide, "robust_accuracy", examples)
+        g = contrast(narrow, wide, {"robust_accuracy": 1.0, "natural_accuracy": -0.5}, examples)
+        steps = [(w0, w1, contrast(select(at_lam, width=w0), select(at_lam, width=w1), "robust_accuracy", examples))
+                 for w0, w1 in zip(widths, widths[1:])]
+        drops = [(w0, w1, iv) for w0, w1, iv in steps if verdict(iv, True) == CONTRADICTED]
+        g_verdict = verdict(g, expect_increase=False)   # the claim: g < 0
+        if drops or g_verdict == SUPPORTED:
+            v = SUPPORTED
+        elif g_verdict == CONTRADICTED:
+            v = CONTRADICTED
+        else:
+            v = INCONCLUSIVE
+        verdicts.append(v)
+        evidence.append(
+            f"λ={lam:g}: width {widths[0]}→{widths[-1]} robust gain {gain_rob.short()}, natural gain "
+            f"{gain_nat.short()}; robust − ½·natural {g.describe()}; "
+            + (f"significant robust drop at {', '.join(f'{a}→{b}' for a, b, _ in drops)}" if drops
+               else "no step between neighbouring widths drops significantly")
+            + f" → {v}")
+    return Claim(3, text, _combine(verdicts), evidence)
+
+
+def _claim_stability_vs_lam(rows, examples: Examples | None) -> Claim:
     text = "For a wide model, stability rises with λ."
     if not rows:
         return Claim(5, text, NOT_EVALUATED, [])
     widest = max(r["width"] for r in rows)
-    stats = group_stats(select(rows, width=widest), ("lam",), "test_perturbation_stability")
+    at_width = select(rows, width=widest)
+    stats = group_stats(at_width, ("lam",), "test_perturbation_stability")
     if len(stats) < 2:
         return Claim(5, text, NOT_EVALUATED, ["needs at least two λ values"])
-    lams = sorted(stats)
-    verdict, diff, se = compare(stats[lams[0]], stats[lams[-1]], True)
-    series = ", ".join(f"{k[0]:g}: {stats[k].mean:.4f}" for k in lams)
-    return Claim(5, text, verdict, [f"width {widest}: λ {lams[0][0]:g}→{lams[-1][0]:g} {_fmt(diff, se)} [{series}]"])
+    lams = sorted(lam for (lam,) in stats)
+    iv = contrast(select(at_width, lam=lams[0]), select(at_width, lam=lams[-1]), "perturbation_stability", examples)
+    v = verdict(iv, True)
+    series = ", ".join(f"{lam:g}: {stats[(lam,)].mean:.4f}" for lam in lams)
+    return Claim(5, text, v, [f"width {widest}: λ {lams[0]:g}→{lams[-1]:g} {iv.describe()} → {v} [{series}]"])
 
 
-def _claim_best_lam(rows) -> Claim:
+def _claim_best_lam(rows, examples: Examples | None) -> Claim:
     text = "The best λ grows with width; the small model's best λ is suboptimal for the wide one."
     widths = sorted({r["width"] for r in rows})
     if len(widths) < 2 or len({r["lam"] for r in rows}) < 2:
         return Claim(6, text, NOT_EVALUATED, ["needs several widths and λ values"])
     best = best_lam_by_width(rows)
-    evidence = [f"best λ by held-out robust accuracy: " + ", ".join(f"width {w}: {best[w]:g}" for w in widths)]
-    grows = best[widths[-1]] > best[widths[0]]
-    wide = group_stats(select(rows, width=widths[-1]), ("lam",), "test_robust_accuracy")
-    verdict, diff, se = compare(wide[(best[widths[0]],)], wide[(best[widths[-1]],)], True)
-    if best[widths[-1]] == best[widths[0]]:
-        verdict = CONTRADICTED
-    evidence.append(f"width {widths[-1]}: test robust at its own best λ minus at the small model's λ "
-                    f"{_fmt(diff, se)} → {verdict}")
-    overall = SUPPORTED if grows and verdict == SUPPORTED else (CONTRADICTED if not grows else INCONCLUSIVE)
-    if min(s.n for s in wide.values()) < 2:
-        overall = INCONCLUSIVE
-    return Claim(6, text, overall, evidence)
+    wide, lam_s, lam_star = widths[-1], best[widths[0]], best[widths[-1]]
+    at_wide = select(rows, width=wide)
+    evidence = ["best λ by held-out (validation) robust accuracy: "
+                + ", ".join(f"width {w}: {best[w]:g}" for w in widths)]
+    if lam_star != lam_s:
+        iv = contrast(select(at_wide, lam=lam_s), select(at_wide, lam=lam_star), "robust_accuracy", examples)
+        v = verdict(iv, True)
+        if lam_star < lam_s:   # the wide model prefers a smaller λ: contradicted if that is significant
+            v = CONTRADICTED if v == SUPPORTED else INCONCLUSIVE
+        evidence.append(f"width {wide}, test robust accuracy at its own best λ={lam_star:g} minus at the small "
+                        f"model's λ_s={lam_s:g}: {iv.describe()} → {v}")
+    else:
+        larger = sorted({r["lam"] for r in at_wide if r["lam"] > lam_s})
+        ivs = [(lam, contrast(select(at_wide, lam=lam_s), select(at_wide, lam=lam), "robust_accuracy", examples))
+               for lam in larger]
+        v = CONTRADICTED if ivs and all(verdict(iv, True) == CONTRADICTED for _, iv in ivs) else INCONCLUSIVE
+        evidence.append(f"width {wide} has the same best λ as width {widths[0]} (λ_s={lam_s:g}); "
+                        + ("; ".join(f"test robust accuracy at λ={lam:g} minus at λ_s: {iv.describe()}"
+                                     for lam, iv in ivs) if ivs else "no larger λ in the grid")
+                        + f" → {v}")
+    return Claim(6, text, v, evidence)
 
 
 def war_costs(all_rows: list[dict[str, Any]], width: int, reference_width: int) -> dict[str, float]:
@@ -215,7 +294,7 @@ def war_costs(all_rows: list[dict[str, Any]], width: int, reference_width: int) 
             "war_only_runs": len(war), "war_only_seconds": seconds(war)}
 
 
-def _claim_war(all_rows) -> Claim:
+def _claim_war(all_rows, examples: Examples | None) -> Claim:
     text = "WAR started from the small model's λ reaches the wide model's tuned robust accuracy at a fraction of the tuning cost."
     war_rows = [r for r in all_rows if r["selection"] == "best_val" and r["war"]]
     rows = grid_rows(all_rows)
@@ -225,22 +304,24 @@ def _claim_war(all_rows) -> Claim:
     reference_width = min(best)
     verdicts, evidence = [], []
     for width in sorted({r["width"] for r in war_rows}):
-        war = stats_of([r["test_robust_accuracy"] for r in select(war_rows, width=width)])
-        tuned = group_stats(select(rows, width=width), ("lam",), "test_robust_accuracy").get((best.get(width),))
-        fixed = group_stats(select(rows, width=width), ("lam",), "test_robust_accuracy").get((best[reference_width],))
-        if tuned is None:
+        war = select(war_rows, width=width)
+        tuned = select(rows, width=width, lam=best.get(width))
+        if not tuned:
             continue
-        verdict, diff, se = compare(tuned, war, True)
-        within = not math.isnan(se) and abs(diff) <= 2 * se
-        reaches = SUPPORTED if within or verdict == SUPPORTED else (CONTRADICTED if verdict == CONTRADICTED else INCONCLUSIVE)
-        verdicts.append(reaches)
-        lam_path = stats_of([r["lam_final"] for r in select(war_rows, width=width)])
+        iv = contrast(tuned, war, "robust_accuracy", examples)
+        margin = iv.shifted(-WAR_MARGIN)   # WAR − tuned + δ: above 0 ⇔ WAR − tuned above −δ
+        v = verdict(margin, True)
+        verdicts.append(v)
+        war_stats = stats_of([r["test_robust_accuracy"] for r in war])
+        tuned_stats = stats_of([r["test_robust_accuracy"] for r in tuned])
+        fixed = stats_of([r["test_robust_accuracy"] for r in select(rows, width=width, lam=best[reference_width])])
+        lam_path = stats_of([r["lam_final"] for r in war])
         cost = war_costs(all_rows, width, reference_width)
         evidence.append(
-            f"width {width}: WAR {war} vs grid-tuned (λ={best.get(width):g}) {tuned}"
-            + (f" vs fixed λ_s={best[reference_width]:g} {fixed}" if fixed else "")
-            + f"; WAR − tuned {_fmt(diff, se)}; WAR's final λ {lam_path.mean:.2f} → {reaches}. "
-            f"Cost: λ grid {cost['grid_runs']} runs / {cost['grid_seconds']:.0f} s vs WAR "
+            f"width {width}: WAR {war_stats} vs grid-tuned (λ={best.get(width):g}) {tuned_stats}"
+            + (f" vs fixed λ_s={best[reference_width]:g} {fixed}" if fixed.n else "")
+            + f"; WAR − tuned {iv.describe(mde=False)} vs margin −{WAR_MARGIN:g}; WAR's final λ {lam_path.mean:.2f}"
+            f" → {v}. Cost: λ grid {cost['grid_runs']} runs / {cost['grid_seconds']:.0f} s vs WAR "
             f"{cost['war_only_runs']} run(s) / {cost['war_only_seconds']:.0f} s at this width "
             f"(+ the reference grid, shared by all widths)")
     return Claim(7, text, _combine(verdicts).replace("λ values", "widths"), evidence)

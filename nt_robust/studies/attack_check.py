@@ -15,10 +15,13 @@ images, for the listed seeds)::
     claim = attack_agreement_claim(rows, plan.protocols[0])
 
 Agreement is Kendall's τ-b between the reference protocol's and each other protocol's
-seed-mean robust accuracies over the (width, λ) configurations. Our thresholds (the paper
-gives none): *supported* when every τ ≥ 0.7 and AutoAttack ≤ the reference in every run,
-*contradicted* when some τ < 0.3 or AutoAttack exceeds the reference in some run,
-*inconclusive* otherwise.
+seed-mean robust accuracies over the (width, λ) configurations. Uncertainty: a percentile
+bootstrap over the checked test images (resampled jointly for every run and protocol, so
+the pairing by image is kept; seeded, 2000 resamples); only the test-point spread counts,
+as the check runs on one seed. Our rule (the paper gives no thresholds): *supported* when
+every τ's 95% interval lies at or above 0.7 and the interval of the mean AutoAttack −
+reference gap lies below 0; *contradicted* when some τ's interval lies below 0.7 or some
+run's AutoAttack − reference interval lies above 0; *inconclusive* otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from nt_robust import io
 from nt_robust.attacks.protocols import PROTOCOLS
 from nt_robust.config import ConfigError
@@ -36,7 +41,8 @@ from nt_robust.config import ConfigError
 log = logging.getLogger("nt_robust.studies")
 
 CHECKPOINT = "best_val"
-TAU_SUPPORTED, TAU_CONTRADICTED = 0.7, 0.3
+TAU_SUPPORTED = 0.7             # claim 8: "rankings agree" means Kendall τ-b ≥ this
+N_BOOT, BOOT_SEED = 2000, 0     # bootstrap over test examples: resamples, seed (deterministic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,16 +98,22 @@ def run_attack_check(study) -> None:
                                   f"{result['num_examples']}")
 
 
-def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
-    """The finished evaluation of ``run`` by ``protocol`` at the run's own evaluation ε on
-    this check's number of examples, in the protocol's current version; else None."""
+def _result_stem(study, run, protocol: str) -> Path | None:
     run_dir = study.run_dir(run)
     if not (run_dir / "config.json").exists():
         return None
     from nt_robust.train.evaluate_run import protocol_result_stem
 
     eps = io.read_json(run_dir / "config.json")["eval"]["attack"]["eps"]
-    stem = protocol_result_stem(run_dir, CHECKPOINT, "test", protocol, eps, study.attack_check.examples)
+    return protocol_result_stem(run_dir, CHECKPOINT, "test", protocol, eps, study.attack_check.examples)
+
+
+def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
+    """The finished evaluation of ``run`` by ``protocol`` at the run's own evaluation ε on
+    this check's number of examples, in the protocol's current version; else None."""
+    stem = _result_stem(study, run, protocol)
+    if stem is None:
+        return None
     path = Path(f"{stem}.json")
     if not path.exists():
         return None
@@ -126,6 +138,23 @@ def collect_attack_check(study) -> list[dict[str, Any]]:
     return rows
 
 
+def collect_attack_examples(study) -> dict[tuple[str, str], np.ndarray]:
+    """Per finished (run, protocol) evaluation, the per-example robust correctness (1.0 where
+    the protocol did not break a correctly classified test image), in test-image order."""
+    from nt_robust.attacks.protocols import ROBUST
+
+    examples = {}
+    for run in _checked_runs(study):
+        for protocol in study.attack_check.protocols:
+            if _finished_result(study, run, protocol) is None:
+                continue
+            path = Path(f"{_result_stem(study, run, protocol)}.npz")
+            if path.exists():
+                with np.load(path) as arrays:
+                    examples[(run.name, protocol)] = (arrays["broken_by"] == ROBUST).astype(np.float64)
+    return examples
+
+
 def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's τ-b of two equally long sequences (ties in either count against neither)."""
     if len(a) != len(b):
@@ -148,10 +177,26 @@ def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
     return (concordant - discordant) / denominator if denominator else math.nan
 
 
-def attack_agreement_claim(rows: list[dict[str, Any]], reference: str):
-    """Claim 8's verdict and evidence from :func:`collect_attack_check` rows."""
-    from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim,
-                                            group_stats, select)
+def kendall_tau_b_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`kendall_tau_b` of every row of ``a`` (k, m) with the same row of ``b`` (vectorised)."""
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    i, j = np.triu_indices(a.shape[1], 1)
+    sa, sb = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+    both = (sa != 0) & (sb != 0)
+    score = np.sum(sa * sb * both, axis=1)
+    n_a, n_b = np.sum(sa != 0, axis=1), np.sum(sb != 0, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_a > 0) & (n_b > 0), score / np.sqrt(n_a * n_b), np.nan)
+
+
+def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
+                           examples: dict[tuple[str, str], np.ndarray] | None = None, n_boot: int = N_BOOT):
+    """Claim 8's verdict and evidence from :func:`collect_attack_check` rows and the
+    per-example results of :func:`collect_attack_examples` (without them: no interval, so
+    inconclusive)."""
+    from nt_robust.studies.analysis import Claim, group_stats, select
+    from nt_robust.studies.uncertainty import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, \
+        bootstrap_interval
 
     text = "Rankings agree across PGD-20, CW-20 and AutoAttack; AutoAttack ≤ PGD accuracy."
     protocols = list(dict.fromkeys(r["protocol"] for r in rows))
@@ -163,31 +208,77 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str):
         return Claim(8, text, NOT_EVALUATED, ["needs an [attack_check] section in the study spec and at least "
                                               "three finished (width, λ) configurations"])
     n = rows[0]["num_examples"]
-    evidence, taus, violations = [], {}, []
+    seeds = sorted({r["seed"] for r in rows})
+    runs_of = {c: sorted({r["run"] for r in select(rows, width=c[0], lam=c[1])}) for c in configs}
+    have_examples = examples is not None and all(
+        (run, p) in examples for p in protocols for c in configs for run in runs_of[c])
+    if have_examples:
+        sizes = {len(examples[(run, p)]) for p in protocols for c in configs for run in runs_of[c]}
+        if len(sizes) != 1:
+            raise ValueError(f"attack check per-example arrays of different lengths {sorted(sizes)}")
+        n_examples = sizes.pop()
+
+        def config_means(weights: np.ndarray, protocol: str) -> np.ndarray:   # (n_boot, configs)
+            return np.stack([np.mean([weights @ examples[(run, protocol)] / n_examples for run in runs_of[c]], axis=0)
+                             for c in configs], axis=1)
+
+    evidence, parts = [], []
     for protocol in protocols:
         series = ", ".join(f"{w}/λ{lam:g}: {means[protocol][(w, lam)]:.3f}" for w, lam in configs)
-        evidence.append(f"{protocol} robust accuracy (width/λ, first {n} test images): {series}")
+        evidence.append(f"{protocol} robust accuracy (width/λ, first {n} test images, seeds {seeds}): {series}")
     for protocol in protocols:
         if protocol == reference:
             continue
-        taus[protocol] = kendall_tau_b([means[reference][c] for c in configs], [means[protocol][c] for c in configs])
-        evidence.append(f"Kendall τ-b of {protocol} vs {reference} over {len(configs)} configurations: "
-                        f"{taus[protocol]:+.2f}")
+        tau = kendall_tau_b([means[reference][c] for c in configs], [means[protocol][c] for c in configs])
+        line = f"Kendall τ-b of {protocol} vs {reference} over {len(configs)} configurations: {tau:+.2f}"
+        if have_examples:
+            low, high = bootstrap_interval(lambda w, p=protocol: kendall_tau_b_rows(config_means(w, reference),
+                                                                                    config_means(w, p)),
+                                           n_examples, n_boot, BOOT_SEED)
+            v = SUPPORTED if low >= TAU_SUPPORTED else CONTRADICTED if high < TAU_SUPPORTED else INCONCLUSIVE
+            line += f" [{low:+.2f}, {high:+.2f}] → {v}"
+        else:
+            v = INCONCLUSIVE
+            line += " (no per-example arrays: no interval) → inconclusive"
+        parts.append(v)
+        evidence.append(line)
     by_run = {(r["run"], r["protocol"]): r["robust_accuracy"] for r in rows}
     for protocol in (p for p in protocols if p.startswith("autoattack")):
-        pairs = [(run, acc, by_run[(run, reference)]) for (run, p), acc in by_run.items()
-                 if p == protocol and (run, reference) in by_run]
-        worse = [(run, acc, ref) for run, acc, ref in pairs if acc > ref]
-        violations += worse
-        evidence.append(f"{protocol} ≤ {reference} in {len(pairs) - len(worse)} of {len(pairs)} runs"
-                        + (f"; above it in {', '.join(f'{r} ({a:.3f} > {b:.3f})' for r, a, b in worse)}" if worse else "")
-                        + f"; mean gap {sum(acc - ref for _, acc, ref in pairs) / max(len(pairs), 1):+.4f}")
-    if violations or any(t < TAU_CONTRADICTED for t in taus.values()):
+        runs = [run for (run, p) in by_run if p == protocol and (run, reference) in by_run]
+        gaps = {run: by_run[(run, protocol)] - by_run[(run, reference)] for run in runs}
+        if not runs:
+            continue
+        if have_examples:
+            diffs = {run: examples[(run, protocol)] - examples[(run, reference)] for run in runs}
+            run_ivs = {run: bootstrap_interval(lambda w, d=d: w @ d / n_examples, n_examples, n_boot, BOOT_SEED)
+                       for run, d in diffs.items()}
+            pooled = np.mean([diffs[run] for run in runs], axis=0)
+            low, high = bootstrap_interval(lambda w: w @ pooled / n_examples, n_examples, n_boot, BOOT_SEED)
+            above = [run for run in runs if run_ivs[run][0] > 0]
+            v = CONTRADICTED if above else SUPPORTED if high < 0 else INCONCLUSIVE
+            evidence.append(
+                f"{protocol} − {reference} robust accuracy: mean over {len(runs)} runs "
+                f"{float(np.mean(list(gaps.values()))):+.4f} [{low:+.4f}, {high:+.4f}]; at or below 0 in "
+                f"{sum(g <= 0 for g in gaps.values())} of {len(runs)} runs; significantly above 0 in "
+                + (", ".join(f"{run} ({gaps[run]:+.3f} [{run_ivs[run][0]:+.3f}, {run_ivs[run][1]:+.3f}])"
+                             for run in above) if above else "none")
+                + f" → {v}")
+        else:
+            v = INCONCLUSIVE
+            evidence.append(f"{protocol} ≤ {reference} in {sum(g <= 0 for g in gaps.values())} of {len(runs)} runs, "
+                            f"mean gap {float(np.mean(list(gaps.values()))):+.4f} (no per-example arrays: no "
+                            f"interval) → inconclusive")
+        parts.append(v)
+    if CONTRADICTED in parts:
         verdict = CONTRADICTED
-    elif all(t >= TAU_SUPPORTED for t in taus.values()):
+    elif parts and all(v == SUPPORTED for v in parts):
         verdict = SUPPORTED
     else:
         verdict = INCONCLUSIVE
-    evidence.append(f"rule (our choice): supported if every τ ≥ {TAU_SUPPORTED} and AutoAttack never above "
-                    f"{reference}; contradicted if some τ < {TAU_CONTRADICTED} or AutoAttack above it in some run")
+    evidence.append(
+        f"rule (our choice): 95% percentile bootstrap over the {n} test images ({n_boot} resamples, paired across "
+        f"runs and protocols; test-point spread only: the check runs on seeds {seeds}). Supported if every τ's "
+        f"interval lies at or above {TAU_SUPPORTED} and the mean AutoAttack − {reference} gap's interval lies "
+        f"below 0; contradicted if some τ's interval lies below {TAU_SUPPORTED} or some run's AutoAttack − "
+        f"{reference} interval lies above 0; else inconclusive")
     return Claim(8, text, verdict, evidence)

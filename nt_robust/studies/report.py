@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nt_robust.studies.analysis import Claim, grid_rows, group_stats, select
+from nt_robust.studies.analysis import WAR_MARGIN, Claim, grid_rows, group_stats, select
 from nt_robust.studies.tables import format_table
 
 
@@ -46,9 +46,19 @@ def render_report(name: str, rows: list[dict[str, Any]], claims: list[Claim], fi
         f"{sum(r['train_seconds'] or 0 for r in rows if r['selection'] == 'final') / 60:.1f} min.",
         "",
         "Metrics are on the test set at the epoch with the best **held-out** robust accuracy; "
-        "cells are mean ± standard deviation over seeds. A claim is *supported* when the seed-mean "
-        "difference points the claimed way by more than two standard errors, *contradicted* when it "
-        "points the other way by more than two, and *inconclusive* otherwise (always with one seed).",
+        "cells are mean ± standard deviation over seeds.",
+        "",
+        "How the verdicts are reached (`nt_robust/studies/uncertainty.py`, `analysis.py`): every comparison "
+        "is a difference of two configurations, paired by seed and by test image, given as "
+        "`estimate [95% interval]`. Its standard error counts the spread over seeds *and* over test "
+        "points (a two-way random-effects decomposition: the seed part is s_d²/n, the test-point part "
+        "is what the shared test set adds beyond it), and the interval uses a t quantile with "
+        "Welch–Satterthwaite degrees of freedom (with 3 seeds the seed part has 2, so t ≈ 4.3, not 2). "
+        "A claim is *supported* only when the interval lies on the claimed side of zero, *contradicted* "
+        "only when it lies on the other side, and *inconclusive* otherwise (always with one seed); "
+        "MDE is then the smallest effect this design detects with 80% power. Claim 3 tests robust gain − "
+        "½ · natural gain; claim 6 picks λ on validation and compares on test; claim 7 asks whether WAR − "
+        f"tuned lies above −{WAR_MARGIN:g}; claim 8 uses a bootstrap over the checked test images.",
         "",
         "## Claims of the paper (docs/paper.md §7) against our numbers",
         "",

@@ -1,15 +1,16 @@
-"""Claim 8: Kendall's τ-b against hand-counted pairs, verdicts on fabricated attack results,
-collection from fabricated evaluation files, and spec validation."""
+"""Claim 8: Kendall's τ-b against hand-counted pairs, verdicts (with bootstrap intervals) on
+fabricated attack results, collection from fabricated evaluation files, and spec validation."""
 
 import math
 
+import numpy as np
 import pytest
 
 from nt_robust import io
 from nt_robust.config import ConfigError
 from nt_robust.studies.analysis import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED
 from nt_robust.studies.attack_check import (AttackCheckPlan, attack_agreement_claim, collect_attack_check,
-                                            kendall_tau_b)
+                                            kendall_tau_b, kendall_tau_b_rows)
 from nt_robust.studies.sweep import load_study
 
 from test_studies import write_spec  # noqa: E402 (pytest puts this folder on sys.path)
@@ -27,36 +28,63 @@ def test_kendall_tau_b_by_hand():
         kendall_tau_b([1, 2], [1])
 
 
+CONFIGS = [(16, 1.0), (16, 4.0), (64, 1.0), (64, 4.0)]
+
+
 def rows_for(accuracies: dict[str, list[float]]) -> list[dict]:
-    configs = [(16, 1.0), (16, 4.0), (64, 1.0), (64, 4.0)]
     return [{"run": f"w{w}_l{lam:g}", "width": w, "lam": lam, "seed": 0, "protocol": protocol, "eps": 0.1,
              "num_examples": 200, "natural_accuracy": 0.8, "robust_accuracy": acc}
-            for protocol, values in accuracies.items() for (w, lam), acc in zip(configs, values)]
+            for protocol, values in accuracies.items() for (w, lam), acc in zip(CONFIGS, values)]
+
+
+def examples_for(accuracies: dict[str, list[float]], n: int = 200) -> dict:
+    """Per-example robust correctness with the given accuracies: the first k images robust
+    (nested, so a weaker attack's robust set contains a stronger one's)."""
+    return {(f"w{w}_l{lam:g}", protocol): (np.arange(n) < round(acc * n)).astype(float)
+            for protocol, values in accuracies.items() for (w, lam), acc in zip(CONFIGS, values)}
+
+
+def claim_for(accuracies: dict[str, list[float]], with_examples: bool = True):
+    return attack_agreement_claim(rows_for(accuracies), "pgd20-0.007",
+                                  examples_for(accuracies) if with_examples else None, n_boot=500)
 
 
 def test_same_ranking_and_autoattack_below_pgd_is_supported():
-    claim = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
-                                             "cw20": [0.38, 0.44, 0.47, 0.52],
-                                             "autoattack-standard": [0.35, 0.41, 0.45, 0.50]}), "pgd20-0.007")
+    accuracies = {"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "cw20": [0.38, 0.44, 0.47, 0.52],
+                  "autoattack-standard": [0.35, 0.41, 0.45, 0.50]}
+    claim = claim_for(accuracies)
     assert claim.number == 8 and claim.verdict == SUPPORTED
-    assert any("Kendall τ-b of cw20 vs pgd20-0.007 over 4 configurations: +1.00" in e for e in claim.evidence)
-    assert any("autoattack-standard ≤ pgd20-0.007 in 4 of 4 runs" in e for e in claim.evidence)
+    assert any("Kendall τ-b of cw20 vs pgd20-0.007 over 4 configurations: +1.00 [+1.00, +1.00]" in e
+               for e in claim.evidence)
+    assert any("at or below 0 in 4 of 4 runs; significantly above 0 in none" in e for e in claim.evidence)
+    # the same numbers without per-example arrays have no interval: inconclusive, not supported
+    assert claim_for(accuracies, with_examples=False).verdict == INCONCLUSIVE
 
 
-def test_autoattack_above_pgd_in_one_run_contradicts():
-    claim = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
-                                             "autoattack-standard": [0.35, 0.46, 0.45, 0.50]}), "pgd20-0.007")
-    assert claim.verdict == CONTRADICTED
-    assert any("above it in w16_l4 (0.460 > 0.450)" in e for e in claim.evidence)
+def test_autoattack_clearly_above_pgd_in_one_run_contradicts_but_a_slight_excess_does_not():
+    clear = claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "autoattack-standard": [0.35, 0.60, 0.45, 0.50]})
+    assert clear.verdict == CONTRADICTED
+    assert any("significantly above 0 in w16_l4 (+0.150" in e for e in clear.evidence)
+    slight = claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "autoattack-standard": [0.35, 0.46, 0.45, 0.50]})
+    assert slight.verdict == INCONCLUSIVE   # 2 of 200 images above: within test-point noise
 
 
-def test_reversed_ranking_contradicts_and_a_partial_one_is_inconclusive():
-    reversed_ = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
-                                                 "cw20": [0.55, 0.50, 0.45, 0.40]}), "pgd20-0.007")
-    assert reversed_.verdict == CONTRADICTED
-    partial = attack_agreement_claim(rows_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55],
-                                               "cw20": [0.40, 0.50, 0.45, 0.55]}), "pgd20-0.007")  # τ = 2/3
-    assert partial.verdict == INCONCLUSIVE
+def test_reversed_ranking_contradicts_and_a_partial_one_depends_on_its_interval():
+    assert claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "cw20": [0.55, 0.50, 0.45, 0.40]}).verdict \
+        == CONTRADICTED
+    # τ = 2/3 for sure (gaps of 10 images): its interval lies below 0.7 → contradicted
+    assert claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "cw20": [0.40, 0.50, 0.45, 0.55]}).verdict \
+        == CONTRADICTED
+    # τ = 2/3 from a swap of two configurations 1 image apart: could be 1 → inconclusive
+    assert claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "cw20": [0.40, 0.475, 0.47, 0.55]}).verdict \
+        == INCONCLUSIVE
+
+
+def test_vectorised_tau_matches_the_pairwise_count():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, (50, 7)), rng.integers(0, 4, (50, 7))   # integers: many ties
+    expected = np.array([kendall_tau_b(list(x), list(y)) for x, y in zip(a, b)])
+    np.testing.assert_allclose(kendall_tau_b_rows(a, b), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_without_attack_rows_claim_8_is_not_evaluated():

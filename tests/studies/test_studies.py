@@ -8,7 +8,7 @@ import pytest
 from nt_robust import io
 from nt_robust.config import ConfigError, load_config, to_dict
 from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
-from nt_robust.studies.analysis import SUPPORTED, CONTRADICTED, evaluate_claims, stats_of, compare
+from nt_robust.studies.analysis import SUPPORTED, contrast, evaluate_claims
 from nt_robust.studies.figures import make_all_figures
 from nt_robust.studies.sweep import load_study, resolve_overrides, run_index
 from nt_robust.train import ExperimentConfig
@@ -143,11 +143,22 @@ def test_claims_follow_fabricated_trends(tmp_path):
     assert claims[8].verdict == "not evaluated"
 
 
-def test_compare_uses_two_standard_errors():
-    a, b = stats_of([0.50, 0.52]), stats_of([0.60, 0.62])
-    assert compare(a, b, expect_increase=True)[0] == SUPPORTED
-    assert compare(a, b, expect_increase=False)[0] == CONTRADICTED
-    assert compare(stats_of([0.5]), stats_of([0.9]), True)[0] == "inconclusive"  # one seed: no spread
+def test_contrast_pairs_by_seed_and_uses_t_not_two_standard_errors():
+    def rows(values, width):
+        return [{"run": f"w{width}_s{s}", "seed": s, "test_robust_accuracy": v} for s, v in enumerate(values)]
+    # two seeds, differences 0.10 and 0.12: SE 0.01 with 1 df, so the interval is ±12.7 SE
+    two = contrast(rows([0.50, 0.52], 8), rows([0.60, 0.64], 128), "robust_accuracy")
+    assert two.df == 1 and two.estimate == pytest.approx(0.11) and two.high - two.estimate == pytest.approx(
+        12.706 * 0.01, abs=1e-4)
+    assert "seed spread only" in two.describe()
+    # a difference of 0.02 ± 0.005 (1 df) is "two standard errors" away from 0 but inconclusive
+    small = contrast(rows([0.50, 0.52], 8), rows([0.515, 0.545], 128), "robust_accuracy")
+    assert small.low < 0 < small.high
+    # pairing by seed: the seeds' common offset cancels
+    paired = contrast(rows([0.40, 0.60], 8), rows([0.45, 0.65], 128), "robust_accuracy")
+    assert paired.se == pytest.approx(0.0, abs=1e-12) and paired.low > 0
+    one = contrast(rows([0.5], 8), rows([0.9], 128), "robust_accuracy")
+    assert math.isnan(one.se) and "one seed" in one.describe()   # one seed: no spread, no interval
 
 
 def test_figures_are_written_from_a_fabricated_table(tmp_path):
