@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_torch:
         import torch
 
-        from nt_robust.attacks.torch_export import nhwc_to_nchw, to_torch, torchattacks_attack
+        from nt_robust.attacks.torchattacks_check import torchattacks_attack
+        from nt_robust.export import nhwc_to_nchw, to_torch
         torch.set_num_threads(args.torch_threads)
         torch_model = to_torch(trainer.model, variables)
         tx, ty = torch.from_numpy(nhwc_to_nchw(x)), torch.from_numpy(y.astype(np.int64))

@@ -2,7 +2,7 @@
 
     python experiments/crosscheck_torchattacks.py RUN_DIR --examples 1000 --out crosscheck.json
 
-Loads a run's checkpoint (MLP or SmallCNN), exports it to PyTorch, checks that both
+Loads a run's checkpoint (MLP, SmallCNN or WideResNet), exports it to PyTorch, checks that both
 frameworks give the same logits, then runs every AutoAttack stage in both on the same
 points and prints one JSON object: per stage, both robust accuracies, their difference in
 percentage points and the per-example disagreements (``ours_robust_theirs_broken`` is the
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from nt_robust.attacks import protocols as P
-    from nt_robust.attacks.torch_export import nhwc_to_nchw, to_torch, torchattacks_correct
+    from nt_robust.attacks.torchattacks_check import torchattacks_correct
+    from nt_robust.export import nhwc_to_nchw, to_torch
     from nt_robust.train.evaluate_run import load_run_config
     from nt_robust.train.loop import Trainer
     from nt_robust.train.state import model_variables

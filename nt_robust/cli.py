@@ -6,6 +6,7 @@
     nt-robust compare runs/quick_fmnist runs/other
     nt-robust plot runs/quick_fmnist --out curves.png
     nt-robust study experiments/study_quick_fmnist.toml
+    nt-robust export runs/quick_fmnist                     # PyTorch state_dict + model_info
     nt-robust train --config experiments/quick_fmnist.toml --cpu-devices 2   # one XLA device per core
     nt-robust info
 """
@@ -89,6 +90,15 @@ are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<n
   nt-robust plot runs/quick_fmnist                        # writes runs/quick_fmnist/curves.png
   nt-robust plot runs/a runs/b --out figures/a_vs_b.png
   nt-robust plot runs/quick_fmnist --split val --out val.png""",
+    "export": """examples:
+  nt-robust export runs/wrn                      # RUN/export/best_val_robustbench.pt (+ .json model_info)
+  nt-robust export runs/wrn --checkpoint best_test --out wrn.pt
+  nt-robust export runs/quick_fmnist --format torch     # MLP / SmallCNN: their own layout
+  nt-robust export runs/wrn --dry-run            # check the checkpoint and the layout, write nothing
+
+Tensor-only state_dict: torch.load(path, weights_only=True). WideResNets default to RobustBench's
+WideResNet layout (load_state_dict(sd, strict=True)); the MLP and SmallCNN to their own (format
+torch). Needs torch (pip install -e ".[torch]").""",
     "info": """examples:
   nt-robust info
   nt-robust info --cpu-devices 2""",
@@ -182,6 +192,18 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="image file, .png or .pdf (default RUN_DIR/curves.png; needed for several runs)")
     plot.add_argument("--split", default="test", choices=["test", "val"], help="metrics of this split")
+
+    export = command("export", "a run's checkpoint as a PyTorch state_dict and a RobustBench model_info JSON")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--checkpoint", default="best_val", choices=["best_val", "best_test", "latest"],
+                        help=CHECKPOINT_HELP)
+    export.add_argument("--format", choices=["robustbench", "torch"], default=None,
+                        help="key layout: robustbench (RobustBench's WideResNet; the default for a WideResNet) "
+                             "or torch (our exported module's; the default for the MLP and SmallCNN)")
+    export.add_argument("--out", help="the .pt file (default RUN_DIR/export/<checkpoint>_<format>.pt); "
+                                      "model_info goes next to it as .json")
+    export.add_argument("--dry-run", action="store_true",
+                        help="restore the checkpoint, check the layout, print what would be written, write nothing")
 
     command("info", "versions and devices", parents=[cpu])
     parser.commands = commands.choices  # for suggestions on unknown options
@@ -523,6 +545,22 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from nt_robust.export import export_run
+
+    result = export_run(args.run_dir, checkpoint=args.checkpoint, format=args.format, out=args.out,
+                        dry_run=args.dry_run)
+    info = result["info"]
+    match = ("" if result["max_logit_difference"] is None
+             else f"; logits match ours to {result['max_logit_difference']:.2g}")
+    print(f"{'would write' if args.dry_run else 'wrote'} {result['state_dict']}: {len(result['keys'])} tensors, "
+          f"{result['format']} layout, checkpoint {args.checkpoint} ({info['nt_robust']['checkpoint_selection']})"
+          f"{match}")
+    print(f"{result['model_info']}: eps {info['eps']}, clean_acc {info.get('clean_acc', '-')}, "
+          f"autoattack_acc {info.get('autoattack_acc', '- (no autoattack-standard evaluation)')}")
+    return 0
+
+
 def _info() -> int:
     from nt_robust.environment import environment_info
 
@@ -553,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "export":
+            return _export(args)
         return _info()
     except (ConfigError, OSError, ValueError, RuntimeError) as error:
         # Our errors say what went wrong and how to fix it; a traceback only with -v.

@@ -15,7 +15,8 @@ AutoAttack's attacks and the evaluation protocols built from them::
                               images, labels)
 
 (:mod:`.apgd`, :mod:`.fab`, :mod:`.square`, :mod:`.protocols`, :mod:`.sanity`; the
-optional PyTorch export for cross-checks is :mod:`.torch_export`, not imported here.)
+torchattacks cross-check is :mod:`.torchattacks_check`, not imported here; the PyTorch
+export of models is :mod:`nt_robust.export`.)
 """
 
 from nt_robust.attacks.config import (CW20, FGSM, PGD20, PGD_AT_TRAIN, PRESETS, TRADES_TRAIN,

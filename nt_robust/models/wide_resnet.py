@@ -21,9 +21,14 @@ from nt_robust.models.conv import conv_function
 from nt_robust.models.layers import Normalize, conv_init, linear_init
 
 
+# PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 = Flax momentum 0.9): the export
+# to PyTorch (nt_robust.export) checks these before writing a RobustBench state_dict.
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    # PyTorch momentum 0.1 is Flax momentum 0.9; eps as in PyTorch.
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 class BasicBlock(nn.Module):
