@@ -13,9 +13,16 @@ $(PY):
 
 # neural-tangents 0.6.5 (the last release) declares TensorFlow-era dependencies it does
 # not need for what we use; install it without them (see docs/theory.md and docs/design.md).
+# The torch extra (CPU PyTorch) makes the export and torchattacks tests run instead of
+# skipping. PyPI's torch wheel is a multi-GB CUDA build: where no local CPU wheel is found,
+# run `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`. torchattacks and
+# robustbench (whose WideResNet class the export test loads by path) come without their
+# dependencies: their torchvision is not used and PyPI's does not import beside CPU torch.
+TORCH_INDEX ?=
 setup: $(PY) data
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,torch]" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet --no-deps "neural-tangents==0.6.5" "frozendict>=2.3,<3"
+	$(PY) -m pip install --quiet --no-deps "torchattacks==3.5.1" "robustbench==1.1.1"
 
 # Fashion-MNIST ships in Debian's dataset-fashion-mnist package; installed where apt
 # exists and we may use it, skipped (with a note) elsewhere.
