@@ -117,6 +117,15 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _exact_number(text: str) -> float:
+    """--eps: a number or an exact fraction ("8/255"), kept with its text."""
+    from nt_robust.config import parse_exact
+    try:
+        return parse_exact(text, "--eps")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nt-robust", description=__doc__.split("\n")[0],
                      epilog="examples:\n" + "\n".join("  " + line.strip() for line in __doc__.splitlines()[2:]
@@ -169,7 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", default=None,
                           help="named protocol: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, "
                                "cw20 (resumable; at the run's eps)")
-    evaluate.add_argument("--eps", type=float, default=None, help="override epsilon (default: the run's eval.attack.eps)")
+    evaluate.add_argument("--eps", type=_exact_number, default=None,
+                          help="override epsilon, a number or an exact fraction such as 8/255 (default: the run's "
+                               "eval.attack.eps)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: eval.batch_size)")
 
     study = command("study", "width × λ sweeps: run, list, estimate, report", parents=[cpu])
@@ -429,7 +440,8 @@ def _compare(args: argparse.Namespace) -> int:
         label = _run_label(run_dir, config, labels)
         labels.append(label)
         fields = [label, config["model"]["arch"], config["model"]["width"], config["objective"]["kind"],
-                  f"{config['objective']['lam']:g}", repr(config["eval"]["attack"]["eps"])]  # ε exactly
+                  f"{config['objective']['lam']:g}",
+                  config["eval"]["attack"].get("eps_text") or repr(config["eval"]["attack"]["eps"])]  # ε exactly
         if (run_dir / "summary.json").exists():
             summary = io.read_json(run_dir / "summary.json")
             records = [(name, summary.get(key)) for name, key in rules]
@@ -476,7 +488,8 @@ def _plot(args: argparse.Namespace) -> int:
         if not metrics:
             raise FileNotFoundError(f"{run_dir} has no finished epoch yet (no metrics.jsonl rows)")
         curves[f"{label} ({config['model']['arch']} w{config['model']['width']}, "
-               f"λ={config['objective']['lam']:g}, ε={config['eval']['attack']['eps']:g})"] = metrics
+               f"λ={config['objective']['lam']:g}, "
+               f"ε={config['eval']['attack'].get('eps_text') or format(config['eval']['attack']['eps'], 'g')})"] = metrics
     out = Path(args.out) if args.out else Path(args.runs[0]) / "curves.png"
     print(plot_run_curves(curves, out, args.split))
     return 0

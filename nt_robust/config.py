@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fractions
 import os
+import re
 import tomllib
 import types
 import typing
@@ -24,6 +26,56 @@ NONE_STRINGS = ("none", "None", "null")
 
 class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+class ExactFloat(float):
+    """A float that remembers how it was written: ``ExactFloat(8 / 255, "8/255")``. Compares,
+    hashes and computes as the float (the correctly rounded value of the fraction); configs
+    that keep a ``<field>_text`` beside the number (``AttackConfig.eps_text``) take the text
+    from it, so a run records both."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> "ExactFloat":
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __reduce__(self) -> tuple:
+        return ExactFloat, (float(self), self.text)
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+_DECIMAL = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_FRACTION = re.compile(rf"\s*({_DECIMAL})\s*/\s*({_DECIMAL})\s*")
+
+
+def parse_exact(text: str, path: str = "value") -> ExactFloat:
+    """``"8/255"`` -> ``ExactFloat(0.0313..., "8/255")`` (the fraction's correctly rounded
+    float); a decimal string (``"0.031"``) is read as written. ConfigError, naming ``path``,
+    for anything else: ``8/0``, ``-8/255`` (ε and step sizes are >= 0), ``8/255/2``."""
+    stripped = text.strip()
+    match = _FRACTION.fullmatch(stripped)
+    if match:
+        numerator, denominator = (fractions.Fraction(g) for g in match.groups())
+        if denominator == 0:
+            raise ConfigError(f"{path} = {text!r} divides by zero")
+        return ExactFloat(float(numerator / denominator), stripped.replace(" ", ""))
+    if stripped.startswith("-") and _FRACTION.fullmatch(stripped[1:]):
+        raise ConfigError(f"{path} = {text!r} is negative; write a fraction as p/q with p, q >= 0")
+    if re.fullmatch(_DECIMAL, stripped):
+        return ExactFloat(float(stripped), stripped)
+    raise ConfigError(f"{path} must be a number or an exact fraction p/q (e.g. \"8/255\"), got {text!r}")
+
+
+def exact_text(value: Any, text: str | None = None) -> str:
+    """How to print a number that may have been written as a fraction: ``text`` if given,
+    else the ExactFloat's text, else the float's repr (``0.031``, never rounded)."""
+    if text:
+        return text
+    return getattr(value, "text", None) or repr(value if isinstance(value, (int, str)) else float(value))
 
 
 def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
@@ -158,6 +210,10 @@ def _coerce(annotation: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, ExactFloat):
+            return value
+        if isinstance(value, str):   # "8/255": an exact fraction (TOML has none; --set passes it as text)
+            return parse_exact(value, path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)

@@ -320,14 +320,14 @@ def write_autoattack(run_dir: Path, eps, step, n=100, natural=0.84921, robust=0.
     (run_dir / "eval" / f"{checkpoint}_test_autoattack-standard_eps{eps!r}_n{n}.json").write_text(json.dumps(result))
 
 
-CIFAR_WRN = ["data.dataset=cifar10", "model.arch=wrn", "model.depth=10", "model.width=1", "eval.attack.eps=0.031"]
+CIFAR_WRN = ["data.dataset=cifar10", "model.arch=wrn", "model.depth=10", "model.width=1", "eval.attack.eps=8/255"]
 
 
 def test_export_run_robustbench(tmp_path):
     run_dir = make_run(tmp_path, CIFAR_WRN)
-    write_autoattack(run_dir, 0.031, step=12)
-    write_autoattack(run_dir, 0.031, step=5, n=1000, natural=0.1, robust=0.1)      # stale: an older best_val
-    write_autoattack(run_dir, 0.05, step=12, n=1000, natural=0.1, robust=0.1)      # another threat model
+    write_autoattack(run_dir, 8 / 255, step=12)
+    write_autoattack(run_dir, 8 / 255, step=5, n=1000, natural=0.1, robust=0.1)    # stale: an older best_val
+    write_autoattack(run_dir, 0.031, step=12, n=1000, natural=0.1, robust=0.1)     # another threat model
     from nt_robust.cli import main
     assert main(["export", str(run_dir)]) == 0
     path = run_dir / "export" / "best_val_robustbench.pt"
@@ -339,7 +339,7 @@ def test_export_run_robustbench(tmp_path):
         cls(depth=10, num_classes=10, widen_factor=1).load_state_dict(state_dict, strict=True)
     info = json.loads(path.with_suffix(".json").read_text())
     assert info["name"] == "exported" and info["architecture"] == "WRN-10-1" and info["dataset"] == "cifar10"
-    assert info["eps"] == 0.031 and info["threat_model"] == "Linf"
+    assert info["eps"] == "8/255" and info["nt_robust"]["eps_value"] == 8 / 255 and info["threat_model"] == "Linf"
     assert info["clean_acc"] == "84.92" and info["autoattack_acc"] == "53.08"
     exact = info["nt_robust"]
     assert exact["checkpoint"] == "best_val" and "validation" in exact["checkpoint_selection"]

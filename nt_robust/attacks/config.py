@@ -10,7 +10,12 @@
     dataclasses.replace(PGD20, step_size=0.003)      # the paper's second PGD-20 variant
 
 ε is stored exactly as given: 0.031 and 8/255 (= 0.0313...) are different threat models
-and both appear in the paper.
+and both appear in the paper. A fraction written as text (``eps = "8/255"`` in TOML,
+``--set train_attack.eps=8/255``) becomes its correctly rounded float in ``eps`` and its
+text in ``eps_text`` (same for ``step_size``); reports print the text::
+
+    build(AttackConfig, {"eps": "8/255", "step_size": "2/255", "num_steps": 10})
+    # eps=0.03137254901960784, eps_text="8/255", step_size=0.00784..., step_size_text="2/255"
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numbers
 from typing import Any
 
 from nt_robust.attacks.loops import LOOPS
+from nt_robust.config import ExactFloat, parse_exact
 from nt_robust.attacks.losses import LOSSES
 from nt_robust.attacks.parts import NORMS, STARTS
 
@@ -55,6 +61,10 @@ class AttackConfig:
     ``start`` ("uniform" in the ball | "gaussian" x + start_std·N(0, I) | "none"),
     ``start_std``, ``restarts`` (independent random starts; the per-example worst case is
     kept), ``loop`` ("auto" | "unroll" | "fori", see :mod:`nt_robust.attacks.loops`).
+    ``eps_text`` / ``step_size_text``: how ε and the step were written when written as a
+    fraction ("8/255"; None for a plain number). Set from an :class:`~nt_robust.config.ExactFloat`
+    value; a text that no longer describes the number (``dataclasses.replace(c, eps=0.05)``)
+    is dropped.
     """
 
     norm: str = "linf"
@@ -66,8 +76,18 @@ class AttackConfig:
     start_std: float = 0.001
     restarts: int = 1
     loop: str = "auto"
+    eps_text: str | None = None
+    step_size_text: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("eps", "step_size"):
+            value, text = getattr(self, name), getattr(self, f"{name}_text")
+            if isinstance(value, ExactFloat):
+                text = value.text
+            elif text is not None and not (isinstance(value, numbers.Real)
+                                           and float(parse_exact(text, f"{name}_text")) == float(value)):
+                text = None   # describes another number (the field was replaced)
+            object.__setattr__(self, f"{name}_text", None if text is None or text == repr(float(value)) else text)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("loss", self.loss, tuple(LOSSES))
         _check_choice("start", self.start, STARTS)
@@ -85,6 +105,11 @@ class AttackConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON; ``AttackConfig(**config.to_dict())`` round-trips."""
         return dataclasses.asdict(self)
+
+    @property
+    def eps_label(self) -> str:
+        """ε as written: "8/255", or the float's repr ("0.031")."""
+        return self.eps_text or repr(self.eps)
 
 
 def FGSM(eps: float) -> AttackConfig:  # noqa: N802 (a named preset, spelled like the others)

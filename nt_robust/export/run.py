@@ -92,7 +92,9 @@ def max_logit_difference(model: Any, variables: Any, image_shape: tuple[int, int
 
 
 def _eps_as_configured(config_json: dict[str, Any]) -> Any:
-    return config_json.get("eval", {}).get("attack", {}).get("eps")
+    """The run's eval ε as written: its text ("8/255") when it was written as a fraction, else the number."""
+    attack = config_json.get("eval", {}).get("attack", {})
+    return attack.get("eps_text") or attack.get("eps")
 
 
 def _autoattack_result(run_dir: Path, checkpoint: str, step: int, eps: float) -> tuple[dict | None, list[str]]:

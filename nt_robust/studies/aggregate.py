@@ -43,6 +43,9 @@ def _run_fields(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
         "epochs": config["train"]["epochs"],
         "train_eps": config["train_attack"]["eps"],
         "eval_eps": config["eval"]["attack"]["eps"],
+        # ε as written ("8/255", or the float's repr): what reports print
+        "train_eps_text": config["train_attack"].get("eps_text") or repr(config["train_attack"]["eps"]),
+        "eval_eps_text": config["eval"]["attack"].get("eps_text") or repr(config["eval"]["attack"]["eps"]),
         "train_seconds": summary.get("train_seconds_total"),
         "backend": summary.get("backend"),
         "devices": summary.get("devices"),

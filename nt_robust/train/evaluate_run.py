@@ -44,7 +44,7 @@ import numpy as np
 from nt_robust.attacks import CW20, FGSM, PGD20, AttackConfig
 from nt_robust.attacks.protocols import BatchStore, ModelFn, get_protocol, run_protocol
 from nt_robust.attacks.sanity import format_flags, sanity_flags
-from nt_robust.config import ConfigError, apply_overrides, build, parse_override
+from nt_robust.config import ConfigError, ExactFloat, apply_overrides, build, parse_override
 from nt_robust.metrics import summarize
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.loop import Trainer
@@ -155,10 +155,11 @@ def _resolve_attack(run_attack: AttackConfig, preset: str | None, parsed: list[t
     """The attack to run and where its ε came from: the run's attack or ``preset`` at the
     run's ε, then every ``eval.attack.*`` override, then ``eps``."""
     fields = {keys[2]: value for keys, value in parsed if keys[:2] == ["eval", "attack"]}
-    start = run_attack if preset is None else preset_at_eps(preset, run_attack.eps)
+    run_eps = ExactFloat(run_attack.eps, run_attack.eps_text) if run_attack.eps_text else run_attack.eps
+    start = run_attack if preset is None else preset_at_eps(preset, run_eps)
     data = {**start.to_dict(), **fields}
     if eps is not None:
-        if "eps" in fields and fields["eps"] != eps:
+        if "eps" in fields and build(AttackConfig, {**start.to_dict(), "eps": fields["eps"]}).eps != eps:
             raise ConfigError(f"--eps {eps!r} and --set eval.attack.eps={fields['eps']!r} disagree: give one")
         data["eps"] = eps
     if preset == "fgsm" and "step_size" not in fields:
@@ -193,7 +194,8 @@ def describe_result(result: dict[str, Any]) -> str:
     rule = result.get("checkpoint_selection") or SELECTION_RULES.get(result.get("checkpoint"), "")
     epoch = f", epoch {result['epoch']}" if result.get("epoch") is not None else ""
     return (f"{name}: robust accuracy {result['robust_accuracy']:.4f}, natural {result['natural_accuracy']:.4f} "
-            f"at eps={result['eps']!r} ({result.get('eps_source', '')}) on {result['num_examples']} "
+            f"at eps={result.get('eps_text') or repr(result['eps'])} ({result.get('eps_source', '')}) "
+            f"on {result['num_examples']} "
             f"{result['split']} examples; checkpoint {result['checkpoint']}{epoch}: {rule}")
 
 
@@ -234,11 +236,12 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
     images, labels = images[:count], labels[:count]
     if progress:
         what = protocol or attack or "the run's eval.attack"
-        print(f"evaluating {what} at eps={attack_config.eps!r} "
+        print(f"evaluating {what} at eps={attack_config.eps_label} "
               f"({eps_source}) on {count} {split} examples, checkpoint {checkpoint}: "
               f"{SELECTION_RULES[checkpoint]}", file=sys.stderr, flush=True)
     common = {
         "eps": attack_config.eps,
+        "eps_text": attack_config.eps_label,   # as written ("8/255"), or the float's repr
         "eps_source": eps_source,
         "examples_requested": examples,
         "checkpoint_selection": SELECTION_RULES[checkpoint],

@@ -140,7 +140,9 @@ def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any
 RESUMABLE_CHANGES = ("train.progress",)
 # Config fields added after runs were made, with the behaviour a saved config without one
 # ran with (not necessarily today's default): resuming such a run needs that value.
-ADDED_FIELDS = {"model.conv_impl": "xla"}
+ADDED_FIELDS = {"model.conv_impl": "xla",
+                **{f"{attack}.{field}_text": None for attack in ("train_attack", "eval.attack")
+                   for field in ("eps", "step_size")}}
 
 
 def _matters(path: str, old: Any, new: Any) -> bool:
