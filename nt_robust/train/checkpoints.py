@@ -47,6 +47,17 @@ class CheckpointCorruptError(RuntimeError):
     """No intact checkpoint of the requested kind is left (files changed, truncated or missing)."""
 
 
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind ``error`` (itself, or a cause or context orbax wrapped it in)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class CheckpointSaveError(RuntimeError):
     """Writing a checkpoint failed (full disk, read-only or vanished directory, ...)."""
 
@@ -180,7 +191,10 @@ class Checkpointer:
                 manager.wait_until_finished()
                 if jax.process_index() == 0:
                     write_digest(self.step_dir(kind, step))
-            except OSError as error:
+            except Exception as failure:  # noqa: BLE001 - orbax may wrap the OSError; re-raised unless it is one
+                error = _os_error_in(failure)
+                if error is None:
+                    raise
                 _settle(set(threading.enumerate()) - threads_before)
                 kept = (f"the previous checkpoint {self.step_dir(kind, max(previous))} is intact"
                         if previous else "no earlier checkpoint of this kind exists")
@@ -188,7 +202,7 @@ class Checkpointer:
                     f"could not write checkpoint {self.step_dir(kind, step)}: {error.strerror or error}"
                     f"{f' ({error.filename})' if error.filename else ''}; {kept}. Free space or fix the "
                     "directory's permissions, then rerun the same command to resume from the last "
-                    "checkpoint.") from error
+                    "checkpoint.") from failure
 
     def restore(self, kind: str, like_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The newest intact checkpoint of ``kind`` (or step ``step``) restored into the

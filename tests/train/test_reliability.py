@@ -312,7 +312,7 @@ def test_disk_full_in_the_cli_exits_non_zero_within_seconds_with_no_thread_left_
     # script adds a non-daemon thread that would sleep 300 s.
     done, seconds = run_fault("disk-full", tmp_path / "run")
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "nt-robust: error: CheckpointSaveError: could not write checkpoint" in done.stderr
+    assert "nt-robust: error: CheckpointSaveError: could not write checkpoint" in done.stderr, done.stderr[-6000:]
     assert "No space left on device" in done.stderr and "latest/4 is intact" in done.stderr
     # No traceback of ours (TensorStore may still report its own cancelled writes afterwards).
     assert "Traceback" not in done.stderr.split("nt-robust: error:")[0] and "nt_robust/" not in done.stderr
