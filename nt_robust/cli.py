@@ -81,7 +81,9 @@ are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<n
     "study": """examples:
   nt-robust study experiments/study_quick_fmnist.toml --estimate   # cost per width, then stop
   nt-robust study experiments/study_quick_fmnist.toml              # run everything, then report
-  nt-robust study experiments/study_quick_fmnist.toml --list       # runs and their status""",
+  nt-robust study experiments/study_quick_fmnist.toml --list       # runs and their status
+  nt-robust study experiments/study_quick_fmnist.toml --emit slurm --partition gpu --gpus-per-task 1 > submit.sh
+  nt-robust study experiments/study_quick_fmnist.toml --emit k8s --gpus-per-task 1 > study.yaml""",
     "compare": """examples:
   nt-robust compare runs/quick_fmnist
   nt-robust compare runs/studies/quick_fmnist/*                    # every run of a study
@@ -194,6 +196,18 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--report", action="store_true", help="only aggregate, draw figures and write the report")
     study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
     study.add_argument("--figures-dir", help="where figures and report.md go (default figures/<name>)")
+    cluster = study.add_argument_group("cluster jobs (--emit; see nt_robust/studies/cluster.py)")
+    cluster.add_argument("--emit", choices=["slurm", "k8s"],
+                         help="print a Slurm submission script (job arrays: grid, then WAR afterok, then report) "
+                              "or a Kubernetes Indexed Job manifest, and stop")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--gpus-per-task", type=int, metavar="N", help="GPUs per run")
+    cluster.add_argument("--cpus-per-task", type=int, metavar="N", help="CPU cores per run")
+    cluster.add_argument("--time", metavar="HH:MM:SS", help="time limit per run")
+    cluster.add_argument("--mem", metavar="M", help="memory per run, e.g. 32G")
+    cluster.add_argument("--image", default="python:3.11", help="k8s: container image with the environment")
+    cluster.add_argument("--volume-claim", metavar="PVC",
+                         help="k8s: PersistentVolumeClaim holding the repository, data and runs")
 
     compare = command("compare", "table of runs: every checkpoint rule, and their evaluations")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -538,6 +552,14 @@ def _study(args: argparse.Namespace) -> int:
         raise ConfigError(f"{spec} is a training config, not a study spec: did you mean `nt-robust train --config "
                           f"{spec}`? (a study spec names a base_config and a [grid]; see experiments/study_*.toml)")
     study = load_study(spec, args.runs_root)
+    if args.emit:
+        from nt_robust.studies.cluster import Resources, emit
+
+        resources = Resources(partition=args.partition, gpus_per_task=args.gpus_per_task,
+                              cpus_per_task=args.cpus_per_task, time=args.time, mem=args.mem,
+                              image=args.image, volume_claim=args.volume_claim)
+        print(emit(study, args.emit, resources), end="")
+        return 0
     if args.list:
         rows = [[r.index, r.stage, r.name, "finished" if study.is_finished(r) else
                  ("started" if study.run_dir(r).exists() else "pending")] for r in study.runs()]
