@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
@@ -95,11 +96,20 @@ def start_state_for(config, model, optimizer, image_shape):
     state = jax.tree_util.tree_map(np.asarray, create_train_state(
         variables, optimizer, config.objective.lam, use_ema=False, seed=config.train.seed))
     if args.read_state:
+        # The single-device process writes it first thing (atomically); the sharded ones start
+        # beside it and wait, so their compilations overlap (XLA compiles on one thread).
+        deadline = time.monotonic() + 600
+        while not os.path.exists(args.read_state):
+            if time.monotonic() > deadline:
+                sys.exit(f"no start state at {args.read_state} after 600 s")
+            time.sleep(0.2)
         with np.load(args.read_state) as saved:
             treedef = jax.tree_util.tree_structure(state)
             state = jax.tree_util.tree_unflatten(treedef, [saved[f"leaf{i}"] for i in range(treedef.num_leaves)])
     if args.write_state:
-        np.savez(args.write_state, **{f"leaf{i}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(state))})
+        partial = f"{args.write_state}.partial.npz"
+        np.savez(partial, **{f"leaf{i}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(state))})
+        os.replace(partial, args.write_state)
     return state
 
 

@@ -61,8 +61,21 @@ def launch(tmp_path: Path, name: str, devices: int = 1, extra: tuple[str, ...] =
 
 
 def launch_step(out: Path, *extra: str, devices: int = 1) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(STEP_SCRIPT), str(out), *extra], env=_env(devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Output goes to files beside ``out`` (processes run side by side: no pipe may fill up)."""
+    log = open(out.with_suffix(".log"), "w")
+    process = subprocess.Popen([sys.executable, str(STEP_SCRIPT), str(out), *extra], env=_env(devices),
+                               stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()
+    return process
+
+
+def finish_step(process: subprocess.Popen, out: Path) -> dict | None:
+    """Wait for a step process; its report (None from a non-zero process index, which prints none)."""
+    process.wait(timeout=600)
+    text = out.with_suffix(".log").read_text() if out.with_suffix(".log").exists() else ""
+    assert process.returncode == 0, text[-3000:]
+    lines = [line for line in text.strip().splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
 
 
 def finish(process: subprocess.Popen) -> dict:
@@ -106,52 +119,39 @@ def assert_same_step(reference: dict[str, np.ndarray], other: dict[str, np.ndarr
 
 
 @pytest.fixture(scope="module")
-def single_device_steps(tmp_path_factory):
-    """Every configuration's step on one device, its one-ulp probes, and the start state."""
+def steps(tmp_path_factory):
+    """Every configuration's step on one device (with its one-ulp probes), on 4 devices and
+    on two processes, all started together: the sharded runs wait for the single-device run's
+    start state, and their compilations overlap."""
     tmp = tmp_path_factory.mktemp("steps")
-    report = finish(launch_step(tmp / "one.npz", "--write-state", str(tmp / "state.npz")))
-    assert report["devices"] == 1
-    return tmp, leaves(tmp / "one.npz")
-
-
-@pytest.fixture(scope="module")
-def four_device_steps(single_device_steps):
-    tmp, _ = single_device_steps
-    report = finish(launch_step(tmp / "four.npz", "--read-state", str(tmp / "state.npz"), devices=4))
-    assert report["devices"] == 4
-    return leaves(tmp / "four.npz")
+    state = str(tmp / "state.npz")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    one = launch_step(tmp / "one.npz", "--write-state", state)
+    four = launch_step(tmp / "four.npz", "--read-state", state, devices=4)
+    # Two processes: the default conv_impl only; the cross-process all-reduce is what is new
+    # there, and the conv implementations are covered on four devices.
+    two = [launch_step(tmp / ("two.npz" if i == 0 else "two_1.npz"), "--read-state", state, "--conv-impls", "auto",
+                       "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
+           for i in range(2)]
+    assert finish_step(one, tmp / "one.npz")["devices"] == 1
+    assert finish_step(four, tmp / "four.npz")["devices"] == 4
+    report = finish_step(two[0], tmp / "two.npz")
+    finish_step(two[1], tmp / "two_1.npz")
+    assert report["processes"] == 2 and report["devices"] == 2
+    return {name: leaves(tmp / f"{name}.npz") for name in ("one", "four", "two")}
 
 
 @pytest.mark.parametrize("conv_impl", ["auto", "xla"])
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_four_devices_step_matches_one_device(single_device_steps, four_device_steps, conv_impl, objective):
-    _, reference = single_device_steps
-    assert_same_step(reference, four_device_steps, f"{conv_impl}/{objective}")
-
-
-@pytest.fixture(scope="module")
-def two_process_steps(single_device_steps):
-    """The default conv_impl only: the cross-process all-reduce is what is new here; the
-    conv implementations are covered by the four-device test."""
-    tmp, _ = single_device_steps
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    processes = [launch_step(tmp / "two.npz", "--read-state", str(tmp / "state.npz"), "--conv-impls", "auto",
-                             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))
-                 for i in range(2)]
-    reports = [p.communicate(timeout=600) for p in processes]
-    for process, (_, err) in zip(processes, reports):
-        assert process.returncode == 0, err[-3000:]
-    report = json.loads(reports[0][0].strip().splitlines()[-1])
-    assert report["processes"] == 2 and report["devices"] == 2
-    return leaves(tmp / "two.npz")
+def test_four_devices_step_matches_one_device(steps, conv_impl, objective):
+    assert_same_step(steps["one"], steps["four"], f"{conv_impl}/{objective}")
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_two_processes_step_matches_one_process(single_device_steps, two_process_steps, objective):
-    _, reference = single_device_steps
-    assert_same_step(reference, two_process_steps, f"auto/{objective}")
+def test_two_processes_step_matches_one_process(steps, objective):
+    assert_same_step(steps["one"], steps["two"], f"auto/{objective}")
 
 
 @pytest.fixture(scope="module")
