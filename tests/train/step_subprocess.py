@@ -25,27 +25,20 @@ import os
 import sys
 import time
 
+from process_setup import add_distributed_arguments, start_jax  # this folder (the script's sys.path[0])
+
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--write-state")
 parser.add_argument("--read-state")
-parser.add_argument("--coordinator")
-parser.add_argument("--num-processes", type=int)
-parser.add_argument("--process-id", type=int)
+add_distributed_arguments(parser)
 parser.add_argument("--conv-impls", default="auto,xla")
 args = parser.parse_args()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices  # noqa: E402
-
-set_cpu_devices()  # from NT_ROBUST_CPU_DEVICES, as the CLI does
-configure_xla_cpu()
-enable_compilation_cache()
-if args.coordinator:
-    from nt_robust.train.sharding import initialize_distributed
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id, cpu_collectives="gloo")
+start_jax(args)
 
 from nt_robust.config import load_config  # noqa: E402
 from nt_robust.models import create_model, init_variables  # noqa: E402

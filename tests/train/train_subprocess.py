@@ -13,28 +13,20 @@ import os
 import signal
 import sys
 
+from process_setup import add_distributed_arguments, start_jax  # this folder (the script's sys.path[0])
+
 parser = argparse.ArgumentParser()
 parser.add_argument("run_dir")
 parser.add_argument("out")
 parser.add_argument("overrides")
 parser.add_argument("--kill-after-steps", type=int)
-parser.add_argument("--coordinator")
-parser.add_argument("--num-processes", type=int)
-parser.add_argument("--process-id", type=int)
+add_distributed_arguments(parser)
 args = parser.parse_args()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices  # noqa: E402
-
-set_cpu_devices()  # from NT_ROBUST_CPU_DEVICES, as the CLI does
-configure_xla_cpu()
-enable_compilation_cache()
-
-if args.coordinator:
-    from nt_robust.train.sharding import initialize_distributed
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id, cpu_collectives="gloo")
+start_jax(args)
 
 from nt_robust.config import load_config  # noqa: E402
 from nt_robust.train import ExperimentConfig, Trainer  # noqa: E402
