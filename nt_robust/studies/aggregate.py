@@ -38,6 +38,8 @@ def _run_fields(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
         "objective": config["objective"]["kind"],
         "lam": config["objective"]["lam"],
         "war": config["war"]["enabled"],
+        # configs from before WAR had modes used reading A
+        "war_mode": config["war"].get("mode", "weighted_ratio") if config["war"]["enabled"] else None,
         "lam_final": summary.get("lam_final", config["objective"]["lam"]),
         "seed": config["train"]["seed"],
         "epochs": config["train"]["epochs"],

@@ -31,7 +31,8 @@ Per claim (the paper gives no thresholds; these are ours):
    below 0). Else inconclusive.
 7. Per WAR width, WAR − the grid-tuned λ (chosen on validation) on the test set, against a
    margin δ = 0.01: supported ("reaches") if the interval lies above −δ, contradicted if it
-   lies below −δ, else inconclusive.
+   lies below −δ, else inconclusive. With several WAR modes (readings), each is reported and
+   the verdict is the study's primary mode's.
 8. See :mod:`nt_robust.studies.attack_check` (bootstrap over test examples).
 """
 
@@ -179,11 +180,13 @@ def best_lam_by_width(rows: list[dict[str, Any]]) -> dict[int, float]:
 
 def evaluate_claims(all_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]] | None = None,
                     attack_reference: str | None = None, examples: Examples | None = None,
-                    attack_examples: Mapping[tuple[str, str], np.ndarray] | None = None) -> list[Claim]:
+                    attack_examples: Mapping[tuple[str, str], np.ndarray] | None = None,
+                    war_modes: Sequence[str] | None = None) -> list[Claim]:
     """Every claim of docs/paper.md §7. ``examples``: per-example arrays of the best-held-out
     checkpoints (:func:`nt_robust.studies.aggregate.collect_examples`); claim 8 needs the
     attack check's rows and per-example results (:mod:`nt_robust.studies.attack_check`),
-    compared against ``attack_reference``."""
+    compared against ``attack_reference``. ``war_modes``: the study's WAR modes, primary
+    first (claim 7's verdict is the primary mode's; default: reading B first)."""
     from nt_robust.studies.attack_check import attack_agreement_claim
 
     rows = grid_rows(all_rows)
@@ -198,7 +201,7 @@ def evaluate_claims(all_rows: list[dict[str, Any]], attack_rows: list[dict[str, 
     claims.append(_claim_robust_vs_natural(rows, examples))
     claims.append(_claim_stability_vs_lam(rows, examples))
     claims.append(_claim_best_lam(rows, examples))
-    claims.append(_claim_war(all_rows, examples))
+    claims.append(_claim_war(all_rows, examples, war_modes))
     claims.append(attack_agreement_claim(attack_rows or [], attack_reference or "", attack_examples))
     return sorted(claims, key=lambda c: c.number)
 
@@ -281,47 +284,62 @@ def _claim_best_lam(rows, examples: Examples | None) -> Claim:
     return Claim(6, text, v, evidence)
 
 
-def war_costs(all_rows: list[dict[str, Any]], width: int, reference_width: int) -> dict[str, float]:
+def war_costs(all_rows: list[dict[str, Any]], width: int, reference_width: int,
+              mode: str | None = None) -> dict[str, float]:
     """Tuning cost (runs, device-seconds) of a λ grid at ``width`` versus WAR: the grid
-    at the reference width plus the WAR runs at ``width``."""
+    at the reference width plus the WAR runs at ``width`` (of ``mode``, if given)."""
     final = [r for r in all_rows if r["selection"] == "final"]
     grid_wide = [r for r in final if not r["war"] and r["width"] == width]
     grid_small = [r for r in final if not r["war"] and r["width"] == reference_width]
-    war = [r for r in final if r["war"] and r["width"] == width]
+    war = [r for r in final if r["war"] and r["width"] == width and (mode is None or _war_mode(r) == mode)]
     seconds = lambda rs: sum(r["train_seconds"] or 0.0 for r in rs)  # noqa: E731
     return {"grid_runs": len(grid_wide), "grid_seconds": seconds(grid_wide),
             "war_runs": len(grid_small) + len(war), "war_seconds": seconds(grid_small) + seconds(war),
             "war_only_runs": len(war), "war_only_seconds": seconds(war)}
 
 
-def _claim_war(all_rows, examples: Examples | None) -> Claim:
+def _war_mode(row: dict[str, Any]) -> str:
+    return row.get("war_mode") or "weighted_ratio"   # rows from before WAR had modes: reading A
+
+
+WAR_READINGS = {"unweighted_ratio": "reading B, enlarges λ", "weighted_ratio": "reading A, holds λ·R_rob/R_nat"}
+
+
+def _claim_war(all_rows, examples: Examples | None, modes: Sequence[str] | None = None) -> Claim:
+    """Claim 7 for each WAR mode in the study; the verdict is the first (primary) mode's."""
     text = "WAR started from the small model's λ reaches the wide model's tuned robust accuracy at a fraction of the tuning cost."
     war_rows = [r for r in all_rows if r["selection"] == "best_val" and r["war"]]
     rows = grid_rows(all_rows)
     if not war_rows or not rows:
         return Claim(7, text, NOT_EVALUATED, ["no WAR runs in this study"])
+    present = {_war_mode(r) for r in war_rows}
+    order = [m for m in (modes or WAR_READINGS) if m in present] + sorted(present - set(modes or WAR_READINGS))
     best = best_lam_by_width(rows)
     reference_width = min(best)
-    verdicts, evidence = [], []
-    for width in sorted({r["width"] for r in war_rows}):
-        war = select(war_rows, width=width)
-        tuned = select(rows, width=width, lam=best.get(width))
-        if not tuned:
-            continue
-        iv = contrast(tuned, war, "robust_accuracy", examples)
-        margin = iv.shifted(-WAR_MARGIN)   # WAR − tuned + δ: above 0 ⇔ WAR − tuned above −δ
-        v = verdict(margin, True)
-        verdicts.append(v)
-        war_stats = stats_of([r["test_robust_accuracy"] for r in war])
-        tuned_stats = stats_of([r["test_robust_accuracy"] for r in tuned])
-        fixed = stats_of([r["test_robust_accuracy"] for r in select(rows, width=width, lam=best[reference_width])])
-        lam_path = stats_of([r["lam_final"] for r in war])
-        cost = war_costs(all_rows, width, reference_width)
-        evidence.append(
-            f"width {width}: WAR {war_stats} vs grid-tuned (λ={best.get(width):g}) {tuned_stats}"
-            + (f" vs fixed λ_s={best[reference_width]:g} {fixed}" if fixed.n else "")
-            + f"; WAR − tuned {iv.describe(mde=False)} vs margin −{WAR_MARGIN:g}; WAR's final λ {lam_path.mean:.2f}"
-            f" → {v}. Cost: λ grid {cost['grid_runs']} runs / {cost['grid_seconds']:.0f} s vs WAR "
-            f"{cost['war_only_runs']} run(s) / {cost['war_only_seconds']:.0f} s at this width "
-            f"(+ the reference grid, shared by all widths)")
-    return Claim(7, text, _combine(verdicts).replace("λ values", "widths"), evidence)
+    primary_verdicts, evidence = [], []
+    for mode in order:
+        role = "primary: the verdict" if mode == order[0] else "secondary: not in the verdict"
+        for width in sorted({r["width"] for r in war_rows}):
+            war = [r for r in select(war_rows, width=width) if _war_mode(r) == mode]
+            tuned = select(rows, width=width, lam=best.get(width))
+            if not war or not tuned:
+                continue
+            iv = contrast(tuned, war, "robust_accuracy", examples)
+            margin = iv.shifted(-WAR_MARGIN)   # WAR − tuned + δ: above 0 ⇔ WAR − tuned above −δ
+            v = verdict(margin, True)
+            if mode == order[0]:
+                primary_verdicts.append(v)
+            war_stats = stats_of([r["test_robust_accuracy"] for r in war])
+            tuned_stats = stats_of([r["test_robust_accuracy"] for r in tuned])
+            fixed = stats_of([r["test_robust_accuracy"] for r in select(rows, width=width, lam=best[reference_width])])
+            lam_path = stats_of([r["lam_final"] for r in war])
+            cost = war_costs(all_rows, width, reference_width, mode)
+            evidence.append(
+                f"WAR {mode} ({WAR_READINGS.get(mode, mode)}; {role}), width {width}: WAR {war_stats} vs "
+                f"grid-tuned (λ={best.get(width):g}) {tuned_stats}"
+                + (f" vs fixed λ_s={best[reference_width]:g} {fixed}" if fixed.n else "")
+                + f"; WAR − tuned {iv.describe(mde=False)} vs margin −{WAR_MARGIN:g}; WAR's final λ {lam_path.mean:.2f}"
+                f" → {v}. Cost: λ grid {cost['grid_runs']} runs / {cost['grid_seconds']:.0f} s vs WAR "
+                f"{cost['war_only_runs']} run(s) / {cost['war_only_seconds']:.0f} s at this width "
+                f"(+ the reference grid, shared by all widths)")
+    return Claim(7, text, _combine(primary_verdicts).replace("λ values", "widths"), evidence)

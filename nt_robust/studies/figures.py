@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nt_robust import io  # noqa: E402
-from nt_robust.studies.analysis import best_lam_by_width, grid_rows, group_stats, select  # noqa: E402
+from nt_robust.studies.analysis import WAR_READINGS, best_lam_by_width, grid_rows, group_stats, select, stats_of  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
@@ -154,8 +154,8 @@ def plot_lipschitz_vs_width(rows: list[dict[str, Any]], stem: Path) -> list[Path
 
 
 def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
-    """Test robust accuracy per wide width: fixed λ_s (the small model's best), the
-    grid-tuned λ, and WAR."""
+    """Left: test robust accuracy per wide width for fixed λ_s (the small model's best), the
+    grid-tuned λ, and each WAR mode. Right: the λ each one ends at (WAR: final λ)."""
     war_rows = [r for r in rows if r["selection"] == "best_val" and r["war"]]
     grid = grid_rows(rows)
     if not war_rows or not grid:
@@ -163,24 +163,37 @@ def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
     best = best_lam_by_width(grid)
     lam_s = best[min(best)]
     widths = sorted({r["width"] for r in war_rows})
-    bars = []
+    modes = [m for m in WAR_READINGS if any((r.get("war_mode") or "weighted_ratio") == m for r in war_rows)]
+    bars, lams = [], []
     for width in widths:
         by_lam = group_stats(select(grid, width=width), ("lam",), "test_robust_accuracy")
-        war = group_stats(select(war_rows, width=width), ("width",), "test_robust_accuracy")[(width,)]
-        bars.append((by_lam.get((lam_s,)), by_lam.get((best.get(width),)), war))
+        at_width = [r for r in select(war_rows, width=width)]
+        per_mode = [[r for r in at_width if (r.get("war_mode") or "weighted_ratio") == m] for m in modes]
+        bars.append((by_lam.get((lam_s,)), by_lam.get((best.get(width),)),
+                     *(stats_of([r["test_robust_accuracy"] for r in rs]) if rs else None for rs in per_mode)))
+        lams.append((stats_of([lam_s]), stats_of([best.get(width)]),
+                     *(stats_of([r["lam_final"] for r in rs]) if rs else None for rs in per_mode)))
+    labels = (f"fixed λ_s = {lam_s:g}", "grid-tuned λ", *(f"WAR {m} ({WAR_READINGS[m].split(',')[0]})" for m in modes))
+    n = len(labels)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
+        fig, (ax, ax_lam) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
         x = np.arange(len(widths))
-        labels = (f"fixed λ_s = {lam_s:g}", "grid-tuned λ", "WAR (from λ_s)")
-        for k, (label, color) in enumerate(zip(labels, _colors(3))):
+        width_bar = 0.8 / n
+        for k, (label, color) in enumerate(zip(labels, _colors(n))):
+            offset = (k - (n - 1) / 2) * width_bar
             values = [b[k] for b in bars]
-            ax.bar(x + (k - 1) * 0.27, [v.mean if v else np.nan for v in values], 0.25,
-                   yerr=[v.std if v else 0 for v in values], color=color, capsize=2, label=label)
-        ax.set_xticks(x, [str(w) for w in widths])
+            ax.bar(x + offset, [v.mean if v else np.nan for v in values], width_bar * 0.92,
+                   yerr=[v.std if v and v.n > 1 else 0 for v in values], color=color, capsize=2, label=label)
+            lam_values = [lv[k] for lv in lams]
+            ax_lam.bar(x + offset, [v.mean if v else np.nan for v in lam_values], width_bar * 0.92,
+                       yerr=[v.std if v and v.n > 1 else 0 for v in lam_values], color=color, capsize=2)
+        for axis in (ax, ax_lam):
+            axis.set_xticks(x, [str(w) for w in widths])
         ax.set(xlabel="width", ylabel="test robust accuracy", title="WAR vs fixed and tuned λ")
-        lows = [b[k].mean for b in bars for k in range(3) if b[k]]
+        ax_lam.set(xlabel="width", ylabel="λ (WAR: final λ)", yscale="log", title="The λ each one uses")
+        lows = [b[k].mean for b in bars for k in range(n) if b[k]]
         ax.set_ylim(min(lows) - 0.05, max(lows) + 0.03)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(n, 4))
         return _save(fig, stem)
 
 

@@ -134,7 +134,8 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
     figures = make_all_figures(rows, curves, figures_dir, lam=base_lam, attack_rows=attack_rows)
     attack_examples = collect_attack_examples(study) if attack_rows else None
     claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None,
-                             collect_examples(run_dirs), attack_examples)
+                             collect_examples(run_dirs), attack_examples,
+                             war_modes=study.war.modes if study.war else None)
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
                "time_utc": environment_info()["time_utc"]}
     report_dir = figures_dir

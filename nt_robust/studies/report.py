@@ -15,18 +15,18 @@ from nt_robust.studies.tables import format_table
 
 def summary_table(rows: list[dict[str, Any]], selection: str = "best_val") -> str:
     """Seed mean ± std of the test metrics per (model, WAR, λ) under one checkpoint rule."""
-    rows = [r for r in rows if r["selection"] == selection]
-    keys = ("model", "war", "lam")
+    rows = [{**r, "war_mode": r.get("war_mode") or ""} for r in rows if r["selection"] == selection]
+    keys = ("model", "war", "war_mode", "lam")
     metrics = ("test_natural_accuracy", "test_robust_accuracy", "test_perturbation_stability",
                "test_lipschitz_mean")
     stats = {m: group_stats(rows, keys, m) for m in metrics}
     lam_final = group_stats(rows, keys, "lam_final")
     epochs = group_stats(rows, keys, "epoch")
-    order = sorted(stats[metrics[0]], key=lambda k: (int(select(rows, model=k[0])[0]["width"]), k[1], k[2]))
+    order = sorted(stats[metrics[0]], key=lambda k: (int(select(rows, model=k[0])[0]["width"]), k[1], k[2], k[3]))
     table = []
     for key in order:
-        model, war, lam = key
-        label = f"WAR from {lam:g} → {lam_final[key].mean:.2f}" if war else f"{lam:g}"
+        model, war, mode, lam = key
+        label = f"WAR ({mode}) from {lam:g} → {lam_final[key].mean:.2f}" if war else f"{lam:g}"
         table.append([model, label, f"{epochs[key].mean:.1f}", *(str(stats[m][key]) for m in metrics)])
     return format_table(["model", "λ", "epoch", "natural", "robust", "stability", "local Lipschitz"], table)
 

@@ -13,6 +13,7 @@ optionally, WAR runs::
     [war]
     reference_width = 32                     # λ_s = this width's best λ (held-out robust accuracy)
     widths = [128, 512]
+    modes = ["unweighted_ratio", "weighted_ratio"]   # WAR readings; the first is primary
     [attack_check]                           # optional: claim 8 (studies/attack_check.py)
     protocols = ["pgd20-0.007", "cw20", "autoattack-standard"]
     examples = 200
@@ -43,7 +44,7 @@ from typing import Any
 from nt_robust import io
 from nt_robust.config import ConfigError, load_config
 from nt_robust.studies.attack_check import AttackCheckPlan
-from nt_robust.train.config import ExperimentConfig
+from nt_robust.train.config import WAR_MODES, ExperimentConfig
 
 log = logging.getLogger("nt_robust.studies")
 
@@ -52,14 +53,23 @@ GRID_STAGE, WAR_STAGE, ATTACK_STAGE = "grid", "war", "attacks"
 
 @dataclasses.dataclass(frozen=True)
 class WarPlan:
-    """WAR runs: for each width in ``widths`` and each seed, start from the reference
-    width's best λ (λ_s, by mean held-out robust accuracy over seeds) and keep the ratio
-    measured on that λ_s run of the same seed. ``extra`` overrides apply to WAR runs only
-    (e.g. "war.momentum=0.7")."""
+    """WAR runs: for each mode in ``modes`` (``war.mode``: the readings of WAR, see
+    :class:`~nt_robust.train.config.WarConfig`), each width in ``widths`` and each seed,
+    start from the reference width's best λ (λ_s, by mean held-out robust accuracy over
+    seeds) and steer by the ratio measured on that λ_s run of the same seed. ``extra``
+    overrides apply to WAR runs only (e.g. "war.momentum=0.7"). The first mode is the
+    study's primary one: claim 7's verdict is about it."""
 
     reference_width: int
     widths: tuple[int, ...]
     extra: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ("weighted_ratio",)
+
+    @staticmethod
+    def run_name(mode: str, width: int, seed: int) -> str:
+        # Reading A keeps the name it had before modes existed, so finished studies stay finished.
+        prefix = "war" if mode == "weighted_ratio" else f"war_{mode.split('_')[0]}"
+        return f"{prefix}_width{width}_seed{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +113,13 @@ class Study:
             return []
         start = len(self.grid_runs())
         runs = []
-        for width in self.war.widths:
-            for seed in self.seeds:
-                name = f"war_width{width}_seed{seed}"
-                overrides = (*self.common, *self.war.extra, f"model.width={width}", f"train.seed={seed}",
-                             f"name={_toml(name)}")
-                runs.append(RunSpec(start + len(runs), WAR_STAGE, name, overrides, width, seed, None))
+        for mode in self.war.modes:
+            for width in self.war.widths:
+                for seed in self.seeds:
+                    name = self.war.run_name(mode, width, seed)
+                    overrides = (*self.common, *self.war.extra, f"model.width={width}", f"train.seed={seed}",
+                                 f"war.mode={_toml(mode)}", f"name={_toml(name)}")
+                    runs.append(RunSpec(start + len(runs), WAR_STAGE, name, overrides, width, seed, None))
         return runs
 
     def runs(self) -> list[RunSpec]:
@@ -147,10 +158,14 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
     war = None
     if "war" in spec:
         w = spec["war"]
-        unknown = set(w) - {"reference_width", "widths", "set"}
+        unknown = set(w) - {"reference_width", "widths", "set", "modes"}
         if unknown:
             raise ConfigError(f"{path}: unknown [war] keys {sorted(unknown)}")
-        war = WarPlan(int(w["reference_width"]), tuple(int(x) for x in w["widths"]), tuple(w.get("set", ())))
+        modes = tuple(w.get("modes", ["weighted_ratio"]))
+        bad = [m for m in modes if m not in WAR_MODES]
+        if bad or not modes or len(set(modes)) != len(modes):
+            raise ConfigError(f"{path}: [war] modes must be distinct values of {list(WAR_MODES)}, got {list(modes)}")
+        war = WarPlan(int(w["reference_width"]), tuple(int(x) for x in w["widths"]), tuple(w.get("set", ())), modes)
         if war.reference_width not in grid.get("model.width", ()):
             raise ConfigError(f"{path}: war.reference_width {war.reference_width} must be one of grid "
                               f"'model.width' values {list(grid.get('model.width', ()))}")

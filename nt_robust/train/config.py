@@ -157,28 +157,44 @@ class LoopConfig:
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
 
 
+WAR_MODES = ("weighted_ratio", "unweighted_ratio")
+
+
 @dataclasses.dataclass(frozen=True)
 class WarConfig:
-    """WAR (Width Adjusted Regularization), *our reconstruction* (docs/paper.md §6: the paper's
-    exact rule is unknown). A small network tuned at λ_s reaches a ratio
-    ρ_s = λ·R_rob / R_nat between its weighted robust regularizer and its natural risk
-    (mean over its epochs). A wider network trained with WAR starts at λ_s
-    (``objective.lam``) and, after each epoch from ``warmup_epochs`` on, sets
-    λ = clip(ρ_s · R̄_nat / R̄_rob, min_lam, max_lam) with R̄ exponential moving averages
-    (``momentum``) of its own per-epoch training terms, so the ratio stays at ρ_s.
-    ``target_ratio`` gives ρ_s directly; otherwise ``reference_run`` names the small
-    model's run directory to read it from. ``min_lam`` None means λ_s: WAR never goes
-    below the small model's λ."""
+    """WAR (Width Adjusted Regularization), *our reconstruction* in two readings
+    (docs/paper.md §6: the paper's Algorithm 1 could not be obtained). Both start a wider
+    network at the small network's tuned λ_s (``objective.lam``), keep exponential moving
+    averages R̄_nat, R̄_rob (``momentum``) of its per-epoch training terms, and update λ after
+    each epoch from ``warmup_epochs`` on, clipped to [``min_lam``, ``max_lam``]:
+
+    ``mode = "weighted_ratio"`` (reading A): hold the *weighted* ratio ρ = λ·R_rob/R_nat at
+    the small model's ρ_s: λ = ρ_s · R̄_nat / R̄_rob. Under the paper's premise (a wide net
+    has lower natural risk and a larger regularizer at fixed λ) this lowers λ.
+
+    ``mode = "unweighted_ratio"`` (reading B, the paper's "adaptively enlarges λ on wide
+    models"): multiplicative feedback on the *unweighted* ratio r = R_rob/R_nat,
+    λ ← λ · (r̄_w / r_s)^``gain``: λ rises while the wide model's ratio exceeds the small
+    model's r_s and falls when it is below.
+
+    The small model's ratio (ρ_s or r_s, the mean of its per-epoch ratios) is read from
+    ``reference_run`` (its run directory) unless ``target_ratio`` gives it directly; it
+    means ρ_s or r_s according to ``mode``. ``min_lam`` None means λ_s: WAR never goes below
+    the small model's λ. Run directories written before ``mode`` existed used reading A,
+    which is the default so that they resume unchanged."""
 
     enabled: bool = False
+    mode: str = "weighted_ratio"
     target_ratio: float | None = None
     reference_run: str | None = None
     momentum: float = 0.5
     warmup_epochs: int = 1
+    gain: float = 1.0
     min_lam: float | None = None
     max_lam: float = 100.0
 
     def __post_init__(self) -> None:
+        _require(self.mode in WAR_MODES, "war.mode", f"must be one of {WAR_MODES}, got {self.mode!r}")
         if self.enabled:
             _require((self.target_ratio is None) != (self.reference_run is None), "war.target_ratio",
                      "or war.reference_run must be set (exactly one) when war.enabled = true")
@@ -186,6 +202,8 @@ class WarConfig:
                  f"must be > 0, got {self.target_ratio}")
         _require(0 <= self.momentum < 1, "war.momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.warmup_epochs >= 1, "war.warmup_epochs", f"must be >= 1, got {self.warmup_epochs}")
+        _require(0 < self.gain <= 4 and self.gain == self.gain, "war.gain",
+                 f"must be in (0, 4] (the exponent of the unweighted_ratio update), got {self.gain}")
         _require(self.min_lam is None or self.min_lam >= 0, "war.min_lam", f"must be >= 0, got {self.min_lam}")
         _require(self.max_lam > 0 and (self.min_lam is None or self.max_lam >= self.min_lam), "war.max_lam",
                  f"must be > 0 and >= war.min_lam, got {self.max_lam}")

@@ -101,7 +101,7 @@ class Trainer:
                                    num_classes=self.splits.num_classes)
         self.war = None
         if config.war.enabled:
-            ratio = config.war.target_ratio or reference_ratio(config.war.reference_run)
+            ratio = config.war.target_ratio or reference_ratio(config.war.reference_run, config.war.mode)
             self.war = WarController(config.war, base_lam=config.objective.lam, target_ratio=ratio)
 
     def initial_state(self) -> TrainState:
@@ -254,7 +254,7 @@ class Trainer:
         lam = float(state.lam)
         lam_next, progress.war_state = self.war.update(progress.war_state, progress.epoch + 1,
                                                        row["train_natural_loss"], row["train_regularizer"], lam)
-        row.update(war_ratio=epoch_ratio(lam, row["train_natural_loss"], row["train_regularizer"]),
+        row.update(war_ratio=epoch_ratio(lam, row["train_natural_loss"], row["train_regularizer"], self.war.config.mode),
                    war_target_ratio=self.war.target_ratio, lam_next=lam_next)
         return state.replace(lam=replicate(np.float32(lam_next), self.mesh))
 
@@ -340,6 +340,7 @@ class Trainer:
             "lam": config.objective.lam,
             "lam_final": float(state.lam),
             "war": config.war.enabled,
+            "war_mode": config.war.mode if config.war.enabled else None,
             "war_target_ratio": None if self.war is None else self.war.target_ratio,
             "width": config.model.width,
             "arch": config.model.arch,

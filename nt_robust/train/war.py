@@ -1,7 +1,8 @@
-"""WAR's λ controller (our reconstruction; see :class:`WarConfig` for the rule)::
+"""WAR's λ controller (our reconstruction, in two readings; see :class:`WarConfig`)::
 
-    controller = WarController(config.war, base_lam=config.objective.lam, target_ratio=rho_s)
-    lam_next, state = controller.update(state_dict, epoch, natural_loss, regularizer)
+    ratio = reference_ratio("runs/width16_lam6", mode=config.war.mode)   # the small model's
+    controller = WarController(config.war, base_lam=config.objective.lam, target_ratio=ratio)
+    lam_next, state = controller.update(state_dict, epoch, natural_loss, regularizer, lam)
 
 The controller is a pure function of its small state dict (kept in every checkpoint's
 record), so a resumed run takes the same λ path.
@@ -17,17 +18,19 @@ from nt_robust import io
 from nt_robust.train.config import WarConfig
 
 
-def epoch_ratio(lam: float, natural_loss: float, regularizer: float) -> float:
-    """ρ = λ · R_rob / R_nat for one epoch's mean training terms."""
-    return lam * regularizer / max(natural_loss, 1e-12)
+def epoch_ratio(lam: float, natural_loss: float, regularizer: float, mode: str = "weighted_ratio") -> float:
+    """One epoch's ratio of mean training terms: ρ = λ · R_rob / R_nat ("weighted_ratio")
+    or r = R_rob / R_nat ("unweighted_ratio")."""
+    weight = lam if mode == "weighted_ratio" else 1.0
+    return weight * regularizer / max(natural_loss, 1e-12)
 
 
-def reference_ratio(run_dir: str | Path) -> float:
-    """ρ_s of a finished (small-model) run: the mean of its per-epoch ratios."""
+def reference_ratio(run_dir: str | Path, mode: str = "weighted_ratio") -> float:
+    """ρ_s or r_s of a finished (small-model) run: the mean of its per-epoch ratios."""
     rows = io.read_jsonl(Path(run_dir) / "metrics.jsonl")
     if not rows:
         raise FileNotFoundError(f"war.reference_run {run_dir} has no metrics.jsonl: train the small model first")
-    ratios = [epoch_ratio(r["lam"], r["train_natural_loss"], r["train_regularizer"]) for r in rows]
+    ratios = [epoch_ratio(r["lam"], r["train_natural_loss"], r["train_regularizer"], mode) for r in rows]
     return sum(ratios) / len(ratios)
 
 
@@ -51,6 +54,12 @@ class WarController:
         if epoch < self.config.warmup_epochs:
             return lam, state
         if state["regularizer"] <= 0 or not math.isfinite(state["regularizer"]):
-            return self.max_lam, state
-        proposal = self.target_ratio * state["natural"] / state["regularizer"]
+            # No robust term left to weigh: reading A's λ = ρ_s·R_nat/R_rob is unbounded; reading
+            # B's ratio is 0 < r_s, which lowers λ.
+            return (self.max_lam if self.config.mode == "weighted_ratio" else self.min_lam), state
+        if self.config.mode == "weighted_ratio":
+            proposal = self.target_ratio * state["natural"] / state["regularizer"]
+        else:
+            ratio = epoch_ratio(1.0, state["natural"], state["regularizer"], "unweighted_ratio")
+            proposal = lam * (ratio / self.target_ratio) ** self.config.gain
         return min(max(proposal, self.min_lam), self.max_lam), state

@@ -207,11 +207,52 @@ def test_war_moving_average():
     assert state["natural"] == pytest.approx(3.0) and lam == pytest.approx(3.0)
 
 
+def test_war_modes_expand_after_the_grid_with_their_own_names(tmp_path):
+    spec = tmp_path / "modes.toml"
+    spec.write_text(write_spec(tmp_path).read_text().replace("[war]", '[war]\nmodes = ["unweighted_ratio", "weighted_ratio"]'))
+    study = load_study(spec)
+    war_runs = [r for r in study.runs() if r.stage == "war"]
+    assert len(war_runs) == 2 * 2 * 2 and war_runs[0].index == len(study.grid_runs())
+    assert [r.name for r in war_runs[:4]] == [f"war_unweighted_width{w}_seed{s}" for w in (32, 128) for s in (0, 1)]
+    assert all(r.name.startswith("war_width") for r in war_runs[4:])   # reading A keeps the old names
+    assert "war.mode=\"unweighted_ratio\"" in war_runs[0].overrides
+    spec.write_text(spec.read_text().replace('"weighted_ratio"]', '"hold"]'))
+    with pytest.raises(ConfigError, match="modes must be distinct values"):
+        load_study(spec)
+
+
+def test_unweighted_war_enlarges_lambda_to_the_small_models_ratio():
+    # Reading B on a loss stream where the regularizer falls as c/λ (R_nat = 1): the ratio
+    # r = c/λ equals r_s at λ* = c/r_s. From λ_s = 6 with r = 0.2 > r_s = 0.05 the update
+    # λ ← λ·(r/r_s)^γ gives log λ_{t+1} = (1−γ)·log λ_t + γ·log λ*, so λ rises monotonically
+    # to λ* = 24 (one step at γ = 1; geometrically at γ = 1/2).
+    c, r_s = 1.2, 0.05
+    for gain, steps in ((1.0, 1), (0.5, 40)):
+        controller, state, lam, path = war(target=r_s, mode="unweighted_ratio", gain=gain), None, 6.0, []
+        for epoch in range(1, steps + 1):
+            lam, state = controller.update(state, epoch, natural_loss=1.0, regularizer=c / lam, lam=lam)
+            path.append(lam)
+        assert path == sorted(path) and path[0] > 6.0
+        assert lam == pytest.approx(c / r_s, rel=1e-9)
+
+
+def test_unweighted_war_step_by_hand_and_its_floor():
+    controller = war(target=0.1, mode="unweighted_ratio", gain=0.5)
+    lam, _ = controller.update(None, 1, natural_loss=2.0, regularizer=0.4, lam=6.0)
+    assert lam == pytest.approx(6.0 * (0.2 / 0.1) ** 0.5)           # 6·√2
+    lam, _ = controller.update(None, 1, natural_loss=2.0, regularizer=0.02, lam=6.0)
+    assert lam == 6.0                                                # 6·√0.1 clipped to min_lam = λ_s
+    # Reading A on the same stream lowers λ: ρ_s·R_nat/R_rob with ρ_s = 6·r_s.
+    lam_a, _ = war(target=0.6).update(None, 1, natural_loss=2.0, regularizer=0.4, lam=6.0)
+    assert lam_a == 6.0                                              # 3.0 clipped to λ_s
+
+
 def test_reference_ratio_is_the_mean_epoch_ratio(tmp_path):
     io.write_jsonl(tmp_path / "metrics.jsonl", [
         {"lam": 6.0, "train_natural_loss": 1.0, "train_regularizer": 0.1},
         {"lam": 6.0, "train_natural_loss": 0.5, "train_regularizer": 0.1}])
     assert reference_ratio(tmp_path) == pytest.approx((0.6 + 1.2) / 2)
+    assert reference_ratio(tmp_path, "unweighted_ratio") == pytest.approx((0.1 + 0.2) / 2)
     with pytest.raises(FileNotFoundError, match="train the small model first"):
         reference_ratio(tmp_path / "missing")
 
@@ -219,6 +260,10 @@ def test_reference_ratio_is_the_mean_epoch_ratio(tmp_path):
 def test_war_config_validation():
     with pytest.raises(ValueError, match="war.target_ratio"):
         WarConfig(enabled=True)
+    with pytest.raises(ValueError, match="war.mode"):
+        WarConfig(mode="enlarge")
+    with pytest.raises(ValueError, match="war.gain"):
+        WarConfig(gain=0.0)
     with pytest.raises(ConfigError, match="war.enabled"):
         load_config(ExperimentConfig, None, ["war.enabled=true", "war.target_ratio=0.3", "objective.kind=natural"])
 
@@ -261,6 +306,7 @@ seeds = [0]
 [war]
 reference_width = 4
 widths = [32]
+modes = ["unweighted_ratio", "weighted_ratio"]
 [attack_check]
 protocols = ["pgd20-0.007", "cw20"]
 examples = 32
@@ -272,14 +318,20 @@ examples = 32
     assert "| model" in out and "stability" in out and "claim 8: " in out  # the table and verdicts, printed
     report = (figures / "report.md").read_text()
     assert "**1. At fixed λ, natural accuracy rises with width.**" in report
-    assert "WAR from" in report and (figures / "war.png").exists()
+    assert "WAR (unweighted_ratio) from" in report and "WAR (weighted_ratio) from" in report
+    assert (figures / "war.png").exists()
     rows = io.read_json(tmp_path / "runs" / "results" / "results.json")
     assert {r["run"] for r in rows} == {"width4_lam1_seed0", "width4_lam6_seed0", "width32_lam1_seed0",
-                                        "width32_lam6_seed0", "war_width32_seed0"}
-    war_config = io.read_json(tmp_path / "runs" / "war_width32_seed0" / "config.json")
-    assert war_config["war"]["enabled"] and war_config["war"]["reference_run"].endswith("seed0")
-    war_metrics = io.read_jsonl(tmp_path / "runs" / "war_width32_seed0" / "metrics.jsonl")
-    assert all("lam_next" in r for r in war_metrics)
+                                        "width32_lam6_seed0", "war_width32_seed0", "war_unweighted_width32_seed0"}
+    for name, mode in (("war_width32_seed0", "weighted_ratio"), ("war_unweighted_width32_seed0", "unweighted_ratio")):
+        war_config = io.read_json(tmp_path / "runs" / name / "config.json")
+        assert war_config["war"]["enabled"] and war_config["war"]["reference_run"].endswith("seed0")
+        assert war_config["war"]["mode"] == mode
+        war_metrics = io.read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
+        assert all("lam_next" in r for r in war_metrics)
+    claim7 = next(c for c in io.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 7)
+    assert [e.split(" (")[0] for e in claim7["evidence"]] == ["WAR unweighted_ratio", "WAR weighted_ratio"]
+    assert "primary" in claim7["evidence"][0] and "secondary" in claim7["evidence"][1]
     # Claim 8 from the attack check: both protocols on the four grid runs' best_val checkpoints.
     checks = io.read_json(tmp_path / "runs" / "results" / "attack_check.json")
     assert sorted((r["run"], r["protocol"]) for r in checks) == sorted(
@@ -296,4 +348,4 @@ examples = 32
     assert (tmp_path / "runs" / "width4_lam1_seed0" / "summary.json").stat().st_mtime_ns == before
     assert evaluated.stat().st_mtime_ns == evaluated_before  # finished evaluations are not recomputed
     assert main(["study", str(spec), "--list"]) == 0
-    assert capsys.readouterr().out.count("finished") == 5
+    assert capsys.readouterr().out.count("finished") == 6
