@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo test figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ demo: setup
 test: setup
 	@$(PY) -c "from nt_robust.environment import describe_cpu; print('machine: CPU', describe_cpu())"
 	$(PY) -m pytest -q tests
+
+# Every committed figure, from scratch: both quick studies trained anew into
+# runs/make_figures/<time>/ (no existing run is reused or deleted), then the theory
+# figures. About 75 min on 2 cores (README); RESUME=runs/make_figures/<time> continues one.
+figures: setup
+	$(PY) experiments/make_figures.py $(if $(RESUME),--resume $(RESUME))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,111 @@
+"""Regenerate every committed figure from scratch: the quick studies (trained anew) and the theory.
+
+    make figures                                          # what the README means by it
+    .venv/bin/python experiments/make_figures.py          # the same
+    .venv/bin/python experiments/make_figures.py --list   # the stages, what they write, nothing run
+    .venv/bin/python experiments/make_figures.py --resume runs/make_figures/20261202T041500Z
+    .venv/bin/python experiments/make_figures.py --only theory
+
+The studies train into a new directory ``runs/make_figures/<UTC time>/<study>``, so nothing
+already trained is reused and no run anywhere is deleted or overwritten (``runs/studies/``,
+where ``nt-robust study`` trains by default, is never touched). An interrupted build
+resumes with ``--resume`` on its directory: finished runs are skipped there. Every stage
+writes into ``figures/``; the wall and CPU time of each stage, the machine and the
+versions go to ``figures/make_figures.json``, and the total is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nt_robust.environment import describe_cpu, environment_info  # noqa: E402
+from nt_robust.io import write_json  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One producer of a committed figure directory."""
+
+    name: str
+    figures: str            # the directory under the repository root it (re)writes
+    study_spec: str | None  # a study spec, or None for the theory scripts
+
+    def command(self, build_dir: Path) -> list[str]:
+        """Run from the repository root (relative paths, as the reports quote them)."""
+        if self.study_spec is None:
+            return [sys.executable, "experiments/theory_all.py", "--preset", "cpu", "--out", self.figures]
+        return [sys.executable, "-m", "nt_robust.cli", "study", self.study_spec,
+                "--runs-root", str(build_dir / self.name), "--figures-dir", self.figures]
+
+
+STAGES = (
+    Stage("quick_fmnist", "figures/quick_fmnist", "experiments/study_quick_fmnist.toml"),
+    Stage("quick_fmnist_seeds345", "figures/quick_fmnist_seeds345", "experiments/study_quick_fmnist_seeds345.toml"),
+    Stage("theory", "figures/theory", None),
+)
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true", help="print the stages and the commands, run nothing")
+    parser.add_argument("--only", nargs="+", choices=[s.name for s in STAGES], help="run only these stages")
+    parser.add_argument("--resume", type=Path, metavar="BUILD_DIR",
+                        help="continue an interrupted build in this runs/make_figures/<time> directory")
+    args = parser.parse_args(argv)
+
+    if args.resume is not None and not args.resume.is_dir():
+        parser.error(f"--resume {args.resume}: no such build directory (builds are under runs/make_figures/)")
+    build_dir = (args.resume or REPO / "runs" / "make_figures" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    stages = [s for s in STAGES if not args.only or s.name in args.only]
+    if args.list:
+        for stage in stages:
+            print(f"{stage.name}: writes {stage.figures}/\n    {' '.join(stage.command(build_dir))}")
+        return 0
+
+    print(f"make figures: {len(stages)} stage(s); study runs train into {build_dir}\n"
+          f"(interrupted? rerun with --resume {build_dir}; machine: CPU {describe_cpu()})", flush=True)
+    record = {"command": " ".join(["experiments/make_figures.py", *(argv if argv is not None else sys.argv[1:])]),
+              "build_dir": str(build_dir), "environment": environment_info(), "stages": {}}
+    start = time.time()
+    for stage in stages:
+        print(f"== {stage.name} -> {stage.figures}/", flush=True)
+        wall, cpu = time.time(), _children_cpu_seconds()
+        result = subprocess.run(stage.command(build_dir), cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        seconds = time.time() - wall
+        record["stages"][stage.name] = {"figures": stage.figures, "wall_s": round(seconds, 1),
+                                        "cpu_s": round(_children_cpu_seconds() - cpu, 1), "returncode": result.returncode}
+        if result.returncode != 0:
+            print(f"make figures: stage {stage.name} failed (exit {result.returncode}) after {_minutes(seconds)}; "
+                  f"the figures of earlier stages are written. Fix it, then: "
+                  f"python experiments/make_figures.py --resume {build_dir}", file=sys.stderr)
+            return result.returncode
+        print(f"== {stage.name}: {_minutes(seconds)}", flush=True)
+    record["total_wall_s"] = round(time.time() - start, 1)
+    if not args.only:   # a partial build's time is not the time of `make figures`
+        write_json(REPO / "figures" / "make_figures.json", record)
+    per_stage = ", ".join(f"{name} {_minutes(s['wall_s'])}" for name, s in record["stages"].items())
+    print(f"make figures: done in {_minutes(record['total_wall_s'])} on CPU {describe_cpu()} ({per_stage})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""`make figures` (experiments/make_figures.py): it must cover every committed figure, and
+never reuse or delete runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "experiments" / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_figures"] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_committed_figure_directory_has_a_producing_stage():
+    tracked = subprocess.run(["git", "ls-files", "figures"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    directories = {str(Path(p).parent) for p in tracked if p.endswith((".png", ".pdf"))}
+    produced = {stage.figures for stage in _module().STAGES}
+    assert directories and directories <= produced, f"no make-figures stage writes {sorted(directories - produced)}"
+    for stage in _module().STAGES:
+        if stage.study_spec:
+            assert (ROOT / stage.study_spec).is_file()
+
+
+def test_each_build_trains_into_a_new_directory_outside_runs_studies(tmp_path):
+    module = _module()
+    build = tmp_path / "build"
+    for stage in module.STAGES:
+        command = stage.command(build)
+        if stage.study_spec:
+            root = Path(command[command.index("--runs-root") + 1])
+            assert root == build / stage.name           # a fresh root per build, never runs/studies/
+            assert command[command.index("--figures-dir") + 1] == stage.figures
+
+
+def test_list_runs_nothing_and_resume_needs_an_existing_build(tmp_path):
+    script = str(ROOT / "experiments" / "make_figures.py")
+    listed = subprocess.run([sys.executable, script, "--list"], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert all(f"{stage}:" in listed.stdout for stage in ("quick_fmnist", "quick_fmnist_seeds345", "theory"))
+    missing = subprocess.run([sys.executable, script, "--resume", str(tmp_path / "nope")], capture_output=True,
+                             text=True, cwd=ROOT)
+    assert missing.returncode == 2 and "no such build directory" in missing.stderr
+
+
+@pytest.mark.parametrize("argv", [["--only", "theory", "--list"]])
+def test_only_selects_stages(argv):
+    listed = subprocess.run([sys.executable, str(ROOT / "experiments" / "make_figures.py"), *argv],
+                            capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "theory:" in listed and "quick_fmnist:" not in listed
