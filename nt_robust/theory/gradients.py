@@ -4,7 +4,8 @@
     g = input_grads(f, u)                          # (N, d): ∇ₓf at each row (f: (N, d) -> (N,))
     expected = kernel_grad_sq_norm(spec, u)        # (N,): E‖∇f(u)‖² at init from the NNGP kernel
     model = KernelModel(spec, x_train, coef)       # f(u) = Θ(u, X_train) · coef (+ optional f₀)
-    model.grads(u_test)                            # autodiff through the kernel
+    model.grads(u_test)                            # autodiff through the kernel (refused at
+                                                   # training points: the NTK has a cusp there)
 
 Everything works on unit-sphere inputs ``u`` (N, d) with the network fed √d·u, exactly as
 :func:`nt_robust.theory.networks.scalar_fn` does; gradients are with respect to u.
@@ -13,12 +14,15 @@ Everything works on unit-sphere inputs ``u`` (N, d) with the network fed √d·u
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from nt_robust.theory.kernels import KernelSpec, relu_kernels
+import numpy as np
+
+from nt_robust.theory.kernels import KernelSpec, layer_correlations, relu_kernels
 from nt_robust.theory.networks import sphere_scale
 
 ScalarFn = Callable[[jax.Array], jax.Array]
@@ -30,8 +34,8 @@ def input_grads(f: ScalarFn, u: jax.Array) -> jax.Array:
 
 
 def grad_norms(f: ScalarFn, u: jax.Array) -> dict[str, jax.Array]:
-    """Per-example ‖∇f‖₂ and ‖∇f‖₁ (the ℓ∞-threat dual norm)."""
-    g = input_grads(f, u).reshape(u.shape[0], -1)
+    """Per-example ‖∇f‖₂ and ‖∇f‖₁ (the ℓ∞-threat dual norm); a KernelModel's own checked grads."""
+    g = (f.grads(u) if isinstance(f, KernelModel) else input_grads(f, u)).reshape(u.shape[0], -1)
     return {"l2": jnp.linalg.norm(g, axis=1), "l1": jnp.sum(jnp.abs(g), axis=1)}
 
 
@@ -60,6 +64,11 @@ def kernel_grad_sq_norm(spec: KernelSpec, u: jax.Array) -> jax.Array:
         return jnp.trace(mixed(a, a))
 
     return jax.lax.map(one, u.reshape(u.shape[0], -1))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _max_correlation(spec: KernelSpec, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.max(layer_correlations(spec, a, b), axis=0)
 
 
 def closed_form_grad_sq_norm(spec: KernelSpec, in_dim: int) -> float:
@@ -95,5 +104,39 @@ class KernelModel:
         return out if self.f0 is None else out + self.f0(u)
 
     def grads(self, u: jax.Array) -> jax.Array:
-        """∇ᵤ f(u) per row by autodiff through the kernel, (N, d)."""
+        """∇ᵤ f(u) per row by autodiff through the kernel, (N, d).
+
+        Raises ValueError for an NTK model at a point that coincides with a training point
+        (see :meth:`check_differentiable`): the NTK Θ(u, xᵢ) has a cusp at u = xᵢ, so f has
+        no gradient there, only two different one-sided directional derivatives.
+        """
+        self.check_differentiable(u)
         return input_grads(self, u)
+
+    def check_differentiable(self, u: jax.Array) -> None:
+        """Refuse rows of ``u`` at which the NTK predictor is not differentiable.
+
+        Θ(u, xᵢ) contains κ₀(ρ) = 1/2 − arccos(ρ)/(2π) at each layer's correlation ρ between
+        u and xᵢ, and arccos(ρ) ∝ |u − xᵢ| as ρ → 1: a cusp at u = xᵢ (wherever coefᵢ ≠ 0).
+        The custom derivative of κ₀ returns 0 at ρ = 1, so autodiff there yields the mean of
+        the two one-sided slopes, which is not a derivative. A row is refused when
+        1 − ρ ≤ 64·(machine epsilon of the computation) at some layer, i.e. when ρ rounds to
+        within a few dozen ulps of 1: there the computed 1 − ρ² is mostly rounding error and
+        the slope 1/(2π√(1 − ρ²)) (or its cut-off to 0) is meaningless. Further out the
+        function is differentiable and autodiff is exact up to rounding. The NNGP (κ₁,
+        whose cusp term is ∝ |u − xᵢ|³) is differentiable everywhere and is not checked.
+        """
+        if self.which != "ntk" or self.spec.depth < 2:
+            return
+        scale = sphere_scale(self.x_train.shape[1])
+        flat = u.reshape(u.shape[0], -1)
+        rho = np.asarray(_max_correlation(self.spec, scale * flat, scale * self.x_train))
+        tol = 64 * float(jnp.finfo(jnp.result_type(flat, self.x_train)).eps)
+        bad = np.argwhere((1 - rho <= tol) & (np.asarray(self.coef) != 0)[None, :])
+        if bad.size:
+            pairs = ", ".join(f"test row {i} = training point {j}" for i, j in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise ValueError(
+                f"KernelModel.grads: the NTK predictor has no gradient at training points ({pairs}{more}): "
+                "Θ(u, xᵢ) has a cusp at u = xᵢ (κ₀(ρ) is not differentiable at ρ = 1), so the one-sided "
+                "directional derivatives differ. Evaluate gradients off the training set.")

@@ -21,7 +21,12 @@ Example::
 
 The arc-cosine functions carry custom derivatives that stay finite on the diagonal
 (ρ = 1), so ``jax.grad``/``jax.hessian`` of these kernels at x' = x are usable
-(:func:`nt_robust.theory.gradients.kernel_grad_sq_norm`).
+(:func:`nt_robust.theory.gradients.kernel_grad_sq_norm`). That limit is right only where
+the tangent of ρ vanishes to second order, i.e. for the mixed derivative ∂²K/∂x∂x' of the
+NNGP. The NTK itself has a cusp at x' = x (it contains κ₀(ρ), and
+κ₀(ρ) = 1/2 − θ/(2π) with θ ∝ |x − x'| near the diagonal), so ∂Θ(x, x')/∂x at x = x' does
+not exist; there the custom derivative returns the mean of the two one-sided slopes, not a
+gradient. :class:`nt_robust.theory.gradients.KernelModel` refuses gradients there.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ class KernelSpec:
 # κ₀'(ρ) = 1/(2π√(1−ρ²)) is infinite at ρ = 1; there it only ever multiplies a tangent of
 # ρ that vanishes to second order on the diagonal (∂ρ/∂x' = 0 at x' = x), so the limit of
 # the product is 0 and we define it so (docs/theory.md, "gradient at initialization").
+# That holds for ∂²K/∂x∂x' of the NNGP, not for ∂Θ/∂x of the NTK: κ₀ itself has a cusp at
+# ρ = 1 (κ₀ = 1/2 − θ/(2π), θ = arccos ρ ∝ |x − x'|), so Θ(·, x') is not differentiable at
+# x' and the 0 here is not its derivative (KernelModel.grads refuses such points).
 
 def _clip_corr(rho: jax.Array) -> jax.Array:
     return jnp.clip(rho, -1.0, 1.0)
@@ -103,6 +111,24 @@ def _relu_step(cov_xx: jax.Array, cov_yy: jax.Array, cov_xy: jax.Array) -> tuple
 
 def relu_kernels(spec: KernelSpec, x1: jax.Array, x2: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(NNGP, NTK) of the scalar output between rows of ``x1`` (n1, d) and ``x2`` (n2, d)."""
+    nngp_, ntk_, _ = _recursion(spec, x1, x2)
+    return nngp_, ntk_
+
+
+def layer_correlations(spec: KernelSpec, x1: jax.Array, x2: jax.Array | None = None) -> jax.Array:
+    """The correlations ρˡ that each ReLU layer's arc-cosine functions see, (depth − 1, n1, n2).
+
+    ρˡ = 1 exactly where the two inputs give the same pre-activations (x1 = x2 with a bias;
+    x1 a positive multiple of x2 without one): the NTK has a cusp there (κ₀ is not
+    differentiable at ρ = 1), see :class:`nt_robust.theory.gradients.KernelModel`.
+    """
+    _, _, rhos = _recursion(spec, x1, x2)
+    x1 = x1.reshape(x1.shape[0], -1)
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    return jnp.stack(rhos) if rhos else jnp.zeros((0, x1.shape[0], n2), x1.dtype)
+
+
+def _recursion(spec: KernelSpec, x1: jax.Array, x2: jax.Array | None):
     x2 = x1 if x2 is None else x2
     x1, x2 = x1.reshape(x1.shape[0], -1), x2.reshape(x2.shape[0], -1)
     d = x1.shape[1]
@@ -115,9 +141,11 @@ def relu_kernels(spec: KernelSpec, x1: jax.Array, x2: jax.Array | None = None) -
     s22 = w2 * jnp.sum(x2 * x2, axis=1) / d + b2
     s12 = w2 * dot / d + b2
     ntk = s12 if spec.parameterization == "ntk" else dot + bias_ntk
+    rhos = []
     for _ in range(spec.depth - 1):
         e11 = s11 / 2  # E[φ(u)²] = Σ/2 for the ReLU
         e22 = s22 / 2
+        rhos.append(s12 / jnp.sqrt(s11[:, None] * s22[None, :]))
         e12, dot_deriv = _relu_step(s11[:, None], s22[None, :], s12)
         if spec.parameterization == "ntk":
             new_s12 = w2 * e12 + b2
@@ -126,7 +154,7 @@ def relu_kernels(spec: KernelSpec, x1: jax.Array, x2: jax.Array | None = None) -
             new_s12 = w2 * e12 + b2
             ntk = spec.width * e12 + bias_ntk + w2 * dot_deriv * ntk
         s11, s22, s12 = w2 * e11 + b2, w2 * e22 + b2, new_s12
-    return s12, ntk
+    return s12, ntk, rhos
 
 
 def nngp(spec: KernelSpec, x1: jax.Array, x2: jax.Array | None = None) -> jax.Array:

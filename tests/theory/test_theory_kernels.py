@@ -67,3 +67,25 @@ def test_ntk_implementations_agree():
     a = _empirical_ntks(spec, x, [0], NTK_IMPL)
     b = _empirical_ntks(spec, x, [0], NTK_IMPL_VP)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+@pytest.mark.parametrize("w_std,b_std", [(1.0, 0.3), (1.8, None)])
+def test_closed_form_equals_nt_analytic_in_float64_with_the_diagonal(parameterization, w_std, b_std):
+    """W_std ≠ √2, x2 containing x1's rows (so ρ = 1 on those pairs), depth 4, float64.
+
+    Tolerance: both sides evaluate the same formula in float64; the only ill-conditioned
+    step is arccos near ρ = 1, where a few-ulp error δ in ρ moves θ by up to √(2δ) ≈ 4e-8
+    and κ₀ by θ/(2π) ≈ 7e-9 relative to κ₀(1) = 1/2, compounding over 3 ReLU layers: 1e-7.
+    Any convention difference (W_std, b_std, the standard NTK's width term) is O(1).
+    """
+    with jax.enable_x64(True):
+        spec = KernelSpec(4, w_std, b_std, parameterization, width=300)
+        x1 = _points(5, 20, 0).astype(jnp.float64)
+        x2 = jnp.concatenate([x1[:3], _points(3, 20, 1).astype(jnp.float64)])
+        ours = relu_kernels(spec, x1, x2)
+        theirs = nt_stax_mlp(spec, width=300)[2](x1, x2, ("nngp", "ntk"))
+        for a, b in zip(ours, (theirs.nngp, theirs.ntk)):
+            assert a.dtype == b.dtype == jnp.float64
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=0)
+            np.testing.assert_allclose(jnp.diagonal(a[:, :3]), jnp.diagonal(b[:, :3]), rtol=1e-7, atol=0)
