@@ -10,8 +10,10 @@ The studies train into a new directory ``runs/make_figures/<UTC time>/<study>``,
 already trained is reused and no run anywhere is deleted or overwritten (``runs/studies/``,
 where ``nt-robust study`` trains by default, is never touched). An interrupted build
 resumes with ``--resume`` on its directory: finished runs are skipped there. Every stage
-writes into ``figures/``; the wall and CPU time of each stage, the machine and the
-versions go to ``figures/make_figures.json``, and the total is printed at the end.
+writes into ``figures/``. The wall and CPU time of each stage, the machine and the versions
+are recorded in the build directory (``timing.json``); once every stage of a build has
+finished, that record goes to ``figures/make_figures.json`` with the total (the sum of the
+stages' times; a stage run again with ``--resume`` replaces its own entry) and is printed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nt_robust.environment import describe_cpu, environment_info  # noqa: E402
-from nt_robust.io import write_json  # noqa: E402
+from nt_robust.io import read_json, write_json  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Stage:
                 "--runs-root", str(build_dir / self.name), "--figures-dir", self.figures]
 
 
+RECORD = REPO / "figures" / "make_figures.json"
 STAGES = (
     Stage("quick_fmnist", "figures/quick_fmnist", "experiments/study_quick_fmnist.toml"),
     Stage("quick_fmnist_seeds345", "figures/quick_fmnist_seeds345", "experiments/study_quick_fmnist_seeds345.toml"),
@@ -67,7 +70,8 @@ def _minutes(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="print the stages and the commands, run nothing")
-    parser.add_argument("--only", nargs="+", choices=[s.name for s in STAGES], help="run only these stages")
+    parser.add_argument("--only", nargs="+", choices=[s.name for s in STAGES], metavar="STAGE",
+                        help=f"run only these stages ({', '.join(s.name for s in STAGES)})")
     parser.add_argument("--resume", type=Path, metavar="BUILD_DIR",
                         help="continue an interrupted build in this runs/make_figures/<time> directory")
     args = parser.parse_args(argv)
@@ -83,25 +87,32 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"make figures: {len(stages)} stage(s); study runs train into {build_dir}\n"
           f"(interrupted? rerun with --resume {build_dir}; machine: CPU {describe_cpu()})", flush=True)
-    record = {"command": " ".join(["experiments/make_figures.py", *(argv if argv is not None else sys.argv[1:])]),
-              "build_dir": str(build_dir), "environment": environment_info(), "stages": {}}
-    start = time.time()
+    timing_path = build_dir / "timing.json"
+    record = read_json(timing_path) if timing_path.exists() else {"build_dir": str(build_dir), "stages": {}}
     for stage in stages:
         print(f"== {stage.name} -> {stage.figures}/", flush=True)
         wall, cpu = time.time(), _children_cpu_seconds()
         result = subprocess.run(stage.command(build_dir), cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         seconds = time.time() - wall
-        record["stages"][stage.name] = {"figures": stage.figures, "wall_s": round(seconds, 1),
-                                        "cpu_s": round(_children_cpu_seconds() - cpu, 1), "returncode": result.returncode}
+        record["stages"][stage.name] = {
+            "figures": stage.figures, "wall_s": round(seconds, 1), "cpu_s": round(_children_cpu_seconds() - cpu, 1),
+            "returncode": result.returncode, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(stage.command(build_dir)[1:]), "environment": environment_info()}
+        write_json(timing_path, record)
         if result.returncode != 0:
             print(f"make figures: stage {stage.name} failed (exit {result.returncode}) after {_minutes(seconds)}; "
                   f"the figures of earlier stages are written. Fix it, then: "
                   f"python experiments/make_figures.py --resume {build_dir}", file=sys.stderr)
             return result.returncode
         print(f"== {stage.name}: {_minutes(seconds)}", flush=True)
-    record["total_wall_s"] = round(time.time() - start, 1)
-    if not args.only:   # a partial build's time is not the time of `make figures`
-        write_json(REPO / "figures" / "make_figures.json", record)
+    done = {name: s for name, s in record["stages"].items() if s["returncode"] == 0}
+    if set(done) != {s.name for s in STAGES}:
+        missing = sorted({s.name for s in STAGES} - set(done))
+        print(f"make figures: stages {', '.join(stages_run.name for stages_run in stages)} done; still to run in "
+              f"this build: {', '.join(missing)} (--resume {build_dir} --only {' '.join(missing)})", flush=True)
+        return 0
+    record["total_wall_s"] = round(sum(s["wall_s"] for s in done.values()), 1)
+    write_json(RECORD, record)
     per_stage = ", ".join(f"{name} {_minutes(s['wall_s'])}" for name, s in record["stages"].items())
     print(f"make figures: done in {_minutes(record['total_wall_s'])} on CPU {describe_cpu()} ({per_stage})", flush=True)
     return 0

@@ -4,6 +4,7 @@ never reuse or delete runs."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,22 @@ def test_only_selects_stages(argv):
     listed = subprocess.run([sys.executable, str(ROOT / "experiments" / "make_figures.py"), *argv],
                             capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "theory:" in listed and "quick_fmnist:" not in listed
+
+
+def test_a_build_split_over_two_sittings_records_every_stage_once(tmp_path, monkeypatch):
+    module = _module()
+
+    class Fake(module.Stage):
+        def command(self, build_dir):
+            return [sys.executable, "-c", "pass"]
+
+    monkeypatch.setattr(module, "STAGES", (Fake("a", "figures/a", "x.toml"), Fake("b", "figures/b", None)))
+    monkeypatch.setattr(module, "RECORD", tmp_path / "make_figures.json")
+    build = tmp_path / "build"
+    build.mkdir()
+    assert module.main(["--resume", str(build), "--only", "a"]) == 0
+    assert not module.RECORD.exists()                      # b has not run: no total yet
+    assert module.main(["--resume", str(build), "--only", "b"]) == 0
+    record = json.loads(module.RECORD.read_text())
+    assert set(record["stages"]) == {"a", "b"}
+    assert record["total_wall_s"] == pytest.approx(sum(s["wall_s"] for s in record["stages"].values()), abs=0.11)
