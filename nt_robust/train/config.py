@@ -17,6 +17,8 @@ from nt_robust.models import BN_MODES, ModelConfig
 
 OBJECTIVES = ("natural", "pgd_at", "trades")
 SCHEDULES = ("piecewise", "cosine", "late_halving", "constant")
+MILESTONE_CONVENTIONS = ("trades", "legacy")
+LATE_HALVING_RULES = ("authors", "legacy")
 LIPSCHITZ_METHODS = ("yang", "trades_grad", "none")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
@@ -78,19 +80,39 @@ class ObjectiveConfig:
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """SGD with momentum; weight decay is added to the gradient of *all* weights before
-    momentum, as in PyTorch's SGD used by TRADES. Schedules: "piecewise" (× ``decay`` at
-    each epoch in ``milestones``), "cosine", "late_halving" (the authors' code: halve the
-    rate every epoch from ``late_halving_start`` × epochs on; our reading) or "constant".
-    ``ema_decay``: keep an exponential moving average of the weights (None: off)."""
+    momentum, as in PyTorch's SGD used by TRADES. Epochs below are 1-based, as in the
+    reference code's ``for epoch in range(1, epochs + 1)``. Schedules (docs/paper.md §4):
+
+    * "piecewise": the rate is multiplied by ``decay`` at each milestone. With
+      ``milestone_convention = "trades"`` (default) milestone m means "the decayed rate
+      applies from epoch m on", TRADES' ``if epoch >= m`` test: the defaults (75, 90, 100)
+      over 100 epochs give 74 epochs at lr, 15 at lr/10, 10 at lr/100 and the last one at
+      lr/1000, exactly TRADES' and the authors' ``adjust_learning_rate``. "legacy" (this
+      code before issue 11) applies it after m full epochs, i.e. from epoch m + 1 on.
+    * "late_halving": the authors' ``lr_early_stop``. With ``late_halving_rule =
+      "authors"`` (default), from epoch ⌊s·E⌋ on (s = ``late_halving_start``, E =
+      ``train.epochs``) the rate is lr · 0.5^⌊(epoch − (s − 0.01)·E) / P⌋ with period
+      P = ⌊E/100⌋; for E = 100 that is 0.05 at epoch 75, 0.025 at 76, … Their code divides
+      by zero when E < 100 (P = 0); we then use P = 1 (halve every epoch). "legacy" (this
+      code before issue 11): halve every epoch from epoch round(s·E) + 1 on, one epoch later
+      than theirs at E = 100.
+    * "cosine" or "constant".
+
+    Run directories saved before ``milestone_convention`` / ``late_halving_rule`` existed
+    resume with "legacy" (nt_robust.train.run_dir.ADDED_FIELDS), i.e. with the schedule
+    they started with. ``ema_decay``: keep an exponential moving average of the weights
+    (None: off)."""
 
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 2e-4
     schedule: str = "piecewise"
-    milestones: tuple[int, ...] = (75, 90)
+    milestones: tuple[int, ...] = (75, 90, 100)
     decay: float = 0.1
+    milestone_convention: str = "trades"
     late_halving_start: float = 0.75
+    late_halving_rule: str = "authors"
     ema_decay: float | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +125,12 @@ class OptimConfig:
         _require(0 < self.decay <= 1, "optim.decay", f"must be in (0, 1], got {self.decay}")
         _require(0 <= self.late_halving_start <= 1, "optim.late_halving_start",
                  f"must be a fraction of training in [0, 1], got {self.late_halving_start}")
+        _require(self.milestone_convention in MILESTONE_CONVENTIONS, "optim.milestone_convention",
+                 f"must be one of {MILESTONE_CONVENTIONS} (\"trades\": milestone m decays from 1-based epoch m on; "
+                 f"\"legacy\": after m full epochs), got {self.milestone_convention!r}")
+        _require(self.late_halving_rule in LATE_HALVING_RULES, "optim.late_halving_rule",
+                 f"must be one of {LATE_HALVING_RULES} (\"authors\": their lr_early_stop formula; \"legacy\": "
+                 f"this code's rule before issue 11), got {self.late_halving_rule!r}")
         _require(self.ema_decay is None or 0 < self.ema_decay < 1, "optim.ema_decay",
                  f"must be in (0, 1) or none, got {self.ema_decay}")
 
@@ -241,16 +269,26 @@ def config_warnings(config: ExperimentConfig) -> list[str]:
     warnings = []
     optim, epochs = config.optim, config.train.epochs
     if optim.schedule == "piecewise" and optim.milestones:
-        late = [m for m in optim.milestones if m >= epochs]
-        if late:
-            effect = (f"the learning rate never decays (optim.lr = {optim.lr:g} for the whole run)"
-                      if len(late) == len(optim.milestones) else f"the decays at epochs {late} never happen")
+        if optim.milestone_convention == "trades":
+            # Milestone m decays from (1-based) epoch m on: it happens iff m <= epochs.
+            late = [m for m in optim.milestones if m > epochs]
+            proposal = sorted({max(1, int(epochs * f)) for f in (0.75, 0.9, 1.0)})
+            fix = (f"set optim.milestones = {proposal} (the default's 75%, 90% and 100% of training)"
+                   if proposal[0] > 1 else "")
+            where = "within"
+        else:
+            # "legacy": milestone m decays after m full epochs: it happens iff m < epochs.
+            late = [m for m in optim.milestones if m >= epochs]
             proposal = sorted({max(1, int(epochs * f)) for f in (0.75, 0.9)} - {epochs})
             fix = (f"set optim.milestones = {proposal} (the default's 75% and 90% of training)"
                    if proposal and proposal[-1] < epochs else "")
+            where = "before"
+        if late:
+            effect = (f"the learning rate never decays (optim.lr = {optim.lr:g} for the whole run)"
+                      if len(late) == len(optim.milestones) else f"the decays at epochs {late} never happen")
             fix = " or ".join(x for x in (fix, 'optim.schedule = "constant" if no decay is meant') if x)
-            warnings.append(f"optim.milestones {list(optim.milestones)} are not all before train.epochs = {epochs}: "
-                            f"{effect}; {fix}")
+            warnings.append(f"optim.milestones {list(optim.milestones)} are not all {where} train.epochs = {epochs} "
+                            f"(optim.milestone_convention = {optim.milestone_convention!r}): {effect}; {fix}")
     from nt_robust.models.registry import width_hint
     hint = width_hint(config.model)
     if hint:

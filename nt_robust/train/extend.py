@@ -6,7 +6,7 @@
 An extension is explicit (``nt-robust train RUN_DIR --extend-epochs N``) because the
 learning-rate schedule is a function of ``train.epochs``. It is allowed only where the
 rate of the epochs already run does not change: "piecewise" (milestones are absolute
-epochs, and milestones from the old end on take effect in the new epochs, as they would
+epochs, and milestones past the old end take effect in the new epochs, as they would
 have in a run planned that long) and "constant". "cosine" and "late_halving" stretch with
 ``train.epochs``: the epochs already run would have had another rate, so the extended run
 would be a run of no schedule; that is refused, with what to do instead.
@@ -31,7 +31,7 @@ from typing import Any
 from nt_robust import io
 from nt_robust.config import ConfigError, apply_overrides, build
 from nt_robust.train.config import ExperimentConfig
-from nt_robust.train.run_dir import ADDED_FIELDS
+from nt_robust.train.run_dir import ADDED_FIELDS, added_field_value
 
 EXTENSIONS = "extensions.json"
 SCHEDULES_THAT_EXTEND = ("piecewise", "constant")
@@ -48,12 +48,12 @@ def _stored_config(run_dir: Path) -> dict[str, Any]:
 def _as_it_ran(data: dict[str, Any]) -> dict[str, Any]:
     """Fields added after the run was made get the behaviour it ran with (see run_dir.ADDED_FIELDS)."""
     overrides = []
-    for path, value in ADDED_FIELDS.items():
+    for path in ADDED_FIELDS:
         node: Any = data
         for key in path.split(".")[:-1]:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict) and path.split(".")[-1] not in node:
-            overrides.append(f"{path}={value}")
+            overrides.append(f"{path}={added_field_value(path, data)}")
     return apply_overrides(data, overrides)
 
 
@@ -88,7 +88,12 @@ def extend_run(run_dir: str | Path, extra_epochs: int, overrides: list[str] | tu
     extended = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=new_epochs))
     if dry_run:
         return extended
-    now_in_effect = [m for m in optim.milestones if epochs <= m < new_epochs] if optim.schedule == "piecewise" else []
+    if optim.schedule != "piecewise":
+        now_in_effect = []
+    elif optim.milestone_convention == "trades":   # m decays from 1-based epoch m on
+        now_in_effect = [m for m in optim.milestones if epochs < m <= new_epochs]
+    else:                                           # "legacy": after m full epochs
+        now_in_effect = [m for m in optim.milestones if epochs <= m < new_epochs]
     previous_summary = f"summary.epochs{epochs}.json"
     record = {"from_epochs": epochs, "to_epochs": new_epochs,
               "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

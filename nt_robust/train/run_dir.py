@@ -140,15 +140,25 @@ def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any
 RESUMABLE_CHANGES = ("train.progress",)
 # Config fields added after runs were made, with the behaviour a saved config without one
 # ran with (not necessarily today's default): resuming such a run needs that value.
+# A value may also be a function of the saved config (a dict), for a field whose old
+# behaviour depended on other settings.
 ADDED_FIELDS = {"model.conv_impl": "xla",
                 **{f"{attack}.{field}_text": None for attack in ("train_attack", "eval.attack")
-                   for field in ("eps", "step_size")}}
+                   for field in ("eps", "step_size")},
+                # issue 11: schedules epoch for epoch as TRADES and the authors; old runs keep theirs.
+                "optim.milestone_convention": "legacy", "optim.late_halving_rule": "legacy"}
 
 
-def _matters(path: str, old: Any, new: Any) -> bool:
+def added_field_value(path: str, saved: dict[str, Any]) -> Any:
+    """The value of added field ``path`` that reproduces what a run saved without it did."""
+    value = ADDED_FIELDS[path]
+    return value(saved) if callable(value) else value
+
+
+def _matters(path: str, old: Any, new: Any, saved: dict[str, Any]) -> bool:
     if path.startswith(RESUMABLE_CHANGES):
         return False
-    return not (old is _MISSING and path in ADDED_FIELDS and new == ADDED_FIELDS[path])
+    return not (old is _MISSING and path in ADDED_FIELDS and new == added_field_value(path, saved))
 
 
 def _describe(value: Any) -> str:
@@ -171,9 +181,9 @@ class RunDirectory:
         if self.config_path.exists():
             previous = io.read_json(self.config_path)
             differences = [f"{path}: {_describe(old)} -> {_describe(new)}"
-                           for path, old, new in _differences(previous, config) if _matters(path, old, new)]
+                           for path, old, new in _differences(previous, config) if _matters(path, old, new, previous)]
             if differences:
-                legacy = [f"--set {path}={value}" for path, value in ADDED_FIELDS.items()
+                legacy = [f"--set {path}={added_field_value(path, previous)}" for path in ADDED_FIELDS
                           if any(d.startswith(f"{path}: (absent)") for d in differences)]
                 raise RunConfigMismatchError(
                     f"{self.root} already holds a run with a different config ({'; '.join(differences[:5])}). "

@@ -12,7 +12,7 @@ TINY_RUN = ["name=tiny", "data.dataset=synthetic", "data.val_size=64", "data.cro
             "objective.kind=natural",  # the ε under test is eval.attack.eps; natural training compiles fastest
             f"train_attack.eps={TINY_RUN_EPS}", f"eval.attack.eps={TINY_RUN_EPS}", "eval.attack.step_size=0.02",
             "eval.attack.num_steps=3", "eval.val_examples=64", "eval.test_examples=64", "eval.batch_size=64",
-            "eval.lipschitz=none", "train.progress=false", "optim.lr=0.05", "optim.milestones=[1]"]
+            "eval.lipschitz=none", "train.progress=false", "optim.lr=0.05", "optim.milestones=[2]"]
 
 
 @pytest.fixture(scope="session")

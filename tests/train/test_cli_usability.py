@@ -116,12 +116,12 @@ def test_a_cnn_with_an_mlps_width_is_refused_with_the_numbers_and_the_likely_mis
 def test_milestones_past_the_last_epoch_are_warned_about(capsys):
     config = load_config(ExperimentConfig, QUICK, ["train.epochs=5"])
     (warning,) = config_warnings(config)
-    assert "never decays" in warning and "optim.milestones = [3, 4]" in warning
+    assert "never decays" in warning and "optim.milestones = [3, 4, 5]" in warning
     assert "the decays at epochs [8] never happen" in config_warnings(load_config(ExperimentConfig, QUICK,
                                                                                   ["train.epochs=7"]))[0]
     assert config_warnings(load_config(ExperimentConfig, QUICK)) == []
     assert main(["train", "--config", QUICK, "--set", "train.epochs=5", "--dry-run"]) == 0
-    assert "warning: optim.milestones [6, 8] are not all before train.epochs = 5" in capsys.readouterr().err
+    assert "warning: optim.milestones [6, 8] are not all within train.epochs = 5" in capsys.readouterr().err
 
 
 # item 12: compare and plot
@@ -167,7 +167,7 @@ def test_a_finished_run_is_extended_explicitly_and_on_the_record(finished_run, t
     assert [r["epoch"] for r in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
     assert io.read_json(run_dir / "config.json")["train"]["epochs"] == 2
     (record,) = io.read_json(run_dir / "extensions.json")
-    assert record["from_epochs"] == 1 and record["to_epochs"] == 2 and record["milestones_now_in_effect"] == [1]
+    assert record["from_epochs"] == 1 and record["to_epochs"] == 2 and record["milestones_now_in_effect"] == [2]
     summary = io.read_json(run_dir / "summary.json")
     assert summary["epochs"] == 2 and summary["extensions"] == [record]
     assert io.read_json(run_dir / "summary.epochs1.json") == summary_before
