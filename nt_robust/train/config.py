@@ -19,6 +19,7 @@ OBJECTIVES = ("natural", "pgd_at", "trades")
 SCHEDULES = ("piecewise", "cosine", "late_halving", "constant")
 MILESTONE_CONVENTIONS = ("trades", "legacy")
 LATE_HALVING_RULES = ("authors", "legacy")
+BN_PASSES = ("authors", "trades")
 LIPSCHITZ_METHODS = ("yang", "trades_grad", "none")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
@@ -60,12 +61,30 @@ class ObjectiveConfig:
     ``beta`` (default 6), not the TRADES paper's λ = 1/beta. ``clip_regularizer`` (pgd_at
     only) uses the authors' code variant lam·(max(CE(x̂), CE(x)) − CE(x)).
     ``attack_bn_mode``: BatchNorm statistics while the inner attack runs ("eval", as in
-    TRADES and the paper's code, or "train")."""
+    TRADES and the paper's code, or "train").
+
+    ``bn_passes``: which training-mode forward passes update the BatchNorm running
+    statistics, in which order (docs/paper.md §4). The loss and its gradients are the same
+    for both (a training-mode pass normalizes with its batch's own statistics); only the
+    running statistics, and so eval-mode accuracy, differ:
+
+    * "authors" (default): the paper's authors' code (tabrisweapon/A-temp-project) — trades:
+      clean, adversarial; pgd_at: adversarial, clean.
+    * "trades": the TRADES code (yaodongyu/TRADES) — trades: clean (for the CE),
+      adversarial, clean again (for the KL target); TRADES has no pgd_at, so for pgd_at
+      "trades" means clean, adversarial (the order of TRADES' first two passes).
+
+    The default is "authors" because the paper's numbers come from the authors' code, and
+    because it is what every trades-kind run did before the option existed (clean then
+    adversarial), so the presets' results are unchanged. A saved run without this field
+    resumes with what it ran: "authors" for trades and natural, "trades" for pgd_at
+    (nt_robust.train.run_dir.ADDED_FIELDS). Models without BatchNorm are unaffected."""
 
     kind: str = "trades"
     lam: float = 6.0
     clip_regularizer: bool = False
     attack_bn_mode: str = "eval"
+    bn_passes: str = "authors"
 
     def __post_init__(self) -> None:
         _require(self.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {self.kind!r}")
@@ -75,6 +94,8 @@ class ObjectiveConfig:
                  f"must be one of {BN_MODES}, got {self.attack_bn_mode!r}")
         _require(not self.clip_regularizer or self.kind == "pgd_at", "objective.clip_regularizer",
                  "only applies to kind = 'pgd_at'")
+        _require(self.bn_passes in BN_PASSES, "objective.bn_passes",
+                 f"must be one of {BN_PASSES} (whose code's BatchNorm pass order to follow), got {self.bn_passes!r}")
 
 
 @dataclasses.dataclass(frozen=True)

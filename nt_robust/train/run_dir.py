@@ -138,6 +138,15 @@ def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any
 
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("train.progress",)
+
+
+def _bn_passes_before_the_option(saved: dict[str, Any]) -> str:
+    """Before ``objective.bn_passes`` every run forwarded clean then adversarial: the
+    "authors" order for trades (and natural: one pass), the "trades" one for pgd_at."""
+    objective = saved.get("objective", {})
+    return "trades" if isinstance(objective, dict) and objective.get("kind") == "pgd_at" else "authors"
+
+
 # Config fields added after runs were made, with the behaviour a saved config without one
 # ran with (not necessarily today's default): resuming such a run needs that value.
 # A value may also be a function of the saved config (a dict), for a field whose old
@@ -146,7 +155,8 @@ ADDED_FIELDS = {"model.conv_impl": "xla",
                 **{f"{attack}.{field}_text": None for attack in ("train_attack", "eval.attack")
                    for field in ("eps", "step_size")},
                 # issue 11: schedules epoch for epoch as TRADES and the authors; old runs keep theirs.
-                "optim.milestone_convention": "legacy", "optim.late_halving_rule": "legacy"}
+                "optim.milestone_convention": "legacy", "optim.late_halving_rule": "legacy",
+                "objective.bn_passes": _bn_passes_before_the_option}
 
 
 def added_field_value(path: str, saved: dict[str, Any]) -> Any:

@@ -5,9 +5,12 @@
 
 Randomness is ``fold_in(step_key_root(seed), step)``: the same config and seed give the same step
 on any number of devices. The attack sees the model with stopped gradients and
-BatchNorm in ``objective.attack_bn_mode``; the objective then runs both forward passes in
-training mode, clean first and adversarial second, each updating the running statistics
-(as the TRADES code does).
+BatchNorm in ``objective.attack_bn_mode``; the objective then runs its forward passes in
+training mode, each updating the BatchNorm running statistics, in the order
+``objective.bn_passes`` names (:func:`training_passes`): "authors" (default) as the paper's
+authors' code — trades: clean, adversarial; pgd_at: adversarial, clean — or "trades" as
+the TRADES code — clean, adversarial, clean (pgd_at: clean, adversarial). The loss and
+gradients do not depend on the order; only the running statistics do.
 """
 
 from __future__ import annotations
@@ -38,6 +41,39 @@ def forward_train(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array)
     return logits, updates["batch_stats"]
 
 
+def pass_order(kind: str, bn_passes: str) -> tuple[str, ...]:
+    """The training-mode passes of objective ``kind`` in the order ``bn_passes`` makes them::
+
+        pass_order("trades", "trades")   # ("clean", "adversarial", "clean"): TRADES' trades_loss
+        pass_order("pgd_at", "authors")  # ("adversarial", "clean"): the authors' madry_loss
+    """
+    if kind == "natural":
+        return ("clean",)
+    if bn_passes == "trades":
+        return ("clean", "adversarial", "clean") if kind == "trades" else ("clean", "adversarial")
+    if bn_passes == "authors":
+        return ("adversarial", "clean") if kind == "pgd_at" else ("clean", "adversarial")
+    raise ValueError(f"objective.bn_passes must be 'authors' or 'trades', got {bn_passes!r}")
+
+
+def training_passes(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array, x_adv: jax.Array | None,
+                    order: tuple[str, ...]) -> tuple[jax.Array, jax.Array | None, Any]:
+    """Training-mode forward passes in ``order`` (from :func:`pass_order`), each updating the
+    BatchNorm running statistics; returns (clean logits, adversarial logits, statistics).
+
+    A training-mode pass normalizes with its own batch's statistics, so its logits do not
+    depend on the running statistics it is given: a repeated clean pass (TRADES' third) gives
+    the first clean pass's logits, and the loss uses those; it only updates the statistics
+    once more. Without BatchNorm the order is moot and a repeated pass is skipped."""
+    logits: dict[str, jax.Array] = {}
+    for name in order:
+        if name in logits and not batch_stats:
+            continue
+        out, batch_stats = forward_train(model, params, batch_stats, x if name == "clean" else x_adv)
+        logits.setdefault(name, out)
+    return logits["clean"], logits.get("adversarial"), batch_stats
+
+
 def init_key(seed: int) -> jax.Array:
     """The key that initializes the model's parameters."""
     return jax.random.fold_in(jax.random.key(seed), 0)
@@ -52,6 +88,7 @@ def make_train_step(model: nn.Module, config: ExperimentConfig,
                     optimizer: optax.GradientTransformation) -> TrainStep:
     objective, data = config.objective, config.data
     ema_decay = config.optim.ema_decay
+    order = pass_order(objective.kind, objective.bn_passes)
 
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
         key = jax.random.fold_in(step_key_root(state.seed), state.step)
@@ -65,10 +102,7 @@ def make_train_step(model: nn.Module, config: ExperimentConfig,
             x_adv = jax.lax.stop_gradient(pgd(logits_fn, x, labels, attack_key, config.train_attack))
 
         def loss_fn(params):
-            clean_logits, stats = forward_train(model, params, state.batch_stats, x)
-            adv_logits = None
-            if x_adv is not None:
-                adv_logits, stats = forward_train(model, params, stats, x_adv)
+            clean_logits, adv_logits, stats = training_passes(model, params, state.batch_stats, x, x_adv, order)
             terms = objective_terms(objective.kind, state.lam, clean_logits, adv_logits, labels,
                                     objective.clip_regularizer)
             return terms.total, (terms, stats, clean_logits)

@@ -121,7 +121,8 @@ def test_config_warnings_follow_the_convention():
 def _old_run(tmp_path, config: ExperimentConfig):
     """A run directory as code before issue 11 saved it: config.json without the new fields."""
     saved = to_dict(config)
-    for section, field in (("optim", "milestone_convention"), ("optim", "late_halving_rule")):
+    for section, field in (("optim", "milestone_convention"), ("optim", "late_halving_rule"),
+                           ("objective", "bn_passes")):
         del saved[section][field]
     run_dir = tmp_path / config.name
     run_dir.mkdir()
@@ -129,8 +130,8 @@ def _old_run(tmp_path, config: ExperimentConfig):
     return run_dir, saved
 
 
-@pytest.mark.parametrize("kind", ["trades", "pgd_at"])
-def test_an_old_run_dir_resumes_with_the_schedule_it_started_with(tmp_path, kind):
+@pytest.mark.parametrize("kind, bn_passes", [("trades", "authors"), ("pgd_at", "trades")])
+def test_an_old_run_dir_resumes_with_the_schedule_and_passes_it_started_with(tmp_path, kind, bn_passes):
     loss = "kl" if kind == "trades" else "ce"
     config = ExperimentConfig(name=f"old_{kind}", objective=dataclasses.replace(ExperimentConfig().objective, kind=kind),
                               train_attack=dataclasses.replace(ExperimentConfig().train_attack, loss=loss),
@@ -138,6 +139,7 @@ def test_an_old_run_dir_resumes_with_the_schedule_it_started_with(tmp_path, kind
     run_dir, saved = _old_run(tmp_path, config)
     resumed = resume_config(run_dir)
     assert resumed.optim.milestone_convention == "legacy" and resumed.optim.late_halving_rule == "legacy"
+    assert resumed.objective.bn_passes == bn_passes   # both: clean then adversarial, as every run did before
     rates = epoch_rates(resumed.optim, 100)
     assert rates[74] == pytest.approx(0.1) and rates[75] == pytest.approx(0.01)   # 75 epochs at 0.1, as it began
     # The resumed config claims the directory without a mismatch; today's defaults do not, and say what to add.
