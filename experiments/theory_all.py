@@ -4,7 +4,9 @@
     python experiments/theory_all.py --preset gpu     # wider widths, more seeds
     python experiments/theory_all.py --preset smoke --out /tmp/theory   # a minute-scale check
 
-Writes timing.json (wall and CPU seconds per stage) next to the results.
+Writes timing.json (wall and CPU seconds per stage) next to the results. With ``--only``,
+the other stages' entries of an existing timing.json are kept (each entry records the
+date it was measured) and the totals are their sum.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import theory_ntk_convergence  # noqa: E402
 import theory_report  # noqa: E402
 import theory_trades  # noqa: E402
 
-from nt_robust.io import write_json  # noqa: E402
+from nt_robust.io import read_json, write_json  # noqa: E402
 
 STAGES = {"init_gradients": theory_init_gradients, "ntk_convergence": theory_ntk_convergence,
           "bound_growth": theory_bound_growth, "lazy": theory_lazy, "trades": theory_trades,
@@ -44,16 +46,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="*", choices=sorted(STAGES), help="run only these stages")
     args = parser.parse_args(argv)
     timing = {"preset": args.preset, "cpu_count": os.cpu_count(), "stages": {}}
+    timing_path = f"{args.out}/timing.json"
+    if args.only and os.path.exists(timing_path):
+        previous = read_json(timing_path)
+        if previous.get("preset") == args.preset:
+            timing["stages"] = {k: v for k, v in previous["stages"].items() if k not in args.only}
     start_wall, start_cpu = time.time(), _cpu_seconds()
     for name, module in STAGES.items():
         if args.only and name not in args.only:
             continue
         wall, cpu = time.time(), _cpu_seconds()
         module.main(["--preset", args.preset, "--out", args.out])
-        timing["stages"][name] = {"wall_s": time.time() - wall, "cpu_s": _cpu_seconds() - cpu}
+        timing["stages"][name] = {"wall_s": time.time() - wall, "cpu_s": _cpu_seconds() - cpu,
+                                  "date": time.strftime("%Y-%m-%d")}
         print(f"== {name}: {timing['stages'][name]}", flush=True)
-    timing["total_wall_s"], timing["total_cpu_s"] = time.time() - start_wall, _cpu_seconds() - start_cpu
-    write_json(f"{args.out}/timing.json", timing)
+        write_json(timing_path, {**timing, "partial": True})  # an interrupted run keeps what it measured
+    if args.only:
+        timing["total_wall_s"] = sum(v["wall_s"] for v in timing["stages"].values())
+        timing["total_cpu_s"] = sum(v["cpu_s"] for v in timing["stages"].values())
+        timing["note"] = "stages measured in separate runs (--only); totals are their sum"
+    else:
+        timing["total_wall_s"], timing["total_cpu_s"] = time.time() - start_wall, _cpu_seconds() - start_cpu
+    write_json(timing_path, timing)
     theory_report.main(["--out", args.out])
     return timing
 

@@ -4,7 +4,12 @@ For each parameterization (ntk, standard), loss (mse, ce), depth and width: full
 with η = n/λ_max(Θ) on a two-class Fashion-MNIST subset on the unit sphere, then on
 held-out points: ‖∇f‖₂, ‖∇f‖₁, Yang's local Lipschitz, ‖θ_T − θ₀‖/‖θ₀‖, the analytic-NTK
 prediction of the same network (same f₀) and its gradient, the infinite-width mean
-predictor's gradient, and stability (PGD / certified / estimated) over an ε grid::
+predictor's gradient, and stability (PGD / certified / estimated) over an ε grid. The
+same init's ‖∇f‖ and Yang's Lipschitz are recorded too (``*_init``): after lazy training
+the gradient is mostly the random initial function's, so width trends are fitted both to
+the trained value and to the paired ratio trained/initial (the trend net of the initial
+draw). Exponents: :func:`nt_robust.theory.scaling.fit_log_mean` (log of the seed mean;
+interval over seeds)::
 
     python experiments/theory_lazy.py --preset cpu   # -> figures/theory/lazy.{json} + figures
 """
@@ -28,7 +33,7 @@ from nt_robust.theory.gradients import KernelModel, grad_norms
 from nt_robust.theory.kernels import relu_kernels
 from nt_robust.theory.networks import MLPSpec, binary_logits, init_params, relative_change, scalar_fn, sphere_scale
 from nt_robust.theory.presets import get_preset
-from nt_robust.theory.scaling import fit_loglog, save_figure
+from nt_robust.theory.scaling import fit_log_mean, save_figure
 from nt_robust.theory.stability import stability_report
 
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -72,19 +77,21 @@ def run_one(spec, loss_kind, x, y, xt, yt, steps, seed, eps_grid, eps_scale):
     pred = lt.kernel_gd(theta, theta_tx, f0(x), f0(xt), y, loss_kind, lr, steps)
     kernel_model = KernelModel(kspec, x, pred.coef, f0=f0)
     yang = _yang(spec, YANG_PIXEL_EPS / eps_scale, YANG_PIXEL_STEP / eps_scale, params, xt, jax.random.key(seed + 7))
+    yang0 = _yang(spec, YANG_PIXEL_EPS / eps_scale, YANG_PIXEL_STEP / eps_scale, params0, xt, jax.random.key(seed + 7))
     row = {
         "lr": lr, "train_loss": float(losses[-1]), "train_loss_0": float(losses[0]),
         "test_accuracy": float(jnp.mean(jnp.sign(ft) == yt)),
         "relative_weight_change": float(relative_change(params, params0)),
         "grad_l2": float(jnp.mean(norms["l2"])), "grad_l1": float(jnp.mean(norms["l1"])),
-        "grad_l2_init": float(jnp.mean(norms0["l2"])),
-        "yang_lipschitz": float(jnp.mean(yang)),
+        "grad_l2_init": float(jnp.mean(norms0["l2"])), "grad_l1_init": float(jnp.mean(norms0["l1"])),
+        "yang_lipschitz": float(jnp.mean(yang)), "yang_lipschitz_init": float(jnp.mean(yang0)),
         "kernel_gap_rms": float(jnp.sqrt(jnp.mean((ft - pred.f_test) ** 2))),
         "kernel_grad_l2": float(jnp.mean(grad_norms(kernel_model, xt)["l2"])),
         "grad_gap_rel": float(jnp.mean(jnp.linalg.norm(
             jax.grad(lambda v: jnp.sum(f(v)))(xt) - kernel_model.grads(xt), axis=1) / norms["l2"])),
         "stability": {},
     }
+    row["grad_l2_ratio"] = row["grad_l2"] / row["grad_l2_init"]
     for i, eps in enumerate(eps_grid):
         rep = stability_report(spec, params, xt, eps, jax.random.key(seed * 100 + i))
         row["stability"][f"{eps:g}"] = {k: float(rep[k]) for k in ("certified", "pgd", "estimated")}
@@ -107,6 +114,8 @@ def measure(preset_name: str, partial_path: str | None = None) -> dict:
                     if param == "standard" or width == widths[0]:  # the NTK-param. limit is width-free
                         kspec = spec.kernel_spec()
                         mp = mean_predictor_grad(kspec, x, y, xt, yt, loss, lt.learning_rate(kspec, x), preset.steps)
+                        if param == "standard":
+                            mp["normalized_kernel_vs_ntk_param"] = lt.normalized_kernel_difference(kspec, x)
                         mean_predictor.append({"parameterization": param, "loss": loss, "depth": depth,
                                                "width": width if param == "standard" else None, **mp})
                     for seed in range(preset.train_seeds):
@@ -130,18 +139,37 @@ def measure(preset_name: str, partial_path: str | None = None) -> dict:
 
 
 FIT_KEYS = ("grad_l2", "grad_l1", "yang_lipschitz", "kernel_grad_l2", "relative_weight_change", "kernel_gap_rms")
+# Paired ratios trained/initial (same seed, same network): the width trend net of the initial draw.
+RATIO_KEYS = {"grad_l2_ratio": ("grad_l2", "grad_l2_init"), "grad_l1_ratio": ("grad_l1", "grad_l1_init"),
+              "yang_ratio": ("yang_lipschitz", "yang_lipschitz_init")}
+
+
+def parameter_count(depth: int, width: int, in_dim: int) -> int:
+    dims = [in_dim] + [width] * (depth - 1) + [1]
+    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
 
 
 def summarize(result: dict) -> dict:
     fits = {}
+    d = result["data"]["dim"]
     for param in PARAMETERIZATIONS:
         for loss in LOSSES:
             for depth in sorted({r["depth"] for r in result["rows"]}):
                 rows = [r for r in result["rows"] if (r["parameterization"], r["loss"], r["depth"]) == (param, loss, depth)]
-                if len(rows) < 3 or len({r["width"] for r in rows}) < 2:
+                widths = sorted({r["width"] for r in rows})
+                if len(widths) < 2:
                     continue
-                fits[f"{param}/{loss}/depth{depth}"] = {
-                    key: fit_loglog([r["width"] for r in rows], [r[key] for r in rows]) for key in FIT_KEYS}
+                x, seeds = [r["width"] for r in rows], [r["seed"] for r in rows]
+                f = {key: fit_log_mean(x, seeds, [r[key] for r in rows]) for key in FIT_KEYS}
+                for key, (num, den) in RATIO_KEYS.items():
+                    if all(den in r for r in rows):
+                        f[key] = fit_log_mean(x, seeds, [r[num] / r[den] for r in rows])
+                lrs = {r["width"]: r["lr"] for r in rows}
+                f["lr_slope"] = float(np.polyfit(np.log(widths), np.log([lrs[w] for w in widths]), 1)[0])
+                # ‖θ_T − θ₀‖ = O(1) while ‖θ₀‖ ∝ √P: the exponent of P^(−1/2) over these widths.
+                f["relative_weight_change_predicted_slope"] = float(np.polyfit(
+                    np.log(widths), -0.5 * np.log([parameter_count(depth, w, d) for w in widths]), 1)[0])
+                fits[f"{param}/{loss}/depth{depth}"] = f
     return fits
 
 
@@ -194,6 +222,8 @@ def plot(result: dict, out_dir: str) -> None:
 
     grid([("grad_l2", "o-", "network"), ("kernel_grad_l2", "s--", "NTK, same f₀")], "mean ‖∇ₓf‖₂ on test points",
          "lazy_gradients", extra=mean_pred)
+    grid([("grad_l2_ratio", "o-", "")], "‖∇ₓf_T‖₂ / ‖∇ₓf₀‖₂ (same init, mean over test points)",
+         "lazy_gradient_ratio", logy=False)
     grid([("yang_lipschitz", "o-", "")], "Yang local Lipschitz (logits, ℓ∞)", "lazy_lipschitz")
     grid([("relative_weight_change", "o-", "")], "‖θ_T − θ₀‖ / ‖θ₀‖", "lazy_weight_change")
     grid([("kernel_gap_rms", "o-", "")], "RMS(f_T − NTK prediction) on test", "lazy_kernel_gap")

@@ -18,6 +18,7 @@ closed form for cross-checking.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -49,13 +50,30 @@ def loss_derivative(kind: str, f: jax.Array, y: jax.Array) -> jax.Array:
 def learning_rate(spec: KernelSpec, x_train: jax.Array, fraction: float = 0.5) -> float:
     """``fraction · 2n/λ_max(Θ)``: GD on the MSE is stable below 2n/λ_max.
 
-    The standard-parameterization NTK grows ∝ width, so this is the 1/width learning
-    rate that parameterization needs; in NTK parameterization it is width-free.
+    In NTK parameterization it is width-free. The standard-parameterization NTK has a
+    width-free first-layer term d·u·u' (inputs √d·u, d = 784) next to the m-proportional
+    rest, so this rate falls like 1/m only for m ≫ d: measured ∝ m^(−0.32) over 64…1024 at
+    depth 2 (figures/theory/summary.md).
     """
     scale = sphere_scale(x_train.shape[1])
     theta = ntk(spec, scale * x_train)
     lam_max = float(jnp.linalg.eigvalsh(theta)[-1])
     return fraction * 2 * x_train.shape[0] / lam_max
+
+
+def normalized_kernel_difference(spec: KernelSpec, x_train: jax.Array) -> float:
+    """max |Θ/λ_max(Θ) − Θ'/λ_max(Θ')| / max |Θ'/λ_max(Θ')|: ``spec`` vs its NTK parameterization.
+
+    GD with η = n/λ_max(Θ) sees Θ only through Θ/λ_max(Θ); where this is small the two
+    parameterizations train (in the kernel regime) the same function from the same init.
+    With inputs √d·u the standard NTK is ≈ (d/W_std²)·(first-layer term) + (m/W_std²)·(the
+    rest), so it is nearly proportional to the NTK-parameterization kernel at m ≈ d.
+    """
+    scale = sphere_scale(x_train.shape[1])
+    a = ntk(spec, scale * x_train)
+    b = ntk(dataclasses.replace(spec, parameterization="ntk"), scale * x_train)
+    a, b = a / jnp.linalg.eigvalsh(a)[-1], b / jnp.linalg.eigvalsh(b)[-1]
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
 def train_full_batch(spec: MLPSpec, params0: Params, x_train: jax.Array, y: jax.Array, loss: str,

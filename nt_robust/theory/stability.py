@@ -54,6 +54,23 @@ def certified_grad_l1_bound(spec: MLPSpec, params: Params, u: jax.Array, eps: fl
     return scale * jnp.sum(v, axis=1)
 
 
+def spectral_grad_l2_bound(spec: MLPSpec, params: Params) -> jax.Array:
+    """√d·∏ₗ‖Wₗ‖₂ ≥ ‖∇g(v)‖₂ at every input v: the usual worst-case (Lipschitz) bound.
+
+    ∇g = √d·W₁D₁W₂⋯D_{L−1}W_L with 0/1 diagonals D, and ‖D‖₂ ≤ 1. Unlike G(u) above it does
+    not depend on u or ε. Each ‖W‖₂ is the square root of the largest eigenvalue of the
+    smaller Gram matrix (float32: exact up to ~1e-6 relative rounding). For Gaussian layers
+    ‖W₁‖₂ ≈ W_std(1 + √(m/d)) and ‖Wₗ‖₂ ≈ 2W_std for the m×m ones, so the product grows like
+    (√d + √m)/√d — only once m is comparable with d, and with an exponent that does not
+    depend on the depth (docs/theory.md 8.3). The ℓ1 analogue is √d times this.
+    """
+    norms = []
+    for w, _ in effective_layers(spec, params):
+        gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+        norms.append(jnp.sqrt(jnp.linalg.eigvalsh(gram)[-1]))
+    return sphere_scale(params[0]["w"].shape[0]) * jnp.prod(jnp.stack(norms))
+
+
 def pgd_flip_attack(spec: MLPSpec, params: Params, u: jax.Array, eps: float, key: jax.Array,
                     num_steps: int = 20, restarts: int = 1) -> jax.Array:
     """PGD (ℓ∞, uniform start, step ε/4) that tries to change the *predicted* class."""
