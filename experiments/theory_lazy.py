@@ -275,8 +275,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="figures/theory")
     parser.add_argument("--finalize-partial", action="store_true",
                         help="summarize and plot what an interrupted run left in lazy.partial.json")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="recompute the fits and figures from the rows already in lazy.json")
     args = parser.parse_args(argv)
     start = time.time()
+    if args.resummarize:
+        from nt_robust.io import read_json
+
+        result = read_json(f"{args.out}/lazy.json")
+        for row in result["rows"]:
+            row.setdefault("grad_l2_ratio", row["grad_l2"] / row["grad_l2_init"])
+        preset = get_preset(result["preset"])
+        data = sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0)
+        for mp in result["mean_predictor"]:
+            if mp["parameterization"] == "standard" and "normalized_kernel_vs_ntk_param" not in mp:
+                kspec = MLPSpec(mp["depth"], mp["width"], "standard").kernel_spec()
+                mp["normalized_kernel_vs_ntk_param"] = lt.normalized_kernel_difference(kspec, jnp.asarray(data.x_train))
+        result["fits"] = summarize(result)
+        write_json(f"{args.out}/lazy.json", result)
+        plot(result, args.out)
+        return result
     if args.finalize_partial:
         return finalize_partial(args.preset, args.out)
     result = measure(args.preset, f"{args.out}/lazy.partial.json")

@@ -105,10 +105,16 @@ def lazy_section(r: dict) -> list[str]:
 def trades_section(r: dict) -> list[str]:
     seeds = r.get("seeds", 1)
     lines = ["## TRADES (trades.json)", "", f"depth {r['depth']}, {r['steps']} full-batch steps, "
-             f"train attack {r['attack_train']['eps']:.5f} (ℓ∞ on the sphere), {seeds} seeds per width; "
-             "mean ± sd over seeds.", ""]
-    if "fits" not in r:
-        return lines + ["(no fits: written by an older version)", ""]
+             f"train attack {r['attack_train']['eps']:.5f} (ℓ∞ on the sphere), {seeds} seed(s) per width"
+             + ("; mean ± sd over seeds." if "fits" in r else "."), ""]
+    if "fits" not in r:  # written before seeds were added: one row per (param., width, λ)
+        lines += ["| param. | width | λ | natural acc | robust acc | stability | ‖∇f‖₂ | Yang Lip. | Δθ/θ₀ |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for x in r["rows"]:
+            lines.append(f"| {x['parameterization']} | {x['width']} | {x['lam']:g} | {x['natural_accuracy']:.3f} | "
+                         f"{x['robust_accuracy']:.3f} | {x['stability']:.3f} | {x['grad_l2']:.1f} | "
+                         f"{x['yang_lipschitz']:.0f} | {x['relative_weight_change']:.4f} |")
+        return lines + _kernel_diff_lines(r) + [""]
     lines += ["| param. | width | λ | natural acc | robust acc | stability | ‖∇f‖₂ | ‖∇f₀‖₂ (init) | Yang Lip. | Δθ/θ₀ |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for regime, f in r["fits"].items():
@@ -123,12 +129,16 @@ def trades_section(r: dict) -> list[str]:
     for regime, f in r["fits"].items():
         lines.append(f"| {regime} | {_ci(f['grad_l2'])} | {_ci(f['grad_l2_ratio'])} | {_ci(f['yang_lipschitz'])} | "
                      f"{_diff(f['robust_accuracy_widest_minus_narrowest'])} | {_diff(f['stability_widest_minus_narrowest'])} |")
+    return lines + _kernel_diff_lines(r) + [""]
+
+
+def _kernel_diff_lines(r: dict) -> list[str]:
     kd = r.get("normalized_kernel_vs_ntk_param", {})
-    if kd:
-        lines += ["", "Standard vs NTK parameterization, kernel as GD with η = n/λ_max sees it "
-                  "(max|Θ/λ_max − Θ_ntk/λ_max| / max|Θ_ntk/λ_max|, training points): " +
-                  ", ".join(f"m = {w}: {v:.4f}" for w, v in sorted(kd.items(), key=lambda item: int(item[0])))]
-    return lines + [""]
+    if not kd:
+        return []
+    return ["", "Standard vs NTK parameterization, kernel as GD with η = n/λ_max sees it "
+            "(max|Θ/λ_max − Θ_ntk/λ_max| / max|Θ_ntk/λ_max|, training points): " +
+            ", ".join(f"m = {w}: {v:.4f}" for w, v in sorted(kd.items(), key=lambda item: int(item[0])))]
 
 
 def memory_section(r: dict) -> list[str]:

@@ -164,7 +164,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--out", default="figures/theory")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="recompute fits (and the kernel comparison, if missing) from the rows in trades.json")
     args = parser.parse_args(argv)
+    if args.resummarize:
+        from nt_robust.io import read_json
+
+        result = read_json(f"{args.out}/trades.json")
+        if "normalized_kernel_vs_ntk_param" not in result:
+            preset = get_preset(result["preset"])
+            x = jnp.asarray(sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0).x_train)
+            result["normalized_kernel_vs_ntk_param"] = {
+                str(w): lt.normalized_kernel_difference(MLPSpec(DEPTH, w, "standard").kernel_spec(), x)
+                for w in sorted({r["width"] for r in result["rows"]})}
+        if all("seed" in r and "grad_l2_init" in r for r in result["rows"]):
+            result["fits"] = summarize(result)
+        write_json(f"{args.out}/trades.json", result)
+        return result
     start = time.time()
     result = measure(args.preset)
     result["fits"] = summarize(result)

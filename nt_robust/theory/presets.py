@@ -39,9 +39,9 @@ _W = tuple(2**k for k in range(6, 14))  # 64 … 8192
 
 PRESETS = {
     "cpu": Preset("cpu", (2, 3, 5), _W, 12, 64, _W[:6], 4, 8,
-                  {2: _W[:5], 3: _W[:4], 5: _W[:3]}, 3, 256, 256, 200,
+                  {2: _W[:5], 3: _W[:4], 5: _W[:3]}, 2, 256, 256, 200,
                   (1e-4, 1e-3), (64, 256, 1024), 100, 6.0, (1000, 2000, 5000),
-                  bound_seeds=16, spectral_seeds=4, spectral_max_width=2048, trades_seeds=3),
+                  bound_seeds=16, spectral_seeds=4, spectral_max_width=2048, trades_seeds=1),
     "gpu": Preset("gpu", (2, 3, 5), _W, 32, 128, _W, 8, 16,
                   {2: _W, 3: _W, 5: _W[:7]}, 8, 512, 512, 400,
                   (1e-4, 3e-4, 1e-3, 3e-3), (64, 256, 1024, 4096), 300, 6.0, (1000, 5000, 10000, 20000),
