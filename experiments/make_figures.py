@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nt_robust.environment import describe_cpu, environment_info  # noqa: E402
-from nt_robust.io import read_json, write_json  # noqa: E402
+from nt_robust.io import file_lock, read_json, write_json  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         wall, cpu = time.time(), _children_cpu_seconds()
         result = subprocess.run(stage.command(build_dir), cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         seconds = time.time() - wall
-        record["stages"][stage.name] = {
-            "figures": stage.figures, "wall_s": round(seconds, 1), "cpu_s": round(_children_cpu_seconds() - cpu, 1),
-            "returncode": result.returncode, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(stage.command(build_dir)[1:]), "environment": environment_info()}
-        write_json(timing_path, record)
+        entry = {"figures": stage.figures, "wall_s": round(seconds, 1), "cpu_s": round(_children_cpu_seconds() - cpu, 1),
+                 "returncode": result.returncode, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "command": " ".join(stage.command(build_dir)[1:]), "environment": environment_info()}
+        with file_lock(build_dir / ".timing.lock"):   # another sitting of this build may have recorded a stage
+            record = read_json(timing_path) if timing_path.exists() else record
+            record["stages"][stage.name] = entry
+            write_json(timing_path, record)
         if result.returncode != 0:
             print(f"make figures: stage {stage.name} failed (exit {result.returncode}) after {_minutes(seconds)}; "
                   f"the figures of earlier stages are written. Fix it, then: "
