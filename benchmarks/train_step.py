@@ -21,6 +21,7 @@ memory and compile time are those of a cold process::
     .venv/bin/python benchmarks/train_step.py --input 28,28,1 --no-torch
     XLA_FLAGS=--xla_cpu_use_onednn=true .venv/bin/python benchmarks/train_step.py --models cnn
     .venv/bin/python benchmarks/train_step.py --models cnn --conv-impl xla --no-library-xla-flags  # as before
+    .venv/bin/python benchmarks/train_step.py --models mlp,cnn --objectives trades --no-torch --dtype bfloat16
     .venv/bin/python benchmarks/train_step.py --probe cache-keys     # which config changes recompile
     .venv/bin/python benchmarks/train_step.py --probe conv-grads     # fwd / dx / dw of one conv layer
 
@@ -32,7 +33,9 @@ Output: one JSON line per model as it finishes (``--quiet`` drops them), then on
 object with everything. ``images_per_s`` = batch × timed steps / wall time of those steps
 (each step ends with ``block_until_ready``, as a training loop reading metrics would);
 ``compile_s`` = XLA compile of the lowered step, ``trace_lower_s`` = tracing + lowering,
-``first_step_s`` = the first call after compiling (not timed). Memory: on CPU, the
+``first_step_s`` = the first call after compiling (not timed). FLOPs (JAX only; nt_robust.flops):
+``gflop_per_image`` from XLA's cost analysis of the step, ``tflop_per_s`` = that × images/s,
+``mfu`` = that over the device's dense peak (None on CPU: no peak). Memory: on CPU, the
 process's peak resident set (VmHWM from /proc/self/status, reset with
 /proc/self/clear_refs after compiling; ``ru_maxrss`` where that is unavailable) minus its
 resident set once the framework is imported and its CPU backend started: ``compile_peak_rss_mb`` covers building + compiling,
@@ -190,7 +193,7 @@ def _jax_config(spec: dict[str, Any], model: dict[str, Any], seed: int = 0, lam:
     from nt_robust.config import load_config
     from nt_robust.train import ExperimentConfig
 
-    model = dict(model, conv_impl=spec.get("conv_impl") or "auto")
+    model = dict(model, conv_impl=spec.get("conv_impl") or "auto", dtype=spec.get("dtype") or "float32")
     overrides = [f"model.{key}={value!r}" if isinstance(value, str) else f"model.{key}={value}"
                  for key, value in model.items()]
     overrides += [
@@ -260,6 +263,7 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         buffers = {f"xla_{name}_mb": round(getattr(analysis, f"{name}_size_in_bytes") / 2**20, 1)
                    for name in ("temp", "argument", "output", "generated_code")}
 
+    counted = _step_flops(compiled, spec, config, jitted, state, images, labels)
     holder = {"state": state}
 
     def run_step():
@@ -271,14 +275,45 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3), **_measure(run_step, spec),
         "compile_peak_rss_mb": compile_peak, "step_peak_rss_mb": memory.peak_mb(),
         **buffers, "memory_method": memory.method, "attack_loop": _resolved_loop(spec["loop"]),
-        "conv_impl": _resolved_conv_impl(config.model.conv_impl), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dtype": config.model.dtype,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+    result.update(_flop_rate(counted, result["images_per_s"], spec["batch"], config))
     device = jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         result["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
         result["memory_method"] = "jax.devices()[0].memory_stats()['peak_bytes_in_use']"
     return result
+
+
+def _step_flops(compiled, spec, config, jitted, state, images, labels) -> dict[str, Any]:
+    """FLOPs of one global step (nt_robust.flops): the compiled count x devices when the attack
+    is unrolled (or absent), else the lowered count of the unrolled step."""
+    from nt_robust import flops
+
+    if config.objective.kind == "natural" or _resolved_loop(spec["loop"]) == "unroll":
+        count = flops.cost_flops(compiled)
+        if count is not None:
+            return {"flops_per_step": count * (spec.get("devices") or 1), "flops_source": "compiled"}
+    counted = flops.train_step_flops(config, tuple(spec["input"]), NUM_CLASSES, spec["batch"])
+    return {"flops_per_step": counted["flops_per_step"], "flops_source": "lowered, attack unrolled"}
+
+
+def _flop_rate(counted: dict[str, Any], images_per_s: float, batch: int, config) -> dict[str, Any]:
+    """``gflop_per_image``, achieved ``tflop_per_s`` and ``mfu`` (None without a peak, e.g. CPU)."""
+    import jax
+
+    from nt_robust import flops
+
+    per_step = counted.get("flops_per_step")
+    if per_step is None:
+        return {"gflop_per_image": None, "tflop_per_s": None, "mfu": None, **counted}
+    rate = per_step / batch * images_per_s
+    device = jax.devices()[0]
+    klass = flops.precision_class(*flops.config_precision(config), device.platform)
+    return {"gflop_per_image": round(per_step / batch / 1e9, 4), "tflop_per_s": round(rate / 1e12, 5),
+            "mfu": flops.mfu(rate, device.device_kind, klass, jax.device_count()), "peak_class": klass, **counted}
 
 
 def _resolved_conv_impl(name: str) -> str:
@@ -672,6 +707,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache directory")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "shifted_matmul"),
                         help="model.conv_impl of the JAX models (auto: shifted_matmul on CPU)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="model.dtype (compute dtype) of the JAX models; PyTorch stays float32")
     parser.add_argument("--no-library-xla-flags", action="store_true",
                         help="do not add the XLA:CPU flags nt-robust's CLI adds (configure_xla_cpu)")
     parser.add_argument("--devices", type=int, default=1,
@@ -699,7 +736,7 @@ def main() -> None:
         "batch": args.batch, "input": [int(v) for v in args.input.split(",")], "steps": args.steps,
         "min_seconds": args.min_seconds, "warmup": args.warmup, "augment": args.augment, "loop": args.loop,
         "prng_impl": args.prng_impl, "matmul_precision": args.matmul_precision, "cache_dir": args.cache_dir,
-        "devices": args.devices, "conv_impl": args.conv_impl,
+        "devices": args.devices, "conv_impl": args.conv_impl, "dtype": args.dtype,
         "library_xla_flags": not args.no_library_xla_flags, "torch_threads": args.torch_threads, "torch_variant": args.torch_variant,
         "torch_channels_last": args.torch_channels_last,
     }
@@ -746,6 +783,8 @@ def main() -> None:
     summary = {
         name: {f"{fw}_{obj}_images_per_s": entry[obj].get(fw, {}).get("images_per_s")
                for obj in entry for fw in frameworks} | {
+                   f"jax_{obj}_{key}": entry[obj].get("jax", {}).get(key)
+                   for obj in entry for key in ("gflop_per_image", "tflop_per_s", "mfu")} | {
                    f"jax_over_torch_{obj}": entry[obj].get("jax_over_torch") for obj in entry}
         for name, entry in results.items()
     }
