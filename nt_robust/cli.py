@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
                                "effect is refused")
     evaluate.add_argument("--protocol", default=None,
                           help="named protocol: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, "
-                               "cw20 (resumable; at the run's eps)")
+                               "cw20, cw20-authors (resumable; at the run's eps)")
     evaluate.add_argument("--eps", type=_exact_number, default=None,
                           help="override epsilon, a number or an exact fraction such as 8/255 (default: the run's "
                                "eval.attack.eps)")
@@ -193,6 +193,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="run only this stage (attacks: the spec's [attack_check], after grid and war)")
     study.add_argument("--estimate", action="store_true", help="time a few steps per width, print the cost, stop")
     study.add_argument("--no-estimate", action="store_true", help="skip the cost estimate before running")
+    study.add_argument("--device", default=None,
+                       help="estimate for this accelerator from FLOPs and its peak (h100, h200, a100, v100, tpu-v4, "
+                            "tpu-v5e, tpu-v5p; nt_robust/flops.py) instead of timing this machine")
+    study.add_argument("--mfu", type=float, default=0.4, help="with --device: the utilization assumed (default 0.4)")
     study.add_argument("--report", action="store_true", help="only aggregate, draw figures and write the report")
     study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
     study.add_argument("--figures-dir", help="where figures and report.md go (default figures/<name>)")
@@ -569,7 +573,7 @@ def _study(args: argparse.Namespace) -> int:
         run_index(study, args.index)
         return 0
     if args.estimate or not (args.report or args.no_estimate or args.stage == "attacks"):
-        print(format_estimate(estimate_cost(study)), flush=True)
+        print(format_estimate(estimate_cost(study, device=args.device, mfu=args.mfu)), flush=True)
         if args.estimate:
             return 0
     if not args.report:
