@@ -204,3 +204,113 @@ def test_batching_padding_and_input_dtype_do_not_change_deterministic_results():
     np.testing.assert_array_equal(direct["adv_pred"], padded.per_example["adv_pred"][:16])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         evaluate(logits_fn, images.astype(np.float32), labels, key(0), fgsm)
+
+
+# Yang et al.'s published loop (lolip/utils.py, estimate_local_lip_v2) sets loss = −local_lip
+# and then adds step·sign(∇loss): descent on the ratio. direction="published" reproduces it;
+# the default "ascend" steps up the ratio, as a supremum needs.
+
+def test_lipschitz_direction_option_and_its_validation():
+    assert LipschitzConfig("yang").direction == "ascend"
+    published = LipschitzConfig("yang", direction="published")
+    assert LipschitzConfig(**published.to_dict()) == published
+    with pytest.raises(ValueError, match="direction"):
+        LipschitzConfig("yang", direction="down")
+    with pytest.raises(ValueError, match="yang"):
+        LipschitzConfig("trades_grad", direction="published")
+    with pytest.raises(ValueError, match="direction"):
+        yang_local_lipschitz(lambda v: v, jnp.zeros((1, 1)), key(0), direction="descend")
+
+
+def test_yang_ascent_finds_the_hand_computed_supremum_and_the_published_descent_the_infimum():
+    # f(x') = (x' − c)² in one dimension with c = x − 0.05 (one centre per example):
+    # |f(x') − f(x)| / |x' − x| = |x' + x − 2c|, so over [x − ε, x + ε] ⊂ [0, 1] the supremum is
+    # 2(x − c) + ε at x' = x + ε and the infimum 2(x − c) − ε at x − ε. The ratio's gradient is +1
+    # wherever x' ≠ x: ascent walks to x + ε, the published step to x − ε (10 steps of 0.003
+    # cover the 0.02 from one end to the other).
+    # Autodiff computes that +1 as a difference of near-equal numbers, (2(x' − c)|d| − f(x') + f(x))/d²
+    # with d = x' − x, so within ~1e-9/d² of it; the key is chosen so that no iterate comes within
+    # 2e-4 of x (checked below in exact arithmetic), where that error stays under 3%.
+    x = jnp.asarray(np.random.default_rng(20).uniform(0.2, 0.8, (16, 1)), jnp.float32)
+    c = x - 0.05
+    logits_fn = lambda v: (v - c) ** 2  # noqa: E731
+    eps, step, std, seed = 0.01, 0.003, 0.005, 57
+    d0 = np.asarray(project_linf(x + std * jax.random.normal(key(seed), x.shape, x.dtype), x, eps) - x,
+                    np.float64)[:, 0]
+    k = np.arange(11)[:, None] * step
+    for path in (np.minimum(d0 + k, eps), np.maximum(d0 - k, -eps)):
+        assert np.abs(path).min() > 2e-4
+    run = jax.jit(lambda x, k, d: yang_local_lipschitz(logits_fn, x, k, init_std=std, loop="fori", direction=d),
+                  static_argnums=2)
+    ascend, published = np.asarray(run(x, key(seed), "ascend")), np.asarray(run(x, key(seed), "published"))
+    gap = np.asarray(x - c, np.float64)[:, 0]            # 0.05 up to float32 rounding
+    np.testing.assert_allclose(ascend, 2 * gap + eps, rtol=1e-4)
+    np.testing.assert_allclose(published, 2 * gap - eps, rtol=1e-4)
+    assert np.all(ascend > published)
+    # Through the config, as the evaluation uses it.
+    from nt_robust.metrics import local_lipschitz
+    config = LipschitzConfig("yang", init_std=std, loop="fori", direction="published")
+    np.testing.assert_allclose(local_lipschitz(logits_fn, x, key(seed), config), published, rtol=1e-6)
+
+
+def test_published_direction_matches_a_numpy_replica_of_their_update():
+    # A 2-d ReLU net (piecewise linear). Their step, written out in float64 with the gradient by
+    # hand: loss = −‖f(x') − f(x)‖₁ / ‖x' − x‖∞, x' ← clip(clip(x' + η·sign(∇loss), x ± ε), 0, 1),
+    # from the library's own start (x + 0.001·N(0, I), projected). ε = 0.05 keeps the iterates off
+    # the ball's faces, where the ∞-norm's gradient would tie between coordinates.
+    rng = np.random.default_rng(22)
+    w1, b1, w2 = rng.normal(size=(2, 6)), rng.normal(size=6) * 0.3, rng.normal(size=(6, 3))
+    logits_fn = lambda v: jax.nn.relu(v @ jnp.asarray(w1, jnp.float32) + jnp.asarray(b1, jnp.float32)) \
+        @ jnp.asarray(w2, jnp.float32)  # noqa: E731
+    x = jnp.asarray(rng.uniform(0.3, 0.7, (48, 2)), jnp.float32)
+    eps, step, steps, std = 0.05, 0.003, 4, 0.001
+    ours = np.asarray(yang_local_lipschitz(logits_fn, x, key(23), eps=eps, step_size=step, num_steps=steps,
+                                           init_std=std, loop="fori", direction="published"))
+
+    def f(v):
+        return np.maximum(v @ w1 + b1, 0) @ w2
+
+    x64 = np.asarray(x, np.float64)
+    noise = np.asarray(jax.random.normal(key(23), x.shape, x.dtype), np.float64)
+    xp = np.clip(np.clip(x64 + std * noise, x64 - eps, x64 + eps), 0, 1)
+    rows = np.arange(len(x64))
+
+    def ratio_and_grad(xp):
+        d = xp - x64
+        top_sign = np.sign(f(xp) - f(x64))                              # ∂‖·‖₁
+        mask = (xp @ w1 + b1 > 0).astype(float)
+        grad_top = np.einsum("nk,hk,nh,ih->ni", top_sign, w2, mask, w1)  # Σ_k sign_k ∇f_k(x')
+        k = np.argmax(np.abs(d), axis=1)
+        bottom = np.abs(d[rows, k])
+        grad_bottom = np.zeros_like(d)
+        grad_bottom[rows, k] = np.sign(d[rows, k])
+        top = np.abs(f(xp) - f(x64)).sum(1)
+        return top / bottom, (grad_top * bottom[:, None] - top[:, None] * grad_bottom) / bottom[:, None] ** 2
+
+    for _ in range(steps):
+        _, grad_ratio = ratio_and_grad(xp)
+        grad_loss = -grad_ratio                                          # loss = −local_lip (mean: same signs)
+        xp = np.clip(np.clip(xp + step * np.sign(grad_loss), x64 - eps, x64 + eps), 0, 1)
+        assert np.all(np.abs(xp - x64).max(1) < eps - 1e-4)              # no face ties
+    replica, _ = ratio_and_grad(xp)
+    np.testing.assert_allclose(ours, replica, rtol=1e-4)
+    ascend = np.asarray(yang_local_lipschitz(logits_fn, x, key(23), eps=eps, step_size=step, num_steps=steps,
+                                             init_std=std, loop="fori"))
+    assert np.mean(ascend) > np.mean(ours)
+
+
+def test_eval_config_carries_the_direction_and_old_configs_load_with_ascend():
+    from nt_robust.config import build
+    from nt_robust.train.config import EvalConfig, ExperimentConfig
+    from nt_robust.train.evaluation import lipschitz_config
+    from nt_robust.train.run_dir import ADDED_FIELDS
+    old = build(ExperimentConfig, {"eval": {"lipschitz": "yang", "lipschitz_eps": None}})   # a config.json before
+    assert old.eval.lipschitz_direction == "ascend"
+    assert lipschitz_config(old.eval) == LipschitzConfig("yang")
+    assert ADDED_FIELDS["eval.lipschitz_direction"] == "ascend"    # such a run resumes as it ran
+    published = build(ExperimentConfig, {"eval": {"lipschitz_direction": "published"}})
+    assert lipschitz_config(published.eval).direction == "published"
+    with pytest.raises(ValueError, match="lipschitz_direction"):
+        EvalConfig(lipschitz="trades_grad", lipschitz_direction="published")
+    with pytest.raises(ValueError, match="lipschitz_direction"):
+        EvalConfig(lipschitz_direction="up")

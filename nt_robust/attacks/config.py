@@ -4,6 +4,7 @@
     TRADES_TRAIN   # TRADES inner max: ℓ∞, ε=0.031, 10 steps of 0.007, KL, x + 0.001·N(0, I)
     PGD_AT_TRAIN   # PGD-AT inner max: same as TRADES_TRAIN with the CE loss
     CW20           # ℓ∞, ε=0.031, 20 steps of 0.007, CW margin, uniform start
+    CW20_AUTHORS   # the same with the paper authors' clamped CW loss ("cw_authors")
     FGSM(8 / 255)  # one ℓ∞ sign step of size ε from the clean point
 
     AttackConfig(norm="l2", eps=0.5, step_size=0.1, num_steps=20)
@@ -57,7 +58,8 @@ class AttackConfig:
     """One attack, fully specified. Hashable, so it can be a static argument of ``jax.jit``.
 
     Fields: ``norm`` ("linf" | "l2"), ``eps`` (radius), ``step_size``, ``num_steps``,
-    ``loss`` ("ce" cross-entropy | "kl" KL to the clean prediction | "cw" margin),
+    ``loss`` ("ce" cross-entropy | "kl" KL to the clean prediction | "cw" margin |
+    "cw_authors" the paper authors' clamped CW loss, :func:`~nt_robust.attacks.losses.cw_authors`),
     ``start`` ("uniform" in the ball | "gaussian" x + start_std·N(0, I) | "none"),
     ``start_std``, ``restarts`` (independent random starts; the per-example worst case is
     kept), ``loop`` ("auto" | "unroll" | "fori", see :mod:`nt_robust.attacks.loops`).
@@ -119,6 +121,9 @@ def FGSM(eps: float) -> AttackConfig:  # noqa: N802 (a named preset, spelled lik
 
 PGD20 = AttackConfig(norm="linf", eps=0.031, step_size=0.007, num_steps=20, loss="ce", start="uniform")
 CW20 = AttackConfig(norm="linf", eps=0.031, step_size=0.007, num_steps=20, loss="cw", start="uniform")
+# The authors' test_cifar10.py --attack-loss cw: ε 0.031, 20 steps of 0.007, uniform start in the
+# ball; their start is not clipped to [0, 1] before the first gradient, ours is (as in CW20).
+CW20_AUTHORS = dataclasses.replace(CW20, loss="cw_authors")
 TRADES_TRAIN = AttackConfig(norm="linf", eps=0.031, step_size=0.007, num_steps=10, loss="kl",
                             start="gaussian", start_std=0.001)
 PGD_AT_TRAIN = dataclasses.replace(TRADES_TRAIN, loss="ce")

@@ -1,12 +1,13 @@
 """Attack losses: per-example objectives that an attack *maximizes*.
 
 Every loss has the signature ``LossFn(logits, target) -> (N,)``; ``target`` is the
-integer labels for ``cross_entropy`` and ``cw_margin`` and the clean logits for
-``kl_to_clean``::
+integer labels for ``cross_entropy``, ``cw_margin`` and ``cw_authors`` and the clean
+logits for ``kl_to_clean``::
 
     loss = cross_entropy(logits_fn(x_adv), y)               # (N,)
     loss = kl_to_clean(logits_fn(x_adv), logits_fn(x))      # TRADES inner maximization
     loss = cw_margin(logits_fn(x_adv), y)                   # > 0 iff misclassified
+    loss = cw_authors(logits_fn(x_adv), y)                  # the paper authors' CW loss (<= 0)
 """
 
 from __future__ import annotations
@@ -57,7 +58,32 @@ def cw_margin(logits: jax.Array, labels: jax.Array, confidence: float | None = N
     return margin
 
 
-LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_to_clean, "cw": cw_margin}
+def cw_authors(logits: jax.Array, labels: jax.Array, confidence: float = 0.0) -> jax.Array:
+    """The paper authors' CW loss, per example: ``−relu(z_y − max_j((1 − 1_y)·z_j) + κ)``.
+
+    As their ``cw_loss`` (``test_cifar10.py``/``auto_cifar10.py``: ``self_loss − other_loss``
+    clamped at 0, negated; κ = ``confidence`` = 0 there) but per example instead of the batch
+    mean (the mean only scales every gradient by 1/N, which a sign step ignores). Two
+    differences from :func:`cw_margin`:
+
+    - the label's logit is masked with **0**, not −∞, so the "best other logit" is
+      ``max(0, max_{j≠y} z_j)``;
+    - the margin is **clamped at 0**: the loss is 0, with zero gradient, once
+      ``z_y <= max(0, max_{j≠y} z_j)``.
+
+    So a point whose logits are all negative has zero loss and zero gradient even when it is
+    correctly classified (the attack does not move it), and a correctly classified point with
+    ``z_y > 0 > max_{j≠y} z_j`` is pushed only to lower ``z_y``, not to raise a competitor.
+    Where ``max_{j≠y} z_j > 0`` and the point is correctly classified, the two losses are
+    equal (``max_{j≠y} z_j − z_y``) and have the same gradient.
+    """
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    other = jnp.max((1 - one_hot) * logits, axis=-1)
+    return -jax.nn.relu(label_logit - other + confidence)
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "kl": kl_to_clean, "cw": cw_margin, "cw_authors": cw_authors}
 
 
 # Losses of AutoAttack (Croce & Hein 2020). Not in LOSSES: they need the sorted logits or a

@@ -13,20 +13,26 @@ after the last stage is the per-example worst case over all stages. Stages recei
 ε from the protocol (``at_eps``); a protocol's ``version`` changes whenever a stage's
 settings change, so stored results say exactly what was run.
 
-Protocols (version 1):
+Protocols (version 1 unless said otherwise):
 
 ``autoattack-standard``
     APGD-CE (100 steps, 1 restart), APGD-T (targeted DLR, 9 targets, 100 steps),
     FAB-T (9 targets, 100 steps), Square (5000 queries, p_init 0.8): AutoAttack's
     "standard" version.
-``autoattack-2020``
-    APGD-CE, APGD-DLR (untargeted), FAB (untargeted), Square 5000: the list the paper's
-    authors could run in 2020. Restarts as in "standard" (1 each; FAB untargeted 1):
-    our choice, the paper does not say.
+``autoattack-2020`` (version 2)
+    The AutoAttack the paper's authors bundled and ran (``fraauto/autoattack.py`` with
+    ``plus=False``, called from ``auto_cifar10.py``): APGD-CE (100 steps, 5 restarts),
+    APGD-DLR (untargeted, 100 steps, 5 restarts), FAB (untargeted, 100 steps, 5 restarts:
+    the first from x, the others from random starts), Square (5000 queries, p_init 0.8,
+    1 restart). Version 1 ran 1 restart in every stage.
 ``pgd20-0.007`` / ``pgd20-0.003``
     PGD-20 with CE, uniform start, step 0.007 / 0.003 (the paper's two PGD-20 settings).
 ``cw20``
-    PGD-20 on the CW margin, step 0.007.
+    PGD-20 on the standard CW margin ``max_{j≠y} z_j − z_y``, step 0.007.
+``cw20-authors``
+    PGD-20 on the authors' CW loss ``−relu(z_y − max_j((1 − 1_y)·z_j))``
+    (:func:`nt_robust.attacks.losses.cw_authors`: label masked with 0, clamped at 0), with
+    cw20's settings (ε, 20 steps of 0.007, uniform start), which are the authors' too.
 
 Every adversarial point is projected onto B∞(x, ε) ∩ [0, 1] before it is judged, so no
 stage can report a point outside the threat model.
@@ -50,7 +56,7 @@ import numpy as np
 from nt_robust import io
 from nt_robust.data.checks import check_images_and_labels
 from nt_robust.attacks.apgd import APGDConfig, apgd
-from nt_robust.attacks.config import CW20, PGD20, AttackConfig
+from nt_robust.attacks.config import CW20, CW20_AUTHORS, PGD20, AttackConfig
 from nt_robust.attacks.fab import FABConfig, fab
 from nt_robust.attacks.parts import PROJECTIONS
 from nt_robust.attacks.pgd import pgd
@@ -105,16 +111,19 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         Stage("fab-t", FABConfig(eps=_UNSET, targeted=True, num_targets=9)),
         Stage("square", SquareConfig(eps=_UNSET, num_queries=5000), white_box=False),
     ), "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square 5000"),
-    Protocol("autoattack-2020", 1, (
-        Stage("apgd-ce", APGDConfig(eps=_UNSET, loss="ce")),
-        Stage("apgd-dlr", APGDConfig(eps=_UNSET, loss="dlr")),
-        Stage("fab", FABConfig(eps=_UNSET, targeted=False)),
+    Protocol("autoattack-2020", 2, (
+        Stage("apgd-ce", APGDConfig(eps=_UNSET, loss="ce", restarts=5)),
+        Stage("apgd-dlr", APGDConfig(eps=_UNSET, loss="dlr", restarts=5)),
+        Stage("fab", FABConfig(eps=_UNSET, targeted=False, restarts=5)),
         Stage("square", SquareConfig(eps=_UNSET, num_queries=5000), white_box=False),
-    ), "AutoAttack as in 2020: APGD-CE, APGD-DLR, FAB, Square 5000"),
+    ), "AutoAttack as the authors ran it in 2020 (plus=False): APGD-CE, APGD-DLR, FAB with 5 restarts "
+       "each, Square 5000"),
     Protocol("pgd20-0.007", 1, (Stage("pgd20", PGD20),), "PGD-20, CE, step 0.007, uniform start"),
     Protocol("pgd20-0.003", 1, (Stage("pgd20", dataclasses.replace(PGD20, step_size=0.003)),),
              "PGD-20, CE, step 0.003, uniform start"),
     Protocol("cw20", 1, (Stage("cw20", CW20),), "PGD-20 on the CW margin, step 0.007"),
+    Protocol("cw20-authors", 1, (Stage("cw20-authors", CW20_AUTHORS),),
+             "PGD-20 on the authors' CW loss (label masked with 0, clamped at 0), step 0.007"),
 )}
 
 

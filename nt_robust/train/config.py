@@ -161,11 +161,14 @@ class EvalConfig:
     """Per-epoch evaluation on ``val_examples`` of the held-out split and ``test_examples``
     of the test set (None: all) with ``attack`` (default the paper's PGD-20) and a local
     Lipschitz estimate (docs/paper.md §3: "yang" on logits, "trades_grad" = the authors'
-    logging, or "none"); ``lipschitz_eps`` None takes the method's default ε."""
+    logging, or "none"); ``lipschitz_eps`` None takes the method's default ε;
+    ``lipschitz_direction`` ("yang" only): "ascend" (default) or "published" (Yang et al.'s
+    published loop, which descends on the ratio; see :func:`nt_robust.metrics.yang_local_lipschitz`)."""
 
     attack: AttackConfig = PGD20
     lipschitz: str = "yang"
     lipschitz_eps: float | None = None
+    lipschitz_direction: str = "ascend"
     val_examples: int | None = 1000
     test_examples: int | None = 1000
     batch_size: int = 256
@@ -177,6 +180,10 @@ class EvalConfig:
                  f"must be one of {LIPSCHITZ_METHODS}, got {self.lipschitz!r}")
         _require(self.lipschitz_eps is None or self.lipschitz_eps > 0, "eval.lipschitz_eps",
                  f"must be > 0 or none, got {self.lipschitz_eps}")
+        _require(self.lipschitz_direction in ("ascend", "published"), "eval.lipschitz_direction",
+                 f"must be 'ascend' or 'published', got {self.lipschitz_direction!r}")
+        _require(self.lipschitz_direction == "ascend" or self.lipschitz == "yang", "eval.lipschitz_direction",
+                 f"'published' applies to eval.lipschitz = 'yang' only, got {self.lipschitz!r}")
         for name in ("val_examples", "test_examples"):
             value = getattr(self, name)
             _require(value is None or value >= 0, f"eval.{name}", f"must be >= 0 or none, got {value}")

@@ -29,7 +29,7 @@ from nt_robust.train.sharding import (batch_sharding, check_divisible, global_ba
 def lipschitz_config(config: EvalConfig) -> LipschitzConfig | None:
     if config.lipschitz == "none":
         return None
-    return LipschitzConfig(config.lipschitz, eps=config.lipschitz_eps)
+    return LipschitzConfig(config.lipschitz, eps=config.lipschitz_eps, direction=config.lipschitz_direction)
 
 
 class Evaluator:

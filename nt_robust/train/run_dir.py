@@ -152,6 +152,7 @@ def _bn_passes_before_the_option(saved: dict[str, Any]) -> str:
 # A value may also be a function of the saved config (a dict), for a field whose old
 # behaviour depended on other settings.
 ADDED_FIELDS = {"model.conv_impl": "xla",
+                "eval.lipschitz_direction": "ascend",  # issue 11: Yang's published (descending) loop as an option
                 **{f"{attack}.{field}_text": None for attack in ("train_attack", "eval.attack")
                    for field in ("eps", "step_size")},
                 # issue 11: schedules epoch for epoch as TRADES and the authors; old runs keep theirs.

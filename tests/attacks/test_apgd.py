@@ -21,6 +21,15 @@ def linear_model(num_classes: int, shape=(4, 4, 1), seed: int = 0):
     return (lambda x: x.reshape(x.shape[0], -1) @ w + b), w, b
 
 
+def relu_net(num_classes: int, shape=(4, 4, 1), hidden: int = 32, seed: int = 0):
+    """``logits_fn`` of a random one-hidden-layer ReLU net (where an attack's start matters)."""
+    rng = np.random.default_rng(seed)
+    w1 = jnp.asarray(rng.normal(size=(int(np.prod(shape)), hidden)), jnp.float32)
+    b1 = jnp.asarray(rng.normal(size=hidden) * 0.5, jnp.float32)
+    w2 = jnp.asarray(rng.normal(size=(hidden, num_classes)), jnp.float32)
+    return lambda x: jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2
+
+
 def images(n: int, shape=(4, 4, 1), seed: int = 1) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).uniform(size=(n,) + shape), jnp.float32)
 
@@ -114,3 +123,31 @@ def test_apgd_breaks_exactly_the_breakable_points_of_a_linear_model(loss):
         assert fooled[clear].mean() > 0.8
     else:
         assert np.all(fooled[clear])
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_restarts_keep_each_points_best_run_each_from_its_own_key(loss):
+    # autoattack-2020 runs APGD-CE and APGD-DLR with 5 restarts. Restart r starts from
+    # fold_in(key, r); a point is fooled iff some restart fooled it (the published loop
+    # re-attacks only the points still robust, which gives the same set).
+    from nt_robust.attacks.apgd import _random_start, apgd_run
+    from nt_robust.attacks.losses import cross_entropy, dlr
+    logits_fn = relu_net(10, seed=3)   # on a linear model one step of 2ε reaches the same vertex from any start
+    x = images(96, seed=4)
+    y = jnp.argmax(logits_fn(x), axis=1)
+    config = APGDConfig(eps=EPS, loss=loss, num_steps=1, restarts=5)   # one step: the start matters
+    k = jax.random.key(7)
+    result = jax.jit(apgd, static_argnums=(0, 4))(logits_fn, x, y, k, config)
+    loss_fn = (lambda z: cross_entropy(z, y)) if loss == "ce" else (lambda z: dlr(z, y))
+    singles = [apgd_run(logits_fn, loss_fn, x, y, _random_start(jax.random.fold_in(k, r), x, EPS, "linf"), config)
+               for r in range(5)]
+    fooled = np.stack([np.asarray(s.fooled) for s in singles])
+    np.testing.assert_array_equal(result.fooled, fooled.any(0))
+    assert fooled.any(0).sum() > fooled[0].sum()              # later restarts break more points
+    assert_valid(result.x_adv, x, EPS)
+    broken = np.asarray(result.fooled)
+    assert np.all(np.asarray(jnp.argmax(logits_fn(result.x_adv), 1))[broken] != np.asarray(y)[broken])
+    # Not fooled anywhere: the highest loss over the restarts.
+    robust = ~fooled.any(0)
+    best = np.max(np.stack([np.asarray(s.loss) for s in singles]), 0)
+    np.testing.assert_allclose(np.asarray(result.loss)[robust], best[robust], rtol=1e-5, atol=1e-6)  # jit vs eager rounding

@@ -45,7 +45,8 @@ def _data(n=32):
 
 
 def test_registered_protocols_have_versions_and_take_eps():
-    assert {"autoattack-standard", "autoattack-2020", "pgd20-0.007", "pgd20-0.003", "cw20"} <= set(P.PROTOCOLS)
+    assert {"autoattack-standard", "autoattack-2020", "pgd20-0.007", "pgd20-0.003", "cw20",
+            "cw20-authors"} <= set(P.PROTOCOLS)
     standard = P.get_protocol("autoattack-standard", 8 / 255)
     assert [s.name for s in standard.stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert all(s.config.eps == 8 / 255 for s in standard.stages)
@@ -141,3 +142,43 @@ def test_sanity_flags_catch_broken_models():
     assert "randomized_forward" in raised(forward_flags(noisy, PARAMS, x))
     result = P.ProtocolResult(SMALL.at_eps(EPS), {"broken_by": np.array([2, 2, -1, 0] * 5)}, 0)
     assert cascade_flags(result)[0].raised
+
+
+def test_autoattack_2020_is_the_authors_bundled_version_with_five_restarts():
+    # fraauto/autoattack.py (the authors' copy, plus=False): APGD and FAB with n_restarts=5 and
+    # n_iter=100, Square with 5000 queries, p_init 0.8, 1 restart, schedule not rescaled.
+    protocol = P.get_protocol("autoattack-2020", 0.031)
+    assert protocol.version == 2
+    ce, dlr, fab, square = (s.config for s in protocol.stages)
+    assert (ce.loss, ce.num_steps, ce.restarts, ce.rho) == ("ce", 100, 5, 0.75)
+    assert (dlr.loss, dlr.num_steps, dlr.restarts) == ("dlr", 100, 5)
+    assert (fab.targeted, fab.num_steps, fab.restarts) == (False, 100, 5)
+    assert (square.num_queries, square.p_init, square.restarts, square.rescale_schedule) == (5000, 0.8, 1, False)
+    assert all(c.eps == 0.031 for c in (ce, dlr, fab, square))
+    # The standard version is unchanged: 1 restart.
+    standard = P.PROTOCOLS["autoattack-standard"]
+    assert standard.version == 1 and [s.config.restarts for s in standard.stages] == [1, 1, 1, 1]
+
+
+def test_cw20_authors_differs_from_cw20_only_in_its_loss():
+    from nt_robust.attacks import CW20
+    cw, authors = P.PROTOCOLS["cw20"].stages[0].config, P.PROTOCOLS["cw20-authors"].stages[0].config
+    assert cw == CW20 and cw.loss == "cw" and authors.loss == "cw_authors"
+    assert dataclasses.replace(authors, loss="cw") == cw
+    assert P.PROTOCOLS["cw20-authors"].version == 1
+
+
+def test_results_of_an_older_protocol_version_are_discarded_not_mixed_in(tmp_path):
+    # What version 1 of autoattack-2020 was: 1 restart per stage. Its stored batches carry its
+    # settings in the fingerprint (name, version, every stage), so version 2 starts afresh.
+    current = P.get_protocol("autoattack-2020", EPS)
+    old = dataclasses.replace(current, version=1, stages=tuple(
+        dataclasses.replace(s, config=dataclasses.replace(s.config, restarts=1)) for s in current.stages))
+    fingerprint = lambda protocol: {"protocol": protocol.to_dict(), "seed": 0}  # noqa: E731
+    store = P.BatchStore(tmp_path / "ev.partial", fingerprint(old))
+    store.save(0, {"broken_by": np.zeros(4, np.int16)})
+    assert P.BatchStore(tmp_path / "ev.partial", fingerprint(old)).done == {0}
+    assert P.BatchStore(tmp_path / "ev.partial", fingerprint(current)).done == set()
+    # The version alone (same stages) is enough to tell them apart.
+    assert P.BatchStore(tmp_path / "other.partial", fingerprint(current)).fingerprint != \
+        P.BatchStore(tmp_path / "third.partial", fingerprint(dataclasses.replace(current, version=1))).fingerprint
