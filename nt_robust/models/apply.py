@@ -10,6 +10,8 @@ statistics while this function is evaluated is an explicit choice, ``bn_mode``::
 ``bn_mode="eval"`` (running statistics) is what TRADES and the paper's code use during
 attacks and evaluation. ``bn_mode="train"`` normalizes with the batch's statistics but
 throws the updated running averages away, so an attack never changes the model.
+The logits are float32 whatever the model's compute dtype (``model.dtype``), so every loss
+on them is; ``x`` stays float32 too (the model casts its own copy).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any, Callable, Literal
 
 import flax.linen as nn
 import jax
+
+from nt_robust.models.layers import float32_logits
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 BNMode = Literal["eval", "train"]
@@ -29,10 +33,10 @@ def make_logits_fn(model: nn.Module, variables: Any, bn_mode: BNMode = "eval") -
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     if bn_mode == "eval":
-        return lambda x: model.apply(variables, x, train=False)
+        return lambda x: float32_logits(model.apply(variables, x, train=False))
 
     def train_mode_logits(x: jax.Array) -> jax.Array:
         logits, _discarded_stats = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return logits
+        return float32_logits(logits)
 
     return train_mode_logits

@@ -18,6 +18,12 @@ The forward values are XLA's, bit for bit; the weight gradient equals XLA's up t
 summation order (~1e-6 relative). Gotcha: ``shifted_matmul`` is a ``jax.custom_vjp``,
 so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, neural-tangents'
 NTK_VECTOR_PRODUCTS) through such a model raises; use ``conv_impl = "xla"`` there.
+
+Mixed precision (``model.dtype = "bfloat16"``): the forward pass and the input gradient
+are XLA's bfloat16 convolutions, as with ``conv_impl = "xla"``; each weight-gradient tap
+accumulates its N·Ho·Wo products in float32 (``preferred_element_type``) and is rounded to
+bfloat16 once, as XLA's own bfloat16 weight gradient is. A ``precision`` (from
+``model.matmul_precision``) is passed to all three.
 """
 
 from __future__ import annotations
@@ -47,27 +53,35 @@ def conv_function(name: str) -> Callable:
     return shifted_matmul_conv if resolve_conv_impl(name) == "shifted_matmul" else lax.conv_general_dilated
 
 
-def _plain(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+def _plain(x, kernel, strides, padding, precision=None):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, strides, padding):
-    return _plain(x, kernel, strides, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, strides, padding, precision=None):
+    return _plain(x, kernel, strides, padding, precision)
 
 
-def _conv_fwd(x, kernel, strides, padding):
-    return _plain(x, kernel, strides, padding), (x, kernel)
+def _conv_fwd(x, kernel, strides, padding, precision=None):
+    return _plain(x, kernel, strides, padding, precision), (x, kernel)
 
 
-def _conv_bwd(strides, padding, residuals, g):
+def _tap_matmul(a, b, precision):
+    """``a @ b``; below float32 the products are accumulated in float32 (rounded once at the end)."""
+    if jnp.result_type(a, b) == jnp.float32:
+        return jnp.matmul(a, b, precision=precision)  # the float32 program, unchanged
+    return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _conv_bwd(strides, padding, precision, residuals, g):
     x, kernel = residuals
-    dx = jax.vjp(lambda x_: _plain(x_, kernel, strides, padding), x)[1](g)[0]
+    dx = jax.vjp(lambda x_: _plain(x_, kernel, strides, padding, precision), x)[1](g)[0]
     kh, kw, cin, cout = kernel.shape
     (sh, sw), (ho, wo) = strides, g.shape[1:3]
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     g_rows = g.reshape(-1, cout)
-    taps = [padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :].reshape(-1, cin).T @ g_rows
+    taps = [_tap_matmul(padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :].reshape(-1, cin).T,
+                        g_rows, precision)
             for i in range(kh) for j in range(kw)]
     dkernel = jnp.stack(taps).reshape(kh, kw, cin, cout)
     return dx, dkernel.astype(kernel.dtype)
@@ -80,9 +94,10 @@ def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                         precision=None, preferred_element_type=None):
     """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
-    groups take the shifted-matmul weight gradient; any other call is passed to ``lax``."""
+    groups (any ``precision``, operands of one dtype) take the shifted-matmul weight
+    gradient; any other call is passed to ``lax``."""
     simple = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
-              and precision is None and preferred_element_type is None
+              and preferred_element_type is None and lhs.dtype == rhs.dtype
               and all(d == 1 for d in (lhs_dilation or (1, 1)))
               and all(d == 1 for d in (rhs_dilation or (1, 1)))
               and tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
@@ -95,5 +110,11 @@ def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
     if any(p < 0 for pair in padding for p in pair):  # cropping: not worth a special case
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers)
-    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding)
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
+                                        precision=precision)
+    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding, _hashable(precision))
+
+
+def _hashable(precision):
+    """``precision`` as a custom_vjp static argument (a list of two becomes a tuple)."""
+    return tuple(precision) if isinstance(precision, list) else precision

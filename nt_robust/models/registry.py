@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nt_robust.models.conv import CONV_IMPLS
+from nt_robust.models.layers import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.wide_resnet import WideResNet
 
@@ -41,7 +42,15 @@ class ModelConfig:
     ``conv_impl``: how convolution weight gradients are computed — "auto" (shifted
     matmuls on the CPU backend, where XLA's own are 2.6-9x slower; XLA elsewhere), "xla"
     or "shifted_matmul". Same function and gradients up to float summation order; see
-    ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff through the model)."""
+    ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff through the model).
+
+    ``dtype``: the compute dtype of training, "float32" or "bfloat16" (mixed precision:
+    docs/design.md). Parameters, optimizer state and BatchNorm statistics stay float32,
+    BatchNorm normalizes in float32, the logits come out in float32 and attacks keep their
+    iterates in float32; evaluation runs in ``eval.dtype`` (float32 by default).
+    ``matmul_precision``: "default", "high" or "highest", the precision of every matmul and
+    convolution (training and evaluation) — what float32 runs as on GPUs ("default" and
+    "high": TF32 on NVIDIA Ampere and newer; "highest": float32) and TPUs. XLA:CPU ignores it."""
 
     arch: str = "wrn"
     width: int = 1
@@ -49,12 +58,19 @@ class ModelConfig:
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     conv_impl: str = "auto"
+    dtype: str = "float32"
+    matmul_precision: str = "default"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"model.matmul_precision must be one of {tuple(MATMUL_PRECISIONS)}, "
+                             f"got {self.matmul_precision!r}")
         for name in ("width", "depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -72,9 +88,15 @@ class ModelConfig:
         return f"CNNx{self.width}"
 
 
-def create_model(config: ModelConfig, num_classes: int) -> nn.Module:
-    """The Flax module for ``config``; every model is called as ``model.apply(v, x, train=...)``."""
-    norm = dict(input_mean=config.input_mean, input_std=config.input_std)
+def create_model(config: ModelConfig, num_classes: int, dtype: str | None = None) -> nn.Module:
+    """The Flax module for ``config``; every model is called as ``model.apply(v, x, train=...)``.
+    ``dtype`` overrides ``config.dtype`` (evaluation builds the same model in ``eval.dtype``:
+    the same parameters, another compute dtype)."""
+    dtype = config.dtype if dtype is None else dtype
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"the compute dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    norm = dict(input_mean=config.input_mean, input_std=config.input_std, dtype=jnp.dtype(dtype),
+                precision=MATMUL_PRECISIONS[config.matmul_precision])
     if config.arch == "wrn":
         return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes,
                           conv_impl=config.conv_impl, **norm)

@@ -4,17 +4,20 @@
     cnn = SmallCNN(width=2, num_classes=10)            # channels 64, 128; dense 400
 
 Both flatten/convolve any NHWC input and take an optional per-channel normalization.
+``dtype`` is the compute dtype (float32 or bfloat16: the input is cast to it after the
+normalization, which is float32), ``precision`` every layer's matmul precision; the
+parameters are float32 and the logits are returned in float32 either way.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from nt_robust.models.conv import conv_function
-from nt_robust.models.layers import Normalize, conv_init, linear_init
+from nt_robust.models.layers import Normalize, conv_init, float32_logits, linear_init, to_compute_dtype
 
 
 class MLP(nn.Module):
@@ -25,15 +28,18 @@ class MLP(nn.Module):
     num_classes: int = 10
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
+    dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no BatchNorm or dropout; kept for the common model signature
-        x = Normalize(self.input_mean, self.input_std)(x)
+        x = to_compute_dtype(Normalize(self.input_mean, self.input_std)(x), self.dtype)
         x = jnp.reshape(x, (x.shape[0], -1))
+        dense = dict(kernel_init=linear_init, dtype=self.dtype, precision=self.precision)
         for layer in range(self.depth):
-            x = nn.relu(nn.Dense(self.width, kernel_init=linear_init, name=f"hidden{layer + 1}")(x))
-        return nn.Dense(self.num_classes, kernel_init=linear_init, name="classifier")(x)
+            x = nn.relu(nn.Dense(self.width, name=f"hidden{layer + 1}", **dense)(x))
+        return float32_logits(nn.Dense(self.num_classes, name="classifier", **dense)(x))
 
 
 class SmallCNN(nn.Module):
@@ -47,21 +53,24 @@ class SmallCNN(nn.Module):
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
     conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
         if x.shape[1] < 4 or x.shape[2] < 4:
             raise ValueError(f"SmallCNN needs images of at least 4x4 pixels, got {x.shape[1]}x{x.shape[2]}")
-        x = Normalize(self.input_mean, self.input_std)(x)
+        x = to_compute_dtype(Normalize(self.input_mean, self.input_std)(x), self.dtype)
         conv_fn = conv_function(self.conv_impl)
+        compute = dict(dtype=self.dtype, precision=self.precision)
         for stage, channels in enumerate((32, 64)):
             for conv in range(2):
                 x = nn.Conv(channels * self.width, (3, 3), padding="SAME", kernel_init=conv_init,
-                            conv_general_dilated=conv_fn, name=f"conv{stage + 1}_{conv + 1}")(x)
+                            conv_general_dilated=conv_fn, name=f"conv{stage + 1}_{conv + 1}", **compute)(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = jnp.reshape(x, (x.shape[0], -1))
         for layer in range(2):
-            x = nn.relu(nn.Dense(200 * self.width, kernel_init=linear_init, name=f"dense{layer + 1}")(x))
-        return nn.Dense(self.num_classes, kernel_init=linear_init, name="classifier")(x)
+            x = nn.relu(nn.Dense(200 * self.width, kernel_init=linear_init, name=f"dense{layer + 1}", **compute)(x))
+        return float32_logits(nn.Dense(self.num_classes, kernel_init=linear_init, name="classifier", **compute)(x))

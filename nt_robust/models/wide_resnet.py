@@ -12,13 +12,13 @@ that the forward pass does not use (the TRADES code builds one and never calls i
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from nt_robust.models.conv import conv_function
-from nt_robust.models.layers import Normalize, conv_init, linear_init
+from nt_robust.models.layers import Normalize, conv_init, float32_logits, linear_init, to_compute_dtype
 
 
 # PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 = Flax momentum 0.9): the export
@@ -27,8 +27,12 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 
-def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+def _batch_norm(train: bool, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:
+    """Flax's BatchNorm computes its batch statistics, running averages and the
+    normalization itself in float32 whatever the input (``force_float32_reductions``);
+    ``dtype`` is only the dtype it returns (the compute dtype)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+                        name=name)
 
 
 class BasicBlock(nn.Module):
@@ -39,29 +43,33 @@ class BasicBlock(nn.Module):
     out_channels: int
     stride: int
     conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool):
         equal_in_out = x.shape[-1] == self.out_channels and self.stride == 1
-        conv_fn = conv_function(self.conv_impl)
-        activated = nn.relu(_batch_norm(train, "bn1")(x))
-        out = nn.Conv(self.out_channels, (3, 3), strides=self.stride, padding=1,
-                      use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_fn, name="conv1")(activated)
-        out = nn.relu(_batch_norm(train, "bn2")(out))
-        out = nn.Conv(self.out_channels, (3, 3), strides=1, padding=1,
-                      use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_fn, name="conv2")(out)
+        conv = dict(use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_function(self.conv_impl),
+                    dtype=self.dtype, precision=self.precision)
+        activated = nn.relu(_batch_norm(train, "bn1", self.dtype)(x))
+        out = nn.Conv(self.out_channels, (3, 3), strides=self.stride, padding=1, name="conv1", **conv)(activated)
+        out = nn.relu(_batch_norm(train, "bn2", self.dtype)(out))
+        out = nn.Conv(self.out_channels, (3, 3), strides=1, padding=1, name="conv2", **conv)(out)
         if equal_in_out:
             shortcut = x
         else:
-            shortcut = nn.Conv(self.out_channels, (1, 1), strides=self.stride, padding=0,
-                               use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_fn,
-                               name="shortcut")(activated)
+            shortcut = nn.Conv(self.out_channels, (1, 1), strides=self.stride, padding=0, name="shortcut",
+                               **conv)(activated)
         return shortcut + out
 
 
 class WideResNet(nn.Module):
     """WRN-``depth``-``width``; ``depth`` must be 6n + 4 and ``width`` an integer ≥ 1.
-    ``conv_impl``: see ``nt_robust.models.conv`` (changes speed, not the function)."""
+    ``conv_impl``: see ``nt_robust.models.conv`` (changes speed, not the function).
+    ``dtype``: the compute dtype of every convolution and the classifier (the input is cast
+    to it after the float32 normalization; BatchNorm normalizes in float32 and returns it);
+    ``precision``: every layer's matmul precision. Parameters and BatchNorm statistics are
+    float32 and the logits are returned in float32 whatever ``dtype`` is."""
 
     depth: int = 34
     width: int = 10
@@ -69,6 +77,8 @@ class WideResNet(nn.Module):
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
     conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -77,14 +87,15 @@ class WideResNet(nn.Module):
         if int(self.width) != self.width or self.width < 1:
             raise ValueError(f"WideResNet width must be an integer >= 1, got {self.width}")
         blocks_per_group = (self.depth - 4) // 6
-        x = Normalize(self.input_mean, self.input_std)(x)
+        compute = dict(dtype=self.dtype, precision=self.precision)
+        x = to_compute_dtype(Normalize(self.input_mean, self.input_std)(x), self.dtype)
         x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
-                    conv_general_dilated=conv_function(self.conv_impl), name="stem")(x)
+                    conv_general_dilated=conv_function(self.conv_impl), name="stem", **compute)(x)
         for group, (channels, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
             for block in range(blocks_per_group):
                 x = BasicBlock(channels * self.width, stride if block == 0 else 1, self.conv_impl,
-                               name=f"group{group + 1}_block{block + 1}")(x, train)
-        x = nn.relu(_batch_norm(train, "final_bn")(x))
+                               name=f"group{group + 1}_block{block + 1}", **compute)(x, train)
+        x = nn.relu(_batch_norm(train, "final_bn", self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=linear_init,
-                        bias_init=nn.initializers.zeros, name="classifier")(x)
+        return float32_logits(nn.Dense(self.num_classes, kernel_init=linear_init,
+                                       bias_init=nn.initializers.zeros, name="classifier", **compute)(x))

@@ -14,6 +14,7 @@ import dataclasses
 
 from nt_robust.attacks import PGD20, TRADES_TRAIN, AttackConfig
 from nt_robust.models import BN_MODES, ModelConfig
+from nt_robust.models.layers import COMPUTE_DTYPES
 
 OBJECTIVES = ("natural", "pgd_at", "trades")
 SCHEDULES = ("piecewise", "cosine", "late_halving", "constant")
@@ -163,7 +164,9 @@ class EvalConfig:
     Lipschitz estimate (docs/paper.md §3: "yang" on logits, "trades_grad" = the authors'
     logging, or "none"); ``lipschitz_eps`` None takes the method's default ε;
     ``lipschitz_direction`` ("yang" only): "ascend" (default) or "published" (Yang et al.'s
-    published loop, which descends on the ratio; see :func:`nt_robust.metrics.yang_local_lipschitz`)."""
+    published loop, which descends on the ratio; see :func:`nt_robust.metrics.yang_local_lipschitz`).
+    ``dtype``: the compute dtype of evaluation ("float32", default, or "bfloat16"), separate
+    from ``model.dtype``: a model trained in bfloat16 is attacked in float32 unless asked."""
 
     attack: AttackConfig = PGD20
     lipschitz: str = "yang"
@@ -174,6 +177,7 @@ class EvalConfig:
     batch_size: int = 256
     every_epochs: int = 1
     bn_mode: str = "eval"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _require(self.lipschitz in LIPSCHITZ_METHODS, "eval.lipschitz",
@@ -190,6 +194,9 @@ class EvalConfig:
         _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.every_epochs >= 1, "eval.every_epochs", f"must be >= 1, got {self.every_epochs}")
         _require(self.bn_mode in BN_MODES, "eval.bn_mode", f"must be one of {BN_MODES}, got {self.bn_mode!r}")
+        _require(self.dtype in COMPUTE_DTYPES, "eval.dtype",
+                 f"must be one of {COMPUTE_DTYPES} (the compute dtype attacks and evaluation run the model in, "
+                 f"whatever model.dtype trained it), got {self.dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,8 @@
 every protocol alike (a preset or protocol fixes the steps, not the threat model). The
 result records the ε used (``eps``) and where it came from (``eps_source``). Every
 override either takes effect or is refused: ``eval.attack.*`` fields apply on top of a
-preset; a protocol's stages fix their own settings, so there only ε, ``eval.batch_size``
-and ``eval.bn_mode`` apply.
+preset; a protocol's stages fix their own settings, so there only ε, ``eval.batch_size``,
+``eval.bn_mode`` and ``eval.dtype`` apply.
 
 The checkpoint defaults to ``best_val`` (selected on held-out validation robust
 accuracy); ``best_test`` (selected on the test set: the paper's protocol, optimistic when
@@ -25,7 +25,9 @@ protocol (see :mod:`nt_robust.attacks.protocols`) writes
 finished batch is saved under ``….partial/``, so an interrupted evaluation resumes where it
 stopped, and a finished one with the same settings is returned without recomputing.
 Sanity flags (:mod:`nt_robust.attacks.sanity`) are computed on the first 64 points,
-printed, and stored.
+printed, and stored; when bfloat16 took part (``model.dtype`` or ``eval.dtype``), so is
+``attack_precision_weaker`` (:mod:`nt_robust.train.precision`). The model is attacked in
+``eval.dtype`` (float32 unless set).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from nt_robust.config import ConfigError, ExactFloat, apply_overrides, build, pa
 from nt_robust.metrics import summarize
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.loop import Trainer
+from nt_robust.train.precision import attack_precision_flag
 from nt_robust.train.state import model_variables
 
 # Attack presets: the steps, loss and start of each. Their ε (0.031 here) is a placeholder:
@@ -70,7 +73,7 @@ SELECTION_RULES = {
 _TRAINING_ONLY = {"eval.val_examples": "use --examples N", "eval.test_examples": "use --examples N",
                   "eval.every_epochs": "it only applies while training"}
 # What a protocol takes from the config: its stages fix everything else.
-_PROTOCOL_SETTINGS = ("eval.attack.eps", "eval.batch_size", "eval.bn_mode")
+_PROTOCOL_SETTINGS = ("eval.attack.eps", "eval.batch_size", "eval.bn_mode", "eval.dtype")
 
 
 def preset_at_eps(name: str, eps: float) -> AttackConfig:
@@ -121,8 +124,12 @@ def _sanity(trainer: Trainer, variables: Any, images: np.ndarray, labels: np.nda
             bn_mode: str, result: Any = None, show: bool = True) -> list[dict[str, Any]]:
     x = images[:SANITY_POINTS]
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    flags = sanity_flags(ModelFn(trainer.model, bn_mode), variables, x, labels[:SANITY_POINTS],
+    flags = sanity_flags(ModelFn(trainer.eval_model, bn_mode), variables, x, labels[:SANITY_POINTS],
                          jax.random.key(seed), eps, bn_mode=bn_mode, result=result)
+    if "bfloat16" in (trainer.config.model.dtype, trainer.config.eval.dtype):  # low precision took part
+        flags.append(attack_precision_flag(trainer.config.model, trainer.splits.num_classes, variables, x,
+                                           labels[:SANITY_POINTS], jax.random.key(seed),
+                                           dataclasses.replace(PGD20, eps=eps), bn_mode))
     if show:
         print("sanity checks:\n" + format_flags(flags), file=sys.stderr, flush=True)  # stdout: the JSON
     return [f.to_dict() for f in flags]
@@ -249,6 +256,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
     }
     if protocol is not None:
         variant = "" if config.eval.bn_mode == run_config.eval.bn_mode else f"_bn-{config.eval.bn_mode}"
+        variant += "" if config.eval.dtype == "float32" else f"_{config.eval.dtype}"
         return _evaluate_protocol(trainer, variables, int(state.step), images, labels, run_dir, checkpoint,
                                   split, protocol, config.eval.batch_size, progress, common, variant)
     per_example = trainer.evaluator(variables, images, labels, progress=progress)
@@ -265,6 +273,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         "overrides": list(overrides),
         "lipschitz": None if trainer.evaluator.lipschitz is None else trainer.evaluator.lipschitz.to_dict(),
         "bn_mode": config.eval.bn_mode,
+        "eval_dtype": config.eval.dtype,
         "batch_size": config.eval.batch_size,
         "seed": config.train.seed,
         "sanity_flags": _sanity(trainer, variables, images, labels, config.eval.attack.eps,
@@ -287,7 +296,8 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
     protocol = get_protocol(name, config.eval.attack.eps)
     fingerprint = {"protocol": protocol.to_dict(), "checkpoint": checkpoint, "step": step, "split": split,
                    "num_examples": int(len(labels)), "seed": config.train.seed, "batch_size": batch_size,
-                   "bn_mode": config.eval.bn_mode}
+                   "bn_mode": config.eval.bn_mode,
+                   **({} if config.eval.dtype == "float32" else {"dtype": config.eval.dtype})}
     stem = protocol_result_stem(run_dir, checkpoint, split, name, protocol.eps, len(labels), variant)
     json_path, npz_path = Path(f"{stem}.json"), Path(f"{stem}.npz")
     store = BatchStore(Path(f"{stem}.partial"), fingerprint)
@@ -305,7 +315,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         def report(done: int, total: int) -> None:
             print(f"{name} (eps={protocol.eps!r}): batch {done}/{total}", file=sys.stderr, flush=True)
 
-    result = run_protocol(protocol, ModelFn(trainer.model, config.eval.bn_mode), variables, images, labels,
+    result = run_protocol(protocol, ModelFn(trainer.eval_model, config.eval.bn_mode), variables, images, labels,
                           seed=config.train.seed, batch_size=batch_size, store=store, progress=report)
     summary = {
         **result.summary(),
@@ -315,6 +325,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         "step": step,
         "split": split,
         "bn_mode": config.eval.bn_mode,
+        "eval_dtype": config.eval.dtype,
         "fingerprint": store.fingerprint,
         "sanity_flags": _sanity(trainer, variables, images, labels, protocol.eps, config.train.seed,
                                 config.eval.bn_mode, result=result, show=progress),

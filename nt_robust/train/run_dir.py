@@ -152,6 +152,8 @@ def _bn_passes_before_the_option(saved: dict[str, Any]) -> str:
 # A value may also be a function of the saved config (a dict), for a field whose old
 # behaviour depended on other settings.
 ADDED_FIELDS = {"model.conv_impl": "xla",
+                # issue 12: mixed precision; every run before it was float32 at JAX's default precision.
+                "model.dtype": "float32", "model.matmul_precision": "default", "eval.dtype": "float32",
                 "eval.lipschitz_direction": "ascend",  # issue 11: Yang's published (descending) loop as an option
                 **{f"{attack}.{field}_text": None for attack in ("train_attack", "eval.attack")
                    for field in ("eps", "step_size")},

@@ -25,6 +25,7 @@ import optax
 from nt_robust.attacks import pgd
 from nt_robust.data import augment_batch, to_float
 from nt_robust.models import make_logits_fn
+from nt_robust.models.layers import float32_logits
 from nt_robust.objectives import objective_terms
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.state import TrainState, model_variables
@@ -33,12 +34,13 @@ TrainStep = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[
 
 
 def forward_train(model: nn.Module, params: Any, batch_stats: Any, x: jax.Array) -> tuple[jax.Array, Any]:
-    """Training-mode forward pass; returns logits and the updated BatchNorm statistics."""
+    """Training-mode forward pass; returns logits (float32 whatever ``model.dtype``) and the
+    updated BatchNorm statistics (float32)."""
     if not batch_stats:
-        return model.apply({"params": params}, x, train=True), batch_stats
+        return float32_logits(model.apply({"params": params}, x, train=True)), batch_stats
     logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                   mutable=["batch_stats"])
-    return logits, updates["batch_stats"]
+    return float32_logits(logits), updates["batch_stats"]
 
 
 def pass_order(kind: str, bn_passes: str) -> tuple[str, ...]:
