@@ -32,6 +32,7 @@ from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.data import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
+from nt_robust.train.precision import precision_record
 from nt_robust.train.run_dir import RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock
 from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
                                       replicate, replicated_sharding)
@@ -78,6 +79,8 @@ def _prefixed(prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
 class Trainer:
     """Holds what one run needs; :func:`train` is the usual entry point."""
 
+    step_flops: dict[str, Any] | None = None   # nt_robust.flops.jitted_step_flops, after the first step
+
     def __init__(self, config: ExperimentConfig, run_dir: str | Path):
         self.config = config
         self.is_main = jax.process_index() == 0
@@ -97,7 +100,9 @@ class Trainer:
                                   in_shardings=(rep, batch, batch), out_shardings=(rep, rep),
                                   donate_argnums=0)
         self.all_finite = jax.jit(_all_finite)
-        self.evaluator = Evaluator(self.model, config.eval, self.mesh, seed=config.train.seed,
+        # the same parameters in eval.dtype (float32 by default, whatever model.dtype trained them)
+        self.eval_model = create_model(config.model, self.splits.num_classes, dtype=config.eval.dtype)
+        self.evaluator = Evaluator(self.eval_model, config.eval, self.mesh, seed=config.train.seed,
                                    num_classes=self.splits.num_classes)
         self.war = None
         if config.war.enabled:
@@ -151,7 +156,8 @@ class Trainer:
 
     def _fit(self, stop_after_steps: int | None) -> dict[str, Any]:
         config, run = self.config, self.run
-        resumed = run.claim(to_dict(config), environment_info(), write=self.is_main)
+        resumed = run.claim(to_dict(config), {**environment_info(), "precision": precision_record(config)},
+                            write=self.is_main)
         state = self.initial_state()
         checkpoints = Checkpointer(run.checkpoint_dir, keep=config.train.keep_checkpoints)
         progress = Progress()
@@ -210,8 +216,11 @@ class Trainer:
             pending = None
             while progress.batch < self.steps_per_epoch:
                 indices = order[progress.batch * batch_size:(progress.batch + 1) * batch_size][rows_of_process]
-                state, metrics = self.train_step(state, global_batch(splits.train_images[indices], self.mesh),
-                                                 global_batch(splits.train_labels[indices], self.mesh))
+                batch = (global_batch(splits.train_images[indices], self.mesh),
+                         global_batch(splits.train_labels[indices], self.mesh))
+                state, metrics = self.train_step(state, *batch)
+                if self.step_flops is None:
+                    self.step_flops = self._count_step_flops(state, batch)
                 if pending is not None:  # read step i-1 while step i runs
                     self._accumulate(progress, pending, bar)
                 progress.batch += 1
@@ -319,7 +328,31 @@ class Trainer:
                 for name, per_example in results.items():
                     self.run.save_eval(f"final_{name}", per_example)
         row["epoch_seconds"] = train_seconds + row.get("eval_seconds", 0.0)
+        row.update(self._flop_rate(train_seconds))
         return row
+
+    def _count_step_flops(self, state: TrainState, batch: tuple[jax.Array, jax.Array]) -> dict[str, Any]:
+        """FLOPs of one global step from XLA's cost analysis (nt_robust.flops); never fails a run."""
+        from nt_robust import flops
+        try:
+            return flops.jitted_step_flops(self.train_step, (state, *batch), self.config,
+                                           self.splits.image_shape, self.splits.num_classes)
+        except Exception as error:  # accounting only
+            log.warning("no FLOP count for the training step: %s", error)
+            return {"flops_per_step": None}
+
+    def _flop_rate(self, train_seconds: float) -> dict[str, Any]:
+        """``train_flops_per_s`` (step FLOPs × steps per epoch / the epoch's training seconds) and
+        ``train_mfu`` (over the devices' dense peak at the configured precision; None on CPU)."""
+        from nt_robust import flops
+        per_step = (self.step_flops or {}).get("flops_per_step")
+        if per_step is None or train_seconds <= 0:
+            return {"train_flops_per_s": None, "train_mfu": None}
+        rate = per_step * self.steps_per_epoch / train_seconds
+        device = jax.devices()[0]
+        precision = flops.precision_class(*flops.config_precision(self.config), device.platform)
+        return {"train_flops_per_s": rate,
+                "train_mfu": flops.mfu(rate, device.device_kind, precision, jax.device_count())}
 
     @staticmethod
     def _describe(row: dict[str, Any]) -> str:
@@ -358,6 +391,7 @@ class Trainer:
             "train_seconds_total": sum(r["epoch_seconds"] for r in rows),
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
+            "precision": precision_record(config),
         }
         if self.is_main:
             self.run.write_summary(summary)
