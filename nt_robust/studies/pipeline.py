@@ -214,8 +214,9 @@ def format_estimate(estimates: list[dict[str, Any]]) -> str:
             + format_table(["model", "runs", "epochs", "steps/epoch", "GFLOP/step", "s/step", "h/run", "h total",
                             "peak GiB", "fits", "s/step from"], rows)
             + f"\nAt train.batch_size = {first['batch_size']} on {first['device']} ({gib(first['memory_bytes'])} GiB): "
-              f"fit {', '.join(fit) or 'none'}; do not fit {', '.join(unfit) or 'none'} "
-              "(XLA's buffer plan of the compiled step)\n")
+              + (f"every width fits ({', '.join(fit)})" if fit and not unfit else
+                 f"fit {', '.join(fit) or 'none'}; do not fit {', '.join(unfit) or 'none'}")
+              + " (XLA's buffer plan of the compiled step)\n")
 
 
 def hardware_description() -> str:
