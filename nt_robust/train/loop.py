@@ -76,6 +76,11 @@ def _prefixed(prefix: str, summary: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}_{k}": v for k, v in summary.items()}
 
 
+# Row fields measured by the wall clock: they differ between two runs of one config, so
+# comparisons of runs (resume tests, reproducibility checks) leave them out.
+WALL_CLOCK_FIELDS = ("train_seconds", "eval_seconds", "epoch_seconds", "train_flops_per_s", "train_mfu")
+
+
 class Trainer:
     """Holds what one run needs; :func:`train` is the usual entry point."""
 

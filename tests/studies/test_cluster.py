@@ -55,7 +55,7 @@ def test_slurm_script_submits_arrays_with_dependencies(study, tmp_path):
     for call in calls[:3]:
         assert {"--partition=gpu", "--gpus-per-task=1", "--time=04:00:00", "--mem=32G"} <= set(call)
     ranges = stage_ranges(study)
-    assert ranges == {"grid": (0, 35), "war": (36, 44)}
+    assert ranges == {"grid": (0, 35), "war": (36, 53)}   # 2 WAR readings × 3 widths × 3 seeds
     runs = study.runs()
     covered = []
     for call, stage in zip(calls[:2], ("grid", "war")):

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nt_robust.train.loop import WALL_CLOCK_FIELDS
+
 TRAIN_SCRIPT = Path(__file__).with_name("train_subprocess.py")
 STEP_SCRIPT = Path(__file__).with_name("step_subprocess.py")
 OVERRIDES = [
@@ -177,8 +179,7 @@ def test_sigkill_mid_epoch_then_resume_is_identical(reference, tmp_path):
     reference_leaves, resumed_leaves = leaves(ref_dir / "one_device.npz"), leaves(tmp_path / "run.npz")
     for key in reference_leaves:
         np.testing.assert_array_equal(reference_leaves[key], resumed_leaves[key], err_msg=key)
-    timing = ("train_seconds", "eval_seconds", "epoch_seconds")
-    strip = lambda row: {k: v for k, v in row.items() if k not in timing}  # noqa: E731
+    strip = lambda row: {k: v for k, v in row.items() if k not in WALL_CLOCK_FIELDS}  # noqa: E731
     assert strip(report["final"]) == strip(ref_report["final"])
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]

@@ -29,7 +29,7 @@ from nt_robust.data import DataFormatError
 from nt_robust.train import ExperimentConfig, RunConfigMismatchError, Trainer, train
 from nt_robust.train.checkpoints import (DIGEST, CheckpointCorruptError, CheckpointMismatchError,
                                          CheckpointSaveError, verify_digest)
-from nt_robust.train.loop import TrainingInterrupted
+from nt_robust.train.loop import WALL_CLOCK_FIELDS, TrainingInterrupted
 from nt_robust.train.run_dir import RunDirectoryNotWritableError
 from nt_robust.train.state import model_variables
 
@@ -37,7 +37,7 @@ TINY = ["data.dataset=synthetic", "data.val_size=64", "data.crop_padding=1", "mo
         "model.width=16", "model.depth=1", "train.batch_size=64", "train.epochs=1", "train_attack.num_steps=1",
         "eval.attack.num_steps=1", "eval.val_examples=64", "eval.test_examples=64", "eval.batch_size=64",
         "eval.lipschitz=none", "train.progress=false", "optim.lr=0.05", "train.checkpoint_every_steps=2"]
-TIMING = ("train_seconds", "eval_seconds", "epoch_seconds")
+TIMING = WALL_CLOCK_FIELDS
 
 
 def tiny(*extra: str) -> ExperimentConfig:
