@@ -47,7 +47,8 @@ test: setup
 
 # Every committed figure, from scratch: both quick studies trained anew into
 # runs/make_figures/<time>/ (no existing run is reused or deleted), then the theory
-# figures. About 75 min on 2 cores (README); RESUME=runs/make_figures/<time> continues one.
+# figures. Roughly 75-90 min on an idle 2-core machine (README); RESUME=runs/make_figures/<time>
+# continues an interrupted build.
 figures: setup
 	$(PY) experiments/make_figures.py $(if $(RESUME),--resume $(RESUME))
 
