@@ -40,10 +40,11 @@ demo: setup
 	$(VENV)/bin/nt-robust study experiments/study_quick_fmnist.toml
 
 # The machine first: float kernels and summation orders differ between CPU families, so a
-# failure report should say which CPU and ISA it came from.
+# failure report should say which CPU and ISA it came from. Two pytest-xdist workers, one
+# test module (scope) per worker at a time, so module fixtures are built once.
 test: setup
 	@$(PY) -c "from nt_robust.environment import describe_cpu; print('machine: CPU', describe_cpu())"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
 # Every committed figure, from scratch: both quick studies trained anew into
 # runs/make_figures/<time>/ (no existing run is reused or deleted), then the theory
