@@ -143,8 +143,12 @@ def _settle(threads: set[threading.Thread], seconds: float = 5.0) -> None:
     retry in the same process would otherwise race them while cleaning it up)."""
     deadline = time.monotonic() + seconds
     for thread in threads:
-        if not thread.daemon:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        while not thread.daemon and time.monotonic() < deadline:
+            try:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                break
+            except RuntimeError:  # threading.enumerate() also lists threads still starting up
+                time.sleep(0.01)
 
 
 class Checkpointer:

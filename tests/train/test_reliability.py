@@ -325,3 +325,21 @@ def test_eval_reads_a_run_that_another_process_is_training(copy, capsys):
     with RunLock(copy):  # as a trainer holds it; eval takes no lock and only reads checkpoints
         assert main(["eval", str(copy), "--checkpoint", "latest", "--examples", "8"]) == 0
     assert '"step": 7' in capsys.readouterr().out
+
+
+def test_settling_a_failed_save_tolerates_threads_that_are_still_starting():
+    # threading.enumerate() lists threads between start() and their first instruction, and
+    # join() on those raises "cannot join thread before it is started" (seen once in CI).
+    from nt_robust.train.checkpoints import _settle
+
+    class Starting:
+        daemon, attempts = False, 0
+
+        def join(self, timeout=None):
+            self.attempts += 1
+            if self.attempts < 3:
+                raise RuntimeError("cannot join thread before it is started")
+
+    thread = Starting()
+    _settle({thread}, seconds=5.0)
+    assert thread.attempts == 3
