@@ -167,7 +167,7 @@ def plot_war(rows: list[dict[str, Any]], stem: Path) -> list[Path] | None:
     bars, lams = [], []
     for width in widths:
         by_lam = group_stats(select(grid, width=width), ("lam",), "test_robust_accuracy")
-        at_width = [r for r in select(war_rows, width=width)]
+        at_width = select(war_rows, width=width)
         per_mode = [[r for r in at_width if (r.get("war_mode") or "weighted_ratio") == m] for m in modes]
         bars.append((by_lam.get((lam_s,)), by_lam.get((best.get(width),)),
                      *(stats_of([r["test_robust_accuracy"] for r in rs]) if rs else None for rs in per_mode)))

@@ -151,27 +151,29 @@ def estimate_cost(study: Study, timed_steps: int = 2, device: str | None = None,
     return estimates
 
 
-# Image shape, classes, training and test examples of the datasets the estimate knows
-# without their files (the published sizes), for a cluster spec estimated where the data are not.
-DATASET_SHAPES = {"cifar10": ((32, 32, 3), 10, 50_000, 10_000), "cifar100": ((32, 32, 3), 100, 50_000, 10_000),
-                  "mnist": ((28, 28, 1), 10, 60_000, 10_000), "fashion_mnist": ((28, 28, 1), 10, 60_000, 10_000)}
+# Published training and test sizes of the datasets the estimate knows without their files,
+# for a cluster spec estimated where the data are not (shapes and classes: DATASET_SHAPES).
+PUBLISHED_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "mnist": (60_000, 10_000),
+                   "fashion_mnist": (60_000, 10_000)}
 
 
 def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
     """image_shape, num_classes and the train / val / test sizes of ``config.data``: from the
-    dataset itself when it is on this machine, else from :data:`DATASET_SHAPES`."""
+    dataset itself when it is on this machine, else from :data:`PUBLISHED_SIZES` and
+    :data:`nt_robust.train.config.DATASET_SHAPES`."""
     from nt_robust.data.specs import canonical_name
     from nt_robust.data.errors import DataError
+    from nt_robust.train.config import DATASET_SHAPES
     from nt_robust.train.data import prepare_splits
 
     data = config.data
     try:
         splits = prepare_splits(data)
     except DataError:
-        known = DATASET_SHAPES.get(canonical_name(data.dataset))
-        if known is None:
+        name = canonical_name(data.dataset)
+        if name not in PUBLISHED_SIZES:
             raise
-        shape, classes, train, test = known
+        (shape, classes), (train, test) = DATASET_SHAPES[name], PUBLISHED_SIZES[name]
         log.warning("%s is not on this machine: the estimate uses its published sizes", data.dataset)
         train -= data.val_size
         train = train if data.train_subset is None else min(train, data.train_subset)
