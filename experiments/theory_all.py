@@ -20,6 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import theory_bound_growth  # noqa: E402
+import theory_conv  # noqa: E402
 import theory_init_gradients  # noqa: E402
 import theory_lazy  # noqa: E402
 import theory_memory  # noqa: E402
@@ -31,7 +32,7 @@ from nt_robust.io import read_json, write_json  # noqa: E402
 
 STAGES = {"init_gradients": theory_init_gradients, "ntk_convergence": theory_ntk_convergence,
           "bound_growth": theory_bound_growth, "lazy": theory_lazy, "trades": theory_trades,
-          "memory": theory_memory}
+          "memory": theory_memory, "conv": theory_conv}
 
 
 def _cpu_seconds() -> float:
