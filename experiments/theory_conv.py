@@ -25,7 +25,7 @@ falls" with k) compare the narrowest and widest width: the per-seed (and, for gr
 stability, per-image) log ratio or difference, with the two-way seed × image interval of
 nt_robust.studies.uncertainty::
 
-    python experiments/theory_conv.py --preset cpu   # -> figures/theory/conv.{json}, conv_*.{png,pdf}
+    python experiments/theory_conv.py --preset cpu   # -> figures/theory/conv.json, conv_{ntk,gradients,bound,stability}.{png,pdf}
 """
 
 from __future__ import annotations
@@ -257,6 +257,18 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    widths = sorted({r["width"] for r in result["grad_rows"]})
+
+    def save(fig, name):
+        for ax in fig.axes:  # widths as plain integers on the log axis
+            if ax.get_xscale() == "log":
+                ax.xaxis.set_major_locator(FixedLocator(widths))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_xticklabels([str(w) for w in widths])
+        save_figure(fig, f"{out_dir}/{name}")
+        plt.close(fig)
 
     labels = {"wrn": f"WRN-{result['depth']}-k (BN, Flax)", "cnn": "SmallCNN ×k (Flax)",
               "analogue": f"BN-free WRN-{result['depth']}-k (stax)"}
@@ -288,8 +300,7 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
     for ax in axes:
         ax.set(xscale="log", yscale="log", xlabel="width k")
         ax.legend(fontsize=7)
-    save_figure(fig, f"{out_dir}/conv_ntk")
-    plt.close(fig)
+    save(fig, "conv_ntk")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arch, color in zip(ARCHS, ("C0", "C1", "C2")):
@@ -309,8 +320,7 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
                 title="Finite analogue against its limit (same images)")
     for ax in axes:
         ax.legend(fontsize=7)
-    save_figure(fig, f"{out_dir}/conv_gradients")
-    plt.close(fig)
+    save(fig, "conv_gradients")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (rows, when) in zip(axes, ((result["grad_rows"], "init"),
@@ -328,8 +338,27 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
         ax.set(xscale="log", yscale="log", xlabel="width k", title=f"|W|-product bound vs actual ‖∇ₓf‖₁, {when}")
         ax.legend(fontsize=6)
     axes[0].set(ylabel="‖∇ₓ logit₀‖₁ (mean over images)")
-    save_figure(fig, f"{out_dir}/conv_bound")
-    plt.close(fig)
+    save(fig, "conv_bound")
+
+    rows = result.get("stability_rows", [])
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for ax, when in zip(axes, ("init", "trained")):
+            for arch, color in zip(ARCHS[:2], ("C0", "C1")):
+                subset = [r for r in rows if r["when"] == when]
+                w, m, s = series(subset, arch, "stability")
+                change = (fits[arch]["verdicts"]["stability_falls"] or {}).get(when)
+                note = (f": Δ {change['estimate']:+.3f} [{change['ci95'][0]:+.3f}, {change['ci95'][1]:+.3f}] → "
+                        f"{change['verdict_falls']}" if change and change["ci95"] else "")
+                ax.errorbar(w, m, yerr=s, color=color, marker="o", capsize=3, label=f"stability, {labels[arch]}{note}")
+                w, m, s = series(subset, arch, "natural_accuracy")
+                ax.errorbar(w, m, yerr=s, color=color, ls=":", marker="x", capsize=3, label=f"accuracy, {labels[arch]}")
+            ax.set(xscale="log", xlabel="width k", ylim=(0, 1.02),
+                   title=f"PGD-{result['attack']['num_steps']} stability, ε = {result['attack']['eps']:g}, "
+                         + ("at init" if when == "init" else f"after {result['train_steps']} SGD steps"))
+            ax.legend(fontsize=6)
+        axes[0].set(ylabel=f"fraction of {result['stability_points']} test images")
+        save(fig, "conv_stability")
 
 
 def main(argv: list[str] | None = None) -> dict:
