@@ -2,13 +2,15 @@
 neural-tangents' stax with its infinite-width kernel, the input gradient that kernel
 predicts at initialization, and a certified |W|-product bound on ‖∇ₓf‖₁.
 
-    from nt_robust.theory.conv import (wrn_stax, analytic_grad_sq_norm, flax_empirical_ntk,
-                                       logit_input_grads, abs_product_bound)
+    from nt_robust.theory.conv import (wrn_stax, stax_init, analytic_grad_sq_norm, flax_empirical_ntk,
+                                       model_input_grads, abs_product_bound)
     init_fn, apply_fn, kernel_fn = wrn_stax(depth=10, width=4)     # stem and groups widened
+    params = stax_init(init_fn, seed=0, input_shape=x.shape)      # N(0, 1) weights, drawn by numpy
     expected = analytic_grad_sq_norm(kernel_fn, x, std=0.35)      # (N,) E‖∇ₓf‖² at init, k → ∞
     theta = flax_empirical_ntk(model, variables, x)               # (N, N), logit 0, BN in eval mode
-    grads = logit_input_grads(lambda v: model.apply(variables, v, train=False), x)   # (N, H, W, C)
-    bound = abs_product_bound(model, variables, x.shape[1:], std=0.35)   # ≥ ‖∇ₓ logit₀‖₁ everywhere
+    grads = model_input_grads(model, variables, x)                # (N, H, W, C), compiled once per model
+    bound = abs_product_bound(raw_model, variables, x.shape[1:], std=0.35)   # ≥ ‖∇ₓ logit₀‖₁ everywhere
+                                                                  # (raw_model: built without input_mean/std)
 
 Conventions (docs/theory.md §12): the scalar studied is logit 0 of the 10-class model (at
 initialization every logit has the same law), as a function of the *pixel* image x in
