@@ -219,12 +219,15 @@ def test_ctrl_c_during_a_checkpoint_save_waits_for_the_save_to_finish(tmp_path, 
         return await original(self, item, directory)
 
     monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", ctrl_c_mid_save)
+    # Python's default_int_handler, or SIG_IGN where the test process was started in the
+    # background by a non-interactive shell (which ignores SIGINT for asynchronous commands)
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="last checkpoint is step 2"):
         train(tiny(), tmp_path / "run")
     latest = tmp_path / "run" / "checkpoints" / "latest"
     assert [p.name for p in latest.iterdir()] == ["2"] and verify_digest(latest / "2") is None
     assert (latest / "2" / DIGEST).exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_config_changed_between_start_and_resume_is_refused_and_nothing_is_touched(tmp_path):
