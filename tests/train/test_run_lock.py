@@ -69,8 +69,12 @@ def test_second_trainer_on_a_locked_run_directory_exits_non_zero_within_seconds(
 
 def test_ctrl_c_in_the_cli_exits_130_saying_how_to_resume_with_an_intact_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
+    # SIGINT at its default in the child: a suite started in the background by a non-interactive
+    # shell ignores SIGINT, and an ignored signal stays ignored across exec (as it should for
+    # `nt-robust train ... &`), which would turn this Ctrl-C into a 60 s timeout
     process = subprocess.Popen(cli(run_dir, "train.epochs=200", "train.checkpoint_every_steps=1"), env=ENV,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 90
     while not (latest.exists() and any((p / DIGEST).exists() for p in latest.iterdir())):
