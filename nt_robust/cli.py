@@ -84,6 +84,12 @@ are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<n
   nt-robust study experiments/study_quick_fmnist.toml --list       # runs and their status
   nt-robust study experiments/study_quick_fmnist.toml --emit slurm --partition gpu --gpus-per-task 1 > submit.sh
   nt-robust study experiments/study_quick_fmnist.toml --emit k8s --gpus-per-task 1 > study.yaml""",
+    "map": """examples:
+  nt-robust map experiments/regime_*.toml                        # figures/regime_map/ (map.md, map.json, figures)
+  nt-robust map experiments/regime_mlp_n1000.toml experiments/study_quick_fmnist.toml --out figures/my_map
+
+Reads the finished runs of every study spec (its runs_root, or runs/studies/<name>), never trains;
+a regime with unfinished runs is drawn from what has finished and marked partial.""",
     "compare": """examples:
   nt-robust compare runs/quick_fmnist
   nt-robust compare runs/studies/quick_fmnist/*                    # every run of a study
@@ -212,6 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--image", default="python:3.11", help="k8s: container image with the environment")
     cluster.add_argument("--volume-claim", metavar="PVC",
                          help="k8s: PersistentVolumeClaim holding the repository, data and runs")
+
+    regime_map = command("map", "the regime map: slopes vs log width and claim verdicts across studies")
+    regime_map.add_argument("specs", nargs="+", metavar="SPEC", help="study specs (experiments/regime_*.toml, ...)")
+    regime_map.add_argument("--out", default="figures/regime_map", help="output folder (default figures/regime_map)")
 
     compare = command("compare", "table of runs: every checkpoint rule, and their evaluations")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -584,6 +594,26 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map(args: argparse.Namespace) -> int:
+    from nt_robust.studies.regime_map import build_map, load_regime, write_map
+    from nt_robust.studies.sweep import load_study
+
+    specs = [Path(s) for s in args.specs]
+    not_studies = [str(s) for s in specs if s.exists() and _toml_kind(s) != "study"]
+    if not_studies:
+        raise ConfigError(f"not study specs: {', '.join(not_studies)} (the map reads study specs such as "
+                          "experiments/regime_*.toml)")
+    regimes = [load_regime(load_study(spec)) for spec in specs]
+    if len({r.name for r in regimes}) != len(regimes):
+        raise ConfigError("two specs name the same study: give each regime once")
+    result = build_map(regimes)
+    paths = write_map(result, Path(args.out))
+    for regime in result["regimes"]:
+        print(f"{regime['label']:<32} {regime['status']:<9} {regime['runs_finished']}/{regime['runs_total']} runs")
+    print(f"map: {paths[1]}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from nt_robust.export import export_run
 
@@ -626,6 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         if args.command == "study":
             return _study(args)
+        if args.command == "map":
+            return _map(args)
         if args.command == "compare":
             return _compare(args)
         if args.command == "plot":

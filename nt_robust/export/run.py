@@ -54,14 +54,14 @@ def restore_variables(run_dir: str | Path, checkpoint: str = "best_val") -> dict
     ``checkpoint`` of ``run_dir``, without loading the dataset."""
     from nt_robust.models import create_model
     from nt_robust.train.checkpoints import Checkpointer
-    from nt_robust.train.config import DATASET_SHAPES
+    from nt_robust.train.config import input_shape
     from nt_robust.train.evaluate_run import SELECTION_RULES, load_run_config
     from nt_robust.train.state import model_variables
 
     if checkpoint not in SELECTION_RULES:
         raise ExportError(f"unknown checkpoint {checkpoint!r}; choose one of {sorted(SELECTION_RULES)}")
     config = load_run_config(run_dir)
-    image_shape, num_classes = DATASET_SHAPES[config.data.dataset]
+    image_shape, num_classes = input_shape(config.data)
     model = create_model(config.model, num_classes)
     checkpoints = Checkpointer(Path(run_dir) / "checkpoints", keep=config.train.keep_checkpoints, writer=False)
     try:

@@ -6,6 +6,7 @@ the runs' per-example arrays::
     claims = evaluate_claims(rows, examples=examples)   # list of Claim(number, text, verdict, evidence)
     claims = evaluate_claims(rows, attack_rows, "pgd20-0.007", examples, attack_examples)  # + claim 8
     iv = contrast(rows_a, rows_b, "robust_accuracy", examples)   # Interval of B − A on the test set
+    iv = width_slope(select(rows, lam=6.0), "robust_accuracy", examples)   # slope per doubling of width
 
 Every comparison is an interval from :mod:`nt_robust.studies.uncertainty`: the difference of
 two configurations, paired by seed and by test example, with the spread over seeds *and*
@@ -48,7 +49,7 @@ from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, NOT_EVALU
                                            contrast_interval, no_interval, verdict)
 
 __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_EVALUATED", "Stats", "stats_of", "select",
-           "group_stats", "contrast", "Claim", "evaluate_claims", "best_lam_by_width", "grid_rows", "war_costs"]
+           "group_stats", "contrast", "linear_contrast", "slope_weights", "width_slope", "Claim", "evaluate_claims", "best_lam_by_width", "grid_rows", "war_costs"]
 
 WAR_MARGIN = 0.01  # claim 7: "reaches" = not more than this below the tuned robust accuracy
 
@@ -97,23 +98,60 @@ def contrast(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]],
     """Interval for the seed mean of Σ coef · (metric of B − metric of A) on ``split``, pairing
     the runs of A and B by seed, and by test example where ``examples`` holds every run's
     per-example arrays (else from the seed spread alone, which the interval's note says)."""
+    return linear_contrast([(-1.0, rows_a), (1.0, rows_b)], terms, examples, split)
+
+
+def linear_contrast(groups: Sequence[tuple[float, Sequence[dict[str, Any]]]], terms: str | Mapping[str, float],
+                    examples: Examples | None = None, split: str = "test") -> Interval:
+    """Interval for the seed mean of Σ_g weight_g · Σ_m coef_m · (metric m of group g), the
+    runs of every group paired by seed (only seeds all groups have) and by test example, as
+    in :func:`contrast` (which is the two-group case with weights −1, +1)::
+
+        linear_contrast([(-1, narrow), (1, wide)], "robust_accuracy", examples)   # wide − narrow
+        linear_contrast(list(zip(slope_weights(widths), rows_by_width)), "robust_accuracy")
+    """
     terms = {terms: 1.0} if isinstance(terms, str) else dict(terms)
-    by_seed_a, by_seed_b = {r["seed"]: r for r in rows_a}, {r["seed"]: r for r in rows_b}
-    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    by_seed = [(weight, {r["seed"]: r for r in rows}) for weight, rows in groups]
+    seeds = sorted(set.intersection(*(set(runs) for _, runs in by_seed))) if by_seed else []
     if not seeds:
         return no_interval(math.nan, 0, 0, "no seed in common")
-    pairs = [(by_seed_a[s], by_seed_b[s]) for s in seeds]
-    if examples is not None and all(r["run"] in examples and split in examples[r["run"]] for p in pairs for r in p):
-        d = np.stack([sum(coef * (_per_example(b, examples, split, m) - _per_example(a, examples, split, m))
-                          for m, coef in terms.items())
-                      for a, b in pairs])
-        for a, b in pairs:
-            if not np.array_equal(examples[a["run"]][split]["labels"], examples[b["run"]][split]["labels"]):
-                raise ValueError(f"{a['run']} and {b['run']} were evaluated on different {split} examples: "
+    table = [[(weight, runs[s]) for weight, runs in by_seed] for s in seeds]
+    rows_used = [row for per_seed in table for _, row in per_seed]
+    if examples is not None and all(r["run"] in examples and split in examples[r["run"]] for r in rows_used):
+        first = rows_used[0]
+        for row in rows_used[1:]:
+            if not np.array_equal(examples[first["run"]][split]["labels"], examples[row["run"]][split]["labels"]):
+                raise ValueError(f"{first['run']} and {row['run']} were evaluated on different {split} examples: "
                                  "per-example pairing needs the same images in the same order")
+        d = np.stack([sum(weight * coef * _per_example(row, examples, split, m)
+                          for weight, row in per_seed for m, coef in terms.items())
+                      for per_seed in table])
         return contrast_interval(d)
-    values = [sum(coef * (b[f"{split}_{m}"] - a[f"{split}_{m}"]) for m, coef in terms.items()) for a, b in pairs]
+    values = [sum(weight * coef * row[f"{split}_{m}"] for weight, row in per_seed for m, coef in terms.items())
+              for per_seed in table]
     return contrast_interval(np.asarray(values, dtype=np.float64))
+
+
+def slope_weights(widths: Sequence[float]) -> np.ndarray:
+    """Weights c_w with Σ_w c_w · y_w = the least-squares slope of y against log2(width):
+    c_w = (x_w − x̄) / Σ (x − x̄)², x = log2 width. The slope is a linear contrast, so its
+    interval over seeds and test points is :func:`linear_contrast`'s."""
+    x = np.log2(np.asarray(widths, dtype=np.float64))
+    if x.size < 2 or np.ptp(x) == 0:
+        raise ValueError(f"a slope needs at least two distinct widths, got {list(widths)}")
+    centred = x - x.mean()
+    return centred / float(np.sum(centred ** 2))
+
+
+def width_slope(rows: Sequence[dict[str, Any]], metric: str, examples: Examples | None = None,
+                split: str = "test") -> Interval:
+    """Interval for the least-squares slope of ``metric`` against log2 width (change per
+    doubling of width) over the widths of ``rows`` (one λ, grid runs), per seed and test
+    example: every width's runs are paired by seed and by example."""
+    widths = sorted({r["width"] for r in rows})
+    weights = slope_weights(widths)
+    return linear_contrast([(float(c), select(rows, width=w)) for c, w in zip(weights, widths)], metric,
+                           examples, split)
 
 
 def _per_example(row: dict[str, Any], examples: Examples, split: str, metric: str) -> np.ndarray:

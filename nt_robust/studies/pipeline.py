@@ -163,7 +163,7 @@ def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
     :data:`nt_robust.train.config.DATASET_SHAPES`."""
     from nt_robust.data.specs import canonical_name
     from nt_robust.data.errors import DataError
-    from nt_robust.train.config import DATASET_SHAPES
+    from nt_robust.train.config import input_shape
     from nt_robust.train.data import prepare_splits
 
     data = config.data
@@ -173,7 +173,7 @@ def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
         name = canonical_name(data.dataset)
         if name not in PUBLISHED_SIZES:
             raise
-        (shape, classes), (train, test) = DATASET_SHAPES[name], PUBLISHED_SIZES[name]
+        (shape, classes), (train, test) = input_shape(data), PUBLISHED_SIZES[name]
         log.warning("%s is not on this machine: the estimate uses its published sizes", data.dataset)
         train -= data.val_size
         train = train if data.train_subset is None else min(train, data.train_subset)

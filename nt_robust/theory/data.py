@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from nt_robust.data import load_dataset, to_float
+from nt_robust.data.resize import block_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +77,7 @@ class ImageData:
 
 def downsample_images(images: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor`` x ``factor`` blocks, NHWC (28x28 -> 14x14 at factor 2); factor 1 is a no-op."""
-    n, h, w, c = images.shape
-    if factor < 1 or h % factor or w % factor:
-        raise ValueError(f"downsample factor must be a positive divisor of the image size {h}x{w}, got {factor}")
-    return images.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+    return block_mean(images, factor)
 
 
 def image_subset(name: str = "fashion_mnist", n: int = 32, seed: int = 0, downsample: int = 2,

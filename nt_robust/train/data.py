@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from nt_robust.data import Dataset, load_dataset, train_val_split
+from nt_robust.data.resize import downsample_uint8
 from nt_robust.train.config import DataConfig
 
 
@@ -36,11 +37,19 @@ def prepare_splits(config: DataConfig) -> Splits:
             raise ValueError(f"data.train_subset = {config.train_subset} but only {len(train_x)} training "
                              f"examples remain after the {config.val_size}-example validation split")
         train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
+    test_x = dataset.test_images
+    if config.downsample != 1:
+        h, w = dataset.image_shape[:2]
+        if h % config.downsample or w % config.downsample:
+            raise ValueError(f"data.downsample = {config.downsample} does not divide {dataset.name}'s "
+                             f"{h}x{w} images: choose a divisor of {h} and {w}")
+        train_x, val_x, test_x = (downsample_uint8(x, config.downsample) for x in (train_x, val_x, test_x))
     metadata = {**dataset.summary(), "train_examples": len(train_x), "val_examples": len(val_x),
-                "test_examples": len(dataset.test_images)}
+                "test_examples": len(test_x), "downsample": config.downsample,
+                "image_shape": list(test_x.shape[1:])}
     return Splits(train_x, train_y.astype(np.int32), val_x, val_y.astype(np.int32),
-                  dataset.test_images, dataset.test_labels.astype(np.int32), dataset.num_classes,
-                  dataset.image_shape, metadata)
+                  test_x, dataset.test_labels.astype(np.int32), dataset.num_classes,
+                  tuple(int(d) for d in test_x.shape[1:]), metadata)
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:

@@ -1,0 +1,88 @@
+"""The regime map's figures (:mod:`nt_robust.studies.regime_map`), in the study figures' style::
+
+    plot_slopes(result, Path("figures/regime_map/slopes"))   # slope per doubling of width, with intervals
+    plot_claims(result, Path("figures/regime_map/claims"))   # verdict of each claim per regime
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nt_robust.studies.aggregate import METRICS  # noqa: E402
+from nt_robust.studies.figures import METRIC_LABELS, STYLE, _colors, _save  # noqa: E402
+
+VERDICT_COLORS = {"supported": "#2e7d32", "partly supported": "#a5d6a7", "contradicted": "#c62828",
+                  "partly contradicted": "#ef9a9a", "mixed": "#ffcc80", "inconclusive": "#e0e0e0",
+                  "not evaluated": "#ffffff"}
+SHORT = {"supported": "S", "partly supported": "s", "contradicted": "C", "partly contradicted": "c",
+         "mixed": "M", "inconclusive": "?", "not evaluated": "–"}
+
+
+def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
+    """One panel per metric: each regime's slope against log2 width (per doubling) at every
+    λ, with its 95% interval; the paper's predicted direction in the panel's title."""
+    regimes = [r for r in result["regimes"] if r["slopes"]]
+    lams = sorted({s["lam"] for r in regimes for s in r["slopes"]})
+    colors = dict(zip(lams, _colors(len(lams))))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 0.55 * len(regimes) + 1.6),
+                                 sharey=True)
+        for ax, metric in zip(axes, METRICS):
+            for i, regime in enumerate(regimes):
+                for j, lam in enumerate(lams):
+                    s = next((s for s in regime["slopes"] if s["metric"] == metric and s["lam"] == lam), None)
+                    if s is None:
+                        continue
+                    y = i + (j - (len(lams) - 1) / 2) * 0.22
+                    has_interval = np.isfinite(s["low"])
+                    xerr = [[s["estimate"] - s["low"]], [s["high"] - s["estimate"]]] if has_interval else None
+                    ax.errorbar(s["estimate"], y, xerr=xerr, fmt="o", color=colors[lam], capsize=2,
+                                label=f"λ={lam:g}" if i == 0 else None,
+                                mfc=colors[lam] if has_interval and s["direction"] != "inconclusive" else "white")
+            ax.axvline(0.0, color="black", lw=0.8)
+            paper = {"rises": "paper: rises", "falls": "paper: falls", None: "paper: rises little"}
+            ax.set_title(f"{METRIC_LABELS[metric]}\n({paper[_paper(metric, regimes)]})")
+            ax.set_xlabel("slope per doubling of width")
+        axes[0].set_yticks(range(len(regimes)), [r["label"] for r in regimes])
+        axes[0].invert_yaxis()
+        axes[-1].legend(loc="best")
+        fig.suptitle("Width trends per regime (filled: 95% interval excludes 0; seeds × test images)", y=1.02)
+        return _save(fig, stem)
+
+
+def _paper(metric: str, regimes: list[dict[str, Any]]) -> str | None:
+    return next((s["paper"] for r in regimes for s in r["slopes"] if s["metric"] == metric), None)
+
+
+def plot_claims(result: dict[str, Any], stem: Path) -> list[Path]:
+    """A grid: regimes × claims, coloured by verdict (S supported, C contradicted, lower case
+    at some λ or widths only, M mixed, ? inconclusive, – not evaluated)."""
+    regimes = [r for r in result["regimes"] if r["claims"]]
+    numbers = sorted({c["number"] for r in regimes for c in r["claims"]})
+    with plt.rc_context({**STYLE, "axes.grid": False}):
+        fig, ax = plt.subplots(figsize=(0.75 * len(numbers) + 2.8, 0.45 * len(regimes) + 1.4))
+        for i, regime in enumerate(regimes):
+            for j, number in enumerate(numbers):
+                claim = next((c for c in regime["claims"] if c["number"] == number), None)
+                klass = claim["class"] if claim else "not evaluated"
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=VERDICT_COLORS[klass],
+                                           edgecolor="white", lw=1.5))
+                ax.text(j, i, SHORT[klass], ha="center", va="center",
+                        color="white" if klass in ("supported", "contradicted") else "black")
+        ax.set_xlim(-0.5, len(numbers) - 0.5)
+        ax.set_ylim(len(regimes) - 0.5, -0.5)
+        ax.set_xticks(range(len(numbers)), [f"claim {n}" for n in numbers], rotation=45, ha="right")
+        ax.set_yticks(range(len(regimes)), [r["label"] for r in regimes])
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+        handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="grey", lw=0.5) for c in VERDICT_COLORS.values()]
+        ax.legend(handles, [f"{SHORT[k]} {k}" for k in VERDICT_COLORS], loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.set_title("The paper's claims (docs/paper.md §7) per regime")
+        return _save(fig, stem)
