@@ -21,6 +21,8 @@ from nt_robust.studies.figures import METRIC_LABELS, STYLE, _colors, _save  # no
 VERDICT_COLORS = {"supported": "#2e7d32", "partly supported": "#a5d6a7", "contradicted": "#c62828",
                   "partly contradicted": "#ef9a9a", "mixed": "#ffcc80", "inconclusive": "#e0e0e0",
                   "not evaluated": "#ffffff"}
+CLAIM_NAMES = {1: "1 natural ↑ width", 2: "2 stability ↓ width", 3: "3 robust ↑ little", 4: "4 Lipschitz ↑ width",
+               5: "5 stability ↑ λ", 6: "6 best λ ↑ width", 7: "7 WAR reaches tuned", 8: "8 attacks agree"}
 SHORT = {"supported": "S", "partly supported": "s", "contradicted": "C", "partly contradicted": "c",
          "mixed": "M", "inconclusive": "?", "not evaluated": "–"}
 
@@ -53,7 +55,8 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
         axes[0].set_yticks(range(len(regimes)), [r["label"] for r in regimes])
         axes[0].invert_yaxis()
         axes[-1].legend(loc="best")
-        fig.suptitle("Width trends per regime (filled: 95% interval excludes 0; seeds × test images)", y=1.02)
+        fig.text(0.5, -0.01, "Least-squares slope against log2 width at each λ, with its 95% interval over seeds × "
+                 "test images; filled: the interval excludes 0", ha="center", va="top")
         return _save(fig, stem)
 
 
@@ -78,7 +81,7 @@ def plot_claims(result: dict[str, Any], stem: Path) -> list[Path]:
                         color="white" if klass in ("supported", "contradicted") else "black")
         ax.set_xlim(-0.5, len(numbers) - 0.5)
         ax.set_ylim(len(regimes) - 0.5, -0.5)
-        ax.set_xticks(range(len(numbers)), [f"claim {n}" for n in numbers], rotation=45, ha="right")
+        ax.set_xticks(range(len(numbers)), [CLAIM_NAMES.get(n, f"claim {n}") for n in numbers], rotation=45, ha="right")
         ax.set_yticks(range(len(regimes)), [r["label"] for r in regimes])
         for side in ("top", "right", "left", "bottom"):
             ax.spines[side].set_visible(False)

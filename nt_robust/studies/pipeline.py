@@ -227,6 +227,9 @@ def hardware_description() -> str:
             f"CPU {describe_cpu(info['cpu'])}, jax {info['packages']['jax']}")
 
 
+THEORY_DIR = Path("figures") / "theory"
+
+
 def build_report(study: Study, figures_dir: Path | None = None) -> Path:
     """Aggregate the finished runs, draw the figures and write the report; returns its path.
 
@@ -257,7 +260,10 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
                              collect_examples(run_dirs), attack_examples,
                              war_modes=study.war.modes if study.war else None)
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
-               "time_utc": environment_info()["time_utc"]}
+               "time_utc": environment_info()["time_utc"],
+               # experiments/theory_trained.py: the kernel prediction next to trained runs, per architecture
+               "theory_figures": [p for arch in sorted({r["arch"] for r in rows})
+                                  if (p := THEORY_DIR / f"trained_{arch}.png").exists()]}
     report_dir = figures_dir
     text = render_report(study.name, rows, claims, figures, report_dir, context)
     report_path = report_dir / "report.md"

@@ -140,10 +140,21 @@ def regime_result(regime: Regime) -> dict[str, Any]:
     return out
 
 
+ARCH_ORDER = ("MLP", "SmallCNN", "WRN")
+
+
+def _order(regime: Regime) -> tuple:
+    """Architecture family, then training-set size, then epochs: each axis reads top to bottom."""
+    axes = regime.axes
+    family = next((i for i, a in enumerate(ARCH_ORDER) if axes["arch"].startswith(a)), len(ARCH_ORDER))
+    return family, axes["arch"], axes["train_examples"] or math.inf, axes["epochs"]
+
+
 def build_map(regimes: Sequence[Regime]) -> dict[str, Any]:
-    """Every regime's result, plus where and how the map was built."""
+    """Every regime's result (ordered by architecture, data size, epochs), plus where and how
+    the map was built."""
     info = environment_info()
-    return {"regimes": [regime_result(r) for r in regimes],
+    return {"regimes": [regime_result(r) for r in sorted(regimes, key=_order)],
             "built_on": {"cpu": describe_cpu(info["cpu"]), "backend": info["backend"],
                          "devices": info["device_count"], "time_utc": info["time_utc"],
                          "jax": info["packages"]["jax"]},

@@ -72,6 +72,12 @@ def render_report(name: str, rows: list[dict[str, Any]], claims: list[Claim], fi
     for claim in claims:
         lines.append(f"**{claim.number}. {claim.text}** — *{claim.verdict}*")
         lines += [f"- {e}" for e in claim.evidence] + [""]
+    theory = context.get("theory_figures") or []
+    if theory:
+        lines += ["## Predicted vs measured", "",
+                  "The NTK-regime prediction for these architectures next to measured local Lipschitzness (both "
+                  "estimators) and stability of trained runs (`experiments/theory_trained.py`, docs/theory.md §13): "
+                  + ", ".join(f"[{Path(p).stem}]({os.path.relpath(p, report_dir)})" for p in theory) + ".", ""]
     lines += ["## Results (checkpoint: best held-out robust accuracy)", "", summary_table(rows, "best_val"), ""]
     if any(r["selection"] == "best_test" for r in grid):
         lines += ["## Results with the paper's protocol (checkpoint: best *test* robust accuracy; optimistic)",

@@ -103,13 +103,22 @@ def analytic_grad_sq_norm(kernel_fn: Callable, x: jax.Array, mean: float = 0.0, 
 
     g is the infinite-width network of ``kernel_fn``; the expectation is over its random
     weights: tr ∂²K(z, z′)/∂z∂z′ at z′ = z (K the NNGP kernel, as for the MLP in
-    :func:`nt_robust.theory.gradients.kernel_grad_sq_norm`), divided by std². The trace is
-    exact: one forward-over-reverse product per input coordinate, ``batch_size`` at a time.
-    neural-tangents' ReLU kernel goes through ``arctan2(√(1 − c²), c)`` with a √ whose
-    derivative is 0 at 0, which is the correct limit on the diagonal (docs/theory.md §4).
-    Compiles once per image shape; run it in float64 (``with jax.enable_x64(True):``) to
-    keep the near-diagonal terms accurate.
+    :func:`nt_robust.theory.gradients.kernel_grad_sq_norm`), divided by std²: the sum of
+    :func:`analytic_grad_sq_diag`. neural-tangents' ReLU kernel goes through
+    ``arctan2(√(1 − c²), c)`` with a √ whose derivative is 0 at 0, which is the correct
+    limit on the diagonal (docs/theory.md §4). Compiles once per image shape; run it in
+    float64 (``with jax.enable_x64(True):``) to keep the near-diagonal terms accurate.
     """
+    return jnp.sum(analytic_grad_sq_diag(kernel_fn, x, mean, std, batch_size), axis=-1)
+
+
+def analytic_grad_sq_diag(kernel_fn: Callable, x: jax.Array, mean: float = 0.0, std: float = 1.0,
+                          batch_size: int = 64) -> jax.Array:
+    """E[(∂f/∂x_j)²] at initialization for every input coordinate j, per image, (N, d):
+    the diagonal of ∂²K(z, z′)/∂z∂z′ at z′ = z over std², one forward-over-reverse product
+    per coordinate, ``batch_size`` at a time. At infinite width ∇ₓf is a Gaussian vector
+    with this variance per coordinate, so E‖∇ₓf‖₁ = √(2/π) Σ_j √diag_j
+    (:func:`nt_robust.theory.trained.predicted_grad_l1`)."""
     def k(a: jax.Array, b: jax.Array) -> jax.Array:
         return kernel_fn(a[None], b[None], "nngp")[0, 0]
 
@@ -119,7 +128,7 @@ def analytic_grad_sq_norm(kernel_fn: Callable, x: jax.Array, mean: float = 0.0, 
         grad_b = lambda b: jax.grad(k, argnums=0)(z, b)  # noqa: E731
         column = lambda e: jnp.vdot(jax.jvp(grad_b, (z,), (e,))[1], e)  # noqa: E731  (H e)·e
         basis = jnp.eye(d, dtype=z.dtype).reshape(d, *z.shape)
-        return jnp.sum(lax.map(column, basis, batch_size=batch_size))
+        return lax.map(column, basis, batch_size=batch_size)
 
     z = (jnp.asarray(x) - mean) / std
     return jnp.stack([one(zi) for zi in z]) / std**2

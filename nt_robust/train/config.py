@@ -55,7 +55,8 @@ class DataConfig:
         _require(self.crop_padding >= 0, "data.crop_padding", f"must be >= 0, got {self.crop_padding}")
         _require(self.train_subset is None or self.train_subset >= 1, "data.train_subset",
                  f"must be >= 1 or none, got {self.train_subset}")
-        _require(isinstance(self.downsample, int) and self.downsample >= 1, "data.downsample",
+        _require(isinstance(self.downsample, int) and not isinstance(self.downsample, bool) and self.downsample >= 1,
+                 "data.downsample",
                  f"must be an integer >= 1 (1: full size), got {self.downsample!r}")
 
 
