@@ -16,8 +16,8 @@ For every finished grid run of the given studies at one λ (default 6), on the f
 Each measure's exponent in width is the least-squares slope of log2(value) against log2(width)
 per seed and image, with the seed × image interval of nt_robust.studies.uncertainty (seeds
 are the runs' seeds); stability gets its slope per doubling. Writes
-``figures/theory/trained.json`` and ``trained_<arch>.{png,pdf}`` (one figure per
-architecture)::
+``figures/regime_map/trained.json`` and ``trained_<arch>.{png,pdf}`` (one figure per
+architecture; the regime map's runs are what it reads)::
 
     nt-robust study experiments/regime_mlp_n1000.toml     # the trained runs first
     nt-robust study experiments/regime_wrn_n1000.toml
@@ -80,8 +80,10 @@ def _prediction(config, x: np.ndarray, train_images: np.ndarray, points: int) ->
             "seconds": time.time() - start}
 
 
-def measure_study(spec: str, lam: float, images: int, predict_points: int) -> dict:
+def measure_study(spec: str, lam: float, images: int, predict_points: int, runs_root: str | None = None) -> dict:
     study = load_study(spec)
+    if runs_root is not None:
+        study = load_study(spec, Path(runs_root) / study.name)
     runs = [r for r in study.grid_runs() if r.lam == lam]
     finished = [r for r in runs if study.is_finished(r)]
     if len(finished) < len(runs):
@@ -232,12 +234,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=64, help="test images per run (default 64)")
     parser.add_argument("--predict-points", type=int, default=8,
                         help="images the kernel prediction is computed on (the first of --images; default 8)")
-    parser.add_argument("--out", default="figures/theory", help="output folder (default figures/theory)")
+    parser.add_argument("--out", default="figures/regime_map", help="output folder (default figures/regime_map)")
+    parser.add_argument("--runs-root", help="read each study's runs from DIR/<study name> (default: its own runs_root)")
     args = parser.parse_args(argv)
     start = time.time()
     results = {}
     for spec in args.specs:
-        result = measure_study(spec, args.lam, args.images, min(args.predict_points, args.images))
+        result = measure_study(spec, args.lam, args.images, min(args.predict_points, args.images), args.runs_root)
         result["summary"] = summarize(result)
         result["figure"] = plot(result, result["summary"], f"{args.out}/trained_{result['arch']}")
         results[result["study"]] = result

@@ -222,6 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     regime_map = command("map", "the regime map: slopes vs log width and claim verdicts across studies")
     regime_map.add_argument("specs", nargs="+", metavar="SPEC", help="study specs (experiments/regime_*.toml, ...)")
     regime_map.add_argument("--out", default="figures/regime_map", help="output folder (default figures/regime_map)")
+    regime_map.add_argument("--runs-root", metavar="DIR",
+                            help="read each study's runs from DIR/<study name> (default: the spec's own runs_root)")
 
     compare = command("compare", "table of runs: every checkpoint rule, and their evaluations")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -594,16 +596,30 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_name(spec: Path) -> str:
+    import tomllib
+
+    with open(spec, "rb") as handle:
+        return tomllib.load(handle).get("name", spec.stem)
+
+
 def _map(args: argparse.Namespace) -> int:
     from nt_robust.studies.regime_map import build_map, load_regime, write_map
     from nt_robust.studies.sweep import load_study
 
-    specs = [Path(s) for s in args.specs]
+    import glob
+
+    # A pattern the shell did not expand (quoted, or no shell) is expanded here.
+    specs = [Path(p) for s in args.specs for p in (sorted(glob.glob(s)) if glob.has_magic(s) and not Path(s).exists()
+                                                   else [s])]
+    if not specs:
+        raise ConfigError(f"no study spec matches {' '.join(args.specs)}")
     not_studies = [str(s) for s in specs if s.exists() and _toml_kind(s) != "study"]
     if not_studies:
         raise ConfigError(f"not study specs: {', '.join(not_studies)} (the map reads study specs such as "
                           "experiments/regime_*.toml)")
-    regimes = [load_regime(load_study(spec)) for spec in specs]
+    regimes = [load_regime(load_study(spec, None if args.runs_root is None else Path(args.runs_root) / _study_name(spec)))
+               for spec in specs]
     if len({r.name for r in regimes}) != len(regimes):
         raise ConfigError("two specs name the same study: give each regime once")
     result = build_map(regimes)

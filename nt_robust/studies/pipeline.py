@@ -227,7 +227,7 @@ def hardware_description() -> str:
             f"CPU {describe_cpu(info['cpu'])}, jax {info['packages']['jax']}")
 
 
-THEORY_DIR = Path("figures") / "theory"
+THEORY_DIR = Path("figures") / "regime_map"   # experiments/theory_trained.py writes there
 
 
 def build_report(study: Study, figures_dir: Path | None = None) -> Path:

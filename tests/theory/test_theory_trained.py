@@ -80,3 +80,44 @@ def test_logit_grad_l1_is_the_l1_norm_of_each_row_of_a_linear_models_weights():
 def test_mlp_stax_refuses_no_hidden_layer():
     with pytest.raises(ValueError, match="depth"):
         mlp_stax(depth=0)
+
+
+def _experiment(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_width_exponents_of_the_experiments_by_hand():
+    from nt_robust.studies.uncertainty import t_quantile
+
+    conv, trained = _experiment("theory_conv"), _experiment("theory_trained")
+    # per seed s, value = c_s · k^(0.5 + e_s) at k = 1, 4: the log ratio / log 4 is 0.5 + e_s
+    e = {0: -0.1, 1: 0.0, 2: 0.25}
+    rows = [{"width": k, "seed": s, "g": 2.0 * (s + 1) * k ** (0.5 + e[s])} for k in (1, 4) for s in e]
+    fit = conv.endpoint_exponent(rows, "g")
+    per_seed = np.array([0.5 + e[s] for s in e])
+    half = t_quantile(0.975, 2) * per_seed.std(ddof=1) / math.sqrt(3)
+    assert fit["estimate"] == pytest.approx(per_seed.mean())
+    assert fit["ci95"] == pytest.approx([per_seed.mean() - half, per_seed.mean() + half])
+    assert fit["verdict_grows"] == "supported" and fit["widths"] == [1, 4]
+    # stability: per image 1/0, the change from k = 1 to 4 is the mean difference
+    stab = [{"width": k, "seed": s, "stable_points": [1.0, 1.0, 0.0, 1.0] if k == 1 else [0.0, 1.0, 0.0, 0.0]}
+            for k in (1, 4) for s in e]
+    change = conv.stability_change(stab)
+    assert change["estimate"] == pytest.approx(-0.5)
+    # theory_trained's exponent over three widths is the least-squares slope of log2 value on log2 width
+    rows3 = [{"width": k, "seed": s, "v": [3.0 * k ** (0.3 + e[s])] * 2} for k in (1, 2, 4) for s in e]
+    fit3 = trained.width_exponent(rows3, "v")
+    per_seed3 = np.array([0.3 + e[s] for s in e])   # 0.2, 0.3, 0.55: SE 0.10, t(2) = 4.30, so 0 is inside
+    half3 = t_quantile(0.975, 2) * per_seed3.std(ddof=1) / math.sqrt(3)
+    assert fit3["estimate"] == pytest.approx(per_seed3.mean())
+    assert fit3["ci95"] == pytest.approx([per_seed3.mean() - half3, per_seed3.mean() + half3])
+    assert fit3["verdict_grows"] == "inconclusive"
+    flat = trained.width_exponent([{**r, "v": [1.0, 2.0]} for r in rows3], "v")
+    assert flat["estimate"] == pytest.approx(0.0, abs=1e-12)
