@@ -13,7 +13,7 @@ regime's own study report goes to ``<its runs>/report/``. Finished
 runs are skipped: the map can be built over several sittings, in any order. Then
 ``nt-robust map`` over every preset (``figures/regime_map/map.{md,json}``, ``slopes``,
 ``claims``) and ``experiments/theory_trained.py`` on the MLP and WRN centre regimes
-(``trained_{mlp,wrn}``, ``trained.json``), whose runs it reads.
+(``trained_<study>``, ``trained.json``), whose runs it reads; study reports link to them.
 """
 
 from __future__ import annotations

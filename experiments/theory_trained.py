@@ -16,8 +16,8 @@ For every finished grid run of the given studies at one λ (default 6), on the f
 Each measure's exponent in width is the least-squares slope of log2(value) against log2(width)
 per seed and image, with the seed × image interval of nt_robust.studies.uncertainty (seeds
 are the runs' seeds); stability gets its slope per doubling. Writes
-``figures/regime_map/trained.json`` and ``trained_<arch>.{png,pdf}`` (one figure per
-architecture; the regime map's runs are what it reads)::
+``figures/regime_map/trained.json`` and ``trained_<study>.{png,pdf}`` (one figure per study,
+i.e. per architecture here; the study's report links to it)::
 
     nt-robust study experiments/regime_mlp_n1000.toml     # the trained runs first
     nt-robust study experiments/regime_wrn_n1000.toml
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in args.specs:
         result = measure_study(spec, args.lam, args.images, min(args.predict_points, args.images), args.runs_root)
         result["summary"] = summarize(result)
-        result["figure"] = plot(result, result["summary"], f"{args.out}/trained_{result['arch']}")
+        result["figure"] = plot(result, result["summary"], f"{args.out}/trained_{result['study']}")
         results[result["study"]] = result
     out = {"studies": results, "seconds": time.time() - start, "devices": [str(d) for d in jax.devices()],
            "cpu": describe_cpu(), "command": "python experiments/theory_trained.py " + " ".join(args.specs)}

@@ -230,6 +230,24 @@ def hardware_description() -> str:
 THEORY_DIR = Path("figures") / "regime_map"   # experiments/theory_trained.py writes there
 
 
+def theory_figures(name: str, archs: set[str]) -> list[Path]:
+    """experiments/theory_trained.py's predicted-vs-measured figures for a study: its own
+    (``trained_<name>.png``) if there is one, else those of other studies of the same
+    architectures (from ``trained.json``)."""
+    own = THEORY_DIR / f"trained_{name}.png"
+    if own.exists():
+        return [own]
+    record = THEORY_DIR / "trained.json"
+    if not record.exists():
+        return []
+    try:
+        studies = io.read_json(record).get("studies", {})
+    except (OSError, ValueError):
+        return []
+    return [path for other, result in sorted(studies.items()) if result.get("arch") in archs
+            and (path := THEORY_DIR / f"trained_{other}.png").exists()]
+
+
 def build_report(study: Study, figures_dir: Path | None = None) -> Path:
     """Aggregate the finished runs, draw the figures and write the report; returns its path.
 
@@ -261,9 +279,7 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
                              war_modes=study.war.modes if study.war else None)
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
                "time_utc": environment_info()["time_utc"],
-               # experiments/theory_trained.py: the kernel prediction next to trained runs, per architecture
-               "theory_figures": [p for arch in sorted({r["arch"] for r in rows})
-                                  if (p := THEORY_DIR / f"trained_{arch}.png").exists()]}
+               "theory_figures": theory_figures(study.name, {r["arch"] for r in rows})}
     report_dir = figures_dir
     text = render_report(study.name, rows, claims, figures, report_dir, context)
     report_path = report_dir / "report.md"

@@ -75,7 +75,7 @@ def regime_axes(study: Study) -> dict[str, Any]:
 def _label(axes: dict[str, Any]) -> str:
     n = axes["train_examples"]
     size = "all" if n is None else (f"{n // 1000}k" if n % 1000 == 0 else str(n))
-    return f"{axes['arch']} · n={size} · {axes['epochs']} ep"
+    return f"{axes['arch']} · n={size} · {axes['epochs']} ep · {axes['image_size']}"
 
 
 def load_regime(study: Study) -> Regime:

@@ -75,8 +75,9 @@ def render_report(name: str, rows: list[dict[str, Any]], claims: list[Claim], fi
     theory = context.get("theory_figures") or []
     if theory:
         lines += ["## Predicted vs measured", "",
-                  "The NTK-regime prediction for these architectures next to measured local Lipschitzness (both "
-                  "estimators) and stability of trained runs (`experiments/theory_trained.py`, docs/theory.md §13): "
+                  "The NTK-regime prediction for this architecture next to measured local Lipschitzness (both "
+                  "estimators) and stability of trained runs (`experiments/theory_trained.py`, docs/theory.md §13; "
+                  "the figure names the study whose runs it measured): "
                   + ", ".join(f"[{Path(p).stem}]({os.path.relpath(p, report_dir)})" for p in theory) + ".", ""]
     lines += ["## Results (checkpoint: best held-out robust accuracy)", "", summary_table(rows, "best_val"), ""]
     if any(r["selection"] == "best_test" for r in grid):

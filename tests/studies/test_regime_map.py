@@ -101,7 +101,7 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
     assert main(["map", *map(str, specs), "--out", str(out)]) == 0
     result = io.read_json(out / "map.json")
     small, large, unrun = result["regimes"]
-    assert small["label"] == "MLP-2 · n=1k · 3 ep" and small["status"] == "complete"
+    assert small["label"] == "MLP-2 · n=1k · 3 ep · 28x28" and small["status"] == "complete"
     assert unrun["status"] == "not run" and unrun["slopes"] == [] and "nt-robust study" in unrun["command"]
     claim2 = {r["name"]: next(c for c in r["claims"] if c["number"] == 2) for r in (small, large)}
     assert claim2["small"]["verdict"] == SUPPORTED and claim2["large"]["verdict"] == "contradicted"
@@ -114,7 +114,7 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
         assert (out / name).stat().st_size > 0
     text = (out / "map.md").read_text()
     assert "not run" in text and f"nt-robust study {specs[2]}" in text
-    assert "MLP-2 · n=1k · 3 ep" in capsys.readouterr().out
+    assert "MLP-2 · n=1k · 3 ep · 28x28" in capsys.readouterr().out
 
 
 def test_map_refuses_a_training_config_and_a_repeated_study(tmp_path):
@@ -132,3 +132,23 @@ def test_partial_regime_is_drawn_from_its_finished_runs(tmp_path):
     result = build_map([regime])
     paths = write_map(result, tmp_path / "m")
     assert all(p.exists() for p in paths)
+
+
+def test_study_report_links_the_predicted_vs_measured_figure_of_its_architecture(tmp_path, monkeypatch):
+    from nt_robust.studies import pipeline
+
+    study = load_study(regime_spec(tmp_path, "small", 1000))
+    for run in study.grid_runs():
+        fabricate_run(study, run, natural=0.5, robust=0.3, stability=0.8, lipschitz=1.0)
+    theory = tmp_path / "theory"
+    monkeypatch.setattr(pipeline, "THEORY_DIR", theory)
+    assert pipeline.theory_figures("small", {"mlp"}) == []            # nothing measured yet
+    io.write_json(theory / "trained.json", {"studies": {"other_mlp": {"arch": "mlp"}, "a_wrn": {"arch": "wrn"}}})
+    for name in ("other_mlp", "a_wrn"):
+        (theory / f"trained_{name}.png").write_bytes(b"png")
+    assert pipeline.theory_figures("small", {"mlp"}) == [theory / "trained_other_mlp.png"]
+    report = pipeline.build_report(study, tmp_path / "report")
+    text = report.read_text()
+    assert "## Predicted vs measured" in text and "trained_other_mlp.png" in text and "a_wrn" not in text
+    (theory / "trained_small.png").write_bytes(b"png")                # its own runs' figure wins
+    assert pipeline.theory_figures("small", {"mlp"}) == [theory / "trained_small.png"]
