@@ -215,7 +215,9 @@ def plot(result: dict, summary: dict, stem: str) -> list[str]:
            title="perturbation stability (slope per doubling)")
     for a in axes:
         a.grid(alpha=0.3)
-        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+        a.set_xticks(widths, [str(w) for w in widths])
+        a.minorticks_off()
+        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.suptitle(f"{result['study']} (λ={result['lam']:g}): kernel prediction vs measured, "
                  f"{result['images']} test images; exponents in width with seed × image 95% intervals", fontsize=9)
     fig.tight_layout()
