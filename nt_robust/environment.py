@@ -59,7 +59,8 @@ def cpu_info(cpuinfo_path: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     """The CPU's model name, vendor, the :data:`ISA_FEATURES` it has and the cores this
     process may use. Reads ``/proc/cpuinfo`` (Linux); elsewhere only what ``platform`` knows."""
     info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "vendor": None, "isa": [],
-                            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+                            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                            "family": None, "model_number": None}
     try:
         text = Path(cpuinfo_path).read_text(errors="replace")
     except OSError:
@@ -74,15 +75,20 @@ def cpu_info(cpuinfo_path: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
         fields.setdefault(key.strip().lower(), value.strip())
     info["model"] = fields.get("model name") or fields.get("cpu model") or info["model"]
     info["vendor"] = fields.get("vendor_id") or fields.get("cpu implementer")
+    # "AMD EPYC" names Zen 4 (family 25) and Zen 5 (family 26) alike: the numbers tell them apart.
+    info["family"], info["model_number"] = fields.get("cpu family"), fields.get("model")
     flags = set((fields.get("flags") or fields.get("features") or "").split())
     info["isa"] = [feature for feature in ISA_FEATURES if feature in flags]
     return info
 
 
 def describe_cpu(info: dict[str, Any] | None = None) -> str:
-    """One line, e.g. ``AMD EPYC (2 cores; avx2 fma avx512f ...)``."""
+    """One line, e.g. ``AMD EPYC family 26 model 2 (2 cores; avx2 fma avx512f ...)`` (family and
+    model numbers where /proc/cpuinfo has them; records from before they were kept lack them)."""
     info = info or cpu_info()
-    return f"{info['model']} ({info['cores']} cores; {' '.join(info['isa']) or 'ISA unknown'})"
+    numbers = (f" family {info['family']} model {info['model_number']}"
+               if info.get("family") and info.get("model_number") else "")
+    return f"{info['model']}{numbers} ({info['cores']} cores; {' '.join(info['isa']) or 'ISA unknown'})"
 
 
 def environment_info() -> dict[str, Any]:

@@ -43,6 +43,8 @@ def test_cpu_device_count_is_validated_and_refused_once_the_backend_runs(monkeyp
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
 model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
 flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
 
@@ -67,10 +69,12 @@ def test_cpu_info_names_the_model_and_the_isa_features_that_pick_float_kernels(t
     assert info["isa"] == ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
                            "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
     assert "amx_tile" in describe_cpu(info) and "Xeon" in describe_cpu(info)
+    assert (info["family"], info["model_number"]) == ("6", "143") and "family 6 model 143" in describe_cpu(info)
+    assert "family" not in describe_cpu({k: v for k, v in info.items() if k not in ("family", "model_number")})
     path.write_text(GRAVITON)
     arm = cpu_info(path)
     assert arm["isa"] == ["asimd", "sve", "sve2"] and arm["vendor"] == "0x41"
     missing = cpu_info(tmp_path / "absent")
     assert missing["isa"] == [] and missing["model"]  # falls back to what platform knows
     recorded = environment_info()["cpu"]  # what every run's environment.json carries
-    assert set(recorded) == {"model", "vendor", "isa", "cores"} and recorded["cores"] >= 1
+    assert set(recorded) == {"model", "vendor", "isa", "cores", "family", "model_number"} and recorded["cores"] >= 1

@@ -118,5 +118,6 @@ def save_figure(fig, stem: str) -> list[str]:
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     paths = [f"{stem}.png", f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+        # No creation date in PDFs: the same numbers give the same bytes (no churn in git).
+        fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"CreationDate": None} if path.endswith(".pdf") else None)
     return paths
