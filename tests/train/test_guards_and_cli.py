@@ -48,7 +48,7 @@ def test_shipped_experiment_configs_and_study_specs_are_valid():
 
     experiments = Path(__file__).parents[2] / "experiments"
     for path in experiments.glob("*.toml"):
-        if path.name.startswith("study_"):
+        if path.name.startswith(("study_", "regime_")):
             assert load_study(path).runs()  # validates every run's config
         else:
             load_config(ExperimentConfig, path)
