@@ -34,7 +34,6 @@ from nt_robust.studies.tables import format_table
 # robust accuracy: claim 3 says it does not rise much, so no direction is predicted).
 PAPER_DIRECTION = {"natural_accuracy": "rises", "robust_accuracy": None, "perturbation_stability": "falls",
                    "lipschitz_mean": "rises"}
-CLAIM_NUMBERS = tuple(range(1, 9))
 
 
 @dataclasses.dataclass(frozen=True)
