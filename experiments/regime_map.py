@@ -34,11 +34,6 @@ SPECS = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments").glob("re
 THEORY_SPECS = ("experiments/regime_mlp_n1000.toml", "experiments/regime_wrn_n1000.toml")
 
 
-def _study(spec: str, runs_root: Path | None):
-    study = load_study(REPO / spec)
-    return study if runs_root is None else load_study(REPO / spec, runs_root / study.name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="print the regimes and their progress, run nothing")
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="figures/regime_map", help="output folder (default figures/regime_map)")
     args = parser.parse_args(argv)
 
-    studies = {spec: _study(spec, args.runs_root) for spec in SPECS}
+    studies = {spec: load_study(REPO / spec, runs_parent=args.runs_root) for spec in SPECS}
     unknown = set(args.only or ()) - {s.name for s in studies.values()}
     if unknown:
         parser.error(f"unknown regimes {sorted(unknown)}; known: {sorted(s.name for s in studies.values())}")

@@ -596,13 +596,6 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _study_name(spec: Path) -> str:
-    import tomllib
-
-    with open(spec, "rb") as handle:
-        return tomllib.load(handle).get("name", spec.stem)
-
-
 def _map(args: argparse.Namespace) -> int:
     from nt_robust.studies.regime_map import build_map, load_regime, write_map
     from nt_robust.studies.sweep import load_study
@@ -618,8 +611,7 @@ def _map(args: argparse.Namespace) -> int:
     if not_studies:
         raise ConfigError(f"not study specs: {', '.join(not_studies)} (the map reads study specs such as "
                           "experiments/regime_*.toml)")
-    regimes = [load_regime(load_study(spec, None if args.runs_root is None else Path(args.runs_root) / _study_name(spec)))
-               for spec in specs]
+    regimes = [load_regime(load_study(spec, runs_parent=args.runs_root)) for spec in specs]
     if len({r.name for r in regimes}) != len(regimes):
         raise ConfigError("two specs name the same study: give each regime once")
     result = build_map(regimes)

@@ -135,7 +135,14 @@ class Study:
         return (self.run_dir(run) / "summary.json").exists()
 
 
-def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> Study:
+def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = None,
+               runs_parent: str | os.PathLike | None = None) -> Study:
+    """The study of spec ``path``. Its runs go to ``runs_root`` if given, else to
+    ``runs_parent/<study name>`` if that is given (several studies under one folder: the
+    regime map, a make-figures build), else to the spec's ``runs_root``, else to
+    ``runs/studies/<name>``."""
+    if runs_root is not None and runs_parent is not None:
+        raise ValueError("give runs_root or runs_parent, not both")
     path = Path(path)
     try:
         with open(path, "rb") as handle:
@@ -171,6 +178,8 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
                               f"'model.width' values {list(grid.get('model.width', ()))}")
         if "objective.lam" not in grid:
             raise ConfigError(f"{path}: WAR needs a λ grid ('objective.lam') to tune the reference width")
+    if runs_parent is not None:
+        runs_root = Path(runs_parent) / spec["name"]
     root = Path(runs_root or spec.get("runs_root") or Path("runs") / "studies" / spec["name"])
     attack_check = AttackCheckPlan.from_spec(spec["attack_check"]) if "attack_check" in spec else None
     study = Study(spec["name"], base, root, tuple(int(s) for s in spec.get("seeds", [0])),

@@ -152,3 +152,11 @@ def test_study_report_links_the_predicted_vs_measured_figure_of_its_architecture
     assert "## Predicted vs measured" in text and "trained_other_mlp.png" in text and "a_wrn" not in text
     (theory / "trained_small.png").write_bytes(b"png")                # its own runs' figure wins
     assert pipeline.theory_figures("small", {"mlp"}) == [theory / "trained_small.png"]
+
+
+def test_runs_parent_puts_each_study_under_its_own_name(tmp_path):
+    spec = regime_spec(tmp_path, "small", 1000)
+    assert load_study(spec, runs_parent=tmp_path / "build").runs_root == tmp_path / "build" / "small"
+    assert load_study(spec, tmp_path / "exact").runs_root == tmp_path / "exact"
+    with pytest.raises(ValueError, match="not both"):
+        load_study(spec, tmp_path / "exact", runs_parent=tmp_path / "build")
