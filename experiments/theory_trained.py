@@ -81,9 +81,7 @@ def _prediction(config, x: np.ndarray, train_images: np.ndarray, points: int) ->
 
 
 def measure_study(spec: str, lam: float, images: int, predict_points: int, runs_root: str | None = None) -> dict:
-    study = load_study(spec)
-    if runs_root is not None:
-        study = load_study(spec, Path(runs_root) / study.name)
+    study = load_study(spec, runs_parent=runs_root)
     runs = [r for r in study.grid_runs() if r.lam == lam]
     finished = [r for r in runs if study.is_finished(r)]
     if len(finished) < len(runs):
@@ -199,20 +197,18 @@ def plot(result: dict, summary: dict, stem: str) -> list[str]:
                     ls="-" if when == "trained" else ":")
     ax.set(xscale="log", yscale="log", xlabel="width", ylabel="per image (pixel units)",
            title="local Lipschitzness of the logits")
-    ax = axes[1]
-    for when, color in (("init", "grey"), ("trained", "tab:red")):
-        mean, std = series(when, "trades_grad")
-        ax.errorbar(widths, mean, yerr=std, color=color, marker="^", capsize=2,
-                    label=label(f"trades_grad {when}", when, "trades_grad"))
-    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="max over TRADES steps of ‖∇ₓKL‖₁",
-           title="trades_grad estimator (no kernel prediction)")
-    ax = axes[2]
-    for when, color in (("init", "grey"), ("trained", "tab:red")):
-        mean, std = series(when, "stable")
-        ax.errorbar(widths, mean, yerr=std, color=color, marker="o", capsize=2,
-                    label=label(f"stability {when}", when, "stable"))
-    ax.set(xscale="log", xlabel="width", ylabel="fraction stable under the eval attack", ylim=(-0.02, 1.02),
-           title="perturbation stability (slope per doubling)")
+    def init_and_trained(ax, key: str, name: str, marker: str) -> None:
+        for when, color in (("init", "grey"), ("trained", "tab:red")):
+            mean, std = series(when, key)
+            ax.errorbar(widths, mean, yerr=std, color=color, marker=marker, capsize=2,
+                        label=label(f"{name} {when}", when, key))
+
+    init_and_trained(axes[1], "trades_grad", "trades_grad", "^")
+    axes[1].set(xscale="log", yscale="log", xlabel="width", ylabel="max over TRADES steps of ‖∇ₓKL‖₁",
+                title="trades_grad estimator (no kernel prediction)")
+    init_and_trained(axes[2], "stable", "stability", "o")
+    axes[2].set(xscale="log", xlabel="width", ylabel="fraction stable under the eval attack", ylim=(-0.02, 1.02),
+                title="perturbation stability (slope per doubling)")
     for a in axes:
         a.grid(alpha=0.3)
         a.set_xticks(widths, [str(w) for w in widths])
