@@ -70,14 +70,19 @@ class FABResult(NamedTuple):
     norm: jax.Array    # (N,) ℓ∞ distance of the closest misclassified point found (1e10: none)
 
 
+BISECTION_STEPS = 32  # halvings of [0, max room]: the interval ends 2^-32 of the box apart
+
+
 def project_onto_hyperplane_box(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """``d`` of smallest ‖d‖∞ with ``w·(t + d) = b`` and ``t + d ∈ [0, 1]^D``, per row.
 
     ``t``, ``w``: (N, D); ``b``: (N,). Moving every coordinate by ``λ`` (clipped at the box)
     in the direction that closes the gap changes ``w·d`` by ``R(λ) = Σ_i |w_i|·min(λ, p_i)``,
-    ``p_i`` the room left in the box; R is piecewise linear and increasing, so the smallest
-    λ reaching the gap is found exactly from the sorted ``p`` and cumulative sums. Where
-    even the whole box cannot close the gap, the box corner (the best effort) is returned.
+    ``p_i`` the room left in the box; R is piecewise linear and increasing. Bisection brackets
+    the smallest λ reaching the gap (:data:`BISECTION_STEPS` halvings), then λ is solved
+    exactly on R's linear piece there. (Sorting ``p``, the textbook route, is what XLA:CPU
+    runs slowest: 30 ms of a 256 x 784 projection's 31.) Where even the whole box cannot
+    close the gap, the box corner (the best effort) is returned.
     """
     gap = jnp.sum(w * t, axis=1) - b
     w = w * jnp.where(gap >= 0, 1.0, -1.0)[:, None]     # now the gap w·t − b is >= 0
@@ -86,20 +91,22 @@ def project_onto_hyperplane_box(t: jax.Array, w: jax.Array, b: jax.Array) -> jax
     limit = jnp.where(upward, 1.0 - t, -t)             # the box edge in the useful direction
     room = jnp.abs(limit)
     weight = jnp.abs(w)
-    order = jnp.argsort(room, axis=1)
-    room_sorted = jnp.take_along_axis(room, order, axis=1)
-    weight_sorted = jnp.take_along_axis(weight, order, axis=1)
-    # R at the breakpoints λ = room_sorted[k]: sum_{j<=k} u_j p_j + p_k sum_{j>k} u_j.
-    filled = jnp.cumsum(weight_sorted * room_sorted, axis=1)
-    weight_left = jnp.sum(weight, axis=1, keepdims=True) - jnp.cumsum(weight_sorted, axis=1)
-    reach = filled + room_sorted * weight_left
-    reachable = reach[:, -1] >= gap
-    k = jnp.argmax(reach >= gap[:, None], axis=1)      # first breakpoint that closes the gap
-    filled_before = jnp.take_along_axis(filled, k[:, None], axis=1)[:, 0] - (
-        jnp.take_along_axis(weight_sorted * room_sorted, k[:, None], axis=1)[:, 0])
-    weight_from_k = jnp.take_along_axis(weight_left, k[:, None], axis=1)[:, 0] + (
-        jnp.take_along_axis(weight_sorted, k[:, None], axis=1)[:, 0])
-    lam = jnp.maximum((gap - filled_before) / jnp.maximum(weight_from_k, 1e-30), 0.0)
+    reachable = jnp.sum(weight * room, axis=1) >= gap
+
+    def halve(_, bracket):
+        low, high = bracket
+        middle = (low + high) / 2
+        reached = jnp.sum(weight * jnp.minimum(middle[:, None], room), axis=1) >= gap
+        return jnp.where(reached, low, middle), jnp.where(reached, middle, high)
+
+    low, high = jax.lax.fori_loop(0, BISECTION_STEPS, halve,
+                                  (jnp.zeros_like(gap), jnp.max(room, axis=1)))
+    # On (low, high] R is linear up to breakpoints closer than the bracket: coordinates with
+    # room <= low are clipped, the rest move by λ.
+    clipped = room <= low[:, None]
+    filled = jnp.sum(jnp.where(clipped, weight * room, 0.0), axis=1)
+    moving = jnp.sum(jnp.where(clipped, 0.0, weight), axis=1)
+    lam = jnp.clip((gap - filled) / jnp.maximum(moving, 1e-30), low, high)
     d = jnp.where(reachable[:, None], jnp.sign(limit) * jnp.minimum(lam[:, None], room), limit)
     return jnp.where(w != 0, d, 0.0)
 

@@ -44,6 +44,43 @@ def test_projection_is_feasible_and_minimal():
         assert np.max(np.abs(d[i])) == pytest.approx(_bisect_radius(t[i], w[i], b[i]), abs=1e-5)
 
 
+def _sorted_breakpoint_projection(t, w, b):
+    """The same projection the textbook way, in float64 numpy: sort the rooms, walk the
+    breakpoints of R(λ) to the linear piece that reaches the gap, solve it there."""
+    out = np.zeros_like(t, np.float64)
+    for i in range(len(t)):
+        gap = float(t[i] @ w[i] - b[i])
+        ws = w[i].astype(np.float64) * (1.0 if gap >= 0 else -1.0)
+        gap = abs(gap)
+        limit = np.where(ws < 0, 1.0 - t[i], -t[i]).astype(np.float64)
+        room, weight = np.abs(limit), np.abs(ws)
+        if np.sum(weight * room) < gap:
+            out[i] = np.where(ws != 0, limit, 0.0)
+            continue
+        order = np.argsort(room, kind="stable")
+        filled, left = 0.0, float(np.sum(weight))
+        for j in order:  # breakpoint room[j]: everything below it is clipped
+            if filled + room[j] * left >= gap:
+                break
+            filled += weight[j] * room[j]
+            left -= weight[j]
+        lam = (gap - filled) / left
+        out[i] = np.where(ws != 0, np.sign(limit) * np.minimum(lam, room), 0.0)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_projection_equals_the_sorted_breakpoint_solution(seed):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(size=(64, 200)).astype(np.float32)
+    t[:, :20] = np.round(t[:, :20] * 4) / 4  # tied rooms, and coordinates already at the box edge
+    w = rng.normal(size=(64, 200)).astype(np.float32)
+    w[:, 20:25] = 0.0
+    b = (np.sum(t * w, 1) + rng.normal(size=64) * rng.choice([0.1, 3.0, 30.0], size=64)).astype(np.float32)
+    got = np.asarray(project_onto_hyperplane_box(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+    np.testing.assert_allclose(got, _sorted_breakpoint_projection(t, w, b), atol=2e-6)
+
+
 def _minimal_distance(x, y, w, b):
     """Exact ℓ∞ distance to the decision boundary of a binary linear model, by bisection on ε."""
     flat, w, b, y = np.asarray(x).reshape(len(x), -1), np.asarray(w), np.asarray(b), np.asarray(y)
