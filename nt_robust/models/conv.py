@@ -1,15 +1,17 @@
 """Convolutions whose weight gradient is fast on XLA:CPU.
 
 XLA:CPU computes the weight gradient of a 3x3 convolution as another convolution whose
-window is the whole feature map and whose output is 3x3; Eigen runs that shape 3-11x
-slower than the forward pass and 5-19x slower than PyTorch's oneDNN (docs/benchmarks.md). ``shifted_matmul_conv`` keeps XLA's
+window is the whole feature map and whose output is 3x3. On some CPUs that shape runs
+3-11x slower than the forward pass and 5-19x slower than PyTorch's oneDNN; on others it
+is faster than any rewrite (docs/benchmarks.md). ``shifted_matmul_conv`` keeps XLA's
 own forward convolution and input gradient (all that attacks need) and writes the weight
-gradient as one matmul per kernel tap (2.6-9x faster than XLA's on 2 CPU cores)::
+gradient as one matmul per kernel tap (2.6-9x faster than XLA's where XLA's is slow)::
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
-Models take ``conv_impl`` = "auto" (shifted matmul on the CPU backend, XLA's
-convolution elsewhere), "xla" or "shifted_matmul"::
+Models take ``conv_impl`` = "auto" (on the CPU backend whichever of the two was faster
+when measured on this machine, ``nt_robust.models.conv_choice``; XLA's convolution
+elsewhere), "xla" or "shifted_matmul"::
 
     conv = conv_function("auto")
     y = nn.Conv(64, (3, 3), conv_general_dilated=conv)(x)
@@ -40,11 +42,16 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_conv_impl(name: str) -> str:
-    """``"auto"`` -> ``"shifted_matmul"`` on the CPU backend, ``"xla"`` elsewhere."""
+    """``"auto"`` -> on the CPU backend the faster weight gradient measured on this machine
+    (``nt_robust.models.conv_choice``), ``"xla"`` elsewhere."""
     if name not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
     if name == "auto":
-        return "shifted_matmul" if jax.default_backend() == "cpu" else "xla"
+        if jax.default_backend() != "cpu":
+            return "xla"
+        from nt_robust.models.conv_choice import cpu_conv_choice
+
+        return cpu_conv_choice()["impl"]
     return name
 
 

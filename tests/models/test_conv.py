@@ -8,7 +8,9 @@ import pytest
 from jax import lax
 
 from nt_robust.models import ModelConfig, create_model, init_variables
+from nt_robust.models import conv_choice
 from nt_robust.models.conv import conv_function, resolve_conv_impl, shifted_matmul_conv
+from nt_robust.models.conv_choice import cpu_conv_choice
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -116,11 +118,50 @@ def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(ar
                            results["xla"][1], results["shifted_matmul"][1])
 
 
-def test_auto_resolves_by_backend_and_unknown_names_are_rejected():
-    assert jax.default_backend() == "cpu"  # the suite runs on CPU, where auto must pick ours
-    assert conv_function("auto") is shifted_matmul_conv and resolve_conv_impl("auto") == "shifted_matmul"
+def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
+    assert jax.default_backend() == "cpu"  # the suite runs on CPU, where auto is what was measured
+    expected = cpu_conv_choice()["impl"]
+    assert expected in ("xla", "shifted_matmul") and resolve_conv_impl("auto") == expected
+    assert conv_function("auto") is (shifted_matmul_conv if expected == "shifted_matmul" else lax.conv_general_dilated)
     assert conv_function("xla") is lax.conv_general_dilated
     with pytest.raises(ValueError, match="model.conv_impl must be one of"):
         ModelConfig("cnn", conv_impl="oneDNN")
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         resolve_conv_impl("fast")
+
+
+@pytest.mark.parametrize("xla_ms,shifted_ms,expected", [(10.0, 7.9, "shifted_matmul"), (10.0, 8.0, "xla"),
+                                                        (10.0, 30.0, "xla")])
+def test_shifted_matmuls_are_chosen_only_when_clearly_faster(xla_ms, shifted_ms, expected):
+    assert conv_choice.choose(xla_ms, shifted_ms) == expected
+
+
+def test_the_choice_is_measured_once_per_machine_and_can_be_forced(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("NT_ROBUST_CONV_IMPL_AUTO", raising=False)
+    calls = []
+    monkeypatch.setattr(conv_choice, "measure", lambda: calls.append(1) or {"xla_ms": 30.0, "shifted_matmul_ms": 10.0})
+    conv_choice.cpu_conv_choice.cache_clear()
+    try:
+        first = conv_choice.cpu_conv_choice()
+        assert first["impl"] == "shifted_matmul" and first["source"] == "measured now"
+        conv_choice.cpu_conv_choice.cache_clear()  # a new process: read from the cache, not measured again
+        again = conv_choice.cpu_conv_choice()
+        assert again["impl"] == "shifted_matmul" and again["source"].startswith("measured earlier") and calls == [1]
+        (tmp_path / "nt_robust" / "conv_impl.json").write_text("{not json")  # a corrupt cache: measured again
+        conv_choice.cpu_conv_choice.cache_clear()
+        assert conv_choice.cpu_conv_choice()["source"] == "measured now" and calls == [1, 1]
+        monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", "xla")
+        conv_choice.cpu_conv_choice.cache_clear()
+        assert conv_choice.cpu_conv_choice() == {"impl": "xla", "source": "NT_ROBUST_CONV_IMPL_AUTO"}
+        monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", "fast")
+        conv_choice.cpu_conv_choice.cache_clear()
+        with pytest.raises(ValueError, match="NT_ROBUST_CONV_IMPL_AUTO must be one of"):
+            conv_choice.cpu_conv_choice()
+    finally:
+        conv_choice.cpu_conv_choice.cache_clear()  # the rest of the suite measures (or reads) for real
+
+
+def test_the_measurement_times_both_weight_gradients():
+    timings = conv_choice.measure()
+    assert set(timings) == {"xla_ms", "shifted_matmul_ms"} and all(t > 0 for t in timings.values())
