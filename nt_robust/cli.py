@@ -142,8 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpu = _Parser(add_help=False)
     cpu.add_argument("--cpu-devices", type=int, default=None, metavar="N",
-                     help="split the CPU into N XLA devices and shard training batches over them (one per "
-                          "core is fastest for conv nets; default $NT_ROBUST_CPU_DEVICES, else 1)")
+                     help="split the CPU into N XLA devices and shard training batches over them (default "
+                          "$NT_ROBUST_CPU_DEVICES, else for train and study one per core when every run is a "
+                          "conv net, else 1; a resumed run keeps its count)")
 
     def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], **kwargs)
@@ -645,6 +646,66 @@ def _info() -> int:
     return 0
 
 
+def _set_cpu_devices(args: argparse.Namespace, own_process: bool) -> None:
+    """--cpu-devices N, else $NT_ROBUST_CPU_DEVICES, else for train and study on the command
+    line the automatic choice (environment.auto_cpu_devices; a resumed run keeps the count it
+    started with). A caller of ``main(argv)`` in its own process keeps that process's devices."""
+    import os
+
+    from nt_robust.environment import auto_cpu_devices
+
+    if getattr(args, "cpu_devices", None) is not None:
+        set_cpu_devices(args.cpu_devices, source="--cpu-devices")
+        return
+    if (os.environ.get("NT_ROBUST_CPU_DEVICES", "").strip() or args.command not in ("train", "study")
+            or not own_process):
+        set_cpu_devices()
+        return
+    started = _started_run_devices(args)
+    if started is not None:
+        set_cpu_devices(started, source="the count the run started with (its environment.json)")
+        return
+    models = _models_to_train(args)
+    if models:
+        set_cpu_devices(auto_cpu_devices(models), source="auto: one per core for conv nets, else 1")
+
+
+def _started_run_devices(args: argparse.Namespace) -> int | None:
+    """The CPU device count a resumed run (train RUN_DIR) was started with, where recorded."""
+    from nt_robust import io
+
+    if args.command != "train" or args.run is None:
+        return None
+    try:
+        environment = io.read_json(Path(args.run) / "environment.json")
+    except (OSError, ValueError):
+        return None
+    count = environment.get("device_count") if environment.get("backend") == "cpu" else None
+    return count if isinstance(count, int) and count >= 1 else None
+
+
+def _models_to_train(args: argparse.Namespace) -> list[tuple[str, int, int]] | None:
+    """(arch, train batch, eval batch) of every run the command will train; None where the
+    config cannot be read here (the command itself then says why)."""
+    from nt_robust.train import ExperimentConfig
+
+    def row(config: ExperimentConfig) -> tuple[str, int, int]:
+        return config.model.arch, config.train.batch_size, config.eval.batch_size
+
+    try:
+        if args.command == "train":
+            if args.run is not None:
+                return None  # a run directory without a recorded device count: JAX's default
+            return [row(load_config(ExperimentConfig, args.config, args.overrides))]
+        from nt_robust.studies.sweep import load_study
+
+        study = load_study(Path(args.spec), args.runs_root)
+        return [row(load_config(ExperimentConfig, study.base_config, list(run.overrides)))
+                for run in study.grid_runs()] or None
+    except Exception:  # noqa: BLE001 - any problem is reported by the command, with its own message
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -654,8 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
     try:
-        set_cpu_devices(getattr(args, "cpu_devices", None))  # both before anything starts the backend
-        configure_xla_cpu()                # (info too, so that it shows the flags train uses)
+        _set_cpu_devices(args, own_process=argv is None)  # both before anything starts the backend
+        configure_xla_cpu()     # (info too, so that it shows the flags train uses)
         if args.command != "info":
             enable_compilation_cache()
         if args.command == "train":

@@ -16,7 +16,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -109,7 +109,18 @@ def environment_info() -> dict[str, Any]:
         "process_index": jax.process_index(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "conv_impl_auto": resolve_conv_impl("auto"),
+        "conv_impl_auto_choice": _conv_choice_record(),
+        "cpu_devices": cpu_device_choice(),
     }
+
+
+def _conv_choice_record() -> dict[str, Any] | None:
+    """How "auto" chose its convolution weight gradient (CPU backend only)."""
+    if jax.default_backend() != "cpu":
+        return None
+    from nt_robust.models.conv_choice import cpu_conv_choice
+
+    return cpu_conv_choice()
 
 
 def enable_compilation_cache() -> None:
@@ -125,48 +136,94 @@ def enable_compilation_cache() -> None:
 
 
 CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+# jaxlib 0.10.2 runs convolutions through YNNPACK by default; XLA's Eigen convolutions are
+# faster on 2 cores: conv-net steps on one device 1.5x, attack steps 1.2-1.6x (docs/benchmarks.md).
+NO_YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# (flag, the XLA option it sets, the oldest jaxlib known to accept it: XLA aborts on flags it does not know)
+CPU_FLAGS = ((CPU_SCHEDULER_FLAG, "xla_cpu_scheduler_type", (0, 10, 0)),
+             (NO_YNN_CONV_FLAG, "xla_cpu_experimental_ynn_fusion_type", (0, 10, 2)))
+
+
+def _jaxlib_version() -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in importlib.metadata.version("jaxlib").split(".")[:3])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
 
 
 def configure_xla_cpu() -> bool:
-    """Ask XLA:CPU for its memory-optimized scheduler (what the CLI does at start-up).
+    """Add :data:`CPU_FLAGS` to ``XLA_FLAGS`` (what the CLI does at start-up):
 
-    The default scheduler keeps the unrolled attack's activations alive: XLA plans 1.5 GB
-    of temporaries for the small CNN's TRADES step, 0.3 GB with this one, and the step is
-    no slower (docs/benchmarks.md). Takes effect only before JAX starts its backend (XLA
-    reads ``XLA_FLAGS`` then), and only for CPU compiles. Left alone when ``XLA_FLAGS``
-    already names a scheduler, when ``NT_ROBUST_XLA_CPU_FLAGS=off``, and on jaxlib older
-    than 0.10 (where the flag was not checked; XLA aborts on flags it does not know).
-    Returns whether the flag was added.
+    - the memory-optimized scheduler: the default one keeps the unrolled attack's
+      activations alive (XLA plans 1.5 GB of temporaries for the small CNN's TRADES step,
+      0.3 GB with this one), and the step is no slower;
+    - Eigen's convolutions instead of YNNPACK's (jaxlib 0.10.2 and newer).
+
+    Both were measured in docs/benchmarks.md. They take effect only before JAX starts its
+    backend (XLA reads ``XLA_FLAGS`` then), and only for CPU compiles. Each is left alone
+    when ``XLA_FLAGS`` already sets its option, all of them when
+    ``NT_ROBUST_XLA_CPU_FLAGS=off``, and each on a jaxlib older than the one it was checked
+    on. Returns whether any flag was added.
     """
-    flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("NT_ROBUST_XLA_CPU_FLAGS", "").lower() in ("off", "0", "false", "no"):
         return False
-    if "xla_cpu_scheduler_type" in flags:
+    version = _jaxlib_version()
+    if version is None:
         return False
-    try:
-        major, minor = (int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        return False
-    if (major, minor) < (0, 10):
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}".strip()
-    return True
+    flags = os.environ.get("XLA_FLAGS", "")
+    added = [flag for flag, option, oldest in CPU_FLAGS if version >= oldest and option not in flags]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
+    return bool(added)
 
 
-def set_cpu_devices(count: int | None = None) -> int | None:
+# Architectures whose training steps run faster split over one XLA device per core: measured
+# on 2 cores (docs/benchmarks.md), small-CNN and WRN-16-k steps 1.2-1.7x; MLP steps are slower
+# split (up to 2.7x), so they stay on one device.
+CONV_ARCHS = ("cnn", "wrn")
+MAX_AUTO_CPU_DEVICES = 8  # measured up to 4 devices on 2 cores; more devices only shrink per-device batches
+_cpu_device_choice: dict[str, Any] = {"count": None, "source": "JAX's default (one device)"}
+
+
+def auto_cpu_devices(models: Sequence[tuple[str, int, int]], cores: int | None = None) -> int:
+    """The CPU device count the CLI picks when none is asked for, from the (arch, train batch,
+    eval batch) of every run it will train: one device per core (at most
+    :data:`MAX_AUTO_CPU_DEVICES`, and a count that divides every batch) when all are conv
+    nets, else 1::
+
+        auto_cpu_devices([("wrn", 128, 256)], cores=2)   # 2
+        auto_cpu_devices([("mlp", 128, 256)], cores=2)   # 1
+    """
+    cores = cores or cpu_info()["cores"] or 1
+    if not models or any(arch not in CONV_ARCHS for arch, _, _ in models):
+        return 1
+    count = min(cores, MAX_AUTO_CPU_DEVICES)
+    while count > 1 and any(batch % count for _, *batches in models for batch in batches):
+        count -= 1
+    return count
+
+
+def cpu_device_choice() -> dict[str, Any]:
+    """How this process's CPU device count was chosen (``count`` None: JAX's default), as
+    :func:`set_cpu_devices` recorded it; saved in environment.json."""
+    return dict(_cpu_device_choice)
+
+
+def set_cpu_devices(count: int | None = None, source: str | None = None) -> int | None:
     """Split the host CPU into ``count`` XLA devices (default: ``$NT_ROBUST_CPU_DEVICES``;
     neither: leave JAX's default of one). Training and its per-epoch evaluation then shard
-    each batch over them exactly as over GPUs (protocol evaluations do not), so XLA:CPU keeps every core busy: with one device per
-    core, conv-net TRADES steps ran ~1.5x faster here (docs/benchmarks.md). Results
-    depend on the device count at float-rounding level, and it is recorded in
-    environment.json. Must run before JAX starts its backend. Returns the count set."""
+    each batch over them exactly as over GPUs (protocol evaluations do not), so XLA:CPU
+    keeps every core busy (the CLI's choice without either: :func:`auto_cpu_devices`).
+    Results depend on the device count at float-rounding level; the count and ``source``
+    (how it was chosen) are recorded in environment.json. Must run before JAX starts its
+    backend. Returns the count set."""
     if count is None:
         setting = os.environ.get("NT_ROBUST_CPU_DEVICES", "").strip()
         if not setting:
             return None
         if not setting.isdigit():
             raise ValueError(f"NT_ROBUST_CPU_DEVICES must be a positive integer, got {setting!r}")
-        count = int(setting)
+        count, source = int(setting), "NT_ROBUST_CPU_DEVICES"
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"the number of CPU devices must be an integer >= 1, got {count!r}")
     try:
@@ -175,4 +232,5 @@ def set_cpu_devices(count: int | None = None) -> int | None:
         raise RuntimeError(f"cannot split the CPU into {count} devices: JAX has already started its "
                            "backend in this process; set the count first thing (nt-robust train|eval|study ... --cpu-devices N, "
                            "or NT_ROBUST_CPU_DEVICES=N in the environment)") from error
+    _cpu_device_choice.update(count=count, source=source or "set_cpu_devices")
     return count

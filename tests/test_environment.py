@@ -1,28 +1,46 @@
-"""XLA:CPU set-up: the scheduler flag is added once and never over a user's own choice;
+"""XLA:CPU set-up: the library's flags are added once and never over a user's own choice;
 the CPU device count is validated and refused once the backend runs."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
 
-from nt_robust.environment import CPU_SCHEDULER_FLAG, configure_xla_cpu, set_cpu_devices
+from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, NO_YNN_CONV_FLAG, auto_cpu_devices, configure_xla_cpu,
+                                   set_cpu_devices)
 
 
-def test_scheduler_flag_is_appended_to_existing_flags(monkeypatch):
+def test_flags_are_appended_to_existing_flags_once(monkeypatch):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
+    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert configure_xla_cpu() is True
-    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG}"
+    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}"
     assert configure_xla_cpu() is False  # a second call adds nothing
-    assert os.environ["XLA_FLAGS"].count("xla_cpu_scheduler_type") == 1
+    for _, option, _ in CPU_FLAGS:
+        assert os.environ["XLA_FLAGS"].count(option) == 1
+
+
+@pytest.mark.parametrize("version,expected", [((0, 9, 9), ""), ((0, 10, 0), CPU_SCHEDULER_FLAG),
+                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}")])
+def test_each_flag_waits_for_the_jaxlib_it_was_checked_on(monkeypatch, version, expected):
+    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
+    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: version)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert configure_xla_cpu() is bool(expected)
+    assert os.environ["XLA_FLAGS"] == expected
 
 
 def test_users_choice_and_opt_out_are_respected(monkeypatch):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT")
+    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    own = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    monkeypatch.setenv("XLA_FLAGS", own)
     assert configure_xla_cpu() is False
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"
+    assert os.environ["XLA_FLAGS"] == own
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("NT_ROBUST_XLA_CPU_FLAGS", "off")
     assert configure_xla_cpu() is False and os.environ["XLA_FLAGS"] == ""
@@ -78,3 +96,43 @@ def test_cpu_info_names_the_model_and_the_isa_features_that_pick_float_kernels(t
     assert missing["isa"] == [] and missing["model"]  # falls back to what platform knows
     recorded = environment_info()["cpu"]  # what every run's environment.json carries
     assert set(recorded) == {"model", "vendor", "isa", "cores", "family", "model_number"} and recorded["cores"] >= 1
+
+
+@pytest.mark.parametrize("models,cores,expected", [
+    ([("wrn", 128, 256)], 2, 2),                       # conv nets: one device per core
+    ([("cnn", 128, 256), ("wrn", 128, 256)], 4, 4),
+    ([("wrn", 128, 256)], 64, 8),                      # at most MAX_AUTO_CPU_DEVICES
+    ([("cnn", 96, 100)], 8, 4),                        # the largest count that divides every batch
+    ([("cnn", 128, 100)], 8, 4),
+    ([("mlp", 128, 256)], 2, 1),                       # MLP steps are slower split
+    ([("wrn", 128, 256), ("mlp", 128, 256)], 2, 1),   # one count per process: any MLP keeps one
+    ([], 2, 1),
+])
+def test_auto_cpu_devices(models, cores, expected):
+    assert auto_cpu_devices(models, cores=cores) == expected
+
+
+def _environment_after_cli_train(tmp_path, arch, *args):
+    overrides = ["data.dataset=synthetic", "data.val_size=64", f"model.arch={arch}", "model.width=1",
+                 "model.depth=10", "train.batch_size=64", "train.epochs=1", "objective.kind=natural",
+                 "eval.val_examples=64", "eval.test_examples=64", "eval.batch_size=64", "eval.attack.num_steps=1",
+                 "eval.lipschitz=none", "train.progress=false", "data.train_subset=128"]
+    env = {k: v for k, v in os.environ.items() if k != "NT_ROBUST_CPU_DEVICES"}
+    command = [sys.executable, "-m", "nt_robust.cli", "train", "--run-dir", str(tmp_path / arch), *args]
+    for override in overrides:
+        command += ["--set", override]
+    done = subprocess.run(command, env={**env, "JAX_PLATFORMS": "cpu", "NT_ROBUST_COMPILATION_CACHE": "off"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / arch / "environment.json").read_text())
+
+
+def test_the_cli_splits_the_cpu_for_conv_nets_only_and_records_why(tmp_path):
+    conv = _environment_after_cli_train(tmp_path, "wrn")
+    expected = auto_cpu_devices([("wrn", 64, 64)])
+    assert conv["device_count"] == expected and conv["cpu_devices"]["count"] == expected
+    assert conv["cpu_devices"]["source"].startswith("auto")
+    mlp = _environment_after_cli_train(tmp_path, "mlp")
+    assert mlp["device_count"] == 1 and mlp["cpu_devices"]["source"].startswith("auto")
+    asked = _environment_after_cli_train(tmp_path / "asked", "wrn", "--cpu-devices", "1")
+    assert asked["device_count"] == 1 and asked["cpu_devices"]["source"] == "--cpu-devices"
