@@ -1,4 +1,4 @@
-"""Attack throughput (images/s): our JAX APGD-CE and AutoAttack cascade vs torchattacks.
+"""Attack throughput (images/s): our JAX PGD-20, APGD-CE and AutoAttack cascade vs torchattacks.
 
     python benchmarks/attacks.py RUN_DIR --examples 500            # prints one JSON object
     python benchmarks/attacks.py RUN_DIR --no-torch --queries 1000
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=500)
     parser.add_argument("--queries", type=int, default=5000, help="Square's budget in the cascade")
     parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch intra-op threads (2 beside JAX's pool contend badly on 2 cores)")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="torch intra-op threads (default: every core, as PyTorch's own default)")
     args = parser.parse_args(argv)
 
     from nt_robust.attacks import protocols as P
@@ -61,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"model": config.model.label, "eps": eps, "examples": n, "square_queries": args.queries,
                      "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count()}
-    apgd_ce = APGDConfig(eps=eps, loss="ce")
     xs, ys, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
-    _, compile_seconds = _timed(lambda: P._stage_predictions(apply_fn, apgd_ce, variables, xs, ys, key)
-                                .block_until_ready())
-    _, seconds = _timed(lambda: P._stage_predictions(apply_fn, apgd_ce, variables, xs, ys, key).block_until_ready())
-    results["ours_apgd_ce"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
-                               "first_call_seconds_incl_compile": round(compile_seconds, 2)}
+    pgd20 = P.PROTOCOLS["pgd20-0.007"].at_eps(eps).stages[0].config
+    for name, stage in (("pgd20", pgd20), ("apgd_ce", APGDConfig(eps=eps, loss="ce"))):
+        run = lambda stage=stage: P._stage_predictions(apply_fn, stage, variables, xs, ys, key).block_until_ready()  # noqa: E731
+        _, compile_seconds = _timed(run)
+        predictions, seconds = _timed(run)
+        results[f"ours_{name}"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                                   "first_call_seconds_incl_compile": round(compile_seconds, 2),
+                                   "robust_accuracy": float(np.mean(np.asarray(predictions) == y))}
 
     protocol = P.PROTOCOLS["autoattack-standard"].at_eps(eps)
     stages = tuple(dataclasses.replace(s, config=dataclasses.replace(s.config, num_queries=args.queries))
@@ -87,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
         torch_model = to_torch(trainer.model, variables)
         tx, ty = torch.from_numpy(nhwc_to_nchw(x)), torch.from_numpy(y.astype(np.int64))
-        attack = torchattacks_attack(torch_model, "apgd-ce", eps)
-        _, seconds = _timed(lambda: attack(tx, ty))
-        results["torchattacks_apgd_ce"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
-                                           "torch_threads": torch.get_num_threads()}
+        import torchattacks
+
+        attacks = {"pgd20": torchattacks.PGD(torch_model, eps=eps, alpha=pgd20.step_size, steps=pgd20.num_steps,
+                                             random_start=True),
+                   "apgd_ce": torchattacks_attack(torch_model, "apgd-ce", eps)}
+        for name, attack in attacks.items():
+            adversarial, seconds = _timed(lambda attack=attack: attack(tx, ty))
+            with torch.no_grad():
+                accuracy = float((torch_model(adversarial).argmax(1) == ty).float().mean())
+            results[f"torchattacks_{name}"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                                               "torch_threads": torch.get_num_threads(), "robust_accuracy": accuracy}
 
         def torch_cascade():
             with torch.no_grad():
@@ -107,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         accuracy, seconds = _timed(torch_cascade)
         results["torchattacks_cascade"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
                                            "robust_accuracy": accuracy}
+        for name in ("pgd20", "apgd_ce", "cascade"):
+            results[f"ours_over_torchattacks_{name}"] = round(
+                results[f"ours_{name}"]["images_per_s"] / results[f"torchattacks_{name}"]["images_per_s"], 3)
     results["load_average_before"] = [round(v, 2) for v in load_before]
     results["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(results, indent=2))

@@ -276,7 +276,7 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "compile_peak_rss_mb": compile_peak, "step_peak_rss_mb": memory.peak_mb(),
         **buffers, "memory_method": memory.method, "attack_loop": _resolved_loop(spec["loop"]),
         "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dtype": config.model.dtype,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     result.update(_flop_rate(counted, result["images_per_s"], spec["batch"], config))
     device = jax.devices()[0]
@@ -314,6 +314,14 @@ def _flop_rate(counted: dict[str, Any], images_per_s: float, batch: int, config)
     klass = flops.precision_class(*flops.config_precision(config), device.platform)
     return {"gflop_per_image": round(per_step / batch / 1e9, 4), "tflop_per_s": round(rate / 1e12, 5),
             "mfu": flops.mfu(rate, device.device_kind, klass, jax.device_count()), "peak_class": klass, **counted}
+
+
+def _devices(setting: str, model: str, batch: int) -> int:
+    """--devices for ``model``: the number given, or (auto) the CLI's choice for it."""
+    if setting != "auto":
+        return int(setting)
+    from nt_robust.environment import auto_cpu_devices
+    return auto_cpu_devices([(MODELS[model]["arch"], batch, batch)])
 
 
 def _resolved_conv_impl(name: str) -> str:
@@ -711,8 +719,9 @@ def main() -> None:
                         help="model.dtype (compute dtype) of the JAX models; PyTorch stays float32")
     parser.add_argument("--no-library-xla-flags", action="store_true",
                         help="do not add the XLA:CPU flags nt-robust's CLI adds (configure_xla_cpu)")
-    parser.add_argument("--devices", type=int, default=1,
-                        help="JAX host devices to shard the batch over (sets jax_num_cpu_devices)")
+    parser.add_argument("--devices", default="auto",
+                        help="JAX host devices to shard the batch over (sets jax_num_cpu_devices); auto: what "
+                             "nt-robust train picks for the model (environment.auto_cpu_devices)")
     parser.add_argument("--torch-threads", type=int, default=None, help="default: os.cpu_count()")
     parser.add_argument("--torch-variant", default="matched", choices=("matched", "reference"),
                         help="matched: clean logits once per step, as the JAX step; reference: the TRADES "
@@ -726,7 +735,7 @@ def main() -> None:
 
     if args.worker is not None:
         spec = json.loads(args.worker)
-        if spec.get("devices", 1) > 1:
+        if (spec.get("devices") or 1) > 1:
             import jax
             jax.config.update("jax_num_cpu_devices", spec["devices"])
         _worker_main(spec)
@@ -742,6 +751,8 @@ def main() -> None:
     }
     if len(base["input"]) != 3:
         parser.error("--input must be H,W,C")
+    if args.devices != "auto" and not (args.devices.isdigit() and int(args.devices) >= 1):
+        parser.error(f"--devices must be auto or a positive integer, got {args.devices!r}")
     environment = {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(),
@@ -752,7 +763,8 @@ def main() -> None:
     }
     if args.probe:
         first_model = args.models.split(",")[0]
-        spec = dict(base, framework=args.probe, model=first_model, objective=args.objectives.split(",")[-1])
+        spec = dict(base, framework=args.probe, model=first_model, objective=args.objectives.split(",")[-1],
+                    devices=_devices(args.devices, first_model, args.batch))
         print(json.dumps({"benchmark": "train_step", **environment, **_run_child(spec, args.timeout)}, indent=2))
         return
 
@@ -766,11 +778,12 @@ def main() -> None:
         entry: dict[str, Any] = {}
         for objective in args.objectives.split(","):
             runs = {}
+            devices = _devices(args.devices, name, args.batch)
             for framework in frameworks:
                 if framework == "torch" and torch_note:
                     continue
-                runs[framework] = _run_child(dict(base, framework=framework, model=name, objective=objective),
-                                             args.timeout)
+                runs[framework] = _run_child(dict(base, framework=framework, model=name, objective=objective,
+                                                  devices=devices), args.timeout)
                 if framework == "torch" and "skipped" in runs[framework]:
                     torch_note = runs.pop(framework)["skipped"]
             if "jax" in runs and "torch" in runs:
