@@ -178,7 +178,7 @@ def configure_xla_cpu() -> bool:
 
 
 # Architectures whose training steps run faster split over one XLA device per core: measured
-# on 2 cores (docs/benchmarks.md), small-CNN and WRN-16-k steps 1.2-1.7x; MLP steps are slower
+# on 2 cores (docs/benchmarks.md), small-CNN and WRN-16-k steps 1.04-2x; MLP steps are slower
 # split (up to 2.7x), so they stay on one device.
 CONV_ARCHS = ("cnn", "wrn")
 MAX_AUTO_CPU_DEVICES = 8  # measured up to 4 devices on 2 cores; more devices only shrink per-device batches
