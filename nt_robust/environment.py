@@ -137,11 +137,13 @@ def enable_compilation_cache() -> None:
 
 CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 # jaxlib 0.10.2 runs convolutions through YNNPACK by default; XLA's Eigen convolutions are
-# faster on 2 cores: conv-net steps on one device 1.5x, attack steps 1.2-1.6x (docs/benchmarks.md).
+# faster on 2 cores: conv-net steps on one device 1.3-1.6x, attack steps 1.2-1.6x (docs/benchmarks.md).
+# Only on the jaxlib it was measured with: XLA aborts on flags it does not know, and a later
+# jaxlib may not run convolutions through YNNPACK at all.
 NO_YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-# (flag, the XLA option it sets, the oldest jaxlib known to accept it: XLA aborts on flags it does not know)
-CPU_FLAGS = ((CPU_SCHEDULER_FLAG, "xla_cpu_scheduler_type", (0, 10, 0)),
-             (NO_YNN_CONV_FLAG, "xla_cpu_experimental_ynn_fusion_type", (0, 10, 2)))
+# (flag, the XLA option it sets, jaxlib versions [from, before) it is added for)
+CPU_FLAGS = ((CPU_SCHEDULER_FLAG, "xla_cpu_scheduler_type", (0, 10, 0), None),
+             (NO_YNN_CONV_FLAG, "xla_cpu_experimental_ynn_fusion_type", (0, 10, 2), (0, 11, 0)))
 
 
 def _jaxlib_version() -> tuple[int, ...] | None:
@@ -157,13 +159,13 @@ def configure_xla_cpu() -> bool:
     - the memory-optimized scheduler: the default one keeps the unrolled attack's
       activations alive (XLA plans 1.5 GB of temporaries for the small CNN's TRADES step,
       0.3 GB with this one), and the step is no slower;
-    - Eigen's convolutions instead of YNNPACK's (jaxlib 0.10.2 and newer).
+    - Eigen's convolutions instead of YNNPACK's (jaxlib 0.10.2 to 0.10.x, where it was measured).
 
     Both were measured in docs/benchmarks.md. They take effect only before JAX starts its
     backend (XLA reads ``XLA_FLAGS`` then), and only for CPU compiles. Each is left alone
     when ``XLA_FLAGS`` already sets its option, all of them when
-    ``NT_ROBUST_XLA_CPU_FLAGS=off``, and each on a jaxlib older than the one it was checked
-    on. Returns whether any flag was added.
+    ``NT_ROBUST_XLA_CPU_FLAGS=off``, and each on a jaxlib outside the versions it was
+    checked on. Returns whether any flag was added.
     """
     if os.environ.get("NT_ROBUST_XLA_CPU_FLAGS", "").lower() in ("off", "0", "false", "no"):
         return False
@@ -171,7 +173,8 @@ def configure_xla_cpu() -> bool:
     if version is None:
         return False
     flags = os.environ.get("XLA_FLAGS", "")
-    added = [flag for flag, option, oldest in CPU_FLAGS if version >= oldest and option not in flags]
+    added = [flag for flag, option, first, before in CPU_FLAGS
+             if first <= version and (before is None or version < before) and option not in flags]
     if added:
         os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
     return bool(added)

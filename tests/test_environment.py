@@ -20,13 +20,14 @@ def test_flags_are_appended_to_existing_flags_once(monkeypatch):
     assert configure_xla_cpu() is True
     assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}"
     assert configure_xla_cpu() is False  # a second call adds nothing
-    for _, option, _ in CPU_FLAGS:
+    for _, option, _, _ in CPU_FLAGS:
         assert os.environ["XLA_FLAGS"].count(option) == 1
 
 
 @pytest.mark.parametrize("version,expected", [((0, 9, 9), ""), ((0, 10, 0), CPU_SCHEDULER_FLAG),
-                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}")])
-def test_each_flag_waits_for_the_jaxlib_it_was_checked_on(monkeypatch, version, expected):
+                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}"),
+                                              ((0, 11, 2), CPU_SCHEDULER_FLAG)])
+def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, version, expected):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: version)
     monkeypatch.setenv("XLA_FLAGS", "")
