@@ -123,6 +123,11 @@ def _conv_choice_record() -> dict[str, Any] | None:
     return cpu_conv_choice()
 
 
+def cache_dir() -> Path:
+    """nt_robust's per-user cache: ``$XDG_CACHE_HOME/nt_robust`` (default ``~/.cache/nt_robust``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nt_robust"
+
+
 def enable_compilation_cache() -> None:
     """Persist compiled XLA programs across processes (runs of a sweep that differ only in
     λ or seed share programs). ``NT_ROBUST_COMPILATION_CACHE=off`` disables it; any other
@@ -130,8 +135,7 @@ def enable_compilation_cache() -> None:
     setting = os.environ.get("NT_ROBUST_COMPILATION_CACHE", "")
     if setting.lower() in ("off", "0", "false", "no"):
         return
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    jax.config.update("jax_compilation_cache_dir", setting or str(cache_home / "nt_robust" / "xla"))
+    jax.config.update("jax_compilation_cache_dir", setting or str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

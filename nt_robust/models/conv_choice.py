@@ -34,8 +34,9 @@ def choose(xla_ms: float, shifted_matmul_ms: float) -> str:
 
 
 def cache_path() -> Path:
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache_home / "nt_robust" / "conv_impl.json"
+    from nt_robust.environment import cache_dir
+
+    return cache_dir() / "conv_impl.json"
 
 
 def machine_key() -> str:
