@@ -40,9 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch intra-op threads (default: every core, as PyTorch's own default)")
+    parser.add_argument("--no-library-setup", action="store_true",
+                        help="skip what `nt-robust eval` sets up first (the XLA:CPU flags and the malloc tuning)")
     args = parser.parse_args(argv)
 
+    if not args.no_library_setup:  # before the backend starts, as the CLI does
+        from nt_robust.environment import configure_xla_cpu
+        from nt_robust.host_memory import tune_malloc
+        configure_xla_cpu()
+        tune_malloc()
     from nt_robust.attacks import protocols as P
+    from nt_robust.host_memory import malloc_settings
     from nt_robust.attacks.apgd import APGDConfig
     from nt_robust.train.evaluate_run import load_run_config
     from nt_robust.train.loop import Trainer
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
 
     results: dict = {"model": config.model.label, "eps": eps, "examples": n, "square_queries": args.queries,
-                     "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count()}
+                     "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+                     "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuned": malloc_settings()["tuned"]}
     xs, ys, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
     pgd20 = P.PROTOCOLS["pgd20-0.007"].at_eps(eps).stages[0].config
     for name, stage in (("pgd20", pgd20), ("apgd_ce", APGDConfig(eps=eps, loss="ce"))):
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     second, seconds = _timed(lambda: P.run_protocol(protocol, apply_fn, variables, x, y, batch_size=n))
     results["ours_cascade"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
                                "first_call_seconds_incl_compile": round(compile_seconds, 2),
-                               "robust_accuracy": second.summary()["robust_accuracy"]}
+                               "robust_accuracy": second.summary()["robust_accuracy"],
+                               "stage_seconds": second.settings["stage_seconds"]}
 
     if not args.no_torch:
         import torch
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"torchattacks_{name}"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
                                                "torch_threads": torch.get_num_threads(), "robust_accuracy": accuracy}
 
+        torch_stage_seconds: dict[str, float] = {}
+
         def torch_cascade():
             with torch.no_grad():
                 robust = torch_model(tx).argmax(1) == ty
@@ -108,14 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                 idx = torch.nonzero(robust).flatten()
                 if len(idx) == 0:
                     break
+                started = time.perf_counter()
                 adv = torchattacks_attack(torch_model, name, eps, queries=args.queries)(tx[idx], ty[idx])
+                torch_stage_seconds[name] = round(time.perf_counter() - started, 3)
                 with torch.no_grad():
                     robust[idx] = torch_model(adv).argmax(1) == ty[idx]
             return float(robust.float().mean())
 
         accuracy, seconds = _timed(torch_cascade)
         results["torchattacks_cascade"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
-                                           "robust_accuracy": accuracy}
+                                           "robust_accuracy": accuracy, "stage_seconds": torch_stage_seconds}
         for name in ("pgd20", "apgd_ce", "cascade"):
             results[f"ours_over_torchattacks_{name}"] = round(
                 results[f"ours_{name}"]["images_per_s"] / results[f"torchattacks_{name}"]["images_per_s"], 3)

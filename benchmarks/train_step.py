@@ -22,12 +22,19 @@ memory and compile time are those of a cold process::
     XLA_FLAGS=--xla_cpu_use_onednn=true .venv/bin/python benchmarks/train_step.py --models cnn
     .venv/bin/python benchmarks/train_step.py --models cnn --conv-impl xla --no-library-xla-flags  # as before
     .venv/bin/python benchmarks/train_step.py --models mlp,cnn --objectives trades --no-torch --dtype bfloat16
+    .venv/bin/python benchmarks/train_step.py --models cnn --objectives natural --paired 9 --steps 5
+    .venv/bin/python benchmarks/train_step.py --models cnn --torch-malloc   # PyTorch with our malloc tuning too
     .venv/bin/python benchmarks/train_step.py --probe cache-keys     # which config changes recompile
     .venv/bin/python benchmarks/train_step.py --probe conv-grads     # fwd / dx / dw of one conv layer
 
 Results and what was tried: docs/benchmarks.md. The default run (all five models, both
 objectives, both frameworks) took 10.8 min on an idle 2-core machine;
 ``--models cnn,wrn16-1`` about 3 min.
+
+``--paired ROUNDS`` keeps a JAX and a PyTorch worker alive at once and alternates rounds of
+at least ``--steps`` steps and 0.5 s between them (the idle one blocked on its stdin), so that the machine's
+slow spells hit both: ``paired.jax_over_torch`` is the geometric mean of the per-round
+ratios with a 95% Student-t interval. Without it, each framework is timed in turn.
 
 Output: one JSON line per model as it finishes (``--quiet`` drops them), then one JSON
 object with everything. ``images_per_s`` = batch × timed steps / wall time of those steps
@@ -56,7 +63,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -114,6 +121,11 @@ class PeakMemory:
         return round((peak_kb - self.baseline_kb) / 1024, 1)
 
 
+def _malloc_note() -> str:
+    from nt_robust.host_memory import malloc_settings
+    return "tuned (nt_robust.host_memory)" if malloc_settings()["tuned"] else "glibc defaults"
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -124,6 +136,8 @@ def _measure(run_step, spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_step()
     first_step_s = time.perf_counter() - t0
+    if spec.get("paired"):
+        return {"first_step_s": round(first_step_s, 3), **_serve_rounds(run_step, spec)}
     timing = _time_steps(run_step, spec["warmup"], spec["steps"], spec["min_seconds"])
     elapsed = timing.pop("_elapsed")
     return {"first_step_s": round(first_step_s, 3), **timing,
@@ -157,6 +171,38 @@ def _time_steps(run_step, warmup: int, min_steps: int, min_seconds: float) -> di
     }
 
 
+def _serve_rounds(run_step, spec: dict[str, Any]) -> dict[str, Any]:
+    """--paired: after the warm-up, say READY and run the rounds the driver asks for on
+    stdin ("N S": at least N timed steps and S seconds, answered with each step's seconds;
+    "stop": done)."""
+    for _ in range(spec["warmup"]):
+        run_step()
+    times, cpu_before = [], _cpu_seconds()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            break
+        steps, seconds = line.split()
+        round_times, started = [], time.perf_counter()
+        while len(round_times) < int(steps) or time.perf_counter() - started < float(seconds):
+            t0 = time.perf_counter()
+            run_step()
+            round_times.append(time.perf_counter() - t0)
+        times += round_times
+        print("TIMES " + json.dumps(round_times), flush=True)
+    if not times:
+        raise RuntimeError("the driver asked for no timed steps")
+    ordered = sorted(times)
+    return {"timed_steps": len(times), "timed_s": round(sum(times), 3),
+            "s_per_step_median": round(ordered[len(ordered) // 2], 5), "s_per_step_min": round(ordered[0], 5),
+            "cpu_s_per_step": round((_cpu_seconds() - cpu_before) / len(times), 4),
+            "page_faults_per_step": round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+                                          / len(times)),
+            "images_per_s": round(spec["batch"] * len(times) / sum(times), 1),
+            "images_per_cpu_s": round(spec["batch"] * len(times) / (_cpu_seconds() - cpu_before), 1)}
+
+
 # --------------------------------------------------------------------------- JAX worker
 
 def im2col_weight_gradient(x, g, kernel_shape, padding):
@@ -181,6 +227,9 @@ def _configure_jax(spec: dict[str, Any]):
     if spec.get("library_xla_flags", True):  # what nt-robust's CLI does before the backend starts
         from nt_robust.environment import configure_xla_cpu
         configure_xla_cpu()
+    if spec.get("library_malloc", True):  # so does its glibc malloc tuning
+        from nt_robust.host_memory import tune_malloc
+        tune_malloc()
     if spec.get("cache_dir"):
         jax.config.update("jax_compilation_cache_dir", spec["cache_dir"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -276,7 +325,7 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "compile_peak_rss_mb": compile_peak, "step_peak_rss_mb": memory.peak_mb(),
         **buffers, "memory_method": memory.method, "attack_loop": _resolved_loop(spec["loop"]),
         "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dtype": config.model.dtype,
-        "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": _malloc_note(),
     }
     result.update(_flop_rate(counted, result["images_per_s"], spec["batch"], config))
     device = jax.devices()[0]
@@ -439,6 +488,9 @@ def _torch_augment(x, pad: int = 4):
 
 
 def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("torch_malloc"):  # the same glibc tuning as the JAX side: a like-for-like comparison
+        from nt_robust.host_memory import tune_malloc
+        tune_malloc()
     try:
         import torch
         from torch.nn import functional as F
@@ -510,7 +562,7 @@ def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "framework": "torch", "parameters": sum(p.numel() for p in model.parameters()), **_measure(run_step, spec),
         "step_peak_rss_mb": memory.peak_mb(), "memory_method": memory.method,
         "torch_threads": torch.get_num_threads(), "torch_variant": spec.get("torch_variant") or "matched",
-        "device": str(device),
+        "device": str(device), "malloc": _malloc_note(),
     }
     if device.type == "cuda":
         result["peak_bytes_in_use"] = torch.cuda.max_memory_allocated()
@@ -664,6 +716,111 @@ def _run_child(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     return {"framework": spec["framework"], "error": f"exit code {done.returncode}: " + " | ".join(tail)}
 
 
+PAIRED_ROUND_MIN_SECONDS = 0.5  # so that a round of fast (MLP) steps is not all wake-up
+
+
+class _PairedWorker:
+    """A --paired measurement process: lines from its stdout through a queue, so that every
+    wait has a deadline; stderr to a file (no pipe to fill)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import queue
+        import tempfile
+        import threading
+
+        self.framework, self.lines = spec["framework"], queue.Queue()
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(dict(spec, paired=True))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                        text=True, cwd=ROOT)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        """The rest of the next stdout line that starts with ``prefix``."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                raise RuntimeError(f"{self.framework} worker: no {prefix!r} within {timeout:.0f} s") from None
+            if line is None:
+                self.stderr.seek(0)
+                tail = " | ".join(self.stderr.read().strip().splitlines()[-5:])
+                raise RuntimeError(f"{self.framework} worker exited with {self.process.wait()}: {tail}")
+            if line.startswith(prefix):
+                return line[len(prefix):]
+
+    def send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.stderr.close()
+
+
+def paired_ratio(jax_seconds: Sequence[float], torch_seconds: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """JAX/PyTorch throughput ratio from per-round median step times: the geometric mean of
+    the per-round ratios torch_s / jax_s, with a Student-t interval on their logarithms
+    (rounds are independent pairs, each run back to back, so slow spells of the machine
+    cancel)::
+
+        paired_ratio([0.10, 0.12], [0.11, 0.13])   # {"geomean": 1.09..., "ci": [...], ...}
+    """
+    import math
+
+    from nt_robust.studies.uncertainty import t_quantile
+
+    logs = [math.log(t / j) for j, t in zip(jax_seconds, torch_seconds, strict=True)]
+    n = len(logs)
+    mean = sum(logs) / n
+    result = {"rounds": n, "geomean": round(math.exp(mean), 3), "per_round": [round(math.exp(v), 3) for v in logs]}
+    if n >= 2:
+        sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (n - 1))
+        half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+        result.update(level=level, ci=[round(math.exp(mean - half), 3), round(math.exp(mean + half), 3)])
+    return result
+
+
+def _run_pair(specs: dict[str, dict[str, Any]], rounds: int, steps: int, timeout: float) -> dict[str, Any]:
+    """--paired: both frameworks' workers alive at once, ``rounds`` rounds of at least ``steps``
+    steps and :data:`PAIRED_ROUND_MIN_SECONDS`, alternating which goes first; the other waits, blocked on its stdin, meanwhile."""
+    import statistics
+
+    workers = {framework: _PairedWorker(spec) for framework, spec in specs.items()}
+    try:
+        for worker in workers.values():
+            worker.expect("READY", timeout)
+        medians: dict[str, list[float]] = {framework: [] for framework in workers}
+        order = list(workers)
+        for round_index in range(rounds):
+            for framework in (order if round_index % 2 == 0 else order[::-1]):
+                time.sleep(0.2)  # the other side's threads stop spinning and park
+                workers[framework].send(f"{steps} {PAIRED_ROUND_MIN_SECONDS}")
+                medians[framework].append(statistics.median(json.loads(workers[framework].expect("TIMES ", timeout))))
+        runs = {}
+        for framework, worker in workers.items():
+            worker.send("stop")
+            runs[framework] = json.loads(worker.expect("RESULT ", timeout))
+    except RuntimeError as error:
+        return {"error": str(error)}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    runs["paired"] = {"steps_per_round": steps, "s_per_step_round_medians": medians,
+                      "jax_over_torch": paired_ratio(medians["jax"], medians["torch"])}
+    return runs
+
+
 def _worker_main(spec: dict[str, Any]) -> None:
     if spec["framework"] == "jax":
         result = jax_worker(spec)
@@ -719,6 +876,10 @@ def main() -> None:
                         help="model.dtype (compute dtype) of the JAX models; PyTorch stays float32")
     parser.add_argument("--no-library-xla-flags", action="store_true",
                         help="do not add the XLA:CPU flags nt-robust's CLI adds (configure_xla_cpu)")
+    parser.add_argument("--no-library-malloc", action="store_true",
+                        help="JAX with glibc's malloc defaults, not the CLI's tuning (nt_robust.host_memory)")
+    parser.add_argument("--torch-malloc", action="store_true",
+                        help="PyTorch with the same glibc malloc tuning as nt-robust (default: as shipped)")
     parser.add_argument("--devices", default="auto",
                         help="JAX host devices to shard the batch over (sets jax_num_cpu_devices); auto: what "
                              "nt-robust train picks for the model (environment.auto_cpu_devices)")
@@ -728,6 +889,9 @@ def main() -> None:
                              "code verbatim (clean forward re-run in every attack step and twice in the loss)")
     parser.add_argument("--torch-channels-last", action="store_true")
     parser.add_argument("--timeout", type=float, default=900, help="per measurement, seconds")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="both frameworks' workers alive at once, ROUNDS alternating rounds of --steps steps "
+                             "each; adds the per-round JAX/PyTorch ratio with a 95%% interval (noisy machines)")
     parser.add_argument("--probe", choices=tuple(PROBES), default=None, help="run a probe instead")
     parser.add_argument("--quiet", action="store_true", help="no per-model JSON lines")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -747,10 +911,13 @@ def main() -> None:
         "prng_impl": args.prng_impl, "matmul_precision": args.matmul_precision, "cache_dir": args.cache_dir,
         "devices": args.devices, "conv_impl": args.conv_impl, "dtype": args.dtype,
         "library_xla_flags": not args.no_library_xla_flags, "torch_threads": args.torch_threads, "torch_variant": args.torch_variant,
-        "torch_channels_last": args.torch_channels_last,
+        "torch_channels_last": args.torch_channels_last, "library_malloc": not args.no_library_malloc,
+        "torch_malloc": args.torch_malloc,
     }
     if len(base["input"]) != 3:
         parser.error("--input must be H,W,C")
+    if args.paired == 1 or args.paired < 0:
+        parser.error(f"--paired needs at least 2 rounds for an interval, got {args.paired}")
     if args.devices != "auto" and not (args.devices.isdigit() and int(args.devices) >= 1):
         parser.error(f"--devices must be auto or a positive integer, got {args.devices!r}")
     environment = {
@@ -779,7 +946,11 @@ def main() -> None:
         for objective in args.objectives.split(","):
             runs = {}
             devices = _devices(args.devices, name, args.batch)
-            for framework in frameworks:
+            if args.paired and not torch_note and set(frameworks) == {"jax", "torch"}:
+                runs = _run_pair({framework: dict(base, framework=framework, model=name, objective=objective,
+                                                  devices=devices) for framework in ("jax", "torch")},
+                                 args.paired, args.steps, args.timeout)
+            for framework in ([] if runs else frameworks):
                 if framework == "torch" and torch_note:
                     continue
                 runs[framework] = _run_child(dict(base, framework=framework, model=name, objective=objective,

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from nt_robust.config import ConfigError, load_config
 from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices
+from nt_robust.host_memory import tune_malloc
 
 log = logging.getLogger("nt_robust.cli")
 
@@ -401,8 +402,8 @@ def _train(args: argparse.Namespace) -> int:
             config = resume_config(target, args.overrides)
     elif args.extend_epochs is not None:
         raise ConfigError("--extend-epochs needs the run directory: `nt-robust train RUN_DIR --extend-epochs N`")
-    else:
-        config = load_config(ExperimentConfig, args.config, args.overrides)
+    else:  # as _models_to_train loaded it to choose the CPU devices, if it did
+        config = getattr(args, "loaded_config", None) or load_config(ExperimentConfig, args.config, args.overrides)
     for warning in config_warnings(config):
         print(f"nt-robust: warning: {warning}", file=sys.stderr, flush=True)
     if args.dry_run:
@@ -568,7 +569,7 @@ def _study(args: argparse.Namespace) -> int:
     if _toml_kind(spec) == "train":
         raise ConfigError(f"{spec} is a training config, not a study spec: did you mean `nt-robust train --config "
                           f"{spec}`? (a study spec names a base_config and a [grid]; see experiments/study_*.toml)")
-    study = load_study(spec, args.runs_root)
+    study = getattr(args, "loaded_study", None) or load_study(spec, args.runs_root)  # see _models_to_train
     if args.emit:
         from nt_robust.studies.cluster import Resources, emit
 
@@ -687,7 +688,8 @@ def _started_run_devices(args: argparse.Namespace) -> int | None:
 
 def _models_to_train(args: argparse.Namespace) -> list[tuple[str, int, int]] | None:
     """(arch, train batch, eval batch) of every run the command will train; None where the
-    config cannot be read here (the command itself then says why)."""
+    config cannot be read here (the command itself then says why). What it loads is kept on
+    ``args`` (``loaded_config``, ``loaded_study``) for the command, which then does not load it again."""
     from nt_robust.train import ExperimentConfig
 
     def row(config: ExperimentConfig) -> tuple[str, int, int]:
@@ -697,10 +699,11 @@ def _models_to_train(args: argparse.Namespace) -> list[tuple[str, int, int]] | N
         if args.command == "train":
             if args.run is not None:
                 return None  # a run directory without a recorded device count: JAX's default
-            return [row(load_config(ExperimentConfig, args.config, args.overrides))]
+            args.loaded_config = load_config(ExperimentConfig, args.config, args.overrides)  # reused by _train
+            return [row(args.loaded_config)]
         from nt_robust.studies.sweep import load_study
 
-        study = load_study(Path(args.spec), args.runs_root)
+        study = args.loaded_study = load_study(Path(args.spec), args.runs_root)  # reused by _study
         return [row(load_config(ExperimentConfig, study.base_config, list(run.overrides)))
                 for run in study.grid_runs()] or None
     except Exception:  # noqa: BLE001 - any problem is reported by the command, with its own message
@@ -716,6 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
     try:
+        if argv is None:
+            tune_malloc()       # before XLA's threads exist (nt_robust.host_memory)
         _set_cpu_devices(args, own_process=argv is None)  # both before anything starts the backend
         configure_xla_cpu()     # (info too, so that it shows the flags train uses)
         if args.command != "info":

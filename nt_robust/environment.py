@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import jax
 
+from nt_robust.host_memory import malloc_settings
 from nt_robust.models.conv import resolve_conv_impl
 
 PACKAGES = ("nt_robust", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "matplotlib")
@@ -111,6 +112,7 @@ def environment_info() -> dict[str, Any]:
         "conv_impl_auto": resolve_conv_impl("auto"),
         "conv_impl_auto_choice": _conv_choice_record(),
         "cpu_devices": cpu_device_choice(),
+        "malloc": malloc_settings(),
     }
 
 

@@ -184,12 +184,15 @@ def _bucket(n: int, batch_size: int) -> int:
 
 
 def cascade_batch(protocol: Protocol, apply_fn: ApplyFn, variables: Any, x: np.ndarray, y: np.ndarray,
-                  key: jax.Array, batch_size: int | None = None) -> dict[str, np.ndarray]:
+                  key: jax.Array, batch_size: int | None = None,
+                  stage_seconds: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Per-example results of the whole cascade on one batch (x float in [0, 1], NHWC).
 
     Returns ``labels``, ``clean_pred``, ``adv_pred`` (prediction at the breaking point, or the
     clean prediction where nothing broke it) and ``broken_by``. Stage ``s`` uses
     ``fold_in(key, s)`` and sees only the still-robust points, padded to a power of two.
+    ``stage_seconds``, when given, accumulates each stage's wall time (compilation included)
+    under its name.
     """
     if protocol.eps is None:
         raise ValueError(f"protocol {protocol.name!r} has no ε yet: use .at_eps(eps)")
@@ -204,8 +207,11 @@ def cascade_batch(protocol: Protocol, apply_fn: ApplyFn, variables: Any, x: np.n
             break
         size = _bucket(todo.size, max(batch_size, todo.size))
         rows = np.concatenate([todo, np.full(size - todo.size, todo[0])])
+        started = time.perf_counter()
         pred = np.asarray(_stage_predictions(apply_fn, stage.config, variables, jnp.asarray(x[rows]),
                                              jnp.asarray(y[rows]), jax.random.fold_in(key, index)))[:todo.size]
+        if stage_seconds is not None:  # np.asarray above waited for the stage to finish
+            stage_seconds[stage.name] = stage_seconds.get(stage.name, 0.0) + time.perf_counter() - started
         broken = pred != y[todo]
         broken_by[todo[broken]] = index
         adv_pred[todo[broken]] = pred[broken]
@@ -267,13 +273,14 @@ def run_protocol(protocol: Protocol, apply_fn: ApplyFn, variables: Any, images: 
         to_float = lambda a: a.astype(np.float32)  # noqa: E731
     base = jax.random.key(seed)
     starts = list(range(0, len(images), batch_size))
-    chunks = []
+    chunks, stage_seconds = [], {}
     started = time.perf_counter()
     for index, start in enumerate(starts):
         chunk = store.load(index) if store is not None else None
         if chunk is None:
             chunk = cascade_batch(protocol, apply_fn, variables, to_float(images[start:start + batch_size]),
-                                  labels[start:start + batch_size], jax.random.fold_in(base, index), batch_size)
+                                  labels[start:start + batch_size], jax.random.fold_in(base, index), batch_size,
+                                  stage_seconds)
             if store is not None:
                 store.save(index, chunk)
         chunks.append(chunk)
@@ -282,7 +289,8 @@ def run_protocol(protocol: Protocol, apply_fn: ApplyFn, variables: Any, images: 
     per_example = ({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else
                    {k: np.zeros(0, np.int32) for k in ("labels", "clean_pred", "adv_pred", "broken_by")})
     return ProtocolResult(protocol, per_example, seed,
-                          {"batch_size": batch_size, "seconds": round(time.perf_counter() - started, 3)})
+                          {"batch_size": batch_size, "seconds": round(time.perf_counter() - started, 3),
+                           "stage_seconds": {name: round(value, 3) for name, value in stage_seconds.items()}})
 
 
 class BatchStore:

@@ -65,6 +65,11 @@ def test_cascade_is_at_least_as_strong_as_each_member_and_records_settings():
     summary = result.summary()
     assert summary["protocol"] == "small-test" and summary["protocol_version"] == 3
     assert summary["eps"] == EPS and summary["num_examples"] == 32 and summary["seed"] == 1
+    # each stage that ran has its wall time, and together they fit inside the whole call
+    ran = [s.name for i, s in enumerate(protocol.stages)
+           if np.any((result.per_example["broken_by"] == P.ROBUST) | (result.per_example["broken_by"] >= i))]
+    assert set(summary["stage_seconds"]) == set(ran) and all(v >= 0 for v in summary["stage_seconds"].values())
+    assert sum(summary["stage_seconds"].values()) <= summary["seconds"] + 1e-3
     after = summary["robust_accuracy_after_stage"]
     values = [after[f"{i}:{s.name}"] for i, s in enumerate(protocol.stages)]
     assert values == sorted(values, reverse=True) and values[-1] == summary["robust_accuracy"]
