@@ -26,6 +26,7 @@ memory and compile time are those of a cold process::
     .venv/bin/python benchmarks/train_step.py --models cnn --torch-malloc   # PyTorch with our malloc tuning too
     .venv/bin/python benchmarks/train_step.py --probe cache-keys     # which config changes recompile
     .venv/bin/python benchmarks/train_step.py --probe conv-grads     # fwd / dx / dw of one conv layer
+    .venv/bin/python benchmarks/train_step.py --probe transposes [--no-library-xla-flags]
 
 Results and what was tried: docs/benchmarks.md. The default run (all five models, both
 objectives, both frameworks) took 10.8 min on an idle 2-core machine;
@@ -697,7 +698,33 @@ def probe_conv_grads(spec: dict[str, Any]) -> dict[str, Any]:
             "results": results}
 
 
-PROBES = {"cache-keys": probe_cache_keys, "conv-layout": probe_conv_layout, "conv-grads": probe_conv_grads}
+def probe_transposes(spec: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds for the layout transposes XLA:CPU puts around a weight-gradient
+    convolution (NHWC -> CHWN of WRN-16-1's first-group activations, batch ``--batch``), fused
+    with an elementwise op as in the step, against a plain elementwise copy. Run it with and
+    without ``--no-library-xla-flags`` to see what YNNPACK's elementwise fusions change."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    _configure_jax(spec)
+    x = jnp.asarray(np.random.default_rng(0).random((spec["batch"], 32, 32, 16), np.float32))
+    fns = {"copy": lambda x: x * 2.0,
+           "transpose_nhwc_to_chwn": lambda x: jnp.transpose(x * 2.0, (3, 1, 2, 0)),
+           "transpose_nhwc_to_hwcn": lambda x: jnp.transpose(x * 2.0, (1, 2, 3, 0))}
+    results = {}
+    for name, fn in fns.items():
+        jitted = jax.jit(fn)
+        jax.block_until_ready(jitted(x))
+        timing = _time_steps(lambda jitted=jitted: jax.block_until_ready(jitted(x)), 3, max(spec["steps"], 20),
+                             spec["min_seconds"])
+        results[name] = round(1000 * timing["s_per_step_median"], 3)
+    return {"probe": "transposes", "shape": list(x.shape), "unit": "ms (median)",
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results}
+
+
+PROBES = {"cache-keys": probe_cache_keys, "conv-layout": probe_conv_layout, "conv-grads": probe_conv_grads,
+          "transposes": probe_transposes}
 
 
 # --------------------------------------------------------------------------- driver

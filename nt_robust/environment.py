@@ -143,13 +143,16 @@ def enable_compilation_cache() -> None:
 
 CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 # jaxlib 0.10.2 runs convolutions through YNNPACK by default; XLA's Eigen convolutions are
-# faster on 2 cores: conv-net steps on one device 1.3-1.6x, attack steps 1.2-1.6x (docs/benchmarks.md).
-# Only on the jaxlib it was measured with: XLA aborts on flags it does not know, and a later
-# jaxlib may not run convolutions through YNNPACK at all.
-NO_YNN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# faster on 2 cores: conv-net steps on one device 1.3-1.6x, attack steps 1.2-1.6x. Elementwise
+# fusions through YNNPACK instead ("+eltwise"): the layout transposes XLA puts around every
+# weight-gradient convolution ran 3-4x faster on a Zen 5 EPYC (3.0 -> 0.8-1.1 ms for
+# 128x32x32x16), natural conv-net steps 1.1-1.2x (docs/benchmarks.md). Only on the jaxlib it
+# was measured with: XLA aborts on flags it does not know, and a later jaxlib may route
+# fusions differently.
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,+eltwise"
 # (flag, the XLA option it sets, jaxlib versions [from, before) it is added for)
 CPU_FLAGS = ((CPU_SCHEDULER_FLAG, "xla_cpu_scheduler_type", (0, 10, 0), None),
-             (NO_YNN_CONV_FLAG, "xla_cpu_experimental_ynn_fusion_type", (0, 10, 2), (0, 11, 0)))
+             (YNN_FUSION_FLAG, "xla_cpu_experimental_ynn_fusion_type", (0, 10, 2), (0, 11, 0)))
 
 
 def _jaxlib_version() -> tuple[int, ...] | None:
@@ -165,7 +168,8 @@ def configure_xla_cpu() -> bool:
     - the memory-optimized scheduler: the default one keeps the unrolled attack's
       activations alive (XLA plans 1.5 GB of temporaries for the small CNN's TRADES step,
       0.3 GB with this one), and the step is no slower;
-    - Eigen's convolutions instead of YNNPACK's (jaxlib 0.10.2 to 0.10.x, where it was measured).
+    - Eigen's convolutions instead of YNNPACK's, and YNNPACK's elementwise fusions (with the
+      transposes in them) instead of XLA's loops (jaxlib 0.10.2 to 0.10.x, where it was measured).
 
     Both were measured in docs/benchmarks.md. They take effect only before JAX starts its
     backend (XLA reads ``XLA_FLAGS`` then), and only for CPU compiles. Each is left alone

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
-from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, NO_YNN_CONV_FLAG, auto_cpu_devices, configure_xla_cpu,
-                                   set_cpu_devices)
+from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_FUSION_FLAG, _jaxlib_version, auto_cpu_devices,
+                                   configure_xla_cpu, set_cpu_devices)
 
 
 def test_flags_are_appended_to_existing_flags_once(monkeypatch):
@@ -18,14 +19,14 @@ def test_flags_are_appended_to_existing_flags_once(monkeypatch):
     monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert configure_xla_cpu() is True
-    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}"
+    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"
     assert configure_xla_cpu() is False  # a second call adds nothing
     for _, option, _, _ in CPU_FLAGS:
         assert os.environ["XLA_FLAGS"].count(option) == 1
 
 
 @pytest.mark.parametrize("version,expected", [((0, 9, 9), ""), ((0, 10, 0), CPU_SCHEDULER_FLAG),
-                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {NO_YNN_CONV_FLAG}"),
+                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"),
                                               ((0, 11, 2), CPU_SCHEDULER_FLAG)])
 def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, version, expected):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
@@ -137,3 +138,46 @@ def test_the_cli_splits_the_cpu_for_conv_nets_only_and_records_why(tmp_path):
     assert mlp["device_count"] == 1 and mlp["cpu_devices"]["source"].startswith("auto")
     asked = _environment_after_cli_train(tmp_path / "asked", "wrn", "--cpu-devices", "1")
     assert asked["device_count"] == 1 and asked["cpu_devices"]["source"] == "--cpu-devices"
+
+
+_FLAGGED_MATH = r"""
+import json, sys
+import numpy as np
+from nt_robust.environment import configure_xla_cpu
+configure_xla_cpu()
+import jax, jax.numpy as jnp
+rng = np.random.default_rng(0)
+a, b, c = (rng.standard_normal((64, 8, 8, 16)).astype(np.float32) for _ in range(3))
+def fused(a, b, c):  # the shape of a BatchNorm-backward fusion feeding a weight-gradient convolution
+    return jnp.transpose(a * b + c, (3, 1, 2, 0)), jnp.exp(a), jnp.tanh(b), jax.lax.rsqrt(jnp.abs(c) + 0.5)
+compiled = jax.jit(fused).lower(a, b, c).compile()
+outputs = [np.asarray(o, np.float64) for o in compiled(a, b, c)]
+json.dump({"ynn": "ynn" in compiled.as_text(), "outputs": [o.ravel().tolist() for o in outputs]}, sys.stdout)
+"""
+
+
+def test_the_library_flags_keep_elementwise_math_at_float32_accuracy():
+    """With the library's XLA flags, elementwise fusions run through YNNPACK (on the jaxlibs
+    the flag is for): their values must stay float32-accurate against float64 numpy. Bounds:
+    a*b + c rounds at most twice, so |error| <= 2 eps (|a b| + |c|); the transpose moves values
+    exactly; exp, tanh and rsqrt of libm quality are within a few ulps (8 allowed; a bfloat16
+    approximation is off by >= 2**15 ulps, a fast-math one by hundreds)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NT_ROBUST_XLA_CPU_FLAGS")}
+    done = subprocess.run([sys.executable, "-c", _FLAGGED_MATH], env={**env, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    version = _jaxlib_version()
+    if version is not None and (0, 10, 2) <= version < (0, 11, 0):
+        assert result["ynn"], "the elementwise fusion did not run through YNNPACK with the library's flags"
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal((64, 8, 8, 16)).astype(np.float32).astype(np.float64) for _ in range(3))
+    eps = float(np.finfo(np.float32).eps)
+    fused, exp, tanh, rsqrt = (np.asarray(o) for o in result["outputs"])
+    exact = np.transpose(a * b + c, (3, 1, 2, 0)).ravel()
+    bound = 2 * eps * np.transpose(np.abs(a * b) + np.abs(c), (3, 1, 2, 0)).ravel()
+    assert np.all(np.abs(fused - exact) <= bound)
+    for got, want in ((exp, np.exp(a)), (tanh, np.tanh(b)), (rsqrt, 1 / np.sqrt(np.abs(c) + 0.5))):
+        want = want.ravel()
+        spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        assert np.max(np.abs(got - want) / spacing) <= 8
