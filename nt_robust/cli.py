@@ -29,8 +29,25 @@ from nt_robust.host_memory import tune_malloc
 log = logging.getLogger("nt_robust.cli")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes, not the stream of the day
+    :func:`setup_logging` ran: a caller of :func:`main` in its own process (a notebook, a test
+    capturing output) may replace and close that stream, and logging then fails on every record."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: D102 - see the class docstring
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING)
     ours = logging.getLogger("nt_robust")

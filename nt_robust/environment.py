@@ -162,6 +162,15 @@ def _jaxlib_version() -> tuple[int, ...] | None:
         return None
 
 
+def backend_started() -> bool:
+    """Whether JAX has started its backend in this process (it has read ``XLA_FLAGS`` then)."""
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # a jax without it: assume not, as before this check existed
+        return False
+    return backends_are_initialized()
+
+
 def configure_xla_cpu() -> bool:
     """Add :data:`CPU_FLAGS` to ``XLA_FLAGS`` (what the CLI does at start-up):
 
@@ -175,9 +184,14 @@ def configure_xla_cpu() -> bool:
     backend (XLA reads ``XLA_FLAGS`` then), and only for CPU compiles. Each is left alone
     when ``XLA_FLAGS`` already sets its option, all of them when
     ``NT_ROBUST_XLA_CPU_FLAGS=off``, and each on a jaxlib outside the versions it was
-    checked on. Returns whether any flag was added.
+    checked on. Once the backend has started nothing is added: the flags could no longer
+    take effect here, yet environment.json would record them and child processes would
+    compile with them, so a parent and its child would round differently (a caller of
+    ``cli.main(argv)`` in a process that already ran JAX). Returns whether any flag was added.
     """
     if os.environ.get("NT_ROBUST_XLA_CPU_FLAGS", "").lower() in ("off", "0", "false", "no"):
+        return False
+    if backend_started():
         return False
     version = _jaxlib_version()
     if version is None:

@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 
 from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_FUSION_FLAG, _jaxlib_version, auto_cpu_devices,
-                                   configure_xla_cpu, set_cpu_devices)
+                                   backend_started, configure_xla_cpu, set_cpu_devices)
 
 
-def test_flags_are_appended_to_existing_flags_once(monkeypatch):
+@pytest.fixture
+def before_the_backend(monkeypatch):
+    """configure_xla_cpu as at the start of a fresh process (this one may have run JAX already)."""
+    monkeypatch.setattr("nt_robust.environment.backend_started", lambda: False)
+
+
+def test_flags_are_appended_to_existing_flags_once(monkeypatch, before_the_backend):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
@@ -28,7 +34,7 @@ def test_flags_are_appended_to_existing_flags_once(monkeypatch):
 @pytest.mark.parametrize("version,expected", [((0, 9, 9), ""), ((0, 10, 0), CPU_SCHEDULER_FLAG),
                                               ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"),
                                               ((0, 11, 2), CPU_SCHEDULER_FLAG)])
-def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, version, expected):
+def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, before_the_backend, version, expected):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: version)
     monkeypatch.setenv("XLA_FLAGS", "")
@@ -36,7 +42,7 @@ def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, 
     assert os.environ["XLA_FLAGS"] == expected
 
 
-def test_users_choice_and_opt_out_are_respected(monkeypatch):
+def test_users_choice_and_opt_out_are_respected(monkeypatch, before_the_backend):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
     own = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --xla_cpu_experimental_ynn_fusion_type=individual_dot"
@@ -46,6 +52,22 @@ def test_users_choice_and_opt_out_are_respected(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("NT_ROBUST_XLA_CPU_FLAGS", "off")
     assert configure_xla_cpu() is False and os.environ["XLA_FLAGS"] == ""
+
+
+def test_no_flag_is_added_once_the_backend_runs_so_children_compile_like_their_parent(monkeypatch):
+    # The flags would no longer reach this process's compiler, but environment.json would
+    # record them and subprocesses would inherit them: a SIGKILL-resume test compared a child's
+    # steps with this process's and found rounding differences (CI, Intel Xeon, jaxlib 0.10.2).
+    from nt_robust.cli import main
+
+    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
+    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    jax.devices()
+    assert backend_started()
+    assert configure_xla_cpu() is False and os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+    assert main(["info"]) == 0  # a caller of main(argv) in a process that already ran JAX
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
 
 
 def test_cpu_device_count_is_validated_and_refused_once_the_backend_runs(monkeypatch):

@@ -188,3 +188,19 @@ def test_extensions_that_would_change_the_past_schedule_are_refused(finished_run
     assert main(["train", str(run_dir), "--extend-epochs", "1"]) == 2
     assert "has not finished its 1 epochs" in capsys.readouterr().err
     assert not (run_dir / "extensions.json").exists()
+
+
+def test_cli_logging_follows_sys_stderr_after_the_stream_it_started_with_is_closed(monkeypatch):
+    # A test's captured stderr is closed after it; later in-process logs used to fail with
+    # "--- Logging error --- ValueError: I/O operation on closed file" (seen in CI).
+    import io as std_io
+    import logging
+
+    first = std_io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    cli.setup_logging()
+    first.close()
+    second = std_io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("nt_robust.train").info("resuming at step 4")
+    assert second.getvalue().endswith(" resuming at step 4\n") and "Logging error" not in second.getvalue()
