@@ -27,6 +27,7 @@ memory and compile time are those of a cold process::
     .venv/bin/python benchmarks/train_step.py --probe cache-keys     # which config changes recompile
     .venv/bin/python benchmarks/train_step.py --probe conv-grads     # fwd / dx / dw of one conv layer
     .venv/bin/python benchmarks/train_step.py --probe transposes [--no-library-xla-flags]
+    .venv/bin/python benchmarks/train_step.py --probe step-parts --models wrn16-1 --devices 1  # fwd / +dx / +dw, JAX vs torch
 
 Results and what was tried: docs/benchmarks.md. The default run (all five models, both
 objectives, both frameworks) took 10.8 min on an idle 2-core machine;
@@ -647,7 +648,8 @@ def probe_conv_grads(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(spec.get("torch_threads") or os.cpu_count())
     except Exception:  # noqa: BLE001
         torch = None
-    batch, layers, results = spec["batch"], [(32, 32, 32), (16, 64, 64), (32, 64, 64)], {}
+    # the last three: WRN-16-1's groups (stride-1 layers)
+    batch, layers, results = spec["batch"], [(32, 32, 32), (16, 64, 64), (32, 64, 64), (32, 16, 16), (16, 32, 32), (8, 64, 64)], {}
     for size, cin, cout in layers:
         rng = np.random.default_rng(0)
         x_np = rng.random((batch, size, size, cin), np.float32)
@@ -723,8 +725,95 @@ def probe_transposes(spec: dict[str, Any]) -> dict[str, Any]:
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results}
 
 
+def probe_step_parts(spec: dict[str, Any]) -> dict[str, Any]:
+    """Where a conv net's natural step goes, in both frameworks: milliseconds for the
+    train-mode forward pass with the cross-entropy, that plus the input gradient (what an
+    attack step adds: every layer's dx), and that plus the parameter gradients (every layer's
+    dx and dw: the natural step without the update), for the first ``--models`` entry, unsharded
+    (run it with ``--devices 1``); then the same with every BatchNorm replaced by the identity (BatchNorm's share).
+    ``parameter_gradient_ms - input_gradient_ms`` is about the weight gradients' cost."""
+    from unittest import mock
+
+    import jax
+    import numpy as np
+    import optax
+
+    import nt_robust.models.wide_resnet as wide_resnet
+    from nt_robust.models import create_model, init_variables
+
+    _configure_jax(spec)
+    fields, (h, w, c), batch = MODELS[spec["model"]], spec["input"], spec["batch"]
+    if fields["arch"] != "wrn":
+        raise SystemExit("--probe step-parts is for the WideResNets (its no-BatchNorm variant replaces theirs)")
+    rng = np.random.default_rng(0)
+    images_np = rng.random((batch, h, w, c), np.float32)
+    labels_np = rng.integers(0, NUM_CLASSES, batch)
+
+    def time_ms(fn):
+        return round(1000 * _time_steps(fn, 2, spec["steps"], spec["min_seconds"])["s_per_step_median"], 1)
+
+    def jax_parts() -> dict[str, float]:
+        config = _jax_config(spec, fields)
+        model = create_model(config.model, num_classes=NUM_CLASSES)
+        variables = init_variables(model, jax.random.key(0), (h, w, c))
+        stats = variables.get("batch_stats", {})
+        images, labels = jax.numpy.asarray(images_np), jax.numpy.asarray(labels_np)
+
+        def loss(params, x):
+            logits, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        parts = {"forward_ms": jax.jit(loss), "input_gradient_ms": jax.jit(jax.grad(loss, argnums=1)),
+                 "parameter_gradient_ms": jax.jit(jax.grad(loss))}
+        params = variables["params"]
+        return {name: time_ms(lambda fn=fn: jax.block_until_ready(fn(params, images))) for name, fn in parts.items()}
+
+    def torch_parts(without_bn: bool) -> dict[str, float] | str:
+        try:
+            import torch
+            from torch.nn import functional as F
+        except Exception as error:  # noqa: BLE001 (optional dependency)
+            return f"import torch failed: {error!r}"
+        torch.set_num_threads(spec.get("torch_threads") or os.cpu_count())
+        torch.manual_seed(0)
+        model = _torch_models()[2](c, fields["depth"], fields["width"]).train()
+        if without_bn:
+            for module in list(model.modules()):
+                for name, child in module.named_children():
+                    if isinstance(child, torch.nn.BatchNorm2d):
+                        setattr(module, name, torch.nn.Identity())
+        images = torch.tensor(images_np).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor(labels_np)
+
+        def forward():
+            with torch.no_grad():
+                F.cross_entropy(model(images), labels)
+
+        def input_gradient():
+            x = images.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+
+        def parameter_gradient():
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+
+        timings = {"forward_ms": time_ms(forward), "parameter_gradient_ms": time_ms(parameter_gradient)}
+        for parameter in model.parameters():  # an attack's backward pass: no weight gradients
+            parameter.requires_grad_(False)
+        timings["input_gradient_ms"] = time_ms(input_gradient)
+        return {key: timings[key] for key in ("forward_ms", "input_gradient_ms", "parameter_gradient_ms")}
+
+    results = {"with_batchnorm": {"jax": jax_parts(), "torch": torch_parts(False)}}
+    identity = lambda train, name, dtype=None: (lambda x: x)  # noqa: E731
+    with mock.patch.object(wide_resnet, "_batch_norm", identity):
+        results["without_batchnorm"] = {"jax": jax_parts(), "torch": torch_parts(True)}
+    return {"probe": "step-parts", "model": spec["model"], "batch": batch, "devices": jax.device_count(),
+            "unit": "ms (median)",
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results}
+
+
 PROBES = {"cache-keys": probe_cache_keys, "conv-layout": probe_conv_layout, "conv-grads": probe_conv_grads,
-          "transposes": probe_transposes}
+          "transposes": probe_transposes, "step-parts": probe_step_parts}
 
 
 # --------------------------------------------------------------------------- driver
