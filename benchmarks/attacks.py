@@ -3,6 +3,9 @@
     python benchmarks/attacks.py RUN_DIR --examples 500            # prints one JSON object
     python benchmarks/attacks.py RUN_DIR --no-torch --queries 1000
 
+Each finished part is also printed as a JSON line on stderr as it finishes (long runs on
+conv nets: what finished survives a timeout).
+
 Same model (the run's checkpoint, exported to PyTorch for torchattacks), same points,
 same CPU. Our numbers exclude compilation (a warm-up call on the same shapes first) and
 report it separately; torchattacks has none. The cascade runs each stage only on the
@@ -29,6 +32,11 @@ def _timed(fn):
     started = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - started
+
+
+def _progress(results: dict, key: str) -> None:
+    """Each finished part as a JSON line on stderr, so that a run stopped early keeps it."""
+    print(json.dumps({key: results[key]}), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         results[f"ours_{name}"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
                                    "first_call_seconds_incl_compile": round(compile_seconds, 2),
                                    "robust_accuracy": float(np.mean(np.asarray(predictions) == y))}
+        _progress(results, f"ours_{name}")
 
     protocol = P.PROTOCOLS["autoattack-standard"].at_eps(eps)
     stages = tuple(dataclasses.replace(s, config=dataclasses.replace(s.config, num_queries=args.queries))
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                                "first_call_seconds_incl_compile": round(compile_seconds, 2),
                                "robust_accuracy": second.summary()["robust_accuracy"],
                                "stage_seconds": second.settings["stage_seconds"]}
+    _progress(results, "ours_cascade")
 
     if not args.no_torch:
         import torch
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 accuracy = float((torch_model(adversarial).argmax(1) == ty).float().mean())
             results[f"torchattacks_{name}"] = {"images_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
                                                "torch_threads": torch.get_num_threads(), "robust_accuracy": accuracy}
+            _progress(results, f"torchattacks_{name}")
 
         torch_stage_seconds: dict[str, float] = {}
 
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 adv = torchattacks_attack(torch_model, name, eps, queries=args.queries)(tx[idx], ty[idx])
                 torch_stage_seconds[name] = round(time.perf_counter() - started, 3)
+                print(json.dumps({"torchattacks_stage_seconds": {name: torch_stage_seconds[name]}}), file=sys.stderr,
+                      flush=True)
                 with torch.no_grad():
                     robust[idx] = torch_model(adv).argmax(1) == ty[idx]
             return float(robust.float().mean())

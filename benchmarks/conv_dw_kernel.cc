@@ -1,0 +1,110 @@
+// A prototype, used only by benchmarks/native_dw.py (not by the library): the weight gradient
+// of a 2-d NHWC/HWIO float32 convolution as an XLA FFI custom call,
+//   dw[i, j, c, k] = sum_{n, ho, wo} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * g[n, ho, wo, k],
+// reading each image's activations and output gradient from cache once per (tap, block of 8
+// input channels, block of 16 output channels) with the 8 x 16 partial sums in registers.
+// Single-threaded: data parallelism over XLA CPU devices gives each core its shard.
+// Built at run time with g++ -O3 -march=native (so only for the machine it runs on).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kLanes = 16;  // one block of output channels
+constexpr int64_t kRows = 8;    // input channels held in registers at once
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+struct Shape {
+  int64_t n, h, w, c, ho, wo, k, kh, kw, sh, sw, pt, pl;
+};
+
+// One image's contribution to dw[i, j, c0:c0+R, k0:k0+16]: R accumulators stay in registers.
+template <int R>
+inline void block(const float* x, const float* g, const Shape& s, int64_t i, int64_t j, int64_t c0, int64_t k0,
+                  float* out) {
+  vec acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = vec{};
+  const int64_t ho_lo = std::max<int64_t>(0, (s.pt - i + s.sh - 1) / s.sh);
+  const int64_t ho_hi = std::min<int64_t>(s.ho, (s.h - 1 + s.pt - i) / s.sh + 1);
+  const int64_t wo_lo = std::max<int64_t>(0, (s.pl - j + s.sw - 1) / s.sw);
+  const int64_t wo_hi = std::min<int64_t>(s.wo, (s.w - 1 + s.pl - j) / s.sw + 1);
+  for (int64_t ho = ho_lo; ho < ho_hi; ++ho) {
+    const float* xrow = x + ((ho * s.sh + i - s.pt) * s.w) * s.c + c0;
+    const float* grow = g + (ho * s.wo) * s.k + k0;
+    for (int64_t wo = wo_lo; wo < wo_hi; ++wo) {
+      vec gv;
+      std::memcpy(&gv, grow + wo * s.k, sizeof(vec));
+      const float* xv = xrow + (wo * s.sw + j - s.pl) * s.c;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r] += xv[r] * gv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float lanes[kLanes];
+    std::memcpy(lanes, &acc[r], sizeof(vec));
+    float* d = out + r * s.k;
+    for (int64_t l = 0; l < kLanes; ++l) d[l] += lanes[l];
+  }
+}
+
+typedef void (*BlockFn)(const float*, const float*, const Shape&, int64_t, int64_t, int64_t, int64_t, float*);
+constexpr BlockFn kBlocks[kRows + 1] = {nullptr, block<1>, block<2>, block<3>, block<4>,
+                                        block<5>, block<6>, block<7>, block<8>};
+
+void conv_dw(const float* x, const float* g, float* dw, const Shape& s) {
+  const int64_t taps = s.kh * s.kw;
+  std::memset(dw, 0, sizeof(float) * taps * s.c * s.k);
+  const int64_t k_full = s.k - s.k % kLanes;
+  for (int64_t n = 0; n < s.n; ++n) {
+    const float* xn = x + n * s.h * s.w * s.c;
+    const float* gn = g + n * s.ho * s.wo * s.k;
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) {
+        float* d = dw + (i * s.kw + j) * s.c * s.k;
+        for (int64_t c0 = 0; c0 < s.c; c0 += kRows) {
+          const int64_t rows = std::min(kRows, s.c - c0);
+          for (int64_t k0 = 0; k0 < k_full; k0 += kLanes) kBlocks[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
+        }
+        if (k_full < s.k) {  // output channels past the last full block: plain loops
+          for (int64_t ho = 0; ho < s.ho; ++ho)
+            for (int64_t wo = 0; wo < s.wo; ++wo) {
+              const int64_t hi = ho * s.sh + i - s.pt, wi = wo * s.sw + j - s.pl;
+              if (hi < 0 || hi >= s.h || wi < 0 || wi >= s.w) continue;
+              const float* xv = xn + (hi * s.w + wi) * s.c;
+              const float* gv = gn + (ho * s.wo + wo) * s.k;
+              for (int64_t c = 0; c < s.c; ++c)
+                for (int64_t k = k_full; k < s.k; ++k) d[c * s.k + k] += xv[c] * gv[k];
+            }
+        }
+      }
+  }
+}
+
+ffi::Error ConvDwImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                      int64_t sw, int64_t pt, int64_t pl) {
+  auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
+    return ffi::Error::InvalidArgument("conv_dw: x, g and dw must be 4-d (NHWC, NHWC, HWIO)");
+  Shape s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], sh, sw, pt, pl};
+  if (gd[0] != s.n || wd[2] != s.c || wd[3] != s.k)
+    return ffi::Error::InvalidArgument("conv_dw: batch or channel counts of x, g and dw disagree");
+  conv_dw(x.typed_data(), g.typed_data(), dw->typed_data(), s);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NtRobustConvDw, ConvDwImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl"));

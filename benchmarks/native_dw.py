@@ -1,0 +1,256 @@
+"""Prototype measurement: convolution weight gradients from a hand-written kernel
+(``benchmarks/conv_dw_kernel.cc``, an XLA FFI custom call built here with g++) instead of
+XLA:CPU's convolution, per layer and inside the project's training step.
+
+XLA:CPU's weight-gradient convolution is what keeps conv-net steps behind PyTorch on CPU
+(docs/benchmarks.md). This script asks how much a kernel that reads each image once per
+tap block would give back, before anything of the kind goes into the library::
+
+    .venv/bin/python benchmarks/native_dw.py --layers             # ms per layer: XLA, kernel, torch
+    .venv/bin/python benchmarks/native_dw.py --models wrn16-1,wrn16-2 --objectives natural,trades \\
+        --devices 1,2 --rounds 5                                   # step ms, XLA vs kernel, alternating
+
+The step comparison builds the step of ``benchmarks/train_step.py`` (the project's own,
+with its XLA flags and malloc tuning) with ``model.conv_impl = "shifted_matmul"``, whose
+convolution is a ``jax.custom_vjp``, and swaps that vjp's weight gradient for either XLA's
+own convolution ("xla") or the kernel ("kernel"); the forward pass and input gradient are
+XLA's in both. Both variants are compiled in one process and their steps alternate in
+``--rounds`` rounds, so that the machine's slow spells hit both; the speed-up is the
+geometric mean of the per-round ratios with a 95 % interval (``train_step.paired_ratio``).
+Under data parallelism the kernel is partitioned over the batch with
+``jax.experimental.custom_partitioning`` (each device its shard, then a ``psum``). Needs g++
+and jaxlib's FFI headers (``jax.ffi.include_dir()``); prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import train_step  # noqa: E402  (the benchmark's step, timing and paired-ratio helpers)
+
+KERNEL_SOURCE = HERE / "conv_dw_kernel.cc"
+TARGET = "nt_robust_bench_conv_dw"
+
+
+def build_kernel(directory: Path) -> Path:
+    """Compile the kernel for this machine (``-march=native``) into ``directory``."""
+    import jax
+
+    library = directory / "libconv_dw.so"
+    command = ["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+               f"-I{jax.ffi.include_dir()}", str(KERNEL_SOURCE), "-o", str(library)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"building the kernel failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    return library
+
+
+def register_kernel(library: Path) -> None:
+    import jax
+
+    handle = ctypes.cdll.LoadLibrary(str(library))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handle.NtRobustConvDw), platform="cpu")
+
+
+def kernel_dw(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int], pads: tuple[int, int]):
+    """dw of an NHWC/HWIO convolution with low padding ``pads`` (the high padding follows from
+    the shapes), from the kernel, partitioned over the batch axis under a mesh."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def call(x, g):
+        return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(kernel_shape, jnp.float32))(
+            x, g, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pads[0]), pl=np.int64(pads[1]))
+
+    @custom_partitioning
+    def dw(x, g):
+        return call(x, g)
+
+    def infer(mesh, arg_shapes, result_shape):
+        return NamedSharding(mesh, PartitionSpec())
+
+    def partition(mesh, arg_shapes, result_shape):
+        spec = arg_shapes[0].sharding.spec
+        batch_axes = spec[0] if len(spec) else None
+        operands = NamedSharding(mesh, PartitionSpec(batch_axes))
+
+        def lower(x, g):
+            partial = call(x, g)
+            return jax.lax.psum(partial, batch_axes) if batch_axes is not None else partial
+
+        return mesh, lower, NamedSharding(mesh, PartitionSpec()), (operands, operands)
+
+    dw.def_partition(infer_sharding_from_operands=infer, partition=partition,
+                     sharding_rule="b h w c, b i j k -> p q c k")
+    return dw(x, g)
+
+
+def use_weight_gradient(which: str) -> None:
+    """Make ``model.conv_impl = "shifted_matmul"`` convolutions take their weight gradient
+    from XLA's convolution ("xla") or the kernel ("kernel"); dx stays XLA's."""
+    import jax
+
+    import nt_robust.models.conv as conv
+
+    def backward(strides, padding, precision, residuals, g):
+        x, kernel = residuals
+        dx = jax.vjp(lambda x_: conv._plain(x_, kernel, strides, padding, precision), x)[1](g)[0]
+        if which == "kernel" and x.dtype == kernel.dtype == g.dtype == jax.numpy.float32:
+            dk = kernel_dw(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
+        else:
+            dk = jax.vjp(lambda k_: conv._plain(x, k_, strides, padding, precision), kernel)[1](g)[0]
+        return dx, dk
+
+    conv._conv.defvjp(conv._conv_fwd, backward)
+
+
+def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    train_step._configure_jax(spec)
+    register_kernel(Path(spec["library"]))
+    try:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+    except Exception:  # noqa: BLE001 (optional)
+        torch = None
+    numbers = ("NHWC", "HWIO", "NHWC")
+    results = {}
+    # (spatial size, in, out, kernel, stride): WRN-16-k's layers, the stem, a shortcut, and a wide one
+    for size, cin, cout, k, stride in [(32, 16, 16, 3, 1), (16, 32, 32, 3, 1), (8, 64, 64, 3, 1), (32, 32, 32, 3, 1),
+                                       (32, 16, 32, 3, 2), (32, 16, 32, 1, 2), (32, 3, 16, 3, 1),
+                                       (16, 160, 160, 3, 1)]:
+        rng = np.random.default_rng(0)
+        pad, out = (k - 1) // 2, size // stride
+        x = jnp.asarray(rng.standard_normal((spec["batch"], size, size, cin), np.float32))
+        g = jnp.asarray(rng.standard_normal((spec["batch"], out, out, cout), np.float32))
+        w = jnp.zeros((k, k, cin, cout), jnp.float32)
+
+        def conv(x, w, stride=stride, pad=pad):
+            return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=numbers)
+
+        xla = jax.jit(lambda x, g, conv=conv, w=w: jax.vjp(lambda w_: conv(x, w_), w)[1](g)[0])
+        kernel = jax.jit(lambda x, g, shape=w.shape, s=stride, p=pad: kernel_dw(x, g, shape, (s, s), (p, p)))
+        reference, candidate = np.asarray(xla(x, g), np.float64), np.asarray(kernel(x, g), np.float64)
+        row = {"max_rel_diff_vs_xla": float(np.max(np.abs(candidate - reference)) / np.max(np.abs(reference)))}
+        for name, fn in (("xla_ms", xla), ("kernel_ms", kernel)):
+            timing = train_step._time_steps(lambda fn=fn: jax.block_until_ready(fn(x, g)), 2, spec["steps"],
+                                            spec["min_seconds"])
+            row[name] = round(1000 * timing["s_per_step_median"], 2)
+        if torch is not None:
+            tx = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+            tg = torch.tensor(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+            timing = train_step._time_steps(
+                lambda: torch.nn.grad.conv2d_weight(tx, (cout, cin, k, k), tg, stride=stride, padding=pad), 2,
+                spec["steps"], spec["min_seconds"])
+            row["torch_ms"] = round(1000 * timing["s_per_step_median"], 2)
+        results[f"{size}x{size}, {cin}->{cout}, {k}x{k}, stride {stride}"] = row
+    return {"layers": results, "kernel_threads": 1, "xla_and_torch_threads": os.cpu_count()}
+
+
+def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Both variants of one (model, objective, devices) step, compiled in this process, timed
+    in alternating rounds."""
+    import jax
+
+    if spec["devices"] > 1:
+        jax.config.update("jax_num_cpu_devices", spec["devices"])
+    train_step._configure_jax(spec)
+    register_kernel(Path(spec["library"]))
+    config = train_step._jax_config(spec, train_step.MODELS[spec["model"]])
+    compiled = {}
+    for which in ("xla", "kernel"):
+        use_weight_gradient(which)
+        jitted, state, images, labels, _, _ = train_step._jax_step(spec, config)
+        started = time.perf_counter()
+        program = jitted.lower(state, images, labels).compile()
+        compiled[which] = {"program": program, "state": state, "compile_s": round(time.perf_counter() - started, 2),
+                           "batch": (images, labels)}
+    seconds: dict[str, list[float]] = {"xla": [], "kernel": []}
+    for _ in range(spec["rounds"]):
+        for which, entry in compiled.items():
+            holder = entry
+
+            def run(holder=holder):
+                holder["state"], metrics = holder["program"](holder["state"], *holder["batch"])
+                jax.block_until_ready((holder["state"], metrics))
+
+            timing = train_step._time_steps(run, 1, spec["steps"], 0.5)
+            seconds[which].append(timing["s_per_step_median"])
+    ratio = train_step.paired_ratio(seconds["kernel"], seconds["xla"])  # xla time / kernel time = speed-up
+    return {"model": spec["model"], "objective": spec["objective"], "devices": jax.device_count(),
+            "xla_ms_per_step": round(1000 * sorted(seconds["xla"])[len(seconds["xla"]) // 2], 1),
+            "kernel_ms_per_step": round(1000 * sorted(seconds["kernel"])[len(seconds["kernel"]) // 2], 1),
+            "kernel_speedup": ratio, "compile_s": {k: v["compile_s"] for k, v in compiled.items()}}
+
+
+def _child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        return {"error": f"exit code {done.returncode}", "stderr": done.stderr[-2000:]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", action="store_true", help="per-layer weight-gradient timings instead of steps")
+    parser.add_argument("--models", default="wrn16-1", help=f"comma list of {list(train_step.MODELS)} (conv nets)")
+    parser.add_argument("--objectives", default="natural")
+    parser.add_argument("--devices", default="2", help="comma list of CPU device counts")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per step comparison")
+    parser.add_argument("--steps", type=int, default=3, help="at least this many timed steps per round / layer")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="per layer timing")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        spec = json.loads(args.worker)
+        result = layer_worker(spec) if spec["what"] == "layers" else step_worker(spec)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    if args.rounds < 2:
+        parser.error("--rounds needs at least 2 for an interval")
+    base = {"batch": args.batch, "input": [32, 32, 3], "augment": False, "loop": "auto", "conv_impl": "shifted_matmul",
+            "dtype": "float32", "steps": args.steps, "min_seconds": args.min_seconds, "warmup": 1,
+            "rounds": args.rounds, "library_xla_flags": True, "library_malloc": True}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nt_robust_dw_") as directory:
+        base["library"] = str(build_kernel(Path(directory)))
+        if args.layers:
+            results: Any = _child(dict(base, what="layers", devices=1), args.timeout)
+        else:
+            results = [_child(dict(base, what="step", model=model, objective=objective, devices=int(devices)),
+                              args.timeout)
+                       for model in args.models.split(",") for objective in args.objectives.split(",")
+                       for devices in args.devices.split(",")]
+    print(json.dumps({"benchmark": "native_dw", "cpu": train_step._cpu_model(), "cores": os.cpu_count(),
+                      "versions": {name: train_step._version(name) for name in ("jax", "jaxlib", "torch")},
+                      "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                      "load_1min_end": round(os.getloadavg()[0], 2), "wall_s": round(time.perf_counter() - started, 1),
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
