@@ -117,7 +117,7 @@ def use_weight_gradient(which: str) -> None:
             dk = jax.vjp(lambda k_: conv._plain(x, k_, strides, padding, precision), kernel)[1](g)[0]
         return dx, dk
 
-    conv._conv.defvjp(conv._conv_fwd, backward)
+    conv._conv.defvjp(conv._vjp_forward, backward)
 
 
 def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:

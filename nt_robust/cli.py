@@ -30,15 +30,15 @@ log = logging.getLogger("nt_robust.cli")
 
 
 class _CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a record comes, not the stream of the day
-    :func:`setup_logging` ran: a caller of :func:`main` in its own process (a notebook, a test
-    capturing output) may replace and close that stream, and logging then fails on every record."""
+    """Writes to whatever ``sys.stderr`` is when a record comes, not to the stream it was
+    created with: a caller of :func:`main` in its own process (a notebook, a test capturing
+    output) may replace and close that stream, and every later record would fail on it."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
     @property
-    def stream(self):  # noqa: D102 - see the class docstring
+    def stream(self):
         return sys.stderr
 
     @stream.setter

@@ -1,30 +1,40 @@
-"""Convolutions whose weight gradient is fast on XLA:CPU.
+"""Convolutions whose gradients are fast on XLA:CPU.
 
-XLA:CPU computes the weight gradient of a 3x3 convolution as another convolution whose
-window is the whole feature map and whose output is 3x3. On some CPUs that shape runs
-3-11x slower than the forward pass and 5-19x slower than PyTorch's oneDNN; on others it
-is faster than any rewrite (docs/benchmarks.md). ``shifted_matmul_conv`` keeps XLA's
-own forward convolution and input gradient (all that attacks need) and writes the weight
-gradient as one matmul per kernel tap (2.6-9x faster than XLA's where XLA's is slow)::
+Two things are slow there. XLA:CPU computes the weight gradient of a 3x3 convolution as
+another convolution whose window is the whole feature map and whose output is 3x3. On some
+CPUs that shape runs 3-11x slower than the forward pass and 5-19x slower than PyTorch's
+oneDNN; on others it is faster than any rewrite (docs/benchmarks.md). And inside a loop
+(``lax.fori_loop``/``while_loop``: APGD, FAB, Square, a ``fori`` training attack) the input
+gradient that autodiff writes, a convolution with the kernel's in/out features swapped,
+falls off XLA:CPU's fast convolution path: 18-24x slower than the same convolution outside
+a loop. Both custom VJPs here write the input gradient as an ordinary forward convolution of
+the output gradient with the flipped, in/out-swapped kernel (``_input_gradient``), which
+stays fast in loops; they differ in the weight gradient:
+
+* ``flipped_dx_conv``: XLA's own weight-gradient convolution;
+* ``shifted_matmul_conv``: one matmul per kernel tap (2.6-9x faster than XLA's where XLA's
+  is slow)::
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
-Models take ``conv_impl`` = "auto" (on the CPU backend whichever of the two was faster
-when measured on this machine, ``nt_robust.models.conv_choice``; XLA's convolution
-elsewhere), "xla" or "shifted_matmul"::
+Models take ``conv_impl`` = "auto" (on the CPU backend ``flipped_dx`` or ``shifted_matmul``,
+whichever weight gradient was faster when measured on this machine,
+``nt_robust.models.conv_choice``; XLA's plain convolution elsewhere), "xla" (plain
+``lax.conv_general_dilated``), "flipped_dx" or "shifted_matmul"::
 
     conv = conv_function("auto")
     y = nn.Conv(64, (3, 3), conv_general_dilated=conv)(x)
 
-The forward values are XLA's, bit for bit; the weight gradient equals XLA's up to float
-summation order (~1e-6 relative). Gotcha: ``shifted_matmul`` is a ``jax.custom_vjp``,
-so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, neural-tangents'
-NTK_VECTOR_PRODUCTS) through such a model raises; use ``conv_impl = "xla"`` there.
+The forward values are XLA's, bit for bit; the gradients equal XLA's up to float
+summation order (~1e-6 relative). Gotcha: ``flipped_dx`` and ``shifted_matmul`` are
+``jax.custom_vjp``s, so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+neural-tangents' NTK_VECTOR_PRODUCTS) through such a model raises; use
+``conv_impl = "xla"`` there (:func:`supports_forward_mode`).
 
 Mixed precision (``model.dtype = "bfloat16"``): the forward pass and the input gradient
-are XLA's bfloat16 convolutions, as with ``conv_impl = "xla"``; each weight-gradient tap
-accumulates its N·Ho·Wo products in float32 (``preferred_element_type``) and is rounded to
-bfloat16 once, as XLA's own bfloat16 weight gradient is. A ``precision`` (from
+are bfloat16 convolutions, as with ``conv_impl = "xla"``; each shifted-matmul weight-gradient
+tap accumulates its N·Ho·Wo products in float32 (``preferred_element_type``) and is rounded
+to bfloat16 once, as XLA's own bfloat16 weight gradient is. A ``precision`` (from
 ``model.matmul_precision``) is passed to all three.
 """
 
@@ -37,13 +47,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "shifted_matmul")
+CONV_IMPLS = ("auto", "xla", "flipped_dx", "shifted_matmul")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_conv_impl(name: str) -> str:
     """``"auto"`` -> on the CPU backend the faster weight gradient measured on this machine
-    (``nt_robust.models.conv_choice``), ``"xla"`` elsewhere."""
+    (``nt_robust.models.conv_choice``: XLA's as ``"flipped_dx"``, or ``"shifted_matmul"``),
+    ``"xla"`` elsewhere."""
     if name not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
     if name == "auto":
@@ -51,26 +62,62 @@ def resolve_conv_impl(name: str) -> str:
             return "xla"
         from nt_robust.models.conv_choice import cpu_conv_choice
 
-        return cpu_conv_choice()["impl"]
+        return "shifted_matmul" if cpu_conv_choice()["impl"] == "shifted_matmul" else "flipped_dx"
     return name
+
+
+def supports_forward_mode(name: str) -> bool:
+    """Whether a model built with ``conv_impl = name`` can be differentiated in forward mode
+    (``jax.jvp``): only plain XLA convolutions can, the custom VJPs cannot."""
+    return resolve_conv_impl(name) == "xla"
 
 
 def conv_function(name: str) -> Callable:
     """The ``conv_general_dilated`` to hand to ``flax.linen.Conv`` for ``conv_impl = name``."""
-    return shifted_matmul_conv if resolve_conv_impl(name) == "shifted_matmul" else lax.conv_general_dilated
+    return {"xla": lax.conv_general_dilated, "flipped_dx": flipped_dx_conv,
+            "shifted_matmul": shifted_matmul_conv}[resolve_conv_impl(name)]
 
 
 def _plain(x, kernel, strides, padding, precision=None):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision)
 
 
+def _input_gradient(g, kernel, strides, padding, input_hw, precision):
+    """dL/dx of ``_plain(x, kernel, strides, padding)`` as a forward convolution: the output
+    gradient dilated by the strides, padded so that every tap lands, against the kernel
+    flipped in space with its in/out features swapped (HWIO again, which XLA:CPU runs on its
+    fast path inside loops too)."""
+    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    pads = []
+    for size, k, stride, (low, _), out in zip(input_hw, kernel.shape[:2], strides, padding, g.shape[1:3]):
+        before = k - 1 - low
+        pads.append((before, size + k - 1 - ((out - 1) * stride + 1) - before))
+    return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=strides, dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+def _vjp_forward(x, kernel, strides, padding, precision=None):
+    return _plain(x, kernel, strides, padding, precision), (x, kernel)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, kernel, strides, padding, precision=None):
+def _flipped_dx(x, kernel, strides, padding, precision=None):
     return _plain(x, kernel, strides, padding, precision)
 
 
-def _conv_fwd(x, kernel, strides, padding, precision=None):
-    return _plain(x, kernel, strides, padding, precision), (x, kernel)
+def _flipped_dx_bwd(strides, padding, precision, residuals, g):
+    x, kernel = residuals
+    dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
+    dkernel = jax.vjp(lambda k_: _plain(x, k_, strides, padding, precision), kernel)[1](g)[0]
+    return dx, dkernel
+
+
+_flipped_dx.defvjp(_vjp_forward, _flipped_dx_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, strides, padding, precision=None):
+    return _plain(x, kernel, strides, padding, precision)
 
 
 def _tap_matmul(a, b, precision):
@@ -82,7 +129,7 @@ def _tap_matmul(a, b, precision):
 
 def _conv_bwd(strides, padding, precision, residuals, g):
     x, kernel = residuals
-    dx = jax.vjp(lambda x_: _plain(x_, kernel, strides, padding, precision), x)[1](g)[0]
+    dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
     kh, kw, cin, cout = kernel.shape
     (sh, sw), (ho, wo) = strides, g.shape[1:3]
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
@@ -94,15 +141,13 @@ def _conv_bwd(strides, padding, precision, residuals, g):
     return dx, dkernel.astype(kernel.dtype)
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_vjp_forward, _conv_bwd)
 
 
-def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                        dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                        precision=None, preferred_element_type=None):
-    """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
-    groups (any ``precision``, operands of one dtype) take the shifted-matmul weight
-    gradient; any other call is passed to ``lax``."""
+def _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                 feature_group_count, batch_group_count, preferred_element_type):
+    """The (strides, padding) of a 2-d NHWC/HWIO call without dilation or groups, operands of
+    one dtype and no cropping, which the custom VJPs handle; None for any other call."""
     simple = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
               and preferred_element_type is None and lhs.dtype == rhs.dtype
               and all(d == 1 for d in (lhs_dilation or (1, 1)))
@@ -110,16 +155,43 @@ def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
               and tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
               == tuple(lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
     if not simple:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
+        return None
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
     if any(p < 0 for pair in padding for p in pair):  # cropping: not worth a special case
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
-                                        precision=precision)
-    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding, _hashable(precision))
+        return None
+    return tuple(int(s) for s in window_strides), padding
+
+
+def flipped_dx_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                    precision=None, preferred_element_type=None):
+    """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
+    groups take the input gradient of :func:`_input_gradient` (XLA's weight gradient); any
+    other call is passed to ``lax``."""
+    call = _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count, preferred_element_type)
+    if call is None:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count,
+                                        precision, preferred_element_type)
+    return _flipped_dx(lhs, rhs, *call, _hashable(precision))
+
+
+def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                        dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                        precision=None, preferred_element_type=None):
+    """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
+    groups (any ``precision``, operands of one dtype) take the shifted-matmul weight
+    gradient and the input gradient of :func:`_input_gradient`; any other call is passed to ``lax``."""
+    call = _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count, preferred_element_type)
+    if call is None:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count,
+                                        precision, preferred_element_type)
+    return _conv(lhs, rhs, *call, _hashable(precision))
 
 
 def _hashable(precision):

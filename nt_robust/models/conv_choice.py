@@ -8,9 +8,10 @@ and 2-3x faster on another (docs/benchmarks.md), so no rule by CPU name holds. T
 time "auto" is resolved on a machine, both are timed on one 32x32, 32->32 layer at batch
 64 (about a second), and the answer is kept in ``~/.cache/nt_robust/conv_impl.json``
 under a key of CPU model, cores, jaxlib version and ``XLA_FLAGS``. Shifted matmuls are
-chosen only when clearly faster (:data:`SHIFTED_MARGIN`): XLA's path also supports
-forward-mode autodiff. ``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``) skips the
-measurement; environment.json records the choice and its timings.
+chosen only when clearly faster (:data:`SHIFTED_MARGIN`). "xla" here means XLA's weight
+gradient, which "auto" runs as ``conv_impl = "flipped_dx"`` (``nt_robust.models.conv``).
+``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``) skips the measurement;
+environment.json records the choice and its timings.
 """
 
 from __future__ import annotations

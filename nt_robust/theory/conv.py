@@ -141,17 +141,17 @@ def flax_empirical_ntk(model: nn.Module, variables: Any, x: jax.Array, implement
     """neural-tangents' empirical NTK of logit ``output`` of a Flax model, (N, N), BN in eval mode.
 
     ``implementation`` defaults to JACOBIAN_CONTRACTION (reverse mode). NTK_VECTOR_PRODUCTS
-    is forward mode: it cannot go through the shifted-matmul convolution (a ``custom_vjp``),
-    so it is refused for such a model with the fix."""
-    from nt_robust.models.conv import resolve_conv_impl
+    is forward mode: it cannot go through the custom-VJP convolutions ("auto" on CPU), so it
+    is refused for such a model with the fix."""
+    from nt_robust.models.conv import resolve_conv_impl, supports_forward_mode
     from nt_robust.theory.nt_compat import NTK_IMPL, NTK_IMPL_VP, nt
 
     implementation = NTK_IMPL if implementation is None else implementation
     conv_impl = getattr(model, "conv_impl", "xla")
-    if implementation == NTK_IMPL_VP and resolve_conv_impl(conv_impl) == "shifted_matmul":
+    if implementation == NTK_IMPL_VP and not supports_forward_mode(conv_impl):
         raise ValueError(
-            f"NTK_VECTOR_PRODUCTS differentiates the model in forward mode, which the shifted-matmul "
-            f"convolution (conv_impl={conv_impl!r} on CPU; a jax.custom_vjp) does not support: build the "
+            f"NTK_VECTOR_PRODUCTS differentiates the model in forward mode, which the {resolve_conv_impl(conv_impl)} "
+            f"convolution (conv_impl={conv_impl!r}; a jax.custom_vjp) does not support: build the "
             f"model with conv_impl='xla' (same function and parameters), or use JACOBIAN_CONTRACTION")
     rest = {k: v for k, v in variables.items() if k != "params"}
     return _flax_ntk(model, variables["params"], rest, x, implementation, output)

@@ -1,5 +1,6 @@
-"""The shifted-matmul convolution: XLA's forward values, and gradients equal to XLA's and
-to a weight gradient written out as explicit loops in numpy."""
+"""The custom-VJP convolutions (flipped-kernel input gradient; XLA's or shifted-matmul weight
+gradient): XLA's forward values, and gradients equal to XLA's and to input and weight
+gradients written out as explicit loops in numpy, within float32 summation bounds."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,8 @@ from jax import lax
 
 from nt_robust.models import ModelConfig, create_model, init_variables
 from nt_robust.models import conv_choice
-from nt_robust.models.conv import conv_function, resolve_conv_impl, shifted_matmul_conv
+from nt_robust.models.conv import (conv_function, flipped_dx_conv, resolve_conv_impl, shifted_matmul_conv,
+                                   supports_forward_mode)
 from nt_robust.models.conv_choice import cpu_conv_choice
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -28,6 +30,30 @@ def numpy_weight_gradient(x, g, kernel_shape, stride, pad):
     return dw
 
 
+def numpy_input_gradient(g, kernel, input_shape, stride, pad):
+    """dL/dx for L = sum(g * conv(x, W)), from the definition: each output pixel sends
+    g[n, h, w] @ W[i, j]^T back to the input pixel its tap (i, j) read."""
+    kh, kw = kernel.shape[:2]
+    n, height, width, cin = input_shape
+    g, kernel = np.asarray(g, np.float64), np.asarray(kernel, np.float64)
+    rows = max(height + pad[0][0] + pad[0][1], stride * (g.shape[1] - 1) + kh)
+    cols = max(width + pad[1][0] + pad[1][1], stride * (g.shape[2] - 1) + kw)
+    dx = np.zeros((n, rows, cols, cin), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            for h in range(g.shape[1]):
+                for w in range(g.shape[2]):
+                    dx[:, stride * h + i, stride * w + j, :] += g[:, h, w, :] @ kernel[i, j].T
+    return dx[:, pad[0][0]:pad[0][0] + height, pad[1][0]:pad[1][0] + width, :]
+
+
+def gamma(n: int) -> float:
+    """Higham's γ_n for float32: a sum of n products in any order is within γ_n·Σ|terms|."""
+    return n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+
+
+IMPLS = {"flipped_dx": flipped_dx_conv, "shifted_matmul": shifted_matmul_conv}
+
 CASES = [  # kernel, stride, padding: the shapes the WRN and the small CNN use, plus asymmetric SAME
     ((3, 3), 1, ((1, 1), (1, 1))),
     ((3, 3), 2, ((1, 1), (1, 1))),
@@ -38,9 +64,10 @@ CASES = [  # kernel, stride, padding: the shapes the WRN and the small CNN use, 
 ]
 
 
+@pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("size", [7, 8])  # odd and even inputs (stride 2 drops the last row when even)
 @pytest.mark.parametrize("kernel_size,stride,padding", CASES)
-def test_forward_and_gradients_match_xla_and_hand_computed_weight_gradient(kernel_size, stride, padding, size):
+def test_forward_and_gradients_match_xla_and_hand_computed_gradients(kernel_size, stride, padding, size, impl):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, size, size, 4)).astype(np.float32)
     kernel = rng.standard_normal((*kernel_size, 4, 5)).astype(np.float32)
@@ -50,31 +77,54 @@ def test_forward_and_gradients_match_xla_and_hand_computed_weight_gradient(kerne
         return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
 
     def ours(x, k):
-        return shifted_matmul_conv(x, k, strides, padding, dimension_numbers=NHWC)
+        return IMPLS[impl](x, k, strides, padding, dimension_numbers=NHWC)
 
     out = ours(x, kernel)
     np.testing.assert_array_equal(out, xla(x, kernel))  # the forward pass is XLA's own
     g = rng.standard_normal(out.shape).astype(np.float32)
     dx_ref, dw_ref = jax.vjp(xla, x, kernel)[1](g)
     dx, dw = jax.vjp(ours, x, kernel)[1](g)
-    np.testing.assert_array_equal(dx, dx_ref)  # so is the input gradient
-    # Each dW entry is a float32 sum of n = N·Ho·Wo products; in any summation order (ours: one matmul
-    # per tap; XLA's: a convolution) it is within γ_n·Σ|x||g| of the exact sum, γ_n = n·u/(1 − n·u),
-    # u = 2⁻²⁴. The float64 loops are exact to far below that. So each float32 result is within
+    # Each dW entry is a float32 sum of n = N·Ho·Wo products, each dx entry one of at most
+    # m = kh·kw·C_out; in any summation order (ours: a flipped-kernel convolution, one matmul
+    # per tap; XLA's: its transposed convolutions) a float32 sum is within γ·Σ|terms| of the exact
+    # one. The float64 loops are exact to far below that. So each float32 result is within
     # `bound` of the float64 one, and the two float32 results are within 2·bound of each other.
     pads = lax.padtype_to_pads((size, size), kernel_size, strides, padding) if isinstance(padding, str) else padding
-    n = x.shape[0] * out.shape[1] * out.shape[2]
-    gamma = n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
-    bound = gamma * numpy_weight_gradient(np.abs(x), np.abs(g), kernel.shape, stride, pads)
-    exact = numpy_weight_gradient(x, g, kernel.shape, stride, pads)
-    assert np.all(np.abs(dw - exact) <= bound), np.max(np.abs(dw - exact) / bound)
-    assert np.all(np.abs(dw_ref - exact) <= bound), np.max(np.abs(dw_ref - exact) / bound)
-    assert np.all(np.abs(dw - dw_ref) <= 2 * bound), np.max(np.abs(dw - dw_ref) / bound)
+    checks = {
+        "dw": (dw, dw_ref, numpy_weight_gradient(x, g, kernel.shape, stride, pads),
+               gamma(x.shape[0] * out.shape[1] * out.shape[2])
+               * numpy_weight_gradient(np.abs(x), np.abs(g), kernel.shape, stride, pads)),
+        "dx": (dx, dx_ref, numpy_input_gradient(g, kernel, x.shape, stride, pads),
+               gamma(kernel_size[0] * kernel_size[1] * kernel.shape[3])
+               * numpy_input_gradient(np.abs(g), np.abs(kernel), x.shape, stride, pads)),
+    }
+    for name, (got, xla_got, exact, bound) in checks.items():
+        assert np.all(np.abs(got - exact) <= bound), (name, np.max(np.abs(got - exact) / bound))
+        assert np.all(np.abs(xla_got - exact) <= bound), (name, np.max(np.abs(xla_got - exact) / bound))
+        assert np.all(np.abs(got - xla_got) <= 2 * bound), (name, np.max(np.abs(got - xla_got) / bound))
+    # the bound is tight enough to see a wrong flip: the unflipped kernel's input gradient misses it
+    unflipped = numpy_input_gradient(g, kernel[::-1, ::-1], x.shape, stride, pads)
+    assert kernel_size == (1, 1) or np.any(np.abs(unflipped - checks["dx"][2]) > 2 * checks["dx"][3])
+
+
+def test_the_input_gradient_inside_a_loop_stays_an_ordinary_hwio_convolution():
+    # Autodiff's input gradient is a convolution with the kernel's in/out features swapped
+    # (dim_labels ..._01oi->...); inside a while loop XLA:CPU ran it 18-24x slower than the same
+    # convolution outside one (docs/benchmarks.md). The custom VJPs write it as an HWIO one.
+    x = jnp.ones((2, 8, 8, 4))
+    kernel = jnp.ones((3, 3, 4, 4))
+    for impl in IMPLS.values():
+        def body(i, y, impl=impl):
+            return y + jax.grad(lambda z: jnp.sum(impl(z, kernel, (1, 1), "SAME", dimension_numbers=NHWC) ** 2))(y)
+        text = jax.jit(lambda y: lax.fori_loop(0, 3, body, y)).lower(x).compile().as_text()
+        labels = [line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines() if " convolution(" in line]
+        assert labels and all("_01io->" in label for label in labels), labels
 
 
 @pytest.mark.parametrize("kwargs", [dict(rhs_dilation=(2, 2)), dict(lhs_dilation=(2, 2)),
                                     dict(feature_group_count=2)])
-def test_dilated_or_grouped_calls_fall_back_to_lax(kwargs):
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_dilated_or_grouped_calls_fall_back_to_lax(kwargs, impl):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 9, 4)).astype(np.float32)
     in_per_group = 2 if "feature_group_count" in kwargs else 4
@@ -83,7 +133,7 @@ def test_dilated_or_grouped_calls_fall_back_to_lax(kwargs):
     def run(conv):
         return lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs)
 
-    got, want = run(shifted_matmul_conv), run(lax.conv_general_dilated)
+    got, want = run(IMPLS[impl]), run(lax.conv_general_dilated)
     np.testing.assert_array_equal(got(x, kernel), want(x, kernel))
     g = rng.standard_normal(want(x, kernel).shape).astype(np.float32)
     for a, b in zip(jax.vjp(got, x, kernel)[1](g), jax.vjp(want, x, kernel)[1](g)):
@@ -96,7 +146,7 @@ def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(ar
     images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
     labels = jnp.arange(4) % 10
     results = {}
-    for impl in ("xla", "shifted_matmul"):
+    for impl in ("xla", "flipped_dx", "shifted_matmul"):
         model = create_model(ModelConfig(arch, width=1, depth=depth, conv_impl=impl), num_classes=10)
         variables = init_variables(model, jax.random.key(1), (8, 8, 3))
 
@@ -112,18 +162,22 @@ def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(ar
         logits = jax.jit(lambda v, model=model: model.apply(v, images, train=False))(variables)
         results[impl] = (logits, grads)
         # the model really routes its convolutions through ours (or not)
-        assert ("custom_vjp" in str(jax.make_jaxpr(loss)(variables["params"]))) == (impl == "shifted_matmul")
-    np.testing.assert_array_equal(results["xla"][0], results["shifted_matmul"][0])
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                           results["xla"][1], results["shifted_matmul"][1])
+        assert ("custom_vjp" in str(jax.make_jaxpr(loss)(variables["params"]))) == (impl != "xla")
+    for impl in ("flipped_dx", "shifted_matmul"):
+        np.testing.assert_array_equal(results["xla"][0], results[impl][0])
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                               results["xla"][1], results[impl][1])
 
 
 def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
     assert jax.default_backend() == "cpu"  # the suite runs on CPU, where auto is what was measured
-    expected = cpu_conv_choice()["impl"]
-    assert expected in ("xla", "shifted_matmul") and resolve_conv_impl("auto") == expected
-    assert conv_function("auto") is (shifted_matmul_conv if expected == "shifted_matmul" else lax.conv_general_dilated)
+    measured = cpu_conv_choice()["impl"]  # the faster weight gradient: XLA's or shifted matmuls
+    expected = {"xla": "flipped_dx", "shifted_matmul": "shifted_matmul"}[measured]
+    assert resolve_conv_impl("auto") == expected
+    assert conv_function("auto") is IMPLS[expected]
     assert conv_function("xla") is lax.conv_general_dilated
+    assert supports_forward_mode("xla") and not supports_forward_mode("auto")
+    assert not supports_forward_mode("flipped_dx") and not supports_forward_mode("shifted_matmul")
     with pytest.raises(ValueError, match="model.conv_impl must be one of"):
         ModelConfig("cnn", conv_impl="oneDNN")
     with pytest.raises(ValueError, match="conv_impl must be one of"):
