@@ -2,7 +2,9 @@
 
 ``"unroll"`` writes every step into the graph (a Python loop at trace time): longer
 compiles, but on CPU several times faster for conv nets, where XLA runs a ``while``
-body poorly (docs/benchmarks.md; ``benchmarks/attack_loop.py`` re-measures it). ``"fori"`` uses
+body poorly (docs/benchmarks.md; ``benchmarks/attack_loop.py`` re-measures it; much of that
+was autodiff's input-gradient convolution, which ``conv_impl = "auto"`` now writes in a form
+XLA:CPU keeps fast inside loops, ``nt_robust.models.conv``). ``"fori"`` uses
 ``lax.fori_loop``: one copy of the step, compile time independent of the step count.
 ``"auto"`` picks unroll on CPU and fori on GPU/TPU::
 

@@ -118,8 +118,9 @@ def test_flax_empirical_ntk_equals_jjt_and_is_symmetric_psd():
     assert np.linalg.eigvalsh(theta).min() >= -1e-10 * np.abs(theta).max()
 
 
-def test_forward_mode_ntk_is_refused_for_the_shifted_matmul_conv_with_the_fix():
-    model = SmallCNN(width=1, num_classes=3, conv_impl="shifted_matmul")
+@pytest.mark.parametrize("conv_impl", ["shifted_matmul", "flipped_dx", "auto"])
+def test_forward_mode_ntk_is_refused_for_the_custom_vjp_convs_with_the_fix(conv_impl):
+    model = SmallCNN(width=1, num_classes=3, conv_impl=conv_impl)
     x = _images(2, 4, 3)
     variables = _generic_variables(model, x, 0)
     with pytest.raises(ValueError, match="conv_impl='xla'"):
