@@ -164,34 +164,33 @@ def _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
     return tuple(int(s) for s in window_strides), padding
 
 
-def flipped_dx_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                    dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                    precision=None, preferred_element_type=None):
-    """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
-    groups take the input gradient of :func:`_input_gradient` (XLA's weight gradient); any
-    other call is passed to ``lax``."""
-    call = _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                        feature_group_count, batch_group_count, preferred_element_type)
-    if call is None:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
-    return _flipped_dx(lhs, rhs, *call, _hashable(precision))
+def _drop_in(custom: Callable, name: str, doc: str) -> Callable:
+    """A drop-in ``lax.conv_general_dilated`` that sends the calls :func:`_simple_call` accepts
+    to ``custom`` and every other call to ``lax``."""
+
+    def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+             feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
+        call = _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                            feature_group_count, batch_group_count, preferred_element_type)
+        if call is None:
+            return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, batch_group_count,
+                                            precision, preferred_element_type)
+        return custom(lhs, rhs, *call, _hashable(precision))
+
+    conv.__name__ = conv.__qualname__ = name
+    conv.__doc__ = doc
+    return conv
 
 
-def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                        dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                        precision=None, preferred_element_type=None):
-    """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO convolutions without dilation or
-    groups (any ``precision``, operands of one dtype) take the shifted-matmul weight
-    gradient and the input gradient of :func:`_input_gradient`; any other call is passed to ``lax``."""
-    call = _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                        feature_group_count, batch_group_count, preferred_element_type)
-    if call is None:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count,
-                                        precision, preferred_element_type)
-    return _conv(lhs, rhs, *call, _hashable(precision))
+flipped_dx_conv = _drop_in(_flipped_dx, "flipped_dx_conv", """Drop-in ``lax.conv_general_dilated``: 2-d
+    NHWC/HWIO convolutions without dilation or groups take the input gradient of
+    :func:`_input_gradient` and XLA's weight gradient; any other call is passed to ``lax``.""")
+
+shifted_matmul_conv = _drop_in(_conv, "shifted_matmul_conv", """Drop-in ``lax.conv_general_dilated``: 2-d
+    NHWC/HWIO convolutions without dilation or groups (any ``precision``, operands of one dtype)
+    take the shifted-matmul weight gradient and the input gradient of :func:`_input_gradient`;
+    any other call is passed to ``lax``.""")
 
 
 def _hashable(precision):
