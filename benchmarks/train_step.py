@@ -28,6 +28,7 @@ memory and compile time are those of a cold process::
     .venv/bin/python benchmarks/train_step.py --probe conv-grads     # fwd / dx / dw of one conv layer
     .venv/bin/python benchmarks/train_step.py --probe transposes [--no-library-xla-flags]
     .venv/bin/python benchmarks/train_step.py --probe step-parts --models wrn16-1 --devices 1  # fwd / +dx / +dw, JAX vs torch
+    .venv/bin/python benchmarks/train_step.py --probe loop-input-gradient --devices 1   # dx in a fori_loop vs unrolled
 
 Results and what was tried: docs/benchmarks.md. The default run (all five models, both
 objectives, both frameworks) took 10.8 min on an idle 2-core machine;
@@ -812,8 +813,47 @@ def probe_step_parts(spec: dict[str, Any]) -> dict[str, Any]:
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results}
 
 
+def probe_loop_input_gradient(spec: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds for ten input gradients of a 3x3 convolution (50x28x28x32, an attack
+    iteration's shape on the small CNN), chained in a ``lax.fori_loop`` against unrolled,
+    with autodiff's input gradient (``conv_impl = "xla"``) and with the flipped-kernel one
+    of ``conv_impl = "flipped_dx"``: XLA:CPU runs autodiff's off its fast path in loops."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    from nt_robust.models.conv import conv_function
+
+    _configure_jax(spec)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((50, 28, 28, 32), np.float32))
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 32, 32)).astype(np.float32) * 0.05)
+    results = {}
+    for impl in ("xla", "flipped_dx"):
+        conv = conv_function(impl)
+
+        def step(_, y, conv=conv):
+            return jax.grad(lambda z: jnp.sum(jnp.tanh(conv(z, kernel, (1, 1), ((1, 1), (1, 1)),
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))))(y)
+
+        def unrolled(y, step=step):
+            for i in range(10):
+                y = step(i, y)
+            return y
+
+        for layout, fn in (("fori_loop", lambda y, step=step: lax.fori_loop(0, 10, step, y)), ("unrolled", unrolled)):
+            jitted = jax.jit(fn)
+            jax.block_until_ready(jitted(x))
+            timing = _time_steps(lambda jitted=jitted: jax.block_until_ready(jitted(x)), 1, spec["steps"],
+                                 spec["min_seconds"])
+            results[f"{impl}, {layout}"] = round(1000 * timing["s_per_step_median"], 1)
+    return {"probe": "loop-input-gradient", "unit": "ms (median) for 10 input gradients", "results": results}
+
+
 PROBES = {"cache-keys": probe_cache_keys, "conv-layout": probe_conv_layout, "conv-grads": probe_conv_grads,
-          "transposes": probe_transposes, "step-parts": probe_step_parts}
+          "transposes": probe_transposes, "step-parts": probe_step_parts,
+          "loop-input-gradient": probe_loop_input_gradient}
 
 
 # --------------------------------------------------------------------------- driver

@@ -6,7 +6,7 @@ CPUs that shape runs 3-11x slower than the forward pass and 5-19x slower than Py
 oneDNN; on others it is faster than any rewrite (docs/benchmarks.md). And inside a loop
 (``lax.fori_loop``/``while_loop``: APGD, FAB, Square, a ``fori`` training attack) the input
 gradient that autodiff writes, a convolution with the kernel's in/out features swapped,
-falls off XLA:CPU's fast convolution path: 18-24x slower than the same convolution outside
+falls off XLA:CPU's fast convolution path: 22-24x slower than the same convolution outside
 a loop. Both custom VJPs here write the input gradient as an ordinary forward convolution of
 the output gradient with the flipped, in/out-swapped kernel (``_input_gradient``), which
 stays fast in loops; they differ in the weight gradient:

@@ -109,7 +109,7 @@ def test_forward_and_gradients_match_xla_and_hand_computed_gradients(kernel_size
 
 def test_the_input_gradient_inside_a_loop_stays_an_ordinary_hwio_convolution():
     # Autodiff's input gradient is a convolution with the kernel's in/out features swapped
-    # (dim_labels ..._01oi->...); inside a while loop XLA:CPU ran it 18-24x slower than the same
+    # (dim_labels ..._01oi->...); inside a while loop XLA:CPU ran it 22-24x slower than the same
     # convolution outside one (docs/benchmarks.md). The custom VJPs write it as an HWIO one.
     x = jnp.ones((2, 8, 8, 4))
     kernel = jnp.ones((3, 3, 4, 4))
