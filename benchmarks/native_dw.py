@@ -114,7 +114,7 @@ def use_weight_gradient(which: str) -> None:
         if which == "kernel" and x.dtype == kernel.dtype == g.dtype == jax.numpy.float32:
             dk = kernel_dw(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
         else:
-            dk = jax.vjp(lambda k_: conv._plain(x, k_, strides, padding, precision), kernel)[1](g)[0]
+            dk = conv._xla_weight_gradient(x, kernel, g, strides, padding, precision)
         return dx, dk
 
     conv._conv.defvjp(conv._vjp_forward, backward)

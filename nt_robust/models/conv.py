@@ -100,24 +100,9 @@ def _vjp_forward(x, kernel, strides, padding, precision=None):
     return _plain(x, kernel, strides, padding, precision), (x, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _flipped_dx(x, kernel, strides, padding, precision=None):
-    return _plain(x, kernel, strides, padding, precision)
-
-
-def _flipped_dx_bwd(strides, padding, precision, residuals, g):
-    x, kernel = residuals
-    dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
-    dkernel = jax.vjp(lambda k_: _plain(x, k_, strides, padding, precision), kernel)[1](g)[0]
-    return dx, dkernel
-
-
-_flipped_dx.defvjp(_vjp_forward, _flipped_dx_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, kernel, strides, padding, precision=None):
-    return _plain(x, kernel, strides, padding, precision)
+def _xla_weight_gradient(x, kernel, g, strides, padding, precision):
+    """XLA's own weight-gradient convolution (what autodiff writes)."""
+    return jax.vjp(lambda k_: _plain(x, k_, strides, padding, precision), kernel)[1](g)[0]
 
 
 def _tap_matmul(a, b, precision):
@@ -127,9 +112,8 @@ def _tap_matmul(a, b, precision):
     return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _conv_bwd(strides, padding, precision, residuals, g):
-    x, kernel = residuals
-    dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
+def _shifted_matmul_weight_gradient(x, kernel, g, strides, padding, precision):
+    """One matmul per kernel tap: dW[i, j] = x_pad[taps (i, j) read]^T g."""
     kh, kw, cin, cout = kernel.shape
     (sh, sw), (ho, wo) = strides, g.shape[1:3]
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
@@ -137,11 +121,28 @@ def _conv_bwd(strides, padding, precision, residuals, g):
     taps = [_tap_matmul(padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :].reshape(-1, cin).T,
                         g_rows, precision)
             for i in range(kh) for j in range(kw)]
-    dkernel = jnp.stack(taps).reshape(kh, kw, cin, cout)
-    return dx, dkernel.astype(kernel.dtype)
+    return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
 
 
-_conv.defvjp(_vjp_forward, _conv_bwd)
+def _custom_vjp_conv(weight_gradient: Callable) -> Callable:
+    """``_plain`` as a ``jax.custom_vjp`` whose input gradient is :func:`_input_gradient` and
+    whose weight gradient is ``weight_gradient(x, kernel, g, strides, padding, precision)``."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+    def conv(x, kernel, strides, padding, precision=None):
+        return _plain(x, kernel, strides, padding, precision)
+
+    def backward(strides, padding, precision, residuals, g):
+        x, kernel = residuals
+        return (_input_gradient(g, kernel, strides, padding, x.shape[1:3], precision),
+                weight_gradient(x, kernel, g, strides, padding, precision))
+
+    conv.defvjp(_vjp_forward, backward)
+    return conv
+
+
+_flipped_dx = _custom_vjp_conv(_xla_weight_gradient)
+_conv = _custom_vjp_conv(_shifted_matmul_weight_gradient)
 
 
 def _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

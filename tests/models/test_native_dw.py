@@ -1,5 +1,5 @@
 """The prototype weight-gradient kernel of benchmarks/native_dw.py (docs/benchmarks.md
-quotes its timings): against a float64 numpy reference written as loops over the taps,
+quotes its timings): against test_conv's float64 numpy weight gradient written as loops,
 within the float32 summation bound that holds for any order, including the blocks the
 kernel finishes with plain loops (output channels past a multiple of 16, input channels
 past a multiple of 8), strides, a 1x1 shortcut and padding larger than the kernel's reach."""
@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_conv import gamma, numpy_weight_gradient  # pytest puts this folder on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernel is built with g++")
 
@@ -25,24 +26,6 @@ def native_dw(tmp_path_factory):
     spec.loader.exec_module(module)
     module.register_kernel(module.build_kernel(tmp_path_factory.mktemp("kernel")))
     return module
-
-
-def reference_dw(x, g, kernel_hw, strides, pads):
-    """dw[i, j, c, k] = sum over (n, ho, wo) of x_padded[n, ho*sh + i, wo*sw + j, c] * g[n, ho, wo, k],
-    in float64, and the same sum of absolute values (for the rounding bound)."""
-    (kh, kw), (sh, sw), (pt, pl) = kernel_hw, strides, pads
-    n, ho, wo, _ = g.shape
-    padded = np.zeros((n, max(x.shape[1] + pt, (ho - 1) * sh + kh), max(x.shape[2] + pl, (wo - 1) * sw + kw),
-                       x.shape[3]))
-    padded[:, pt:pt + x.shape[1], pl:pl + x.shape[2]] = x
-    dw = np.zeros((kh, kw, x.shape[3], g.shape[3]))
-    magnitude = np.zeros_like(dw)
-    for i in range(kh):
-        for j in range(kw):
-            window = padded[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw]
-            dw[i, j] = np.einsum("nhwc,nhwk->ck", window, g)
-            magnitude[i, j] = np.einsum("nhwc,nhwk->ck", np.abs(window), np.abs(g))
-    return dw, magnitude
 
 
 @pytest.mark.parametrize("size,cin,cout,kernel,stride,pad", [
@@ -60,11 +43,11 @@ def test_kernel_matches_a_float64_reference_within_the_summation_bound(native_dw
     g = rng.standard_normal((3, out, out, cout)).astype(np.float32)
     got = np.asarray(jax.jit(lambda x, g: native_dw.kernel_dw(x, g, (kernel, kernel, cin, cout), (stride, stride),
                                                               (pad, pad)))(jnp.asarray(x), jnp.asarray(g)), np.float64)
-    want, magnitude = reference_dw(x.astype(np.float64), g.astype(np.float64), (kernel, kernel), (stride, stride),
-                                   (pad, pad))
-    terms = 3 * out * out  # products summed per element; each product is exact in float64, one float32 rounding
-    u = 2.0 ** -24
-    bound = (terms + 1) * u / (1 - (terms + 1) * u) * magnitude
+    pads = ((pad, pad), (pad, pad))
+    want = numpy_weight_gradient(x, g, (kernel, kernel, cin, cout), stride, pads)
+    magnitude = numpy_weight_gradient(np.abs(x), np.abs(g), (kernel, kernel, cin, cout), stride, pads)
+    terms = 3 * out * out  # products summed per element (+1: the kernel adds each image's block sum to dw)
+    bound = gamma(terms + 1) * magnitude
     assert np.all(np.abs(got - want) <= bound)
     # and the bound is tight enough to catch a dropped tap or a transposed kernel
     assert np.max(np.abs(np.swapaxes(want, 0, 1) - want)) > 100 * np.max(bound) or kernel == 1
