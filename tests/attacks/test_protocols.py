@@ -84,6 +84,33 @@ def test_cascade_is_at_least_as_strong_as_each_member_and_records_settings():
     json.dumps(summary)
 
 
+def test_bucket_sizes_pad_at_most_a_quarter_and_compile_few_shapes():
+    assert [P.bucket_size(n, 256) for n in (1, 8, 9, 23, 33, 64, 65, 100, 129, 250)] == \
+        [8, 8, 10, 24, 40, 64, 80, 112, 160, 256]  # by hand: 3 significant bits, at least 8
+    sizes = [P.bucket_size(n, 4096) for n in range(1, 4097)]
+    assert all(n <= size <= max(8, 1.25 * n) for n, size in enumerate(sizes, 1))
+    assert sizes == sorted(sizes)
+    for octave in range(3, 12):  # n in (2^k, 2^(k+1)]: at most four shapes to compile
+        assert len(set(sizes[2 ** octave:2 ** (octave + 1)])) <= 4
+    assert P.bucket_size(300, 256) == 300 and P.bucket_size(250, 200) == 250  # never fewer rows than points
+    assert P.bucket_size(23, 16) == 23
+    with pytest.raises(ValueError, match="at least one point"):
+        P.bucket_size(0, 16)
+
+
+def test_each_stage_runs_on_the_still_robust_points_padded_to_their_bucket(monkeypatch):
+    x, y = _data(40)
+    shapes, original = [], P._stage_predictions
+    monkeypatch.setattr(P, "_stage_predictions",
+                        lambda apply_fn, config, variables, xs, ys, key: shapes.append(len(xs)) or
+                        original(apply_fn, config, variables, xs, ys, key))
+    result = P.run_protocol(SMALL.at_eps(EPS), linear_apply, PARAMS, x, y, seed=1, batch_size=40)
+    broken_by = result.per_example["broken_by"]
+    todo = [int(np.sum((broken_by == P.ROBUST) | (broken_by >= i))) for i in range(len(SMALL.stages))]
+    assert todo[0] == 37  # the three points wrong from the start are never attacked
+    assert shapes == [P.bucket_size(n, 40) for n in todo if n > 0]
+
+
 def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, monkeypatch):
     x, y = _data()
     protocol = SMALL.at_eps(EPS)
