@@ -732,7 +732,9 @@ def probe_step_parts(spec: dict[str, Any]) -> dict[str, Any]:
     attack step adds: every layer's dx), and that plus the parameter gradients (every layer's
     dx and dw: the natural step without the update), for the first ``--models`` entry, unsharded
     (run it with ``--devices 1``); then the same with every BatchNorm replaced by the identity (BatchNorm's share).
-    ``parameter_gradient_ms - input_gradient_ms`` is about the weight gradients' cost."""
+    ``parameter_gradient_ms - input_gradient_ms`` is about the weight gradients' cost.
+    ``eval_mode_input_gradient_ms``: forward and input gradient with BatchNorm in eval mode,
+    one iteration of the training attack (``objective.attack_bn_mode = "eval"``)."""
     from unittest import mock
 
     import jax
@@ -764,8 +766,13 @@ def probe_step_parts(spec: dict[str, Any]) -> dict[str, Any]:
             logits, _ = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
+        def eval_loss(params, x):
+            logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
         parts = {"forward_ms": jax.jit(loss), "input_gradient_ms": jax.jit(jax.grad(loss, argnums=1)),
-                 "parameter_gradient_ms": jax.jit(jax.grad(loss))}
+                 "parameter_gradient_ms": jax.jit(jax.grad(loss)),
+                 "eval_mode_input_gradient_ms": jax.jit(jax.grad(eval_loss, argnums=1))}
         params = variables["params"]
         return {name: time_ms(lambda fn=fn: jax.block_until_ready(fn(params, images))) for name, fn in parts.items()}
 
@@ -802,7 +809,10 @@ def probe_step_parts(spec: dict[str, Any]) -> dict[str, Any]:
         for parameter in model.parameters():  # an attack's backward pass: no weight gradients
             parameter.requires_grad_(False)
         timings["input_gradient_ms"] = time_ms(input_gradient)
-        return {key: timings[key] for key in ("forward_ms", "input_gradient_ms", "parameter_gradient_ms")}
+        model.eval()
+        timings["eval_mode_input_gradient_ms"] = time_ms(input_gradient)
+        return {key: timings[key] for key in ("forward_ms", "input_gradient_ms", "parameter_gradient_ms",
+                                              "eval_mode_input_gradient_ms")}
 
     results = {"with_batchnorm": {"jax": jax_parts(), "torch": torch_parts(False)}}
     identity = lambda train, name, dtype=None: (lambda x: x)  # noqa: E731
