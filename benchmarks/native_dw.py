@@ -45,13 +45,13 @@ KERNEL_SOURCE = HERE / "conv_dw_kernel.cc"
 TARGET = "nt_robust_bench_conv_dw"
 
 
-def build_kernel(directory: Path) -> Path:
-    """Compile the kernel for this machine (``-march=native``) into ``directory``."""
+def build_kernel(directory: Path, source: Path = KERNEL_SOURCE) -> Path:
+    """Compile the kernel ``source`` for this machine (``-march=native``) into ``directory``."""
     import jax
 
-    library = directory / "libconv_dw.so"
+    library = directory / f"lib{source.stem}.so"
     command = ["g++", "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", str(KERNEL_SOURCE), "-o", str(library)]
+               f"-I{jax.ffi.include_dir()}", str(source), "-o", str(library)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"building the kernel failed ({' '.join(command)}):\n{done.stderr[-3000:]}")

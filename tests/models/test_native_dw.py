@@ -1,8 +1,10 @@
-"""The prototype weight-gradient kernel of benchmarks/native_dw.py (docs/benchmarks.md
-quotes its timings): against test_conv's float64 numpy weight gradient written as loops,
-within the float32 summation bound that holds for any order, including the blocks the
-kernel finishes with plain loops (output channels past a multiple of 16, input channels
-past a multiple of 8), strides, a 1x1 shortcut and padding larger than the kernel's reach."""
+"""The prototype kernels of benchmarks/native_dw.py (weight gradient) and
+benchmarks/native_conv_fwd.py (forward pass; docs/benchmarks.md quotes both): against
+float64 numpy loops (test_conv's weight gradient, a forward pass here), within the float32
+summation bound that holds for any order, including the blocks the kernels finish with
+plain loops (output channels past a multiple of 16, input channels past a multiple of 8,
+rows of pixels past a multiple of 8), strides, a 1x1 shortcut and padding larger than the
+kernel's reach."""
 
 import importlib.util
 import shutil
@@ -51,3 +53,49 @@ def test_kernel_matches_a_float64_reference_within_the_summation_bound(native_dw
     assert np.all(np.abs(got - want) <= bound)
     # and the bound is tight enough to catch a dropped tap or a transposed kernel
     assert np.max(np.abs(np.swapaxes(want, 0, 1) - want)) > 100 * np.max(bound) or kernel == 1
+
+
+def numpy_forward(x, kernel, stride, pad):
+    """conv(x, W) from the definition in float64 (and the same with |x|, |W| for the bound)."""
+    kh, kw, _, cout = kernel.shape
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, cout), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :] @ kernel[i, j]
+    return out
+
+
+@pytest.fixture(scope="module")
+def native_conv_fwd(native_dw, tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("native_conv_fwd", ROOT / "benchmarks" / "native_conv_fwd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.register_kernel(native_dw.build_kernel(tmp_path_factory.mktemp("fwd"), module.KERNEL_SOURCE))
+    return module
+
+
+@pytest.mark.parametrize("size,cin,cout,kernel,stride,pad", [
+    (8, 16, 32, 3, 1, 1),    # one block of two vectors
+    (8, 16, 16, 3, 1, 1),    # one vector
+    (11, 5, 48, 3, 1, 1),    # two vectors then one; a row of 11 pixels: a block of 8 and one of 3
+    (8, 8, 21, 3, 1, 1),     # output channels past a multiple of 16 (plain-loop tail)
+    (9, 3, 16, 3, 2, 1),     # stride 2 on an odd size, 3 input channels (the stem's)
+    (6, 4, 16, 3, 1, 2),     # padding wider than the kernel reaches: rows and pixels of zeros
+])
+def test_forward_kernel_matches_a_float64_reference_within_the_summation_bound(native_conv_fwd, size, cin, cout,
+                                                                              kernel, stride, pad):
+    rng = np.random.default_rng(size * cin + cout)
+    x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+    w = rng.standard_normal((kernel, kernel, cin, cout)).astype(np.float32)
+    want = numpy_forward(x, w.astype(np.float64), stride, pad)
+    bound = gamma(kernel * kernel * cin) * numpy_forward(np.abs(x), np.abs(w).astype(np.float64), stride, pad)
+    got = np.asarray(jax.jit(lambda x, w: native_conv_fwd.kernel_conv(x, w, (stride, stride), (pad, pad),
+                                                                      want.shape[1:3]))(jnp.asarray(x), jnp.asarray(w)),
+                     np.float64)
+    assert got.shape == want.shape
+    assert np.all(np.abs(got - want) <= bound)
+    # the bound is tight enough to catch a kernel read flipped in space
+    flipped = numpy_forward(x, w[::-1, ::-1].astype(np.float64), stride, pad)
+    assert np.any(np.abs(flipped - want) > 2 * bound)
