@@ -61,6 +61,34 @@ def kernel_conv(x, w, strides: tuple[int, int], pads: tuple[int, int], out_hw: t
         x, w, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pads[0]), pl=np.int64(pads[1]))
 
 
+def kernel_conv_partitioned(x, w, strides: tuple[int, int], pads: tuple[int, int], out_hw: tuple[int, int]):
+    """:func:`kernel_conv`, partitioned over the batch axis under a mesh (each device
+    convolves its shard; the output stays sharded like ``x``)."""
+    import jax
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    @custom_partitioning
+    def conv(x, w):
+        return kernel_conv(x, w, strides, pads, out_hw)
+
+    def batch_spec(arg_shapes):
+        spec = arg_shapes[0].sharding.spec
+        return PartitionSpec(spec[0] if len(spec) else None)
+
+    def infer(mesh, arg_shapes, result_shape):
+        return NamedSharding(mesh, batch_spec(arg_shapes))
+
+    def partition(mesh, arg_shapes, result_shape):
+        sharded = NamedSharding(mesh, batch_spec(arg_shapes))
+        return (mesh, lambda x, w: kernel_conv(x, w, strides, pads, out_hw), sharded,
+                (sharded, NamedSharding(mesh, PartitionSpec())))
+
+    conv.def_partition(infer_sharding_from_operands=infer, partition=partition,
+                       sharding_rule="b h w c, i j c k -> b p q k")
+    return conv(x, w)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)

@@ -10,16 +10,22 @@ tap block would give back, before anything of the kind goes into the library::
     .venv/bin/python benchmarks/native_dw.py --models wrn16-1,wrn16-2 --objectives natural,trades \\
         --devices 1,2 --rounds 5                                   # step ms, XLA vs kernel, alternating
 
+    .venv/bin/python benchmarks/native_dw.py --models wrn16-1 --objectives trades --devices 2 \
+        --variants xla,kernel,all --rounds 4                      # + the forward kernel
+
 The step comparison builds the step of ``benchmarks/train_step.py`` (the project's own,
 with its XLA flags and malloc tuning) with ``model.conv_impl = "shifted_matmul"``, whose
-convolution is a ``jax.custom_vjp``, and swaps that vjp's weight gradient for either XLA's
-own convolution ("xla") or the kernel ("kernel"); the forward pass and input gradient are
-XLA's in both. Both variants are compiled in one process and their steps alternate in
-``--rounds`` rounds, so that the machine's slow spells hit both; the speed-up is the
+convolution is a ``jax.custom_vjp``, and runs it as (``--variants``): "xla", XLA's
+convolutions throughout; "kernel", the same with this weight-gradient kernel; "all", the
+weight-gradient kernel plus the direct-convolution kernel of ``benchmarks/native_conv_fwd.py``
+for every forward pass and every stride-1 input gradient (strided input gradients stay
+XLA's). The variants are compiled in one process and their steps alternate in ``--rounds``
+rounds, so that the machine's slow spells hit all; each speed-up over "xla" is the
 geometric mean of the per-round ratios with a 95 % interval (``train_step.paired_ratio``).
-Under data parallelism the kernel is partitioned over the batch with
-``jax.experimental.custom_partitioning`` (each device its shard, then a ``psum``). Needs g++
-and jaxlib's FFI headers (``jax.ffi.include_dir()``); prints one JSON object.
+Under data parallelism the kernels are partitioned over the batch with
+``jax.experimental.custom_partitioning`` (each device its shard; the weight gradient then
+a ``psum``). Needs g++ and jaxlib's FFI headers (``jax.ffi.include_dir()``); prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -101,17 +107,51 @@ def kernel_dw(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int], pad
     return dw(x, g)
 
 
+VARIANTS = ("xla", "kernel", "all")
+_XLA_PLAIN = None  # nt_robust.models.conv._plain as imported, before any patch
+
+
+def _native_plain(x, kernel, strides, padding, precision=None):
+    """The forward kernel of benchmarks/native_conv_fwd.py for float32, XLA's otherwise."""
+    import jax.numpy as jnp
+    import native_conv_fwd
+
+    if not x.dtype == kernel.dtype == jnp.float32:
+        return _XLA_PLAIN(x, kernel, strides, padding, precision)
+    out_hw = tuple((size + low + high - k) // s + 1
+                   for size, k, s, (low, high) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    return native_conv_fwd.kernel_conv_partitioned(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw)
+
+
 def use_weight_gradient(which: str) -> None:
-    """Make ``model.conv_impl = "shifted_matmul"`` convolutions take their weight gradient
-    from XLA's convolution ("xla") or the kernel ("kernel"); dx stays XLA's."""
+    """Make ``model.conv_impl = "shifted_matmul"`` convolutions run as: "xla", XLA's forward
+    pass, input gradient (autodiff's) and weight gradient; "kernel", the same with the
+    weight-gradient kernel; "all", the forward kernel of benchmarks/native_conv_fwd.py for the
+    forward pass and for stride-1 input gradients (a forward convolution of the flipped kernel),
+    and the weight-gradient kernel (float32 only; XLA's otherwise)."""
     import jax
+    import jax.numpy as jnp
 
     import nt_robust.models.conv as conv
 
+    global _XLA_PLAIN
+    if _XLA_PLAIN is None:
+        _XLA_PLAIN = conv._plain
+    conv._plain = _native_plain if which == "all" else _XLA_PLAIN
+
     def backward(strides, padding, precision, residuals, g):
         x, kernel = residuals
-        dx = jax.vjp(lambda x_: conv._plain(x_, kernel, strides, padding, precision), x)[1](g)[0]
-        if which == "kernel" and x.dtype == kernel.dtype == g.dtype == jax.numpy.float32:
+        native = which != "xla" and x.dtype == kernel.dtype == g.dtype == jnp.float32
+        if which == "all" and native and strides == (1, 1):
+            flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+            pads = tuple((k - 1 - low, size + low - out) for size, out, k, (low, _)
+                         in zip(x.shape[1:3], g.shape[1:3], kernel.shape[:2], padding))  # as _input_gradient's
+            dx = _native_plain(g, flipped, (1, 1), pads, precision)
+        elif which == "all":
+            dx = conv._input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
+        else:
+            dx = jax.vjp(lambda x_: _XLA_PLAIN(x_, kernel, strides, padding, precision), x)[1](g)[0]
+        if native:
             dk = kernel_dw(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
         else:
             dk = conv._xla_weight_gradient(x, kernel, g, strides, padding, precision)
@@ -168,24 +208,27 @@ def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Both variants of one (model, objective, devices) step, compiled in this process, timed
-    in alternating rounds."""
+    """The variants (``spec["variants"]``, from :data:`VARIANTS`) of one (model, objective,
+    devices) step, compiled in this process, timed in alternating rounds."""
     import jax
+
+    import native_conv_fwd
 
     if spec["devices"] > 1:
         jax.config.update("jax_num_cpu_devices", spec["devices"])
     train_step._configure_jax(spec)
     register_kernel(Path(spec["library"]))
+    native_conv_fwd.register_kernel(Path(spec["fwd_library"]))
     config = train_step._jax_config(spec, train_step.MODELS[spec["model"]])
     compiled = {}
-    for which in ("xla", "kernel"):
+    for which in spec["variants"]:
         use_weight_gradient(which)
         jitted, state, images, labels, _, _ = train_step._jax_step(spec, config)
         started = time.perf_counter()
         program = jitted.lower(state, images, labels).compile()
         compiled[which] = {"program": program, "state": state, "compile_s": round(time.perf_counter() - started, 2),
                            "batch": (images, labels)}
-    seconds: dict[str, list[float]] = {"xla": [], "kernel": []}
+    seconds: dict[str, list[float]] = {which: [] for which in compiled}
     for _ in range(spec["rounds"]):
         for which, entry in compiled.items():
             holder = entry
@@ -196,11 +239,13 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
             timing = train_step._time_steps(run, 1, spec["steps"], 0.5)
             seconds[which].append(timing["s_per_step_median"])
-    ratio = train_step.paired_ratio(seconds["kernel"], seconds["xla"])  # xla time / kernel time = speed-up
-    return {"model": spec["model"], "objective": spec["objective"], "devices": jax.device_count(),
-            "xla_ms_per_step": round(1000 * sorted(seconds["xla"])[len(seconds["xla"]) // 2], 1),
-            "kernel_ms_per_step": round(1000 * sorted(seconds["kernel"])[len(seconds["kernel"]) // 2], 1),
-            "kernel_speedup": ratio, "compile_s": {k: v["compile_s"] for k, v in compiled.items()}}
+    result = {"model": spec["model"], "objective": spec["objective"], "devices": jax.device_count(),
+              "compile_s": {k: v["compile_s"] for k, v in compiled.items()}}
+    for which, values in seconds.items():
+        result[f"{which}_ms_per_step"] = round(1000 * sorted(values)[len(values) // 2], 1)
+        if which != "xla":  # xla time / variant time = the variant's speed-up
+            result[f"{which}_speedup"] = train_step.paired_ratio(values, seconds["xla"])
+    return result
 
 
 def _child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -217,6 +262,8 @@ def main() -> None:
     parser.add_argument("--layers", action="store_true", help="per-layer weight-gradient timings instead of steps")
     parser.add_argument("--models", default="wrn16-1", help=f"comma list of {list(train_step.MODELS)} (conv nets)")
     parser.add_argument("--objectives", default="natural")
+    parser.add_argument("--variants", default="xla,kernel",
+                        help=f"comma list of {VARIANTS} (xla first: the others' speed-ups are against it)")
     parser.add_argument("--devices", default="2", help="comma list of CPU device counts")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per step comparison")
@@ -232,12 +279,16 @@ def main() -> None:
         return
     if args.rounds < 2:
         parser.error("--rounds needs at least 2 for an interval")
-    base = {"batch": args.batch, "input": [32, 32, 3], "augment": False, "loop": "auto", "conv_impl": "shifted_matmul",
+    variants = args.variants.split(",")
+    if variants[0] != "xla" or len(variants) < 2 or not set(variants) <= set(VARIANTS):
+        parser.error(f"--variants: 'xla' first, then one or more of {VARIANTS[1:]}, got {args.variants!r}")
+    base = {"variants": variants, "batch": args.batch, "input": [32, 32, 3], "augment": False, "loop": "auto", "conv_impl": "shifted_matmul",
             "dtype": "float32", "steps": args.steps, "min_seconds": args.min_seconds, "warmup": 1,
             "rounds": args.rounds, "library_xla_flags": True, "library_malloc": True}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nt_robust_dw_") as directory:
         base["library"] = str(build_kernel(Path(directory)))
+        base["fwd_library"] = str(build_kernel(Path(directory), HERE / "conv_fwd_kernel.cc"))
         if args.layers:
             results: Any = _child(dict(base, what="layers", devices=1), args.timeout)
         else:

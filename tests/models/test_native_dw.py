@@ -99,3 +99,41 @@ def test_forward_kernel_matches_a_float64_reference_within_the_summation_bound(n
     # the bound is tight enough to catch a kernel read flipped in space
     flipped = numpy_forward(x, w[::-1, ::-1].astype(np.float64), stride, pad)
     assert np.any(np.abs(flipped - want) > 2 * bound)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, ((1, 1), (1, 1))), (1, ((2, 0), (0, 1))), (2, ((1, 1), (1, 1)))])
+def test_the_all_kernel_variant_gives_the_convolution_and_its_gradients(native_dw, native_conv_fwd, stride, padding):
+    # native_dw.py's "all" variant: forward kernel for the forward pass and (stride 1) for the
+    # input gradient as a flipped-kernel convolution, weight-gradient kernel for dW. Checked
+    # against test_conv's float64 loops within the summation bounds, with the patch undone after.
+    import nt_robust.models.conv as conv
+    from test_conv import numpy_input_gradient
+
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((2, 7, 7, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 5, 18)).astype(np.float32)
+    saved = conv._plain, conv._conv.fwd, conv._conv.bwd
+    try:
+        native_dw.use_weight_gradient("all")
+        ours = lambda x, w: conv.shifted_matmul_conv(x, w, (stride, stride), padding,  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        out, vjp = jax.vjp(jax.jit(ours), jnp.asarray(x), jnp.asarray(w))
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        dx, dw = (np.asarray(a, np.float64) for a in vjp(jnp.asarray(g)))
+        forward_text = jax.jit(ours).lower(x, w).compile().as_text()
+        backward_text = jax.jit(lambda x, w, g: jax.vjp(ours, x, w)[1](g)).lower(x, w, g).compile().as_text()
+    finally:
+        conv._plain = saved[0]
+        conv._conv.defvjp(saved[1], saved[2])
+    assert "nt_robust_bench_conv_fwd" in forward_text and "nt_robust_bench_conv_dw" in backward_text
+    assert ("nt_robust_bench_conv_fwd" in backward_text) == (stride == 1)  # strided input gradients stay XLA's
+    padded = np.pad(x.astype(np.float64), ((0, 0), padding[0], padding[1], (0, 0)))
+    want = numpy_forward(padded, w.astype(np.float64), stride, 0)
+    bound = gamma(9 * 5) * numpy_forward(np.abs(padded), np.abs(w).astype(np.float64), stride, 0)
+    assert out.shape == want.shape and np.all(np.abs(np.asarray(out, np.float64) - want) <= bound)
+    want_dx = numpy_input_gradient(g, w, x.shape, stride, padding)
+    assert np.all(np.abs(dx - want_dx) <= gamma(9 * 18) * numpy_input_gradient(np.abs(g), np.abs(w), x.shape,
+                                                                               stride, padding))
+    want_dw = numpy_weight_gradient(x, g, w.shape, stride, padding)
+    magnitude = numpy_weight_gradient(np.abs(x), np.abs(g), w.shape, stride, padding)
+    assert np.all(np.abs(dw - want_dw) <= gamma(2 * g.shape[1] * g.shape[2] + 1) * magnitude)
