@@ -1036,8 +1036,8 @@ def main() -> None:
     parser.add_argument("--prng-impl", default=None, help="jax_default_prng_impl (threefry2x32, rbg, unsafe_rbg)")
     parser.add_argument("--matmul-precision", default=None, help="jax_default_matmul_precision")
     parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache directory")
-    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "shifted_matmul"),
-                        help="model.conv_impl of the JAX models (auto: shifted_matmul on CPU)")
+    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "flipped_dx", "shifted_matmul", "native"),
+                        help="model.conv_impl of the JAX models (auto: measured per machine, nt_robust.models.conv)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model.dtype (compute dtype) of the JAX models; PyTorch stays float32")
     parser.add_argument("--no-library-xla-flags", action="store_true",

@@ -17,17 +17,24 @@ stays fast in loops; they differ in the weight gradient:
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
+* ``native_conv`` (opt-in): hand-written C++ kernels for the forward pass, the stride-1
+  input gradients and the weight gradient (``nt_robust.models.native_conv``: built with g++
+  on first use; WRN-16-k steps 1.22-1.39x faster than XLA's convolutions on a 2-core Xeon,
+  docs/benchmarks.md). Its forward values are the kernel's, equal to XLA's up to float
+  summation order.
+
 Models take ``conv_impl`` = "auto" (on the CPU backend ``flipped_dx`` or ``shifted_matmul``,
 whichever weight gradient was faster when measured on this machine,
 ``nt_robust.models.conv_choice``; XLA's plain convolution elsewhere), "xla" (plain
-``lax.conv_general_dilated``), "flipped_dx" or "shifted_matmul"::
+``lax.conv_general_dilated``), "flipped_dx", "shifted_matmul" or "native" (XLA's plain
+convolution off the CPU backend)::
 
     conv = conv_function("auto")
     y = nn.Conv(64, (3, 3), conv_general_dilated=conv)(x)
 
-The forward values are XLA's, bit for bit; the gradients equal XLA's up to float
-summation order (~1e-6 relative). Gotcha: ``flipped_dx`` and ``shifted_matmul`` are
-``jax.custom_vjp``s, so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+Except under "native", the forward values are XLA's, bit for bit; the gradients equal XLA's
+up to float summation order (~1e-6 relative). Gotcha: ``flipped_dx``, ``shifted_matmul`` and
+``native`` are ``jax.custom_vjp``s, so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
 neural-tangents' NTK_VECTOR_PRODUCTS) through such a model raises; use
 ``conv_impl = "xla"`` there (:func:`supports_forward_mode`).
 
@@ -47,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "flipped_dx", "shifted_matmul")
+CONV_IMPLS = ("auto", "xla", "flipped_dx", "shifted_matmul", "native")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -57,6 +64,8 @@ def resolve_conv_impl(name: str) -> str:
     ``"xla"`` elsewhere."""
     if name not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
+    if name == "native" and jax.default_backend() != "cpu":
+        return "xla"  # the kernels are CPU code
     if name == "auto":
         if jax.default_backend() != "cpu":
             return "xla"
@@ -75,7 +84,7 @@ def supports_forward_mode(name: str) -> bool:
 def conv_function(name: str) -> Callable:
     """The ``conv_general_dilated`` to hand to ``flax.linen.Conv`` for ``conv_impl = name``."""
     return {"xla": lax.conv_general_dilated, "flipped_dx": flipped_dx_conv,
-            "shifted_matmul": shifted_matmul_conv}[resolve_conv_impl(name)]
+            "shifted_matmul": shifted_matmul_conv, "native": native_conv}[resolve_conv_impl(name)]
 
 
 def _plain(x, kernel, strides, padding, precision=None):
@@ -145,6 +154,49 @@ _flipped_dx = _custom_vjp_conv(_xla_weight_gradient)
 _conv = _custom_vjp_conv(_shifted_matmul_weight_gradient)
 
 
+def _native_forward(x, kernel, strides, padding, precision=None):
+    """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32, XLA's otherwise."""
+    if not x.dtype == kernel.dtype == jnp.float32:
+        return _plain(x, kernel, strides, padding, precision)
+    from nt_robust.models import native_conv
+
+    out_hw = tuple((size + low + high - k) // s + 1
+                   for size, k, s, (low, high) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    return native_conv.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _native(x, kernel, strides, padding, precision=None):
+    return _native_forward(x, kernel, strides, padding, precision)
+
+
+def _native_vjp_forward(x, kernel, strides, padding, precision=None):
+    return _native_forward(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _native_backward(strides, padding, precision, residuals, g):
+    """Input gradient: for stride 1 the flipped-kernel convolution of :func:`_input_gradient`
+    through the kernel, else :func:`_input_gradient` itself; weight gradient: the kernel."""
+    x, kernel = residuals
+    if not x.dtype == kernel.dtype == g.dtype == jnp.float32:
+        return (_input_gradient(g, kernel, strides, padding, x.shape[1:3], precision),
+                _xla_weight_gradient(x, kernel, g, strides, padding, precision))
+    from nt_robust.models import native_conv
+
+    if strides == (1, 1):
+        flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+        pads = tuple((k - 1 - low, size + low - out) for size, out, k, (low, _)
+                     in zip(x.shape[1:3], g.shape[1:3], kernel.shape[:2], padding))  # as _input_gradient's
+        dx = _native_forward(g, flipped, (1, 1), pads, precision)
+    else:
+        dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
+    dw = native_conv.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
+    return dx, dw
+
+
+_native.defvjp(_native_vjp_forward, _native_backward)
+
+
 def _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                  feature_group_count, batch_group_count, preferred_element_type):
     """The (strides, padding) of a 2-d NHWC/HWIO call without dilation or groups, operands of
@@ -191,6 +243,13 @@ flipped_dx_conv = _drop_in(_flipped_dx, "flipped_dx_conv", """Drop-in ``lax.conv
 shifted_matmul_conv = _drop_in(_conv, "shifted_matmul_conv", """Drop-in ``lax.conv_general_dilated``: 2-d
     NHWC/HWIO convolutions without dilation or groups (any ``precision``, operands of one dtype)
     take the shifted-matmul weight gradient and the input gradient of :func:`_input_gradient`;
+    any other call is passed to ``lax``.""")
+
+
+native_conv = _drop_in(_native, "native_conv", """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO
+    convolutions without dilation or groups run the hand-written kernels of
+    ``nt_robust.models.native_conv`` (float32: forward pass, stride-1 input gradients and
+    weight gradients; other dtypes and strided input gradients as :func:`flipped_dx_conv`);
     any other call is passed to ``lax``.""")
 
 

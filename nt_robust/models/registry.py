@@ -42,8 +42,10 @@ class ModelConfig:
     ``conv_impl``: how convolution gradients are computed — "auto" (on the CPU backend a
     custom VJP whose input gradient stays fast inside attack loops, with whichever weight
     gradient was measured faster on this machine; plain XLA elsewhere), "xla",
-    "flipped_dx" or "shifted_matmul". Same function and gradients up to float summation
-    order; see ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff through the model).
+    "flipped_dx", "shifted_matmul" or "native" (opt-in hand-written CPU kernels, built with
+    g++ on first use: ``nt_robust.models.native_conv``). Same function and gradients up to
+    float summation order; see ``nt_robust.models.conv`` (use "xla" for forward-mode
+    autodiff through the model).
 
     ``dtype``: the compute dtype of training, "float32" or "bfloat16" (mixed precision:
     docs/design.md). Parameters, optimizer state and BatchNorm statistics stay float32,

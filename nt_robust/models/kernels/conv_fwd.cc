@@ -1,5 +1,5 @@
-// A prototype, used only by benchmarks/native_conv_fwd.py (not by the library): the forward
-// pass of a 2-d NHWC/HWIO float32 convolution as an XLA FFI custom call,
+// conv_impl = "native" (nt_robust/models/native_conv.py): the forward pass of a 2-d
+// NHWC/HWIO float32 convolution as an XLA FFI custom call,
 //   out[n, ho, wo, k] = sum_{i, j, c} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * w[i, j, c, k],
 // a direct convolution that keeps 8 output pixels x 32 (or 16) output channels in registers
 // and reads each weight vector once per 8 pixels. Out-of-image taps read a row of zeros, so the inner

@@ -1,5 +1,5 @@
-// A prototype, used only by benchmarks/native_dw.py (not by the library): the weight gradient
-// of a 2-d NHWC/HWIO float32 convolution as an XLA FFI custom call,
+// conv_impl = "native" (nt_robust/models/native_conv.py): the weight gradient of a 2-d
+// NHWC/HWIO float32 convolution as an XLA FFI custom call,
 //   dw[i, j, c, k] = sum_{n, ho, wo} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * g[n, ho, wo, k],
 // reading each image's activations and output gradient from cache once per (tap, block of 8
 // input channels, block of 16 output channels) with the 8 x 16 partial sums in registers.

@@ -1,0 +1,164 @@
+"""conv_impl = "native" (nt_robust.models.native_conv): the kernels' forward pass, input
+gradient and weight gradient against float64 loops within the float32 summation bounds, on
+one device and split over two; the build's cache and its errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_conv import gamma, numpy_input_gradient, numpy_weight_gradient  # pytest puts this folder on sys.path
+
+from nt_robust.models import native_conv
+from nt_robust.models.conv import conv_function, resolve_conv_impl, supports_forward_mode
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernels are built with g++")
+
+
+def numpy_forward(x, kernel, stride, pads):
+    """conv(x, W) from the definition in float64."""
+    kh, kw, _, cout = kernel.shape
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, cout), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :] @ kernel[i, j]
+    return out
+
+
+def check_against_loops(x, w, g, out, dx, dw, stride, pads):
+    """Each float32 result (None: not checked) within γ_n·Σ|terms| of the float64 loops (n: the
+    terms per sum; the weight gradient's kernel adds each image's partial sums, and two
+    devices' sums, once more, hence the +2)."""
+    kh, kw, cin, cout = w.shape
+    w64, n_dw = w.astype(np.float64), x.shape[0] * g.shape[1] * g.shape[2] + 2
+    checks = {
+        "forward": (out, lambda x, w, g: numpy_forward(x, w, stride, pads), kh * kw * cin),
+        "input gradient": (dx, lambda x, w, g: numpy_input_gradient(g, w, x.shape, stride, pads), kh * kw * cout),
+        "weight gradient": (dw, lambda x, w, g: numpy_weight_gradient(x, g, w.shape, stride, pads), n_dw),
+    }
+    for name, (got, exact, terms) in checks.items():
+        if got is None:
+            continue
+        want, bound = exact(x, w64, g), gamma(terms) * exact(np.abs(x), np.abs(w64), np.abs(g))
+        assert got.shape == want.shape, name
+        assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound), (name, np.max(np.abs(got - want) / bound))
+
+
+CASES = [  # kernel, stride, padding, channels in/out: the WRN's layers, asymmetric padding, output-channel tails
+    (3, 1, ((1, 1), (1, 1)), 5, 32),
+    (3, 1, ((2, 0), (0, 1)), 4, 18),
+    (3, 2, ((1, 1), (1, 1)), 3, 16),
+    (1, 2, ((0, 0), (0, 0)), 6, 48),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel,stride,padding,cin,cout", CASES)
+def test_native_convolution_and_its_gradients_match_float64_loops(kernel, stride, padding, cin, cout):
+    rng = np.random.default_rng(cin * cout)
+    x = rng.standard_normal((3, 9, 9, cin)).astype(np.float32)
+    w = rng.standard_normal((kernel, kernel, cin, cout)).astype(np.float32)
+    conv = conv_function("native")
+
+    def f(x, w):
+        return conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+
+    out, vjp = jax.vjp(jax.jit(f), jnp.asarray(x), jnp.asarray(w))
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    dx, dw = vjp(jnp.asarray(g))
+    check_against_loops(x, w, g, np.asarray(out), np.asarray(dx), np.asarray(dw), stride, padding)
+    text = jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g)).lower(x, w, g).compile().as_text()
+    assert native_conv.WEIGHT_GRADIENT_TARGET in text
+    assert (native_conv.FORWARD_TARGET in text) == (stride == 1)  # strided input gradients stay XLA's
+    assert resolve_conv_impl("native") == "native" and not supports_forward_mode("native")
+
+
+@needs_compiler
+def test_split_over_two_devices_each_device_runs_its_shard_and_the_sums_are_exact(tmp_path):
+    # Data parallelism: custom_partitioning gives each CPU device its half of the batch, and the
+    # weight gradient's halves are summed (psum). Run in a fresh process with two CPU devices.
+    script = textwrap.dedent(f"""
+        import json, sys
+        import jax
+        jax.config.update("jax_num_cpu_devices", 2)
+        import jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from nt_robust.models.conv import conv_function
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4, 8, 8, 5)).astype(np.float32)
+        w = rng.standard_normal((3, 3, 5, 32)).astype(np.float32)
+        g = rng.standard_normal((4, 8, 8, 32)).astype(np.float32)
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+        shard = NamedSharding(mesh, P("batch"))
+        f = lambda x, w: conv_function("native")(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        step = jax.jit(lambda x, w, g: (f(x, w), *jax.vjp(f, x, w)[1](g)))
+        out, dx, dw = step(jax.device_put(x, shard), w, jax.device_put(g, shard))
+        text = step.lower(jax.device_put(x, shard), w, jax.device_put(g, shard)).compile().as_text()
+        np.savez(sys.argv[1], x=x, w=w, g=g, out=out, dx=dx, dw=dw)
+        print(json.dumps({{"devices": len(jax.devices()), "out_shards": len(out.sharding.device_set),
+                          "calls": text.count("nt_robust_conv_")}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["devices"] == 2 and info["out_shards"] == 2 and info["calls"] >= 3
+    arrays = np.load(tmp_path / "results.npz")
+    check_against_loops(arrays["x"], arrays["w"], arrays["g"], arrays["out"], arrays["dx"], arrays["dw"], 1,
+                        ((1, 1), (1, 1)))
+
+
+@needs_compiler
+def test_the_build_is_cached_and_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    library = native_conv.build(tmp_path / "ok")
+    stamp = library.stat().st_mtime_ns
+    assert native_conv.build(tmp_path / "ok") == library and library.stat().st_mtime_ns == stamp
+    broken = tmp_path / "broken.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(native_conv, "SOURCES", (broken,))
+    with pytest.raises(native_conv.NativeConvUnavailable, match="building the native convolution kernels failed"):
+        native_conv.build(tmp_path / "bad")
+    assert list((tmp_path / "bad").iterdir()) == []  # no partial library
+
+
+def test_without_a_compiler_the_error_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(native_conv, "COMPILER", "no-such-compiler-nt-robust")
+    with pytest.raises(native_conv.NativeConvUnavailable, match="apt-get install g\\+\\+.*conv_impl = 'auto'"):
+        native_conv.build(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@needs_compiler
+@pytest.mark.parametrize("size,cin,cout,kernel,stride,pad", [
+    (8, 16, 32, 3, 1, 1),    # full blocks (the forward pass: one block of two vectors)
+    (11, 5, 48, 3, 1, 1),    # input channels past a multiple of 8; two vectors then one; 11 = 8 + 3 pixels
+    (8, 8, 21, 3, 1, 1),     # output channels past a multiple of 16 (plain-loop tails)
+    (9, 16, 32, 3, 2, 1),    # stride 2 on an odd size
+    (8, 16, 32, 1, 2, 0),    # 1x1 shortcut
+    (6, 3, 16, 3, 1, 2),     # padding wider than the kernel reaches: rows and pixels of zeros
+])
+def test_each_kernel_alone_matches_float64_loops_at_its_edge_cases(size, cin, cout, kernel, stride, pad):
+    rng = np.random.default_rng(size * cin + cout)
+    out = (size + 2 * pad - kernel) // stride + 1
+    x = rng.standard_normal((3, size, size, cin)).astype(np.float32)
+    w = rng.standard_normal((kernel, kernel, cin, cout)).astype(np.float32)
+    g = rng.standard_normal((3, out, out, cout)).astype(np.float32)
+    forward = jax.jit(lambda x, w: native_conv.conv_forward(x, w, (stride, stride), (pad, pad), (out, out)))
+    dw = jax.jit(lambda x, g: native_conv.weight_gradient(x, g, w.shape, (stride, stride), (pad, pad)))
+    pads = ((pad, pad), (pad, pad))
+    check_against_loops(x, w, g, np.asarray(forward(x, w)), None, np.asarray(dw(x, g)), stride, pads)
+    # the bounds are tight enough to catch a kernel read flipped in space
+    if kernel > 1:
+        flipped = numpy_forward(x, w[::-1, ::-1].astype(np.float64), stride, pads)
+        assert np.any(np.abs(flipped - numpy_forward(x, w.astype(np.float64), stride, pads))
+                      > 2 * gamma(kernel * kernel * cin) * numpy_forward(np.abs(x), np.abs(w).astype(np.float64),
+                                                                        stride, pads))
