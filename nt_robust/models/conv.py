@@ -154,9 +154,13 @@ _flipped_dx = _custom_vjp_conv(_xla_weight_gradient)
 _conv = _custom_vjp_conv(_shifted_matmul_weight_gradient)
 
 
+NATIVE_MIN_OUT_CHANNELS = 16  # the direct convolution vectorizes over 16 output channels; fewer run scalar
+
+
 def _native_forward(x, kernel, strides, padding, precision=None):
-    """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32, XLA's otherwise."""
-    if not x.dtype == kernel.dtype == jnp.float32:
+    """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32 with at
+    least 16 output channels; XLA's otherwise (e.g. the input gradient of a 3-channel stem)."""
+    if not x.dtype == kernel.dtype == jnp.float32 or kernel.shape[3] < NATIVE_MIN_OUT_CHANNELS:
         return _plain(x, kernel, strides, padding, precision)
     from nt_robust.models import native_conv
 

@@ -113,7 +113,11 @@ def register() -> Path:
     import jax
 
     library = build()
-    handle = ctypes.cdll.LoadLibrary(str(library))
+    try:
+        handle = ctypes.cdll.LoadLibrary(str(library))
+    except OSError as error:
+        raise NativeConvUnavailable(f"loading the native convolution kernels ({library}) failed: {error}; delete "
+                                    f"{library.parent} to rebuild them, or use model.conv_impl = 'auto'") from error
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(handle.NtRobustConvFwd), platform="cpu")
     jax.ffi.register_ffi_target(WEIGHT_GRADIENT_TARGET, jax.ffi.pycapsule(handle.NtRobustConvDw), platform="cpu")
     return library

@@ -16,7 +16,7 @@ import pytest
 from test_conv import gamma, numpy_input_gradient, numpy_weight_gradient  # pytest puts this folder on sys.path
 
 from nt_robust.models import native_conv
-from nt_robust.models.conv import conv_function, resolve_conv_impl, supports_forward_mode
+from nt_robust.models.conv import NATIVE_MIN_OUT_CHANNELS, conv_function, resolve_conv_impl, supports_forward_mode
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernels are built with g++")
@@ -53,9 +53,10 @@ def check_against_loops(x, w, g, out, dx, dw, stride, pads):
         assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound), (name, np.max(np.abs(got - want) / bound))
 
 
-CASES = [  # kernel, stride, padding, channels in/out: the WRN's layers, asymmetric padding, output-channel tails
-    (3, 1, ((1, 1), (1, 1)), 5, 32),
-    (3, 1, ((2, 0), (0, 1)), 4, 18),
+CASES = [  # kernel, stride, padding, channels in/out: the WRN's layers, asymmetric padding, channel tails
+    (3, 1, ((1, 1), (1, 1)), 16, 32),
+    (3, 1, ((2, 0), (0, 1)), 20, 18),
+    (3, 1, ((1, 1), (1, 1)), 3, 16),   # a stem: its input gradient has 3 channels, so XLA's
     (3, 2, ((1, 1), (1, 1)), 3, 16),
     (1, 2, ((0, 0), (0, 0)), 6, 48),
 ]
@@ -78,7 +79,8 @@ def test_native_convolution_and_its_gradients_match_float64_loops(kernel, stride
     check_against_loops(x, w, g, np.asarray(out), np.asarray(dx), np.asarray(dw), stride, padding)
     text = jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g)).lower(x, w, g).compile().as_text()
     assert native_conv.WEIGHT_GRADIENT_TARGET in text
-    assert (native_conv.FORWARD_TARGET in text) == (stride == 1)  # strided input gradients stay XLA's
+    # the input gradient runs the direct convolution for stride 1 and at least 16 input channels
+    assert (native_conv.FORWARD_TARGET in text) == (stride == 1 and cin >= NATIVE_MIN_OUT_CHANNELS)
     assert resolve_conv_impl("native") == "native" and not supports_forward_mode("native")
 
 
@@ -94,8 +96,8 @@ def test_split_over_two_devices_each_device_runs_its_shard_and_the_sums_are_exac
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         from nt_robust.models.conv import conv_function
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((4, 8, 8, 5)).astype(np.float32)
-        w = rng.standard_normal((3, 3, 5, 32)).astype(np.float32)
+        x = rng.standard_normal((4, 8, 8, 16)).astype(np.float32)
+        w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
         g = rng.standard_normal((4, 8, 8, 32)).astype(np.float32)
         mesh = Mesh(np.array(jax.devices()), ("batch",))
         shard = NamedSharding(mesh, P("batch"))
