@@ -162,11 +162,11 @@ def _native_forward(x, kernel, strides, padding, precision=None):
     least 16 output channels; XLA's otherwise (e.g. the input gradient of a 3-channel stem)."""
     if not x.dtype == kernel.dtype == jnp.float32 or kernel.shape[3] < NATIVE_MIN_OUT_CHANNELS:
         return _plain(x, kernel, strides, padding, precision)
-    from nt_robust.models import native_conv
+    from nt_robust.models import native_conv as kernels
 
     out_hw = tuple((size + low + high - k) // s + 1
                    for size, k, s, (low, high) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
-    return native_conv.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw)
+    return kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -185,7 +185,7 @@ def _native_backward(strides, padding, precision, residuals, g):
     if not x.dtype == kernel.dtype == g.dtype == jnp.float32:
         return (_input_gradient(g, kernel, strides, padding, x.shape[1:3], precision),
                 _xla_weight_gradient(x, kernel, g, strides, padding, precision))
-    from nt_robust.models import native_conv
+    from nt_robust.models import native_conv as kernels
 
     if strides == (1, 1):
         flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
@@ -194,7 +194,7 @@ def _native_backward(strides, padding, precision, residuals, g):
         dx = _native_forward(g, flipped, (1, 1), pads, precision)
     else:
         dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
-    dw = native_conv.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
+    dw = kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
     return dx, dw
 
 

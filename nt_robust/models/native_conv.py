@@ -124,7 +124,7 @@ def register() -> Path:
 
 
 def native_status() -> dict[str, Any]:
-    """Whether the kernels are usable here, and the library or the reason (for environment.json)."""
+    """Whether the kernels are usable here: the library's path, or why not (no exception)."""
     try:
         return {"available": True, "library": str(register())}
     except NativeConvUnavailable as error:
@@ -138,8 +138,7 @@ def _attrs(strides, low_pads) -> dict[str, Any]:
 
 
 def _batch_spec(arg_shapes):
-    from jax.sharding import PartitionSpec
-
+    """The mesh axes the first operand's batch dimension is sharded over (None: unsharded)."""
     spec = arg_shapes[0].sharding.spec
     return spec[0] if len(spec) else None
 
