@@ -26,14 +26,16 @@ from nt_robust.models.conv import resolve_conv_impl
 PACKAGES = ("nt_robust", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "matplotlib")
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: package_version(name) for name in PACKAGES}
 
 
 def git_commit() -> str | None:

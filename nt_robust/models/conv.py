@@ -91,22 +91,21 @@ def _plain(x, kernel, strides, padding, precision=None):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision)
 
 
-def _input_gradient(g, kernel, strides, padding, input_hw, precision):
+def _input_gradient(g, kernel, strides, padding, input_hw, precision, stride_one_conv=None):
     """dL/dx of ``_plain(x, kernel, strides, padding)`` as a forward convolution: the output
     gradient dilated by the strides, padded so that every tap lands, against the kernel
     flipped in space with its in/out features swapped (HWIO again, which XLA:CPU runs on its
-    fast path inside loops too)."""
+    fast path inside loops too). ``stride_one_conv`` (``(x, kernel, strides, padding,
+    precision) -> y``), when given, runs that convolution for stride-1 layers instead of XLA."""
     flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
     pads = []
     for size, k, stride, (low, _), out in zip(input_hw, kernel.shape[:2], strides, padding, g.shape[1:3]):
         before = k - 1 - low
         pads.append((before, size + k - 1 - ((out - 1) * stride + 1) - before))
+    if stride_one_conv is not None and tuple(strides) == (1, 1):
+        return stride_one_conv(g, flipped, (1, 1), tuple(pads), precision)
     return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=strides, dimension_numbers=_NHWC,
                                     precision=precision)
-
-
-def _vjp_forward(x, kernel, strides, padding, precision=None):
-    return _plain(x, kernel, strides, padding, precision), (x, kernel)
 
 
 def _xla_weight_gradient(x, kernel, g, strides, padding, precision):
@@ -133,20 +132,26 @@ def _shifted_matmul_weight_gradient(x, kernel, g, strides, padding, precision):
     return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
 
 
-def _custom_vjp_conv(weight_gradient: Callable) -> Callable:
-    """``_plain`` as a ``jax.custom_vjp`` whose input gradient is :func:`_input_gradient` and
-    whose weight gradient is ``weight_gradient(x, kernel, g, strides, padding, precision)``."""
+def _custom_vjp_conv(weight_gradient: Callable, forward: Callable = _plain,
+                     input_gradient: Callable = _input_gradient) -> Callable:
+    """``forward`` (default :func:`_plain`) as a ``jax.custom_vjp`` whose input gradient is
+    ``input_gradient(g, kernel, strides, padding, input_hw, precision)`` (default
+    :func:`_input_gradient`) and whose weight gradient is ``weight_gradient(x, kernel, g,
+    strides, padding, precision)``."""
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
     def conv(x, kernel, strides, padding, precision=None):
-        return _plain(x, kernel, strides, padding, precision)
+        return forward(x, kernel, strides, padding, precision)
+
+    def forward_with_residuals(x, kernel, strides, padding, precision=None):
+        return forward(x, kernel, strides, padding, precision), (x, kernel)
 
     def backward(strides, padding, precision, residuals, g):
         x, kernel = residuals
-        return (_input_gradient(g, kernel, strides, padding, x.shape[1:3], precision),
+        return (input_gradient(g, kernel, strides, padding, x.shape[1:3], precision),
                 weight_gradient(x, kernel, g, strides, padding, precision))
 
-    conv.defvjp(_vjp_forward, backward)
+    conv.defvjp(forward_with_residuals, backward)
     return conv
 
 
@@ -169,36 +174,21 @@ def _native_forward(x, kernel, strides, padding, precision=None):
     return kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _native(x, kernel, strides, padding, precision=None):
-    return _native_forward(x, kernel, strides, padding, precision)
+def _native_input_gradient(g, kernel, strides, padding, input_hw, precision):
+    """:func:`_input_gradient`, its stride-1 convolution through :func:`_native_forward`."""
+    return _input_gradient(g, kernel, strides, padding, input_hw, precision, stride_one_conv=_native_forward)
 
 
-def _native_vjp_forward(x, kernel, strides, padding, precision=None):
-    return _native_forward(x, kernel, strides, padding, precision), (x, kernel)
-
-
-def _native_backward(strides, padding, precision, residuals, g):
-    """Input gradient: for stride 1 the flipped-kernel convolution of :func:`_input_gradient`
-    through the kernel, else :func:`_input_gradient` itself; weight gradient: the kernel."""
-    x, kernel = residuals
+def _native_weight_gradient(x, kernel, g, strides, padding, precision):
+    """The weight-gradient kernel for float32, XLA's otherwise."""
     if not x.dtype == kernel.dtype == g.dtype == jnp.float32:
-        return (_input_gradient(g, kernel, strides, padding, x.shape[1:3], precision),
-                _xla_weight_gradient(x, kernel, g, strides, padding, precision))
+        return _xla_weight_gradient(x, kernel, g, strides, padding, precision)
     from nt_robust.models import native_conv as kernels
 
-    if strides == (1, 1):
-        flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-        pads = tuple((k - 1 - low, size + low - out) for size, out, k, (low, _)
-                     in zip(x.shape[1:3], g.shape[1:3], kernel.shape[:2], padding))  # as _input_gradient's
-        dx = _native_forward(g, flipped, (1, 1), pads, precision)
-    else:
-        dx = _input_gradient(g, kernel, strides, padding, x.shape[1:3], precision)
-    dw = kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
-    return dx, dw
+    return kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
 
 
-_native.defvjp(_native_vjp_forward, _native_backward)
+_native = _custom_vjp_conv(_native_weight_gradient, _native_forward, _native_input_gradient)
 
 
 def _simple_call(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

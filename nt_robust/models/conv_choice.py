@@ -17,7 +17,6 @@ environment.json records the choice and its timings.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import statistics
 import time
@@ -42,13 +41,10 @@ def cache_path() -> Path:
 
 def machine_key() -> str:
     """What the measurement depends on: the CPU, the cores this process may use, jaxlib, XLA_FLAGS."""
-    from nt_robust.environment import cpu_info
+    from nt_robust.environment import cpu_info, package_version
 
     cpu = cpu_info()
-    try:
-        jaxlib = importlib.metadata.version("jaxlib")
-    except importlib.metadata.PackageNotFoundError:
-        jaxlib = "unknown"
+    jaxlib = package_version("jaxlib") or "unknown"
     return (f"{cpu['model']} family {cpu['family']} model {cpu['model_number']} | {cpu['cores']} cores | "
             f"jaxlib {jaxlib} | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
 

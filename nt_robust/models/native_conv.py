@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -52,23 +51,16 @@ def _compiler_version() -> str:
 
 
 def build_key() -> str:
-    """What a build depends on: the sources, the compiler, jaxlib and the CPU (``-march=native``)."""
-    from nt_robust.environment import cpu_info
+    """What a build depends on: the sources, the compiler, jaxlib and the CPU (``-march=native``:
+    its model name and numbers, and the vector ISA features ``cpu_info`` reads)."""
+    from nt_robust.environment import cpu_info, package_version
 
     cpu = cpu_info()
-    try:
-        jaxlib = importlib.metadata.version("jaxlib")
-    except importlib.metadata.PackageNotFoundError:
-        jaxlib = "unknown"
     digest = hashlib.sha256()
     for source in SOURCES:
         digest.update(source.read_bytes())
-    try:
-        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    flags = next((line for line in lines if line.startswith(("flags", "Features"))), "")
-    for part in (_compiler_version(), jaxlib, str(cpu["model"]), str(cpu["family"]), str(cpu["model_number"]), flags):
+    for part in (_compiler_version(), package_version("jaxlib") or "unknown", str(cpu["model"]), str(cpu["family"]),
+                 str(cpu["model_number"]), " ".join(cpu["isa"])):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
