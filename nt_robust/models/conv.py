@@ -162,6 +162,18 @@ _conv = _custom_vjp_conv(_shifted_matmul_weight_gradient)
 NATIVE_MIN_OUT_CHANNELS = 16  # the direct convolution vectorizes over 16 output channels; fewer run scalar
 
 
+def _xla_derivatives(native: Callable, xla: Callable) -> Callable:
+    """``native(a, b)``, differentiated (for a gradient of a gradient) through ``xla(a, b)``:
+    the same function in XLA's ops, which, unlike a kernel call, have derivatives."""
+
+    @jax.custom_vjp
+    def fn(a, b):
+        return native(a, b)
+
+    fn.defvjp(lambda a, b: (native(a, b), (a, b)), lambda operands, g: jax.vjp(xla, *operands)[1](g))
+    return fn
+
+
 def _native_forward(x, kernel, strides, padding, precision=None):
     """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32 with at
     least 16 output channels; XLA's otherwise (e.g. the input gradient of a 3-channel stem)."""
@@ -171,7 +183,9 @@ def _native_forward(x, kernel, strides, padding, precision=None):
 
     out_hw = tuple((size + low + high - k) // s + 1
                    for size, k, s, (low, high) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
-    return kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw)
+    return _xla_derivatives(
+        lambda x, kernel: kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw),
+        lambda x, kernel: _plain(x, kernel, strides, padding, precision))(x, kernel)
 
 
 def _native_input_gradient(g, kernel, strides, padding, input_hw, precision):
@@ -185,7 +199,9 @@ def _native_weight_gradient(x, kernel, g, strides, padding, precision):
         return _xla_weight_gradient(x, kernel, g, strides, padding, precision)
     from nt_robust.models import native_conv as kernels
 
-    return kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0]))
+    return _xla_derivatives(
+        lambda x, g: kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0])),
+        lambda x, g: _xla_weight_gradient(x, kernel, g, strides, padding, precision))(x, g)
 
 
 _native = _custom_vjp_conv(_native_weight_gradient, _native_forward, _native_input_gradient)

@@ -4,10 +4,10 @@ XLA:CPU's convolutions at 16–64 channels are what keep WideResNet steps behind
 oneDNN on CPU (docs/benchmarks.md). Two small C++ kernels, called from XLA through its FFI,
 replace them: a direct convolution (``kernels/conv_fwd.cc``: the forward pass, and the input
 gradient of stride-1 layers, a forward convolution of the flipped kernel) and a weight
-gradient (``kernels/conv_dw.cc``). Each runs on one thread; under data parallelism over CPU
-devices (what ``nt-robust train`` does for conv nets) ``custom_partitioning`` gives each device
-its shard of the batch, so every core runs one. Measured on a 2-core Intel Xeon: WRN-16-k
-training steps 1.22–1.39× faster than XLA's convolutions::
+gradient (``kernels/conv_dw.cc``). Each spreads its work over XLA:CPU's own thread pool
+(``kernels/common.h``), so one device uses every core; under data parallelism over CPU devices
+(what ``nt-robust train`` does for conv nets) ``custom_partitioning`` gives each device its
+shard of the batch::
 
     from nt_robust.models.native_conv import conv_forward, weight_gradient, native_status
 
@@ -20,7 +20,8 @@ cached under ``~/.cache/nt_robust/kernels/`` by a key of their sources, the comp
 and the CPU's model and ISA, so a home directory shared by different machines keeps one
 build per CPU. Without g++ (or when the build fails) :class:`NativeConvUnavailable` says so
 and names the fix. float32 only (``nt_robust.models.conv`` keeps XLA's convolutions for other
-dtypes); CPU backend only; not under ``jax.vmap``.
+dtypes); CPU backend only. Under ``jax.vmap`` a kernel runs on the folded batch, or once per
+mapped element; a gradient of a gradient goes through XLA's derivatives (``nt_robust.models.conv``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 SOURCES = (KERNELS / "conv_fwd.cc", KERNELS / "conv_dw.cc")
+HEADERS = (KERNELS / "common.h",)
 FORWARD_TARGET, WEIGHT_GRADIENT_TARGET = "nt_robust_conv_fwd", "nt_robust_conv_dw"
 COMPILER = "g++"
 
@@ -57,7 +59,7 @@ def build_key() -> str:
 
     cpu = cpu_info()
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         digest.update(source.read_bytes())
     for part in (_compiler_version(), package_version("jaxlib") or "unknown", str(cpu["model"]), str(cpu["family"]),
                  str(cpu["model_number"]), " ".join(cpu["isa"])):
@@ -135,9 +137,34 @@ def _batch_spec(arg_shapes):
     return spec[0] if len(spec) else None
 
 
+def _with_vmap_rule(fn, fold_batch: bool):
+    """``fn(a, b)`` (a kernel call on 4-d operands) under ``jax.vmap`` too. ``fold_batch``: when
+    only ``a`` is mapped, its mapped axis is folded into the batch axis and the kernel runs once
+    (the forward pass of a vmapped VJP, e.g. FAB's or ``jacrev``'s per-class gradients); any
+    other mapping runs the kernel once per mapped element (``lax.map``)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.custom_batching import custom_vmap
+
+    mapped = custom_vmap(fn)
+
+    @mapped.def_vmap
+    def rule(axis_size, in_batched, a, b):
+        a_batched, b_batched = in_batched
+        if fold_batch and a_batched and not b_batched:
+            out = mapped(a.reshape(-1, *a.shape[2:]), b)
+            return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
+        a = a if a_batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+        b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
+        return jax.lax.map(lambda operands: mapped(*operands), (a, b)), True
+
+    return mapped
+
+
 def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_hw: tuple[int, int]):
     """``conv(x, w)`` (NHWC, HWIO, float32) with ``low_pads`` rows/columns of zeros before the
-    image (those after follow from ``out_hw``), partitioned over the batch under a mesh."""
+    image (those after follow from ``out_hw``), partitioned over the batch under a mesh (and
+    batched under ``jax.vmap``)."""
     import jax
     import jax.numpy as jnp
     from jax.experimental.custom_partitioning import custom_partitioning
@@ -163,12 +190,12 @@ def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_
 
     conv.def_partition(infer_sharding_from_operands=infer, partition=partition,
                        sharding_rule="b h w c, i j c k -> b p q k")
-    return conv(x, w)
+    return _with_vmap_rule(conv, fold_batch=True)(x, w)
 
 
 def weight_gradient(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int], low_pads: tuple[int, int]):
     """dL/dw of ``conv(x, w)`` for the output gradient ``g`` (float32), partitioned over the
-    batch under a mesh: each device sums its shard, then a ``psum``."""
+    batch under a mesh (each device sums its shard, then a ``psum``; batched under ``jax.vmap``)."""
     import jax
     import jax.numpy as jnp
     from jax.experimental.custom_partitioning import custom_partitioning
@@ -199,4 +226,4 @@ def weight_gradient(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int
 
     dw.def_partition(infer_sharding_from_operands=infer, partition=partition,
                      sharding_rule="b h w c, b i j k -> p q c k")
-    return dw(x, g)
+    return _with_vmap_rule(dw, fold_batch=False)(x, g)

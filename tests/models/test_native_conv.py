@@ -140,20 +140,21 @@ def test_without_a_compiler_the_error_names_the_fix(tmp_path, monkeypatch):
 
 
 @needs_compiler
-@pytest.mark.parametrize("size,cin,cout,kernel,stride,pad", [
-    (8, 16, 32, 3, 1, 1),    # full blocks (the forward pass: one block of two vectors)
-    (11, 5, 48, 3, 1, 1),    # input channels past a multiple of 8; two vectors then one; 11 = 8 + 3 pixels
-    (8, 8, 21, 3, 1, 1),     # output channels past a multiple of 16 (plain-loop tails)
-    (9, 16, 32, 3, 2, 1),    # stride 2 on an odd size
-    (8, 16, 32, 1, 2, 0),    # 1x1 shortcut
-    (6, 3, 16, 3, 1, 2),     # padding wider than the kernel reaches: rows and pixels of zeros
+@pytest.mark.parametrize("batch,size,cin,cout,kernel,stride,pad", [
+    (3, 8, 16, 32, 3, 1, 1),    # full blocks (the forward pass: one block of two vectors)
+    (3, 11, 5, 48, 3, 1, 1),    # input channels past a multiple of 8; two vectors then one; 11 = 8 + 3 pixels
+    (3, 8, 8, 21, 3, 1, 1),     # output channels past a multiple of 16 (plain-loop tails)
+    (3, 9, 16, 32, 3, 2, 1),    # stride 2 on an odd size
+    (3, 8, 16, 32, 1, 2, 0),    # 1x1 shortcut
+    (3, 6, 3, 16, 3, 1, 2),     # padding wider than the kernel reaches: rows and pixels of zeros
+    (11, 5, 16, 16, 3, 1, 1),   # the weight gradient's 8 chunks of the batch: 2 images each, then 1, then none
 ])
-def test_each_kernel_alone_matches_float64_loops_at_its_edge_cases(size, cin, cout, kernel, stride, pad):
+def test_each_kernel_alone_matches_float64_loops_at_its_edge_cases(batch, size, cin, cout, kernel, stride, pad):
     rng = np.random.default_rng(size * cin + cout)
     out = (size + 2 * pad - kernel) // stride + 1
-    x = rng.standard_normal((3, size, size, cin)).astype(np.float32)
+    x = rng.standard_normal((batch, size, size, cin)).astype(np.float32)
     w = rng.standard_normal((kernel, kernel, cin, cout)).astype(np.float32)
-    g = rng.standard_normal((3, out, out, cout)).astype(np.float32)
+    g = rng.standard_normal((batch, out, out, cout)).astype(np.float32)
     forward = jax.jit(lambda x, w: native_conv.conv_forward(x, w, (stride, stride), (pad, pad), (out, out)))
     dw = jax.jit(lambda x, g: native_conv.weight_gradient(x, g, w.shape, (stride, stride), (pad, pad)))
     pads = ((pad, pad), (pad, pad))
@@ -164,3 +165,43 @@ def test_each_kernel_alone_matches_float64_loops_at_its_edge_cases(size, cin, co
         assert np.any(np.abs(flipped - numpy_forward(x, w.astype(np.float64), stride, pads))
                       > 2 * gamma(kernel * kernel * cin) * numpy_forward(np.abs(x), np.abs(w).astype(np.float64),
                                                                         stride, pads))
+
+
+@needs_compiler
+def test_under_vmap_and_for_a_gradient_of_a_gradient_native_equals_float64_xla_exactly():
+    # Small integers: every product and partial sum is an integer far below 2**24, so float32
+    # arithmetic is exact in any summation order and the kernels must equal XLA's float64
+    # convolutions bit for bit. Covered: FAB's / jacrev's vmapped VJP (the kernel runs once
+    # on the folded batch), per-example weight gradients (vmap: one kernel call per example)
+    # and a gradient-norm penalty's gradient (through XLA's derivatives of the kernels).
+    rng = np.random.default_rng(7)
+    x = rng.integers(-1, 2, (5, 6, 6, 16)).astype(np.float32)
+    w = rng.integers(-1, 2, (3, 3, 16, 16)).astype(np.float32)
+    c = rng.integers(-1, 2, (5, 6, 6, 16)).astype(np.float32)
+
+    def quantities(conv, x, w, c):
+        def features(x, w):  # two layers, so that a gradient of a gradient reaches the weight gradient's derivative
+            return conv(conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC), w, (1, 1), ((1, 1), (1, 1)),
+                        dimension_numbers=NHWC)
+
+        def per_class(x, w):
+            return features(x, w).sum((1, 2))  # (N, 16)
+
+        outputs, vjp = jax.vjp(lambda x: per_class(x, w), x)
+        eye = jnp.eye(outputs.shape[1], dtype=x.dtype)
+        jacobian = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, outputs.shape))[0])(eye)
+        per_example = jax.vmap(lambda xi, ci: jax.grad(lambda w: jnp.sum(features(xi[None], w) * ci))(w))(x, c)
+        input_gradient = lambda w: jax.grad(lambda x: jnp.sum(features(x, w) * c))(x)  # noqa: E731
+        penalty = jax.grad(lambda w: jnp.sum(input_gradient(w) ** 2))(w)
+        return jacobian, per_example, penalty
+
+    got = jax.jit(lambda x, w, c: quantities(conv_function("native"), x, w, c))(x, w, c)
+    text = jax.jit(lambda x, w, c: quantities(conv_function("native"), x, w, c)).lower(x, w, c).as_text()
+    assert native_conv.FORWARD_TARGET in text and native_conv.WEIGHT_GRADIENT_TARGET in text
+    with jax.enable_x64(True):
+        want = quantities(jax.lax.conv_general_dilated, *(jnp.asarray(a, jnp.float64) for a in (x, w, c)))
+        want = [np.asarray(a) for a in want]
+    for name, got_one, want_one in zip(("vmapped VJP", "per-example weight gradients", "gradient-norm penalty"),
+                                       got, want):
+        assert np.max(np.abs(want_one)) < 2 ** 22, name  # still exact in float32
+        np.testing.assert_array_equal(np.asarray(got_one, np.float64), want_one, err_msg=name)

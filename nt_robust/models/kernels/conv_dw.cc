@@ -3,25 +3,26 @@
 //   dw[i, j, c, k] = sum_{n, ho, wo} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * g[n, ho, wo, k],
 // reading each image's activations and output gradient from cache once per (tap, block of 8
 // input channels, block of 16 output channels) with the 8 x 16 partial sums in registers.
-// Single-threaded: data parallelism over XLA CPU devices gives each core its shard.
-// Built at run time with g++ -O3 -march=native (so only for the machine it runs on).
+// The batch is cut into at most 8 chunks of consecutive images, spread over XLA's thread pool
+// (common.h); each chunk sums into its own buffer and the buffers are added in chunk order,
+// so the result does not depend on which thread ran what. Built at run time with
+// g++ -O3 -march=native (so only for the machine it runs on).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
 
-constexpr int64_t kLanes = 16;  // one block of output channels
-constexpr int64_t kRows = 8;    // input channels held in registers at once
-typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+using nt_robust::kLanes;
+using nt_robust::Shape;
+using nt_robust::vec;
+namespace ffi = xla::ffi;
 
-struct Shape {
-  int64_t n, h, w, c, ho, wo, k, kh, kw, sh, sw, pt, pl;
-};
+constexpr int64_t kRows = 8;          // input channels held in registers at once
+constexpr int64_t kMaxChunks = 8;     // of the batch, each summed separately
 
 // One image's contribution to dw[i, j, c0:c0+R, k0:k0+16]: R accumulators stay in registers.
 template <int R>
@@ -56,11 +57,12 @@ typedef void (*BlockFn)(const float*, const float*, const Shape&, int64_t, int64
 constexpr BlockFn kBlocks[kRows + 1] = {nullptr, block<1>, block<2>, block<3>, block<4>,
                                         block<5>, block<6>, block<7>, block<8>};
 
-void conv_dw(const float* x, const float* g, float* dw, const Shape& s) {
+// Images [n0, n1)'s contribution to dw, written (not added) to dw.
+void conv_dw(const float* x, const float* g, float* dw, const Shape& s, int64_t n0, int64_t n1) {
   const int64_t taps = s.kh * s.kw;
   std::memset(dw, 0, sizeof(float) * taps * s.c * s.k);
   const int64_t k_full = s.k - s.k % kLanes;
-  for (int64_t n = 0; n < s.n; ++n) {
+  for (int64_t n = n0; n < n1; ++n) {
     const float* xn = x + n * s.h * s.w * s.c;
     const float* gn = g + n * s.ho * s.wo * s.k;
     for (int64_t i = 0; i < s.kh; ++i)
@@ -85,15 +87,27 @@ void conv_dw(const float* x, const float* g, float* dw, const Shape& s) {
   }
 }
 
-ffi::Error ConvDwImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
-                      int64_t sw, int64_t pt, int64_t pl) {
-  auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_dw: x, g and dw must be 4-d (NHWC, NHWC, HWIO)");
-  Shape s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], sh, sw, pt, pl};
-  if (gd[0] != s.n || wd[2] != s.c || wd[3] != s.k)
-    return ffi::Error::InvalidArgument("conv_dw: batch or channel counts of x, g and dw disagree");
-  conv_dw(x.typed_data(), g.typed_data(), dw->typed_data(), s);
+ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                      ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  Shape s;
+  if (ffi::Error error = nt_robust::read_shape("conv_dw", x.dimensions(), g.dimensions(), dw->dimensions(), sh, sw,
+                                               pt, pl, &s);
+      error.failure())
+    return error;
+  const int64_t size = s.kh * s.kw * s.c * s.k;
+  const int64_t chunks = std::max<int64_t>(1, std::min(s.n, kMaxChunks));
+  const int64_t per_chunk = (s.n + chunks - 1) / chunks;
+  std::vector<float> partials((chunks - 1) * size);  // chunk 0 sums straight into dw
+  const float *xd = x.typed_data(), *gd = g.typed_data();
+  float* out = dw->typed_data();
+  nt_robust::parallel_for(pool, chunks, [&](int64_t chunk) {
+    conv_dw(xd, gd, chunk == 0 ? out : partials.data() + (chunk - 1) * size, s, std::min(s.n, chunk * per_chunk),
+            std::min(s.n, (chunk + 1) * per_chunk));
+  });
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const float* partial = partials.data() + (chunk - 1) * size;
+    for (int64_t e = 0; e < size; ++e) out[e] += partial[e];
+  }
   return ffi::Error::Success();
 }
 
@@ -101,6 +115,7 @@ ffi::Error ConvDwImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::Res
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NtRobustConvDw, ConvDwImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

@@ -3,26 +3,23 @@
 //   out[n, ho, wo, k] = sum_{i, j, c} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * w[i, j, c, k],
 // a direct convolution that keeps 8 output pixels x 32 (or 16) output channels in registers
 // and reads each weight vector once per 8 pixels. Out-of-image taps read a row of zeros, so the inner
-// loop has no branches. Single-threaded (data parallelism over XLA CPU devices would give
-// each core its shard). Built at run time with g++ -O3 -march=native.
+// loop has no branches. Output rows are spread over XLA's thread pool (common.h); each
+// row is computed by one thread, in one order. Built at run time with g++ -O3 -march=native.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
 
-constexpr int64_t kLanes = 16;  // output channels per vector
-constexpr int64_t kPixels = 8;  // output pixels held in registers at once
-typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+using nt_robust::kLanes;
+using nt_robust::Shape;
+using nt_robust::vec;
+namespace ffi = xla::ffi;
 
-struct Shape {
-  int64_t n, h, w, c, ho, wo, k, kh, kw, sh, sw, pt, pl;
-};
+constexpr int64_t kPixels = 8;  // output pixels held in registers at once
 
 // out[n, ho, wo0:wo0+8, k0:k0+16*V]: 8 x V accumulators in registers; each weight vector
 // loaded once per 8 pixels, each input value broadcast once per V vectors.
@@ -57,44 +54,43 @@ inline void pixel_block(const float* xn, const float* w, const float* zeros, con
     for (int v = 0; v < V; ++v) std::memcpy(orow + (wo0 + p) * s.k + k0 + v * kLanes, &acc[p][v], sizeof(vec));
 }
 
-void conv_fwd(const float* x, const float* w, float* out, const Shape& s) {
-  std::vector<float> zeros(s.c, 0.0f);
+// One output row out[n, ho, :, :].
+void conv_row(const float* x, const float* w, const float* zeros, float* out, const Shape& s, int64_t n, int64_t ho) {
   const int64_t k_full = s.k - s.k % kLanes;
-  for (int64_t n = 0; n < s.n; ++n) {
-    const float* xn = x + n * s.h * s.w * s.c;
-    for (int64_t ho = 0; ho < s.ho; ++ho) {
-      float* orow = out + ((n * s.ho + ho) * s.wo) * s.k;
-      for (int64_t wo0 = 0; wo0 < s.wo; wo0 += kPixels) {
-        const int64_t pixels = std::min(kPixels, s.wo - wo0);
-        int64_t k0 = 0;
-        for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes) pixel_block<2>(xn, w, zeros.data(), s, ho, wo0, pixels, k0, orow);
-        for (; k0 < k_full; k0 += kLanes) pixel_block<1>(xn, w, zeros.data(), s, ho, wo0, pixels, k0, orow);
-        for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full block
-          for (int64_t p = 0; p < pixels; ++p) {
-            float sum = 0.0f;
-            for (int64_t i = 0; i < s.kh; ++i)
-              for (int64_t j = 0; j < s.kw; ++j) {
-                const int64_t hi = ho * s.sh + i - s.pt, wi = (wo0 + p) * s.sw + j - s.pl;
-                if (hi < 0 || hi >= s.h || wi < 0 || wi >= s.w) continue;
-                for (int64_t c = 0; c < s.c; ++c)
-                  sum += xn[(hi * s.w + wi) * s.c + c] * w[((i * s.kw + j) * s.c + c) * s.k + k];
-              }
-            orow[(wo0 + p) * s.k + k] = sum;
+  const float* xn = x + n * s.h * s.w * s.c;
+  float* orow = out + ((n * s.ho + ho) * s.wo) * s.k;
+  for (int64_t wo0 = 0; wo0 < s.wo; wo0 += kPixels) {
+    const int64_t pixels = std::min(kPixels, s.wo - wo0);
+    int64_t k0 = 0;
+    for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes) pixel_block<2>(xn, w, zeros, s, ho, wo0, pixels, k0, orow);
+    for (; k0 < k_full; k0 += kLanes) pixel_block<1>(xn, w, zeros, s, ho, wo0, pixels, k0, orow);
+    for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full block
+      for (int64_t p = 0; p < pixels; ++p) {
+        float sum = 0.0f;
+        for (int64_t i = 0; i < s.kh; ++i)
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t hi = ho * s.sh + i - s.pt, wi = (wo0 + p) * s.sw + j - s.pl;
+            if (hi < 0 || hi >= s.h || wi < 0 || wi >= s.w) continue;
+            for (int64_t c = 0; c < s.c; ++c)
+              sum += xn[(hi * s.w + wi) * s.c + c] * w[((i * s.kw + j) * s.c + c) * s.k + k];
           }
+        orow[(wo0 + p) * s.k + k] = sum;
       }
-    }
   }
 }
 
-ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> out, int64_t sh,
-                       int64_t sw, int64_t pt, int64_t pl) {
-  auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || od.size() != 4)
-    return ffi::Error::InvalidArgument("conv_fwd: x, w and out must be 4-d (NHWC, HWIO, NHWC)");
-  Shape s{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], sh, sw, pt, pl};
-  if (od[0] != s.n || wd[2] != s.c || wd[3] != s.k)
-    return ffi::Error::InvalidArgument("conv_fwd: batch or channel counts of x, w and out disagree");
-  conv_fwd(x.typed_data(), w.typed_data(), out->typed_data(), s);
+ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> out, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+  Shape s;
+  if (ffi::Error error = nt_robust::read_shape("conv_fwd", x.dimensions(), out->dimensions(), w.dimensions(), sh, sw,
+                                               pt, pl, &s);
+      error.failure())
+    return error;
+  const std::vector<float> zeros(s.c, 0.0f);
+  const float *xd = x.typed_data(), *wd = w.typed_data();
+  float* od = out->typed_data();
+  nt_robust::parallel_for(pool, s.n * s.ho,
+                          [&](int64_t row) { conv_row(xd, wd, zeros.data(), od, s, row / s.ho, row % s.ho); });
   return ffi::Error::Success();
 }
 
@@ -102,6 +98,7 @@ ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Re
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NtRobustConvFwd, ConvFwdImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
