@@ -17,14 +17,13 @@ stays fast in loops; they differ in the weight gradient:
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
-* ``native_conv`` (opt-in): hand-written C++ kernels for the forward pass, the stride-1
-  input gradients and the weight gradient (``nt_robust.models.native_conv``: built with g++
-  on first use; WRN-16-k steps 1.22-1.39x faster than XLA's convolutions on a 2-core Xeon,
-  docs/benchmarks.md). Its forward values are the kernel's, equal to XLA's up to float
-  summation order.
+* ``native_conv``: hand-written C++ kernels for the forward pass, the stride-1 input gradients
+  and the weight gradient (``nt_robust.models.native_conv``: built with g++ on first use and
+  spread over XLA's thread pool). Its forward values are the kernel's, equal to XLA's up to
+  float summation order.
 
-Models take ``conv_impl`` = "auto" (on the CPU backend ``flipped_dx`` or ``shifted_matmul``,
-whichever weight gradient was faster when measured on this machine,
+Models take ``conv_impl`` = "auto" (on the CPU backend whichever of ``flipped_dx``,
+``shifted_matmul`` and ``native`` was fastest when measured on this machine,
 ``nt_robust.models.conv_choice``; XLA's plain convolution elsewhere), "xla" (plain
 ``lax.conv_general_dilated``), "flipped_dx", "shifted_matmul" or "native" (XLA's plain
 convolution off the CPU backend)::
@@ -59,9 +58,9 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_conv_impl(name: str) -> str:
-    """``"auto"`` -> on the CPU backend the faster weight gradient measured on this machine
-    (``nt_robust.models.conv_choice``: XLA's as ``"flipped_dx"``, or ``"shifted_matmul"``),
-    ``"xla"`` elsewhere."""
+    """``"auto"`` -> on the CPU backend the fastest convolution measured on this machine
+    (``nt_robust.models.conv_choice``: XLA's as ``"flipped_dx"``, ``"shifted_matmul"`` or
+    ``"native"``), ``"xla"`` elsewhere."""
     if name not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
     if name == "native" and jax.default_backend() != "cpu":
@@ -71,7 +70,8 @@ def resolve_conv_impl(name: str) -> str:
             return "xla"
         from nt_robust.models.conv_choice import cpu_conv_choice
 
-        return "shifted_matmul" if cpu_conv_choice()["impl"] == "shifted_matmul" else "flipped_dx"
+        choice = cpu_conv_choice()["impl"]
+        return "flipped_dx" if choice == "xla" else choice
     return name
 
 

@@ -1,16 +1,19 @@
-"""Which convolution weight gradient ``conv_impl = "auto"`` uses on CPU, chosen by measuring
-both on this machine once and caching the answer.
+"""Which convolution ``conv_impl = "auto"`` uses on CPU, chosen by measuring the candidates
+on this machine once and caching the answer.
 
-    cpu_conv_choice()   # {"impl": "xla", "xla_ms": 16.3, "shifted_matmul_ms": 50.7, "source": "measured", ...}
+    cpu_conv_choice()   # {"impl": "native", "xla_ms": 31.2, "shifted_matmul_ms": 30.8, "native_ms": 8.1, ...}
 
-XLA:CPU's own weight gradient was 3.6x slower than shifted matmuls on one 2-core AMD EPYC
-and 2-3x faster on another (docs/benchmarks.md), so no rule by CPU name holds. The first
-time "auto" is resolved on a machine, both are timed on one 32x32, 32->32 layer at batch
-64 (about a second), and the answer is kept in ``~/.cache/nt_robust/conv_impl.json``
-under a key of CPU model, cores, jaxlib version and ``XLA_FLAGS``. Shifted matmuls are
-chosen only when clearly faster (:data:`SHIFTED_MARGIN`). "xla" here means XLA's weight
-gradient, which "auto" runs as ``conv_impl = "flipped_dx"`` (``nt_robust.models.conv``).
-``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``) skips the measurement;
+The candidates are XLA's convolutions with XLA's weight gradient (``"xla"``, which "auto"
+runs as ``conv_impl = "flipped_dx"``), the same with shifted-matmul weight gradients
+(``"shifted_matmul"``) and the hand-written kernels (``"native"``, ``nt_robust.models.native_conv``;
+a candidate only where g++ can build them). Their ranking differs between CPUs: XLA's own weight
+gradient was 3.6x slower than shifted matmuls on one 2-core AMD EPYC and 2-3x faster on another
+(docs/benchmarks.md), so no rule by CPU name holds. The first time "auto" is resolved on a
+machine, each candidate's forward pass and both gradients are timed on one 32x32, 32->32 layer
+at batch 64 (a few seconds, plus one g++ build), and the answer is kept in
+``~/.cache/nt_robust/conv_impl.json`` under a key of CPU model, cores, jaxlib version and
+``XLA_FLAGS``. A candidate other than XLA's must be clearly faster (:data:`MARGIN`).
+``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``, ``native``) skips the measurement;
 environment.json records the choice and its timings.
 """
 
@@ -23,14 +26,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-SHIFTED_MARGIN = 0.8  # shifted matmuls must take under 80 % of XLA's time
-CHOICES = ("xla", "shifted_matmul")
+MARGIN = 0.8  # a candidate other than XLA's must take under 80 % of the best time before it
+CHOICES = ("xla", "shifted_matmul", "native")  # in order of preference on a tie
+SCHEME = "forward+gradients of xla, shifted_matmul, native"  # part of the cache key: older entries measured less
 _LAYER = (64, 32, 32, 32, 32)  # batch, height, width, channels in, channels out
 
 
-def choose(xla_ms: float, shifted_matmul_ms: float) -> str:
-    """The faster weight gradient, XLA's unless shifted matmuls are clearly faster."""
-    return "shifted_matmul" if shifted_matmul_ms < SHIFTED_MARGIN * xla_ms else "xla"
+def choose(timings: dict[str, float]) -> str:
+    """The fastest candidate (``timings``: ``{"xla_ms": ..., ...}``, missing = unavailable),
+    each taken over the ones before it in :data:`CHOICES` only when it needs under
+    :data:`MARGIN` of their best time::
+
+        choose({"xla_ms": 10.0, "shifted_matmul_ms": 7.9})                   # "shifted_matmul"
+        choose({"xla_ms": 10.0, "shifted_matmul_ms": 8.5, "native_ms": 5.0})  # "native"
+    """
+    best, best_ms = "xla", timings["xla_ms"]
+    for name in CHOICES[1:]:
+        ms = timings.get(f"{name}_ms")
+        if ms is not None and ms < MARGIN * best_ms:
+            best, best_ms = name, ms
+    return best
 
 
 def cache_path() -> Path:
@@ -46,7 +61,7 @@ def machine_key() -> str:
     cpu = cpu_info()
     jaxlib = package_version("jaxlib") or "unknown"
     return (f"{cpu['model']} family {cpu['family']} model {cpu['model_number']} | {cpu['cores']} cores | "
-            f"jaxlib {jaxlib} | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
+            f"jaxlib {jaxlib} | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} | {SCHEME}")
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
@@ -61,35 +76,49 @@ def _median_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
     return round(statistics.median(times), 2)
 
 
-def measure() -> dict[str, float]:
-    """Median ms of one weight gradient of :data:`_LAYER`, each way."""
+def native_unavailable() -> str | None:
+    """Why the native kernels cannot be a candidate here (None: they can)."""
+    from nt_robust.models.native_conv import native_status
+
+    status = native_status()
+    return None if status["available"] else status["reason"]
+
+
+def measure() -> dict[str, Any]:
+    """Median ms of one forward pass and both gradients of :data:`_LAYER` for each candidate
+    (``native_ms`` missing, and ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax import lax
 
-    from nt_robust.models.conv import shifted_matmul_conv
+    from nt_robust.models.conv import flipped_dx_conv, native_conv, shifted_matmul_conv
 
+    candidates = {"xla": flipped_dx_conv, "shifted_matmul": shifted_matmul_conv, "native": native_conv}
+    timings: dict[str, Any] = {}
+    reason = native_unavailable()
+    if reason is not None:
+        del candidates["native"]
+        timings["native_unavailable"] = reason
     batch, height, width, cin, cout = _LAYER
     rng = np.random.default_rng(0)
     with jax.ensure_compile_time_eval():  # real timings even when first asked inside a jit trace
         x = jnp.asarray(rng.random((batch, height, width, cin), np.float32))
         kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout)).astype(np.float32))
         g = jnp.ones((batch, height, width, cout), jnp.float32)
-        timings = {}
-        for name, conv in (("xla", lax.conv_general_dilated), ("shifted_matmul", shifted_matmul_conv)):
-            def weight_gradient(x, kernel, g, conv=conv):
-                forward = lambda k: conv(x, k, (1, 1), ((1, 1), (1, 1)),  # noqa: E731
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                return jax.vjp(forward, kernel)[1](g)[0]
-            compiled = jax.jit(weight_gradient)
+        for name, conv in candidates.items():
+            def training_use(x, kernel, g, conv=conv):  # what a training step asks of a layer
+                forward = lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)),  # noqa: E731
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                out, vjp = jax.vjp(forward, x, kernel)
+                return out, vjp(g)
+            compiled = jax.jit(training_use)
             timings[f"{name}_ms"] = _median_ms(lambda compiled=compiled: compiled(x, kernel, g))
     return timings
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_conv_choice() -> dict[str, Any]:
-    """The weight gradient "auto" uses on CPU here: forced by ``$NT_ROBUST_CONV_IMPL_AUTO``,
+    """The convolution "auto" uses on CPU here: forced by ``$NT_ROBUST_CONV_IMPL_AUTO``,
     else from the cache, else measured now (and cached). Once per process."""
     from nt_robust import io
 
@@ -104,11 +133,14 @@ def cpu_conv_choice() -> dict[str, Any]:
     except (OSError, ValueError):
         cached = {}
     entry = cached.get(key) if isinstance(cached, dict) else None
-    if isinstance(entry, dict) and entry.get("impl") in CHOICES:
-        return {**entry, "source": f"measured earlier on this machine ({path})"}
+    if isinstance(entry, dict) and entry.get("impl") in CHOICES and "xla_ms" in entry:
+        entry = {**entry, "source": f"measured earlier on this machine ({path})"}
+        if entry["impl"] == "native" and (reason := native_unavailable()) is not None:  # e.g. g++ removed since
+            entry.update(impl=choose({k: v for k, v in entry.items() if k != "native_ms"}), native_unavailable=reason)
+        return entry
     entry = {**measure(), "layer": "batch 64, 32x32, 32->32, 3x3", "key": key,
              "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    entry["impl"] = choose(entry["xla_ms"], entry["shifted_matmul_ms"])
+    entry["impl"] = choose(entry)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         io.write_json(path, {**(cached if isinstance(cached, dict) else {}), key: entry})

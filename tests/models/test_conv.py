@@ -2,6 +2,8 @@
 gradient): XLA's forward values, and gradients equal to XLA's and to input and weight
 gradients written out as explicit loops in numpy, within float32 summation bounds."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +12,8 @@ from jax import lax
 
 from nt_robust.models import ModelConfig, create_model, init_variables
 from nt_robust.models import conv_choice
-from nt_robust.models.conv import (conv_function, flipped_dx_conv, resolve_conv_impl, shifted_matmul_conv,
-                                   supports_forward_mode)
+from nt_robust.models.conv import (conv_function, flipped_dx_conv, native_conv, resolve_conv_impl,
+                                   shifted_matmul_conv, supports_forward_mode)
 from nt_robust.models.conv_choice import cpu_conv_choice
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -171,10 +173,10 @@ def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(ar
 
 def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
     assert jax.default_backend() == "cpu"  # the suite runs on CPU, where auto is what was measured
-    measured = cpu_conv_choice()["impl"]  # the faster weight gradient: XLA's or shifted matmuls
-    expected = {"xla": "flipped_dx", "shifted_matmul": "shifted_matmul"}[measured]
+    measured = cpu_conv_choice()["impl"]  # the fastest: XLA's, shifted matmuls or the native kernels
+    expected = {"xla": "flipped_dx", "shifted_matmul": "shifted_matmul", "native": "native"}[measured]
     assert resolve_conv_impl("auto") == expected
-    assert conv_function("auto") is IMPLS[expected]
+    assert conv_function("auto") is {**IMPLS, "native": native_conv}[expected]
     assert conv_function("xla") is lax.conv_general_dilated
     assert supports_forward_mode("xla") and not supports_forward_mode("auto")
     assert not supports_forward_mode("flipped_dx") and not supports_forward_mode("shifted_matmul")
@@ -184,10 +186,17 @@ def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
         resolve_conv_impl("fast")
 
 
-@pytest.mark.parametrize("xla_ms,shifted_ms,expected", [(10.0, 7.9, "shifted_matmul"), (10.0, 8.0, "xla"),
-                                                        (10.0, 30.0, "xla")])
-def test_shifted_matmuls_are_chosen_only_when_clearly_faster(xla_ms, shifted_ms, expected):
-    assert conv_choice.choose(xla_ms, shifted_ms) == expected
+@pytest.mark.parametrize("timings,expected", [
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 7.9}, "shifted_matmul"),
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 8.0}, "xla"),  # not clearly faster
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0, "native_ms": 7.9}, "native"),
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0, "native_ms": 8.0}, "xla"),
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 5.0, "native_ms": 4.5}, "shifted_matmul"),  # native not clearly faster than it
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 5.0, "native_ms": 3.9}, "native"),
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0}, "xla"),  # native unavailable
+])
+def test_a_candidate_is_chosen_only_when_clearly_faster_than_the_best_before_it(timings, expected):
+    assert conv_choice.choose(timings) == expected
 
 
 def test_the_choice_is_measured_once_per_machine_and_can_be_forced(monkeypatch, tmp_path):
@@ -216,6 +225,23 @@ def test_the_choice_is_measured_once_per_machine_and_can_be_forced(monkeypatch, 
         conv_choice.cpu_conv_choice.cache_clear()  # the rest of the suite measures (or reads) for real
 
 
-def test_the_measurement_times_both_weight_gradients():
+def test_the_measurement_times_every_candidate():
     timings = conv_choice.measure()
-    assert set(timings) == {"xla_ms", "shifted_matmul_ms"} and all(t > 0 for t in timings.values())
+    names = {"xla_ms", "shifted_matmul_ms"} | ({"native_ms"} if shutil.which("g++") else {"native_unavailable"})
+    assert set(timings) == names and all(timings[f"{name}_ms"] > 0 for name in ("xla", "shifted_matmul"))
+
+
+def test_a_cached_native_choice_falls_back_when_the_kernels_no_longer_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("NT_ROBUST_CONV_IMPL_AUTO", raising=False)
+    monkeypatch.setattr(conv_choice, "measure", lambda: {"xla_ms": 30.0, "shifted_matmul_ms": 20.0, "native_ms": 5.0})
+    monkeypatch.setattr(conv_choice, "native_unavailable", lambda: None)
+    conv_choice.cpu_conv_choice.cache_clear()
+    try:
+        assert conv_choice.cpu_conv_choice()["impl"] == "native"
+        monkeypatch.setattr(conv_choice, "native_unavailable", lambda: "g++ is not on PATH")
+        conv_choice.cpu_conv_choice.cache_clear()  # a later process, after g++ was removed
+        later = conv_choice.cpu_conv_choice()
+        assert later["impl"] == "shifted_matmul" and later["native_unavailable"] == "g++ is not on PATH"
+    finally:
+        conv_choice.cpu_conv_choice.cache_clear()
