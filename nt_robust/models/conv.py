@@ -91,19 +91,19 @@ def _plain(x, kernel, strides, padding, precision=None):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision)
 
 
-def _input_gradient(g, kernel, strides, padding, input_hw, precision, stride_one_conv=None):
+def _input_gradient(g, kernel, strides, padding, input_hw, precision, conv=None):
     """dL/dx of ``_plain(x, kernel, strides, padding)`` as a forward convolution: the output
     gradient dilated by the strides, padded so that every tap lands, against the kernel
     flipped in space with its in/out features swapped (HWIO again, which XLA:CPU runs on its
-    fast path inside loops too). ``stride_one_conv`` (``(x, kernel, strides, padding,
-    precision) -> y``), when given, runs that convolution for stride-1 layers instead of XLA."""
+    fast path inside loops too). ``conv`` (``(g, kernel, pads, lhs_dilation, precision) -> dx``),
+    when given, runs that convolution instead of XLA."""
     flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
     pads = []
     for size, k, stride, (low, _), out in zip(input_hw, kernel.shape[:2], strides, padding, g.shape[1:3]):
         before = k - 1 - low
         pads.append((before, size + k - 1 - ((out - 1) * stride + 1) - before))
-    if stride_one_conv is not None and tuple(strides) == (1, 1):
-        return stride_one_conv(g, flipped, (1, 1), tuple(pads), precision)
+    if conv is not None:
+        return conv(g, flipped, tuple(pads), tuple(strides), precision)
     return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=strides, dimension_numbers=_NHWC,
                                     precision=precision)
 
@@ -174,23 +174,29 @@ def _xla_derivatives(native: Callable, xla: Callable) -> Callable:
     return fn
 
 
-def _native_forward(x, kernel, strides, padding, precision=None):
+def _native_forward(x, kernel, strides, padding, precision=None, lhs_dilation=(1, 1)):
     """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32 with at
     least 16 output channels; XLA's otherwise (e.g. the input gradient of a 3-channel stem)."""
     if not x.dtype == kernel.dtype == jnp.float32 or kernel.shape[3] < NATIVE_MIN_OUT_CHANNELS:
-        return _plain(x, kernel, strides, padding, precision)
+        return lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=_NHWC, precision=precision)
     from nt_robust.models import native_conv as kernels
 
-    out_hw = tuple((size + low + high - k) // s + 1
-                   for size, k, s, (low, high) in zip(x.shape[1:3], kernel.shape[:2], strides, padding))
+    out_hw = tuple(((size - 1) * d + 1 + low + high - k) // s + 1
+                   for size, d, k, s, (low, high) in zip(x.shape[1:3], lhs_dilation, kernel.shape[:2], strides, padding))
     return _xla_derivatives(
-        lambda x, kernel: kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw),
-        lambda x, kernel: _plain(x, kernel, strides, padding, precision))(x, kernel)
+        lambda x, kernel: kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw,
+                                               lhs_dilation),
+        lambda x, kernel: lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=lhs_dilation,
+                                                   dimension_numbers=_NHWC, precision=precision))(x, kernel)
 
 
 def _native_input_gradient(g, kernel, strides, padding, input_hw, precision):
-    """:func:`_input_gradient`, its stride-1 convolution through :func:`_native_forward`."""
-    return _input_gradient(g, kernel, strides, padding, input_hw, precision, stride_one_conv=_native_forward)
+    """:func:`_input_gradient`, its convolution of the (dilated) output gradient through
+    :func:`_native_forward`."""
+    return _input_gradient(g, kernel, strides, padding, input_hw, precision,
+                           conv=lambda g, flipped, pads, dilation, precision: _native_forward(
+                               g, flipped, (1, 1), pads, precision, lhs_dilation=dilation))
 
 
 def _native_weight_gradient(x, kernel, g, strides, padding, precision):

@@ -125,10 +125,13 @@ def native_status() -> dict[str, Any]:
         return {"available": False, "reason": str(error)}
 
 
-def _attrs(strides, low_pads) -> dict[str, Any]:
+def _attrs(strides, low_pads, lhs_dilation=None) -> dict[str, Any]:
     import numpy as np
 
-    return dict(sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(low_pads[0]), pl=np.int64(low_pads[1]))
+    attrs = dict(sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(low_pads[0]), pl=np.int64(low_pads[1]))
+    if lhs_dilation is not None:
+        attrs.update(lh=np.int64(lhs_dilation[0]), lw=np.int64(lhs_dilation[1]))
+    return attrs
 
 
 def _batch_spec(arg_shapes):
@@ -161,10 +164,12 @@ def _with_vmap_rule(fn, fold_batch: bool):
     return mapped
 
 
-def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_hw: tuple[int, int]):
+def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_hw: tuple[int, int],
+                 lhs_dilation: tuple[int, int] = (1, 1)):
     """``conv(x, w)`` (NHWC, HWIO, float32) with ``low_pads`` rows/columns of zeros before the
-    image (those after follow from ``out_hw``), partitioned over the batch under a mesh (and
-    batched under ``jax.vmap``)."""
+    image (those after follow from ``out_hw``) and ``x`` dilated by ``lhs_dilation`` (a strided
+    convolution's input gradient), partitioned over the batch under a mesh (and batched under
+    ``jax.vmap``)."""
     import jax
     import jax.numpy as jnp
     from jax.experimental.custom_partitioning import custom_partitioning
@@ -175,7 +180,7 @@ def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_
 
     def call(x, w):
         return jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct((x.shape[0], *shape.shape[1:]), jnp.float32))(
-            x, w, **_attrs(strides, low_pads))
+            x, w, **_attrs(strides, low_pads, lhs_dilation))
 
     @custom_partitioning
     def conv(x, w):

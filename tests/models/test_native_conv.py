@@ -59,6 +59,9 @@ CASES = [  # kernel, stride, padding, channels in/out: the WRN's layers, asymmet
     (3, 1, ((1, 1), (1, 1)), 3, 16),   # a stem: its input gradient has 3 channels, so XLA's
     (3, 2, ((1, 1), (1, 1)), 3, 16),
     (1, 2, ((0, 0), (0, 0)), 6, 48),
+    (3, 2, ((1, 1), (1, 1)), 16, 32),  # a WRN's strided layers: the input gradient reads a dilated output gradient
+    (3, 2, ((0, 1), (1, 0)), 24, 16),
+    (1, 2, ((0, 0), (0, 0)), 16, 32),
 ]
 
 
@@ -79,8 +82,8 @@ def test_native_convolution_and_its_gradients_match_float64_loops(kernel, stride
     check_against_loops(x, w, g, np.asarray(out), np.asarray(dx), np.asarray(dw), stride, padding)
     text = jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g)).lower(x, w, g).compile().as_text()
     assert native_conv.WEIGHT_GRADIENT_TARGET in text
-    # the input gradient runs the direct convolution for stride 1 and at least 16 input channels
-    assert (native_conv.FORWARD_TARGET in text) == (stride == 1 and cin >= NATIVE_MIN_OUT_CHANNELS)
+    # the input gradient runs the direct convolution for at least 16 input channels
+    assert (native_conv.FORWARD_TARGET in text) == (cin >= NATIVE_MIN_OUT_CHANNELS)
     assert resolve_conv_impl("native") == "native" and not supports_forward_mode("native")
 
 
@@ -205,3 +208,30 @@ def test_under_vmap_and_for_a_gradient_of_a_gradient_native_equals_float64_xla_e
                                        got, want):
         assert np.max(np.abs(want_one)) < 2 ** 22, name  # still exact in float32
         np.testing.assert_array_equal(np.asarray(got_one, np.float64), want_one, err_msg=name)
+
+
+def dilate(x, dilation):
+    """x with dilation - 1 zero rows (columns) between its rows (columns), in float64."""
+    n, h, w, c = x.shape
+    out = np.zeros((n, (h - 1) * dilation[0] + 1, (w - 1) * dilation[1] + 1, c), np.float64)
+    out[:, ::dilation[0], ::dilation[1]] = x
+    return out
+
+
+@needs_compiler
+@pytest.mark.parametrize("size,cin,cout,dilation,pads", [
+    (8, 16, 32, (2, 2), (1, 2)),   # a stride-2 layer's input gradient (pads as _input_gradient makes them)
+    (5, 7, 21, (2, 3), (2, 0)),    # unequal dilations, channel tails, 5 columns in 3 phases
+    (4, 16, 16, (3, 3), (0, 0)),   # taps that read only dilation zeros for a whole block
+])
+def test_the_forward_kernel_on_a_dilated_input_matches_float64_loops(size, cin, cout, dilation, pads):
+    rng = np.random.default_rng(size + cin)
+    x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+    w = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    xd, absd = dilate(x, dilation), dilate(np.abs(x), dilation)
+    padding = ((pads[0], pads[0] + 1), (pads[1], pads[1]))
+    want = numpy_forward(xd, w.astype(np.float64), 1, padding)
+    bound = gamma(9 * cin) * numpy_forward(absd, np.abs(w).astype(np.float64), 1, padding)
+    got = jax.jit(lambda x, w: native_conv.conv_forward(x, w, (1, 1), pads, want.shape[1:3], dilation))(x, w)
+    assert got.shape == want.shape
+    assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound), np.max(np.abs(got - want) / bound)

@@ -21,9 +21,11 @@ constexpr int64_t kLanes = 16;  // floats per vector (GCC splits it into two on 
 typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 // x: n x h x w x c; the output (or output gradient): n x ho x wo x k; the kernel: kh x kw x c x k;
-// strides sh, sw; pt, pl zero rows/columns before the image.
+// strides sh, sw; pt, pl zero rows/columns before the image; x dilated by lh, lw (lh - 1 zero
+// rows between its rows: how a strided convolution's input gradient reads its output gradient).
 struct Shape {
   int64_t n, h, w, c, ho, wo, k, kh, kw, sh, sw, pt, pl;
+  int64_t lh = 1, lw = 1;
 };
 
 // The Shape of a convolution from its input x, its output-shaped buffer y (the output, or

@@ -3,7 +3,8 @@
 //   out[n, ho, wo, k] = sum_{i, j, c} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * w[i, j, c, k],
 // a direct convolution that keeps 8 output pixels x 32 (or 16) output channels in registers
 // and reads each weight vector once per 8 pixels. Out-of-image taps read a row of zeros, so the inner
-// loop has no branches. Output rows are spread over XLA's thread pool (common.h); each
+// loop has no branches. The input may be dilated (lh, lw): a strided convolution's input
+// gradient is this convolution of the dilated output gradient with the flipped kernel. Output rows are spread over XLA's thread pool (common.h); each
 // row is computed by one thread, in one order. Built at run time with g++ -O3 -march=native.
 #include <algorithm>
 #include <cstdint>
@@ -21,23 +22,35 @@ namespace ffi = xla::ffi;
 
 constexpr int64_t kPixels = 8;  // output pixels held in registers at once
 
-// out[n, ho, wo0:wo0+8, k0:k0+16*V]: 8 x V accumulators in registers; each weight vector
-// loaded once per 8 pixels, each input value broadcast once per V vectors.
+// x's pixel column read by output column wo at kernel column j, or -1 where that is padding
+// or (x dilated) one of the zeros between its columns.
+inline int64_t source_column(const Shape& s, int64_t wo, int64_t j) {
+  const int64_t u = wo * s.sw + j - s.pl;
+  return (u >= 0 && u % s.lw == 0 && u / s.lw < s.w) ? u / s.lw : -1;
+}
+
+// out[n, ho, wo0 + step*p, k0:k0+16*V] for p < pixels: 8 x V accumulators in registers; each
+// weight vector loaded once per 8 pixels, each input value broadcast once per V vectors. A
+// kernel row or column that reads only padding (or dilation zeros) for all 8 pixels is skipped.
 template <int V>
 inline void pixel_block(const float* xn, const float* w, const float* zeros, const Shape& s, int64_t ho, int64_t wo0,
-                        int64_t pixels, int64_t k0, float* orow) {
+                        int64_t step, int64_t pixels, int64_t k0, float* orow) {
   vec acc[kPixels][V];
   for (int64_t p = 0; p < kPixels; ++p)
     for (int v = 0; v < V; ++v) acc[p][v] = vec{};
   for (int64_t i = 0; i < s.kh; ++i) {
-    const int64_t hi = ho * s.sh + i - s.pt;
-    if (hi < 0 || hi >= s.h) continue;
+    const int64_t u = ho * s.sh + i - s.pt;
+    if (u < 0 || u % s.lh != 0 || u / s.lh >= s.h) continue;
+    const int64_t hi = u / s.lh;
     for (int64_t j = 0; j < s.kw; ++j) {
       const float* src[kPixels];
+      bool any = false;
       for (int64_t p = 0; p < kPixels; ++p) {
-        const int64_t wi = (wo0 + p) * s.sw + j - s.pl;
-        src[p] = (p < pixels && wi >= 0 && wi < s.w) ? xn + (hi * s.w + wi) * s.c : zeros;
+        const int64_t wi = p < pixels ? source_column(s, wo0 + step * p, j) : -1;
+        src[p] = wi >= 0 ? xn + (hi * s.w + wi) * s.c : zeros;
+        any |= wi >= 0;
       }
+      if (!any) continue;
       const float* wt = w + ((i * s.kw + j) * s.c) * s.k + k0;
       for (int64_t c = 0; c < s.c; ++c) {
         vec wv[V];
@@ -51,41 +64,57 @@ inline void pixel_block(const float* xn, const float* w, const float* zeros, con
     }
   }
   for (int64_t p = 0; p < pixels; ++p)
-    for (int v = 0; v < V; ++v) std::memcpy(orow + (wo0 + p) * s.k + k0 + v * kLanes, &acc[p][v], sizeof(vec));
+    for (int v = 0; v < V; ++v)
+      std::memcpy(orow + (wo0 + step * p) * s.k + k0 + v * kLanes, &acc[p][v], sizeof(vec));
 }
 
-// One output row out[n, ho, :, :].
+// One output row out[n, ho, :, :]. With x dilated (lw > 1) its columns are taken one phase
+// (wo mod lw) at a time: the columns of a phase read the same kernel columns, so none of the
+// 8 pixels in a block multiplies a dilation zero.
 void conv_row(const float* x, const float* w, const float* zeros, float* out, const Shape& s, int64_t n, int64_t ho) {
   const int64_t k_full = s.k - s.k % kLanes;
   const float* xn = x + n * s.h * s.w * s.c;
   float* orow = out + ((n * s.ho + ho) * s.wo) * s.k;
-  for (int64_t wo0 = 0; wo0 < s.wo; wo0 += kPixels) {
-    const int64_t pixels = std::min(kPixels, s.wo - wo0);
-    int64_t k0 = 0;
-    for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes) pixel_block<2>(xn, w, zeros, s, ho, wo0, pixels, k0, orow);
-    for (; k0 < k_full; k0 += kLanes) pixel_block<1>(xn, w, zeros, s, ho, wo0, pixels, k0, orow);
-    for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full block
-      for (int64_t p = 0; p < pixels; ++p) {
-        float sum = 0.0f;
-        for (int64_t i = 0; i < s.kh; ++i)
-          for (int64_t j = 0; j < s.kw; ++j) {
-            const int64_t hi = ho * s.sh + i - s.pt, wi = (wo0 + p) * s.sw + j - s.pl;
-            if (hi < 0 || hi >= s.h || wi < 0 || wi >= s.w) continue;
-            for (int64_t c = 0; c < s.c; ++c)
-              sum += xn[(hi * s.w + wi) * s.c + c] * w[((i * s.kw + j) * s.c + c) * s.k + k];
+  const int64_t step = s.lw;
+  for (int64_t phase = 0; phase < std::min(step, s.wo); ++phase) {
+    const int64_t count = (s.wo - phase + step - 1) / step;
+    for (int64_t b = 0; b < count; b += kPixels) {
+      const int64_t pixels = std::min(kPixels, count - b), wo0 = phase + step * b;
+      int64_t k0 = 0;
+      for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes)
+        pixel_block<2>(xn, w, zeros, s, ho, wo0, step, pixels, k0, orow);
+      for (; k0 < k_full; k0 += kLanes) pixel_block<1>(xn, w, zeros, s, ho, wo0, step, pixels, k0, orow);
+      for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full block
+        for (int64_t p = 0; p < pixels; ++p) {
+          const int64_t wo = wo0 + step * p;
+          float sum = 0.0f;
+          for (int64_t i = 0; i < s.kh; ++i) {
+            const int64_t u = ho * s.sh + i - s.pt;
+            if (u < 0 || u % s.lh != 0 || u / s.lh >= s.h) continue;
+            for (int64_t j = 0; j < s.kw; ++j) {
+              const int64_t wi = source_column(s, wo, j);
+              if (wi < 0) continue;
+              for (int64_t c = 0; c < s.c; ++c)
+                sum += xn[((u / s.lh) * s.w + wi) * s.c + c] * w[((i * s.kw + j) * s.c + c) * s.k + k];
+            }
           }
-        orow[(wo0 + p) * s.k + k] = sum;
-      }
+          orow[wo * s.k + k] = sum;
+        }
+    }
   }
 }
 
 ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> out, int64_t sh, int64_t sw, int64_t pt, int64_t pl) {
+                       ffi::ResultBuffer<ffi::F32> out, int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t lh,
+                       int64_t lw) {
   Shape s;
   if (ffi::Error error = nt_robust::read_shape("conv_fwd", x.dimensions(), out->dimensions(), w.dimensions(), sh, sw,
                                                pt, pl, &s);
       error.failure())
     return error;
+  if (lh < 1 || lw < 1) return ffi::Error::InvalidArgument("conv_fwd: the input dilation must be >= 1");
+  s.lh = lh;
+  s.lw = lw;
   const std::vector<float> zeros(s.c, 0.0f);
   const float *xd = x.typed_data(), *wd = w.typed_data();
   float* od = out->typed_data();
@@ -105,4 +134,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NtRobustConvFwd, ConvFwdImpl,
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("lh")
+                                  .Attr<int64_t>("lw"));
