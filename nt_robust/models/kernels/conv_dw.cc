@@ -2,7 +2,7 @@
 // NHWC/HWIO float32 convolution as an XLA FFI custom call,
 //   dw[i, j, c, k] = sum_{n, ho, wo} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * g[n, ho, wo, k],
 // reading each image's activations and output gradient from cache once per (tap, block of 8
-// input channels, block of 16 output channels) with the 8 x 16 partial sums in registers.
+// input channels, block of 32 (or 16) output channels) with the 8 x 32 partial sums in registers.
 // The batch is cut into at most 8 chunks of consecutive images, spread over XLA's thread pool
 // (common.h); each chunk sums into its own buffer and the buffers are added in chunk order,
 // so the result does not depend on which thread ran what. Built at run time with
@@ -24,12 +24,13 @@ namespace ffi = xla::ffi;
 constexpr int64_t kRows = 8;          // input channels held in registers at once
 constexpr int64_t kMaxChunks = 8;     // of the batch, each summed separately
 
-// One image's contribution to dw[i, j, c0:c0+R, k0:k0+16]: R accumulators stay in registers.
-template <int R>
+// One image's contribution to dw[i, j, c0:c0+R, k0:k0+16*V]: R x V accumulators stay in registers.
+template <int R, int V>
 inline void block(const float* x, const float* g, const Shape& s, int64_t i, int64_t j, int64_t c0, int64_t k0,
                   float* out) {
-  vec acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = vec{};
+  vec acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = vec{};
   const int64_t ho_lo = std::max<int64_t>(0, (s.pt - i + s.sh - 1) / s.sh);
   const int64_t ho_hi = std::min<int64_t>(s.ho, (s.h - 1 + s.pt - i) / s.sh + 1);
   const int64_t wo_lo = std::max<int64_t>(0, (s.pl - j + s.sw - 1) / s.sw);
@@ -38,24 +39,27 @@ inline void block(const float* x, const float* g, const Shape& s, int64_t i, int
     const float* xrow = x + ((ho * s.sh + i - s.pt) * s.w) * s.c + c0;
     const float* grow = g + (ho * s.wo) * s.k + k0;
     for (int64_t wo = wo_lo; wo < wo_hi; ++wo) {
-      vec gv;
-      std::memcpy(&gv, grow + wo * s.k, sizeof(vec));
+      vec gv[V];
+      for (int v = 0; v < V; ++v) std::memcpy(&gv[v], grow + wo * s.k + v * kLanes, sizeof(vec));
       const float* xv = xrow + (wo * s.sw + j - s.pl) * s.c;
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) acc[r] += xv[r] * gv;
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) acc[r][v] += xv[r] * gv[v];
     }
   }
-  for (int r = 0; r < R; ++r) {
-    float lanes[kLanes];
-    std::memcpy(lanes, &acc[r], sizeof(vec));
-    float* d = out + r * s.k;
-    for (int64_t l = 0; l < kLanes; ++l) d[l] += lanes[l];
-  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) {
+      float lanes[kLanes];
+      std::memcpy(lanes, &acc[r][v], sizeof(vec));
+      float* d = out + r * s.k + v * kLanes;
+      for (int64_t l = 0; l < kLanes; ++l) d[l] += lanes[l];
+    }
 }
 
 typedef void (*BlockFn)(const float*, const float*, const Shape&, int64_t, int64_t, int64_t, int64_t, float*);
-constexpr BlockFn kBlocks[kRows + 1] = {nullptr, block<1>, block<2>, block<3>, block<4>,
-                                        block<5>, block<6>, block<7>, block<8>};
+template <int V>
+constexpr BlockFn kBlocks[kRows + 1] = {nullptr,     block<1, V>, block<2, V>, block<3, V>, block<4, V>,
+                                        block<5, V>, block<6, V>, block<7, V>, block<8, V>};
 
 // Images [n0, n1)'s contribution to dw, written (not added) to dw.
 void conv_dw(const float* x, const float* g, float* dw, const Shape& s, int64_t n0, int64_t n1) {
@@ -70,7 +74,9 @@ void conv_dw(const float* x, const float* g, float* dw, const Shape& s, int64_t 
         float* d = dw + (i * s.kw + j) * s.c * s.k;
         for (int64_t c0 = 0; c0 < s.c; c0 += kRows) {
           const int64_t rows = std::min(kRows, s.c - c0);
-          for (int64_t k0 = 0; k0 < k_full; k0 += kLanes) kBlocks[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
+          int64_t k0 = 0;  // pairs of channel vectors (2 x 8 sums in registers), then one
+          for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes) kBlocks<2>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
+          for (; k0 < k_full; k0 += kLanes) kBlocks<1>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
         }
         if (k_full < s.k) {  // output channels past the last full block: plain loops
           for (int64_t ho = 0; ho < s.ho; ++ho)

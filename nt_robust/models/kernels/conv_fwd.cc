@@ -20,32 +20,32 @@ using nt_robust::Shape;
 using nt_robust::vec;
 namespace ffi = xla::ffi;
 
-constexpr int64_t kPixels = 8;  // output pixels held in registers at once
 
 // x's pixel column read by output column wo at kernel column j, or -1 where that is padding
 // or (x dilated) one of the zeros between its columns.
 inline int64_t source_column(const Shape& s, int64_t wo, int64_t j) {
   const int64_t u = wo * s.sw + j - s.pl;
+  if (s.lw == 1) return (u >= 0 && u < s.w) ? u : -1;  // no integer division on the common path
   return (u >= 0 && u % s.lw == 0 && u / s.lw < s.w) ? u / s.lw : -1;
 }
 
 // out[n, ho, wo0 + step*p, k0:k0+16*V] for p < pixels: 8 x V accumulators in registers; each
 // weight vector loaded once per 8 pixels, each input value broadcast once per V vectors. A
 // kernel row or column that reads only padding (or dilation zeros) for all 8 pixels is skipped.
-template <int V>
+template <int V, int P>
 inline void pixel_block(const float* xn, const float* w, const float* zeros, const Shape& s, int64_t ho, int64_t wo0,
                         int64_t step, int64_t pixels, int64_t k0, float* orow) {
-  vec acc[kPixels][V];
-  for (int64_t p = 0; p < kPixels; ++p)
+  vec acc[P][V];
+  for (int64_t p = 0; p < P; ++p)
     for (int v = 0; v < V; ++v) acc[p][v] = vec{};
   for (int64_t i = 0; i < s.kh; ++i) {
     const int64_t u = ho * s.sh + i - s.pt;
     if (u < 0 || u % s.lh != 0 || u / s.lh >= s.h) continue;
     const int64_t hi = u / s.lh;
     for (int64_t j = 0; j < s.kw; ++j) {
-      const float* src[kPixels];
+      const float* src[P];
       bool any = false;
-      for (int64_t p = 0; p < kPixels; ++p) {
+      for (int64_t p = 0; p < P; ++p) {
         const int64_t wi = p < pixels ? source_column(s, wo0 + step * p, j) : -1;
         src[p] = wi >= 0 ? xn + (hi * s.w + wi) * s.c : zeros;
         any |= wi >= 0;
@@ -55,8 +55,8 @@ inline void pixel_block(const float* xn, const float* w, const float* zeros, con
       for (int64_t c = 0; c < s.c; ++c) {
         vec wv[V];
         for (int v = 0; v < V; ++v) std::memcpy(&wv[v], wt + c * s.k + v * kLanes, sizeof(vec));
-#pragma GCC unroll 8
-        for (int64_t p = 0; p < kPixels; ++p) {
+#pragma GCC unroll 16
+        for (int64_t p = 0; p < P; ++p) {
           const float xv = src[p][c];
           for (int v = 0; v < V; ++v) acc[p][v] += xv * wv[v];
         }
@@ -72,35 +72,38 @@ inline void pixel_block(const float* xn, const float* w, const float* zeros, con
 // (wo mod lw) at a time: the columns of a phase read the same kernel columns, so none of the
 // 8 pixels in a block multiplies a dilation zero.
 void conv_row(const float* x, const float* w, const float* zeros, float* out, const Shape& s, int64_t n, int64_t ho) {
-  const int64_t k_full = s.k - s.k % kLanes;
+  const int64_t k_full = s.k - s.k % kLanes, k_pairs = k_full - k_full % (2 * kLanes);
   const float* xn = x + n * s.h * s.w * s.c;
   float* orow = out + ((n * s.ho + ho) * s.wo) * s.k;
   const int64_t step = s.lw;
   for (int64_t phase = 0; phase < std::min(step, s.wo); ++phase) {
     const int64_t count = (s.wo - phase + step - 1) / step;
-    for (int64_t b = 0; b < count; b += kPixels) {
-      const int64_t pixels = std::min(kPixels, count - b), wo0 = phase + step * b;
-      int64_t k0 = 0;
-      for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes)
-        pixel_block<2>(xn, w, zeros, s, ho, wo0, step, pixels, k0, orow);
-      for (; k0 < k_full; k0 += kLanes) pixel_block<1>(xn, w, zeros, s, ho, wo0, step, pixels, k0, orow);
-      for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full block
-        for (int64_t p = 0; p < pixels; ++p) {
-          const int64_t wo = wo0 + step * p;
-          float sum = 0.0f;
-          for (int64_t i = 0; i < s.kh; ++i) {
-            const int64_t u = ho * s.sh + i - s.pt;
-            if (u < 0 || u % s.lh != 0 || u / s.lh >= s.h) continue;
-            for (int64_t j = 0; j < s.kw; ++j) {
-              const int64_t wi = source_column(s, wo, j);
-              if (wi < 0) continue;
-              for (int64_t c = 0; c < s.c; ++c)
-                sum += xn[((u / s.lh) * s.w + wi) * s.c + c] * w[((i * s.kw + j) * s.c + c) * s.k + k];
-            }
-          }
-          orow[wo * s.k + k] = sum;
-        }
+    auto at = [&](int64_t b) { return phase + step * b; };
+    for (int64_t b = 0; b < count; b += 8)  // pairs of channel vectors: 8 pixels x 2 vectors of sums
+      for (int64_t k0 = 0; k0 < k_pairs; k0 += 2 * kLanes)
+        pixel_block<2, 8>(xn, w, zeros, s, ho, at(b), step, std::min<int64_t>(8, count - b), k0, orow);
+    if (k_pairs < k_full) {  // one channel vector left: 16 pixels at once where there are 16, for enough sums
+      int64_t b = 0;
+      for (; b + 16 <= count; b += 16) pixel_block<1, 16>(xn, w, zeros, s, ho, at(b), step, 16, k_pairs, orow);
+      for (; b < count; b += 8)
+        pixel_block<1, 8>(xn, w, zeros, s, ho, at(b), step, std::min<int64_t>(8, count - b), k_pairs, orow);
     }
+    for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full vector
+      for (int64_t b = 0; b < count; ++b) {
+        const int64_t wo = at(b);
+        float sum = 0.0f;
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t u = ho * s.sh + i - s.pt;
+          if (u < 0 || u % s.lh != 0 || u / s.lh >= s.h) continue;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t wi = source_column(s, wo, j);
+            if (wi < 0) continue;
+            for (int64_t c = 0; c < s.c; ++c)
+              sum += xn[((u / s.lh) * s.w + wi) * s.c + c] * w[((i * s.kw + j) * s.c + c) * s.k + k];
+          }
+        }
+        orow[wo * s.k + k] = sum;
+      }
   }
 }
 
