@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=500)
     parser.add_argument("--queries", type=int, default=5000, help="Square's budget in the cascade")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--attacks", default="pgd20,apgd_ce,cascade",
+                        help="which to time, comma-separated, of pgd20, apgd_ce and cascade")
     parser.add_argument("--rounds", type=int, default=1,
                         help="timed calls per side, ours and torchattacks alternating; from 2 on, a paired ratio "
                              "with a 95%% interval (benchmarks/train_step.py's paired_ratio)")
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    attacks = [name.strip() for name in args.attacks.split(",") if name.strip()]
+    if not attacks or set(attacks) - {"pgd20", "apgd_ce", "cascade"}:
+        parser.error(f"--attacks takes pgd20, apgd_ce and cascade, got {args.attacks!r}")
 
     if not args.no_library_setup:  # before the backend starts, as the CLI does
         from nt_robust.environment import configure_xla_cpu
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()
     from nt_robust.attacks import protocols as P
     from nt_robust.host_memory import malloc_settings
+    from nt_robust.models.conv import resolve_conv_impl
     from nt_robust.attacks.apgd import APGDConfig
     from nt_robust.train.evaluate_run import load_run_config
     from nt_robust.train.loop import Trainer
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
 
     results: dict = {"model": config.model.label, "eps": eps, "examples": n, "square_queries": args.queries,
-                     "rounds": args.rounds, "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+                     "rounds": args.rounds, "conv_impl": resolve_conv_impl(config.model.conv_impl),
+                     "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuned": malloc_settings()["tuned"]}
     xs, ys, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
     pgd20 = P.PROTOCOLS["pgd20-0.007"].at_eps(eps).stages[0].config
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             "cascade": lambda: ours_protocol(protocol)}
     theirs = {} if args.no_torch else _torchattacks_parts(trainer.model, variables, x, y, eps, pgd20, args)
 
+    ours = {name: run for name, run in ours.items() if name in attacks}
     for name, run_ours in ours.items():
         # An untimed first call on each side: ours compiles every shape the timed calls meet,
         # torch sets up its kernels for them (its first call was up to 10x slower).

@@ -1,7 +1,7 @@
 """What a run is computed with: versions, devices, processes, CPU model and ISA, git commit,
 XLA flags; the persistent compilation cache and XLA:CPU's scheduler.
 
-    info = environment_info()      # saved as RUN_DIR/environment.json
+    info = environment_info(conv_impl="auto")   # saved as RUN_DIR/environment.json
     cpu_info()                     # {"model": "AMD EPYC ...", "vendor": ..., "isa": ["avx2", ...], "cores": 2}
     configure_xla_cpu()            # what the CLI does at start-up, before the backend starts
     enable_compilation_cache()
@@ -94,7 +94,7 @@ def describe_cpu(info: dict[str, Any] | None = None) -> str:
     return f"{info['model']}{numbers} ({info['cores']} cores; {' '.join(info['isa']) or 'ISA unknown'})"
 
 
-def environment_info() -> dict[str, Any]:
+def environment_info(conv_impl: str = "auto") -> dict[str, Any]:
     devices = jax.devices()
     return {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -113,13 +113,24 @@ def environment_info() -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "conv_impl_auto": resolve_conv_impl("auto"),
         "conv_impl_auto_choice": _conv_choice_record(),
+        "native_conv": _native_conv_record(conv_impl),
         "cpu_devices": cpu_device_choice(),
         "malloc": malloc_settings(),
     }
 
 
+def _native_conv_record(conv_impl: str) -> dict[str, Any] | None:
+    """The native convolution kernels' library and build key where ``conv_impl`` (the run's
+    ``model.conv_impl``) resolves to them here; None otherwise."""
+    if resolve_conv_impl(conv_impl) != "native":
+        return None
+    from nt_robust.models import native_conv
+
+    return {**native_conv.native_status(), "build_key": native_conv.build_key()}
+
+
 def _conv_choice_record() -> dict[str, Any] | None:
-    """How "auto" chose its convolution weight gradient (CPU backend only)."""
+    """How "auto" chose its convolution (CPU backend only)."""
     if jax.default_backend() != "cpu":
         return None
     from nt_robust.models.conv_choice import cpu_conv_choice

@@ -151,6 +151,7 @@ def test_without_a_compiler_the_error_names_the_fix(tmp_path, monkeypatch):
     (3, 8, 16, 32, 1, 2, 0),    # 1x1 shortcut
     (3, 6, 3, 16, 3, 1, 2),     # padding wider than the kernel reaches: rows and pixels of zeros
     (11, 5, 16, 16, 3, 1, 1),   # the weight gradient's 8 chunks of the batch: 2 images each, then 1, then none
+    (2, 14, 16, 48, 3, 1, 1),   # 14 columns: blocks of 7 pixels (two vectors, then one)
 ])
 def test_each_kernel_alone_matches_float64_loops_at_its_edge_cases(batch, size, cin, cout, kernel, stride, pad):
     rng = np.random.default_rng(size * cin + cout)
@@ -235,3 +236,13 @@ def test_the_forward_kernel_on_a_dilated_input_matches_float64_loops(size, cin, 
     got = jax.jit(lambda x, w: native_conv.conv_forward(x, w, (1, 1), pads, want.shape[1:3], dilation))(x, w)
     assert got.shape == want.shape
     assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound), np.max(np.abs(got - want) / bound)
+
+
+@needs_compiler
+def test_environment_json_records_the_kernels_a_run_uses():
+    from nt_robust.environment import environment_info
+
+    record = environment_info("native")["native_conv"]
+    assert record["available"] and Path(record["library"]).is_file()
+    assert record["build_key"] == native_conv.build_key() and record["build_key"] in record["library"]
+    assert environment_info("xla")["native_conv"] is None

@@ -1,11 +1,12 @@
 // conv_impl = "native" (nt_robust/models/native_conv.py): the forward pass of a 2-d
 // NHWC/HWIO float32 convolution as an XLA FFI custom call,
 //   out[n, ho, wo, k] = sum_{i, j, c} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * w[i, j, c, k],
-// a direct convolution that keeps 8 output pixels x 32 (or 16) output channels in registers
-// and reads each weight vector once per 8 pixels. Out-of-image taps read a row of zeros, so the inner
-// loop has no branches. The input may be dilated (lh, lw): a strided convolution's input
-// gradient is this convolution of the dilated output gradient with the flipped kernel. Output rows are spread over XLA's thread pool (common.h); each
-// row is computed by one thread, in one order. Built at run time with g++ -O3 -march=native.
+// a direct convolution that keeps 8 (or 7) output pixels x 32 (or 16) output channels in
+// registers and reads each weight vector once per block of pixels. Out-of-image taps read a
+// row of zeros, so the inner loop has no branches. The input may be dilated (lh, lw): a
+// strided convolution's input gradient is this convolution of the dilated output gradient
+// with the flipped kernel. Output rows are spread over XLA's thread pool (common.h); each row
+// is computed by one thread, in one order. Built at run time with g++ -O3 -march=native.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -55,7 +56,7 @@ inline void pixel_block(const float* xn, const float* w, const float* zeros, con
       for (int64_t c = 0; c < s.c; ++c) {
         vec wv[V];
         for (int v = 0; v < V; ++v) std::memcpy(&wv[v], wt + c * s.k + v * kLanes, sizeof(vec));
-#pragma GCC unroll 16
+#pragma GCC unroll 8
         for (int64_t p = 0; p < P; ++p) {
           const float xv = src[p][c];
           for (int v = 0; v < V; ++v) acc[p][v] += xv * wv[v];
@@ -68,9 +69,23 @@ inline void pixel_block(const float* xn, const float* w, const float* zeros, con
       std::memcpy(orow + (wo0 + step * p) * s.k + k0 + v * kLanes, &acc[p][v], sizeof(vec));
 }
 
-// One output row out[n, ho, :, :]. With x dilated (lw > 1) its columns are taken one phase
-// (wo mod lw) at a time: the columns of a phase read the same kernel columns, so none of the
-// 8 pixels in a block multiplies a dilation zero.
+// The full channel vectors of out[n, ho, phase + step * b, :] for b < count, P pixels at a time.
+template <int P>
+void vector_blocks(const float* xn, const float* w, const float* zeros, const Shape& s, int64_t ho, int64_t phase,
+                   int64_t step, int64_t count, int64_t k_pairs, int64_t k_full, float* orow) {
+  for (int64_t b = 0; b < count; b += P) {
+    const int64_t pixels = std::min<int64_t>(P, count - b), wo0 = phase + step * b;
+    for (int64_t k0 = 0; k0 < k_pairs; k0 += 2 * kLanes)  // pairs of channel vectors: P x 2 vectors of sums
+      pixel_block<2, P>(xn, w, zeros, s, ho, wo0, step, pixels, k0, orow);
+    for (int64_t k0 = k_pairs; k0 < k_full; k0 += kLanes)
+      pixel_block<1, P>(xn, w, zeros, s, ho, wo0, step, pixels, k0, orow);
+  }
+}
+
+// One output row out[n, ho, :, :], in blocks of 8 pixels, or of 7 where the row splits into
+// sevens but not eights (28 or 14 columns: no half-empty last block). With x dilated (lw > 1)
+// its columns are taken one phase (wo mod lw) at a time: the columns of a phase read the same
+// kernel columns, so no pixel in a block multiplies a dilation zero.
 void conv_row(const float* x, const float* w, const float* zeros, float* out, const Shape& s, int64_t n, int64_t ho) {
   const int64_t k_full = s.k - s.k % kLanes, k_pairs = k_full - k_full % (2 * kLanes);
   const float* xn = x + n * s.h * s.w * s.c;
@@ -79,15 +94,10 @@ void conv_row(const float* x, const float* w, const float* zeros, float* out, co
   for (int64_t phase = 0; phase < std::min(step, s.wo); ++phase) {
     const int64_t count = (s.wo - phase + step - 1) / step;
     auto at = [&](int64_t b) { return phase + step * b; };
-    for (int64_t b = 0; b < count; b += 8)  // pairs of channel vectors: 8 pixels x 2 vectors of sums
-      for (int64_t k0 = 0; k0 < k_pairs; k0 += 2 * kLanes)
-        pixel_block<2, 8>(xn, w, zeros, s, ho, at(b), step, std::min<int64_t>(8, count - b), k0, orow);
-    if (k_pairs < k_full) {  // one channel vector left: 16 pixels at once where there are 16, for enough sums
-      int64_t b = 0;
-      for (; b + 16 <= count; b += 16) pixel_block<1, 16>(xn, w, zeros, s, ho, at(b), step, 16, k_pairs, orow);
-      for (; b < count; b += 8)
-        pixel_block<1, 8>(xn, w, zeros, s, ho, at(b), step, std::min<int64_t>(8, count - b), k_pairs, orow);
-    }
+    if (count % 8 != 0 && count % 7 == 0)
+      vector_blocks<7>(xn, w, zeros, s, ho, phase, step, count, k_pairs, k_full, orow);
+    else
+      vector_blocks<8>(xn, w, zeros, s, ho, phase, step, count, k_pairs, k_full, orow);
     for (int64_t k = k_full; k < s.k; ++k)  // output channels past the last full vector
       for (int64_t b = 0; b < count; ++b) {
         const int64_t wo = at(b);
