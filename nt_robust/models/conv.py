@@ -7,9 +7,9 @@ oneDNN; on others it is faster than any rewrite (docs/benchmarks.md). And inside
 (``lax.fori_loop``/``while_loop``: APGD, FAB, Square, a ``fori`` training attack) the input
 gradient that autodiff writes, a convolution with the kernel's in/out features swapped,
 falls off XLA:CPU's fast convolution path: 22-24x slower than the same convolution outside
-a loop. Both custom VJPs here write the input gradient as an ordinary forward convolution of
+a loop. The custom VJPs here write the input gradient as an ordinary forward convolution of
 the output gradient with the flipped, in/out-swapped kernel (``_input_gradient``), which
-stays fast in loops; they differ in the weight gradient:
+stays fast in loops; they differ in the weight gradient and in who runs the convolutions:
 
 * ``flipped_dx_conv``: XLA's own weight-gradient convolution;
 * ``shifted_matmul_conv``: one matmul per kernel tap (2.6-9x faster than XLA's where XLA's
@@ -17,8 +17,8 @@ stays fast in loops; they differ in the weight gradient:
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
-* ``native_conv``: hand-written C++ kernels for the forward pass, the stride-1 input gradients
-  and the weight gradient (``nt_robust.models.native_conv``: built with g++ on first use and
+* ``native_conv``: hand-written C++ kernels for the forward pass, the input gradients
+  (with at least 16 input channels) and the weight gradient (``nt_robust.models.native_conv``: built with g++ on first use and
   spread over XLA's thread pool). Its forward values are the kernel's, equal to XLA's up to
   float summation order.
 
@@ -264,9 +264,9 @@ shifted_matmul_conv = _drop_in(_conv, "shifted_matmul_conv", """Drop-in ``lax.co
 
 native_conv = _drop_in(_native, "native_conv", """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO
     convolutions without dilation or groups run the hand-written kernels of
-    ``nt_robust.models.native_conv`` (float32: forward pass, stride-1 input gradients and
-    weight gradients; other dtypes and strided input gradients as :func:`flipped_dx_conv`);
-    any other call is passed to ``lax``.""")
+    ``nt_robust.models.native_conv`` (float32: forward pass, weight gradients, and input
+    gradients with at least 16 input channels; other dtypes, and a few-channel stem's input
+    gradient, as :func:`flipped_dx_conv`); any other call is passed to ``lax``.""")
 
 
 def _hashable(precision):

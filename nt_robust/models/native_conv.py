@@ -1,10 +1,11 @@
-"""Hand-written CPU convolution kernels for ``model.conv_impl = "native"`` (opt-in).
+"""Hand-written CPU convolution kernels for ``model.conv_impl = "native"`` (which "auto" picks
+where it measured them fastest, ``nt_robust.models.conv_choice``).
 
 XLA:CPU's convolutions at 16–64 channels are what keep WideResNet steps behind PyTorch's
 oneDNN on CPU (docs/benchmarks.md). Two small C++ kernels, called from XLA through its FFI,
 replace them: a direct convolution (``kernels/conv_fwd.cc``: the forward pass, and the input
-gradient of stride-1 layers, a forward convolution of the flipped kernel) and a weight
-gradient (``kernels/conv_dw.cc``). Each spreads its work over XLA:CPU's own thread pool
+gradient, a forward convolution of the flipped kernel over the output gradient, dilated for
+strided layers) and a weight gradient (``kernels/conv_dw.cc``). Each spreads its work over XLA:CPU's own thread pool
 (``kernels/common.h``), so one device uses every core; under data parallelism over CPU devices
 (what ``nt-robust train`` does for conv nets) ``custom_partitioning`` gives each device its
 shard of the batch::

@@ -39,13 +39,13 @@ class ModelConfig:
     Switching ``arch`` keeps ``width``: an MLP's 256 is not a sensible CNN multiplier
     (``nt-robust train`` estimates parameters and memory first and says so). ``input_mean`` /
     ``input_std``: optional per-channel normalization applied inside the model.
-    ``conv_impl``: how convolution gradients are computed — "auto" (on the CPU backend a
-    custom VJP whose input gradient stays fast inside attack loops, with whichever weight
-    gradient was measured faster on this machine; plain XLA elsewhere), "xla",
-    "flipped_dx", "shifted_matmul" or "native" (opt-in hand-written CPU kernels, built with
-    g++ on first use: ``nt_robust.models.native_conv``). Same function and gradients up to
-    float summation order; see ``nt_robust.models.conv`` (use "xla" for forward-mode
-    autodiff through the model).
+    ``conv_impl``: how convolutions and their gradients are computed — "auto" (on the CPU
+    backend whichever of "flipped_dx", "shifted_matmul" and "native" was measured fastest on
+    this machine, ``nt_robust.models.conv_choice``; plain XLA elsewhere), "xla",
+    "flipped_dx", "shifted_matmul" or "native" (hand-written CPU kernels, built with g++ on
+    first use: ``nt_robust.models.native_conv``). Same function and gradients up to float
+    summation order; see ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff
+    through the model).
 
     ``dtype``: the compute dtype of training, "float32" or "bfloat16" (mixed precision:
     docs/design.md). Parameters, optimizer state and BatchNorm statistics stay float32,
