@@ -17,10 +17,10 @@ stays fast in loops; they differ in the weight gradient and in who runs the conv
 
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
-* ``native_conv``: hand-written C++ kernels for the forward pass, the input gradients
-  (with at least 16 input channels) and the weight gradient (``nt_robust.models.native_conv``: built with g++ on first use and
-  spread over XLA's thread pool). Its forward values are the kernel's, equal to XLA's up to
-  float summation order.
+* ``native_conv``: hand-written C++ kernels for the forward pass, the input gradients (with
+  at least 16 input channels) and the weight gradient (``nt_robust.models.native_conv``:
+  built with g++ on first use and spread over XLA's thread pool). Its forward values are the
+  kernel's, equal to XLA's up to float summation order.
 
 Models take ``conv_impl`` = "auto" (on the CPU backend whichever of ``flipped_dx``,
 ``shifted_matmul`` and ``native`` was fastest when measured on this machine,
@@ -182,8 +182,9 @@ def _native_forward(x, kernel, strides, padding, precision=None, lhs_dilation=(1
                                         dimension_numbers=_NHWC, precision=precision)
     from nt_robust.models import native_conv as kernels
 
-    out_hw = tuple(((size - 1) * d + 1 + low + high - k) // s + 1
-                   for size, d, k, s, (low, high) in zip(x.shape[1:3], lhs_dilation, kernel.shape[:2], strides, padding))
+    out_hw = tuple(((size - 1) * d + 1 + low + high - k) // s + 1  # d: the input's dilation
+                   for size, d, k, s, (low, high)
+                   in zip(x.shape[1:3], lhs_dilation, kernel.shape[:2], strides, padding))
     return _xla_derivatives(
         lambda x, kernel: kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw,
                                                lhs_dilation),

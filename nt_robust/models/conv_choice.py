@@ -1,7 +1,7 @@
 """Which convolution ``conv_impl = "auto"`` uses on CPU, chosen by measuring the candidates
 on this machine once and caching the answer.
 
-    cpu_conv_choice()   # {"impl": "native", "xla_ms": 31.2, "shifted_matmul_ms": 30.8, "native_ms": 8.1, ...}
+    cpu_conv_choice()   # {"impl": "native", "xla_ms": 24.08, "shifted_matmul_ms": 29.47, "native_ms": 12.69, ...}
 
 The candidates are XLA's convolutions with XLA's weight gradient (``"xla"``, which "auto"
 runs as ``conv_impl = "flipped_dx"``), the same with shifted-matmul weight gradients

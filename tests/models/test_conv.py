@@ -191,7 +191,7 @@ def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
     ({"xla_ms": 10.0, "shifted_matmul_ms": 8.0}, "xla"),  # not clearly faster
     ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0, "native_ms": 7.9}, "native"),
     ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0, "native_ms": 8.0}, "xla"),
-    ({"xla_ms": 10.0, "shifted_matmul_ms": 5.0, "native_ms": 4.5}, "shifted_matmul"),  # native not clearly faster than it
+    ({"xla_ms": 10.0, "shifted_matmul_ms": 5.0, "native_ms": 4.5}, "shifted_matmul"),  # not clearly faster than it
     ({"xla_ms": 10.0, "shifted_matmul_ms": 5.0, "native_ms": 3.9}, "native"),
     ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0}, "xla"),  # native unavailable
 ])

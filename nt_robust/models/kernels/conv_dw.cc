@@ -21,8 +21,8 @@ using nt_robust::Shape;
 using nt_robust::vec;
 namespace ffi = xla::ffi;
 
-constexpr int64_t kRows = 8;          // input channels held in registers at once
-constexpr int64_t kMaxChunks = 8;     // of the batch, each summed separately
+constexpr int64_t kRows = 8;       // input channels held in registers at once
+constexpr int64_t kMaxChunks = 8;  // of the batch, each summed separately
 
 // One image's contribution to dw[i, j, c0:c0+R, k0:k0+16*V]: R x V accumulators stay in registers.
 template <int R, int V>
@@ -75,7 +75,8 @@ void conv_dw(const float* x, const float* g, float* dw, const Shape& s, int64_t 
         for (int64_t c0 = 0; c0 < s.c; c0 += kRows) {
           const int64_t rows = std::min(kRows, s.c - c0);
           int64_t k0 = 0;  // pairs of channel vectors (2 x 8 sums in registers), then one
-          for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes) kBlocks<2>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
+          for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes)
+            kBlocks<2>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
           for (; k0 < k_full; k0 += kLanes) kBlocks<1>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
         }
         if (k_full < s.k) {  // output channels past the last full block: plain loops

@@ -21,7 +21,6 @@ using nt_robust::Shape;
 using nt_robust::vec;
 namespace ffi = xla::ffi;
 
-
 // x's pixel column read by output column wo at kernel column j, or -1 where that is padding
 // or (x dilated) one of the zeros between its columns.
 inline int64_t source_column(const Shape& s, int64_t wo, int64_t j) {
@@ -30,9 +29,9 @@ inline int64_t source_column(const Shape& s, int64_t wo, int64_t j) {
   return (u >= 0 && u % s.lw == 0 && u / s.lw < s.w) ? u / s.lw : -1;
 }
 
-// out[n, ho, wo0 + step*p, k0:k0+16*V] for p < pixels: 8 x V accumulators in registers; each
-// weight vector loaded once per 8 pixels, each input value broadcast once per V vectors. A
-// kernel row or column that reads only padding (or dilation zeros) for all 8 pixels is skipped.
+// out[n, ho, wo0 + step*p, k0:k0+16*V] for p < pixels: P x V accumulators in registers; each
+// weight vector loaded once per P pixels, each input value broadcast once per V vectors. A
+// kernel row or column that reads only padding (or dilation zeros) for all P pixels is skipped.
 template <int V, int P>
 inline void pixel_block(const float* xn, const float* w, const float* zeros, const Shape& s, int64_t ho, int64_t wo0,
                         int64_t step, int64_t pixels, int64_t k0, float* orow) {
