@@ -16,10 +16,13 @@ shard of the batch::
     y = conv_forward(x, w, strides=(1, 1), low_pads=(1, 1), out_hw=(32, 32))
     dw = weight_gradient(x, g, w.shape, strides=(1, 1), low_pads=(1, 1))
 
-The kernels are compiled on first use with ``g++ -O3 -march=native`` (a few seconds) and
-cached under ``~/.cache/nt_robust/kernels/`` by a key of their sources, the compiler, jaxlib
+The kernels are compiled on first use with ``g++ -O3 -march=native`` (a few seconds;
+``$NT_ROBUST_NATIVE_MARCH`` names another target, e.g. ``x86-64-v3`` for AVX2 code on an
+AVX-512 machine, which is how the tests cover both) and cached under
+``~/.cache/nt_robust/kernels/`` by a key of their sources, the target, the compiler, jaxlib
 and the CPU's model and ISA, so a home directory shared by different machines keeps one
-build per CPU. Without g++ (or when the build fails) :class:`NativeConvUnavailable` says so
+build per CPU. The vector width follows the target's ISA (16 floats with AVX-512, 8 with
+AVX2: ``kernels/common.h``). Without g++ (or when the build fails) :class:`NativeConvUnavailable` says so
 and names the fix. float32 only (``nt_robust.models.conv`` keeps XLA's convolutions for other
 dtypes); CPU backend only. Under ``jax.vmap`` a kernel runs on the folded batch, or once per
 mapped element; a gradient of a gradient goes through XLA's derivatives (``nt_robust.models.conv``).
@@ -53,17 +56,22 @@ def _compiler_version() -> str:
     return done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else "unknown"
 
 
+def march() -> str:
+    """The ``-march`` the kernels are built for: ``$NT_ROBUST_NATIVE_MARCH``, else ``native``."""
+    return os.environ.get("NT_ROBUST_NATIVE_MARCH", "").strip() or "native"
+
+
 def build_key() -> str:
-    """What a build depends on: the sources, the compiler, jaxlib and the CPU (``-march=native``:
-    its model name and numbers, and the vector ISA features ``cpu_info`` reads)."""
+    """What a build depends on: the sources, the target, the compiler, jaxlib and the CPU
+    (``-march=native``: its model name and numbers, and the vector ISA features ``cpu_info`` reads)."""
     from nt_robust.environment import cpu_info, package_version
 
     cpu = cpu_info()
     digest = hashlib.sha256()
     for source in (*SOURCES, *HEADERS):
         digest.update(source.read_bytes())
-    for part in (_compiler_version(), package_version("jaxlib") or "unknown", str(cpu["model"]), str(cpu["family"]),
-                 str(cpu["model_number"]), " ".join(cpu["isa"])):
+    for part in (march(), _compiler_version(), package_version("jaxlib") or "unknown", str(cpu["model"]),
+                 str(cpu["family"]), str(cpu["model_number"]), " ".join(cpu["isa"])):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
@@ -87,7 +95,7 @@ def build(directory: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
     os.close(handle)
-    command = [COMPILER, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+    command = [COMPILER, "-O3", f"-march={march()}", "-std=c++17", "-shared", "-fPIC", "-w",
                f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", partial]
     try:
         done = subprocess.run(command, capture_output=True, text=True)

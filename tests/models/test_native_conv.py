@@ -3,6 +3,7 @@ gradient and weight gradient against float64 loops within the float32 summation 
 one device and split over two; the build's cache and its errors."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from test_conv import gamma, numpy_input_gradient, numpy_weight_gradient  # pytest puts this folder on sys.path
 
+from nt_robust.environment import cpu_info
 from nt_robust.models import native_conv
 from nt_robust.models.conv import NATIVE_MIN_OUT_CHANNELS, conv_function, resolve_conv_impl, supports_forward_mode
 
@@ -246,3 +248,40 @@ def test_environment_json_records_the_kernels_a_run_uses():
     assert record["available"] and Path(record["library"]).is_file()
     assert record["build_key"] == native_conv.build_key() and record["build_key"] in record["library"]
     assert environment_info("xla")["native_conv"] is None
+
+
+@needs_compiler
+@pytest.mark.skipif("avx2" not in cpu_info()["isa"], reason="runs AVX2 code")
+def test_the_avx2_build_matches_float64_loops_too(tmp_path):
+    # -march=native compiles 16-float vectors on AVX-512 CPUs and 8-float ones elsewhere
+    # (kernels/common.h), with other register blocks; build the AVX2 variant here as well, in a
+    # fresh process (the FFI targets are registered once per process) with its own cache.
+    script = textwrap.dedent("""
+        import sys
+        import jax, numpy as np
+        from nt_robust.models import native_conv
+        from nt_robust.models.conv import conv_function
+        assert native_conv.march() == "x86-64-v3"
+        rng = np.random.default_rng(0)
+        results = {}
+        for name, (size, cin, cout, stride) in {"a": (9, 16, 48, 1), "b": (14, 32, 40, 1), "c": (9, 24, 32, 2)}.items():
+            x = rng.standard_normal((3, size, size, cin)).astype(np.float32)
+            w = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+            f = lambda x, w, s=stride: conv_function("native")(x, w, (s, s), ((1, 1), (1, 1)),
+                                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            out, vjp = jax.vjp(jax.jit(f), x, w)
+            g = rng.standard_normal(out.shape).astype(np.float32)
+            results.update({f"{name}_{key}": np.asarray(value) for key, value in
+                            zip(("x", "w", "g", "out", "dx", "dw"), (x, w, g, out, *vjp(g)))})
+        np.savez(sys.argv[1], **results)
+        print(native_conv.register())
+    """)
+    env = {**os.environ, "NT_ROBUST_NATIVE_MARCH": "x86-64-v3", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(tmp_path / "cache") in done.stdout  # its own build, not the native one
+    arrays = np.load(tmp_path / "results.npz")
+    for name, stride in (("a", 1), ("b", 1), ("c", 2)):
+        check_against_loops(*(arrays[f"{name}_{key}"] for key in ("x", "w", "g", "out", "dx", "dw")), stride,
+                            ((1, 1), (1, 1)))

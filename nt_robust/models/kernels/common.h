@@ -17,7 +17,14 @@ namespace nt_robust {
 
 namespace ffi = xla::ffi;
 
-constexpr int64_t kLanes = 16;  // floats per vector (GCC splits it into two on AVX2)
+// Floats per vector: one register of the machine the kernels are compiled for (-march=native).
+// A 16-float vector on an AVX2-only CPU is not two registers' worth of code but many times
+// slower (GCC lowers it through memory), so the width follows the ISA.
+#ifdef __AVX512F__
+constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
 typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 // x: n x h x w x c; the output (or output gradient): n x ho x wo x k; the kernel: kh x kw x c x k;

@@ -74,8 +74,9 @@ void conv_dw(const float* x, const float* g, float* dw, const Shape& s, int64_t 
         float* d = dw + (i * s.kw + j) * s.c * s.k;
         for (int64_t c0 = 0; c0 < s.c; c0 += kRows) {
           const int64_t rows = std::min(kRows, s.c - c0);
-          int64_t k0 = 0;  // pairs of channel vectors (2 x 8 sums in registers), then one
-          for (; k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes)
+          int64_t k0 = 0;  // pairs of channel vectors (2 x 8 sums in registers), then one; AVX2's
+          // 16 registers hold one vector's 8 sums only
+          for (; kLanes == 16 && k0 + 2 * kLanes <= k_full; k0 += 2 * kLanes)
             kBlocks<2>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
           for (; k0 < k_full; k0 += kLanes) kBlocks<1>[rows](xn, gn, s, i, j, c0, k0, d + c0 * s.k + k0);
         }

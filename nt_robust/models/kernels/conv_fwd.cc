@@ -93,7 +93,9 @@ void conv_row(const float* x, const float* w, const float* zeros, float* out, co
   for (int64_t phase = 0; phase < std::min(step, s.wo); ++phase) {
     const int64_t count = (s.wo - phase + step - 1) / step;
     auto at = [&](int64_t b) { return phase + step * b; };
-    if (count % 8 != 0 && count % 7 == 0)
+    if (kLanes == 8)  // AVX2: 16 registers, so 4 pixels x 2 vectors of sums (8 pixels would spill)
+      vector_blocks<4>(xn, w, zeros, s, ho, phase, step, count, k_pairs, k_full, orow);
+    else if (count % 8 != 0 && count % 7 == 0)
       vector_blocks<7>(xn, w, zeros, s, ho, phase, step, count, k_pairs, k_full, orow);
     else
       vector_blocks<8>(xn, w, zeros, s, ho, phase, step, count, k_pairs, k_full, orow);
