@@ -55,13 +55,15 @@ def cache_path() -> Path:
 
 
 def machine_key() -> str:
-    """What the measurement depends on: the CPU, the cores this process may use, jaxlib, XLA_FLAGS."""
+    """What the measurement depends on: the CPU, the cores this process may use, jaxlib,
+    XLA_FLAGS, and the target the native kernels are built for."""
     from nt_robust.environment import cpu_info, package_version
+    from nt_robust.models.native_conv import march
 
     cpu = cpu_info()
     jaxlib = package_version("jaxlib") or "unknown"
     return (f"{cpu['model']} family {cpu['family']} model {cpu['model_number']} | {cpu['cores']} cores | "
-            f"jaxlib {jaxlib} | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} | {SCHEME}")
+            f"jaxlib {jaxlib} | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} | {SCHEME} | -march={march()}")
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
