@@ -18,8 +18,9 @@ namespace nt_robust {
 namespace ffi = xla::ffi;
 
 // Floats per vector: one register of the machine the kernels are compiled for (-march=native).
-// A 16-float vector on an AVX2-only CPU is not two registers' worth of code but many times
-// slower (GCC lowers it through memory), so the width follows the ISA.
+// Compiled for AVX2 only, 16-float vectors made the kernels 16-70x slower than XLA's
+// convolutions (docs/benchmarks.md; the generated code was not inspected), so the width
+// follows the ISA.
 #ifdef __AVX512F__
 constexpr int64_t kLanes = 16;
 #else
