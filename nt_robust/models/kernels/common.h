@@ -50,6 +50,20 @@ inline ffi::Error read_shape(const char* name, ffi::Span<const int64_t> x, ffi::
   return ffi::Error::Success();
 }
 
+// The FFI binding both kernels start from: XLA's thread pool; x, then the kernel (or the output
+// gradient); the result; the strides and the zero rows/columns before the image.
+inline auto conv_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("sh")
+      .Attr<int64_t>("sw")
+      .Attr<int64_t>("pt")
+      .Attr<int64_t>("pl");
+}
+
 // body(chunk) for every chunk in [0, chunks), on the calling thread and up to
 // num_threads - 1 tasks of XLA's pool. Chunks are claimed one at a time, so the work balances
 // itself, and a task that starts late (or that XLA runs inline) finds nothing left and
