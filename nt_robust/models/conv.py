@@ -177,9 +177,12 @@ def _xla_derivatives(native: Callable, xla: Callable) -> Callable:
 def _native_forward(x, kernel, strides, padding, precision=None, lhs_dilation=(1, 1)):
     """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32 with at
     least 16 output channels; XLA's otherwise (e.g. the input gradient of a 3-channel stem)."""
-    if not x.dtype == kernel.dtype == jnp.float32 or kernel.shape[3] < NATIVE_MIN_OUT_CHANNELS:
+    def xla(x, kernel):
         return lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=lhs_dilation,
                                         dimension_numbers=_NHWC, precision=precision)
+
+    if not x.dtype == kernel.dtype == jnp.float32 or kernel.shape[3] < NATIVE_MIN_OUT_CHANNELS:
+        return xla(x, kernel)
     from nt_robust.models import native_conv as kernels
 
     out_hw = tuple(((size - 1) * d + 1 + low + high - k) // s + 1  # d: the input's dilation
@@ -188,8 +191,7 @@ def _native_forward(x, kernel, strides, padding, precision=None, lhs_dilation=(1
     return _xla_derivatives(
         lambda x, kernel: kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw,
                                                lhs_dilation),
-        lambda x, kernel: lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=lhs_dilation,
-                                                   dimension_numbers=_NHWC, precision=precision))(x, kernel)
+        xla)(x, kernel)
 
 
 def _native_input_gradient(g, kernel, strides, padding, input_hw, precision):
@@ -202,13 +204,16 @@ def _native_input_gradient(g, kernel, strides, padding, input_hw, precision):
 
 def _native_weight_gradient(x, kernel, g, strides, padding, precision):
     """The weight-gradient kernel for float32, XLA's otherwise."""
-    if not x.dtype == kernel.dtype == g.dtype == jnp.float32:
+    def xla(x, g):
         return _xla_weight_gradient(x, kernel, g, strides, padding, precision)
+
+    if not x.dtype == kernel.dtype == g.dtype == jnp.float32:
+        return xla(x, g)
     from nt_robust.models import native_conv as kernels
 
     return _xla_derivatives(
         lambda x, g: kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0])),
-        lambda x, g: _xla_weight_gradient(x, kernel, g, strides, padding, precision))(x, g)
+        xla)(x, g)
 
 
 _native = _custom_vjp_conv(_native_weight_gradient, _native_forward, _native_input_gradient)

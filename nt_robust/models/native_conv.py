@@ -5,10 +5,10 @@ XLA:CPU's convolutions at 16–64 channels are what keep WideResNet steps behind
 oneDNN on CPU (docs/benchmarks.md). Two small C++ kernels, called from XLA through its FFI,
 replace them: a direct convolution (``kernels/conv_fwd.cc``: the forward pass, and the input
 gradient, a forward convolution of the flipped kernel over the output gradient, dilated for
-strided layers) and a weight gradient (``kernels/conv_dw.cc``). Each spreads its work over XLA:CPU's own thread pool
-(``kernels/common.h``), so one device uses every core; under data parallelism over CPU devices
-(what ``nt-robust train`` does for conv nets) ``custom_partitioning`` gives each device its
-shard of the batch::
+strided layers) and a weight gradient (``kernels/conv_dw.cc``). Each spreads its work over
+XLA:CPU's own thread pool (``kernels/common.h``), so one device uses every core; under data
+parallelism over CPU devices (what ``nt-robust train`` does for conv nets)
+``custom_partitioning`` gives each device its shard of the batch::
 
     from nt_robust.models.native_conv import conv_forward, weight_gradient, native_status
 
@@ -22,10 +22,11 @@ AVX-512 machine, which is how the tests cover both) and cached under
 ``~/.cache/nt_robust/kernels/`` by a key of their sources, the target, the compiler, jaxlib
 and the CPU's model and ISA, so a home directory shared by different machines keeps one
 build per CPU. The vector width follows the target's ISA (16 floats with AVX-512, 8 with
-AVX2: ``kernels/common.h``). Without g++ (or when the build fails) :class:`NativeConvUnavailable` says so
-and names the fix. float32 only (``nt_robust.models.conv`` keeps XLA's convolutions for other
-dtypes); CPU backend only. Under ``jax.vmap`` a kernel runs on the folded batch, or once per
-mapped element; a gradient of a gradient goes through XLA's derivatives (``nt_robust.models.conv``).
+AVX2: ``kernels/common.h``). Without g++ (or when the build fails)
+:class:`NativeConvUnavailable` says so and names the fix. float32 only
+(``nt_robust.models.conv`` keeps XLA's convolutions for other dtypes); CPU backend only.
+Under ``jax.vmap`` a kernel runs on the folded batch, or once per mapped element; a gradient
+of a gradient goes through XLA's derivatives (``nt_robust.models.conv``).
 """
 
 from __future__ import annotations
