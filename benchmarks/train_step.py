@@ -245,7 +245,8 @@ def _jax_config(spec: dict[str, Any], model: dict[str, Any], seed: int = 0, lam:
     from nt_robust.config import load_config
     from nt_robust.train import ExperimentConfig
 
-    model = dict(model, conv_impl=spec.get("conv_impl") or "auto", dtype=spec.get("dtype") or "float32")
+    model = dict(model, conv_impl=spec.get("conv_impl") or "auto", dense_impl=spec.get("dense_impl") or "auto",
+                 dtype=spec.get("dtype") or "float32")
     overrides = [f"model.{key}={value!r}" if isinstance(value, str) else f"model.{key}={value}"
                  for key, value in model.items()]
     overrides += [
@@ -327,7 +328,8 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3), **_measure(run_step, spec),
         "compile_peak_rss_mb": compile_peak, "step_peak_rss_mb": memory.peak_mb(),
         **buffers, "memory_method": memory.method, "attack_loop": _resolved_loop(spec["loop"]),
-        "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dtype": config.model.dtype,
+        "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dense_impl": _resolved_dense_impl(config.model.dense_impl),
+        "dtype": config.model.dtype,
         "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": _malloc_note(),
     }
     result.update(_flop_rate(counted, result["images_per_s"], spec["batch"], config))
@@ -379,6 +381,11 @@ def _devices(setting: str, model: str, batch: int) -> int:
 def _resolved_conv_impl(name: str) -> str:
     from nt_robust.models.conv import resolve_conv_impl
     return resolve_conv_impl(name)
+
+
+def _resolved_dense_impl(name: str) -> str:
+    from nt_robust.models.dense import resolve_dense_impl
+    return resolve_dense_impl(name)
 
 
 def _resolved_loop(loop: str) -> str:
@@ -1038,6 +1045,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache directory")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "flipped_dx", "shifted_matmul", "native"),
                         help="model.conv_impl of the JAX models (auto: measured per machine, nt_robust.models.conv)")
+    parser.add_argument("--dense-impl", default="auto", choices=("auto", "xla", "native"),
+                        help="model.dense_impl of the JAX models (auto: measured per machine, nt_robust.models.dense)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model.dtype (compute dtype) of the JAX models; PyTorch stays float32")
     parser.add_argument("--no-library-xla-flags", action="store_true",
@@ -1075,7 +1084,7 @@ def main() -> None:
         "batch": args.batch, "input": [int(v) for v in args.input.split(",")], "steps": args.steps,
         "min_seconds": args.min_seconds, "warmup": args.warmup, "augment": args.augment, "loop": args.loop,
         "prng_impl": args.prng_impl, "matmul_precision": args.matmul_precision, "cache_dir": args.cache_dir,
-        "devices": args.devices, "conv_impl": args.conv_impl, "dtype": args.dtype,
+        "devices": args.devices, "conv_impl": args.conv_impl, "dense_impl": args.dense_impl, "dtype": args.dtype,
         "library_xla_flags": not args.no_library_xla_flags, "torch_threads": args.torch_threads, "torch_variant": args.torch_variant,
         "torch_channels_last": args.torch_channels_last, "library_malloc": not args.no_library_malloc,
         "torch_malloc": args.torch_malloc,

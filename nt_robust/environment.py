@@ -1,7 +1,7 @@
 """What a run is computed with: versions, devices, processes, CPU model and ISA, git commit,
 XLA flags; the persistent compilation cache and XLA:CPU's scheduler.
 
-    info = environment_info(conv_impl="auto")   # saved as RUN_DIR/environment.json
+    info = environment_info(conv_impl="auto", dense_impl="auto")   # saved as RUN_DIR/environment.json
     cpu_info()                     # {"model": "AMD EPYC ...", "vendor": ..., "isa": ["avx2", ...], "cores": 2}
     configure_xla_cpu()            # what the CLI does at start-up, before the backend starts
     enable_compilation_cache()
@@ -22,6 +22,7 @@ import jax
 
 from nt_robust.host_memory import malloc_settings
 from nt_robust.models.conv import resolve_conv_impl
+from nt_robust.models.dense import resolve_dense_impl
 
 PACKAGES = ("nt_robust", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "matplotlib")
 
@@ -94,7 +95,7 @@ def describe_cpu(info: dict[str, Any] | None = None) -> str:
     return f"{info['model']}{numbers} ({info['cores']} cores; {' '.join(info['isa']) or 'ISA unknown'})"
 
 
-def environment_info(conv_impl: str = "auto") -> dict[str, Any]:
+def environment_info(conv_impl: str = "auto", dense_impl: str = "auto") -> dict[str, Any]:
     devices = jax.devices()
     return {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -112,30 +113,34 @@ def environment_info(conv_impl: str = "auto") -> dict[str, Any]:
         "process_index": jax.process_index(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "conv_impl_auto": resolve_conv_impl("auto"),
-        "conv_impl_auto_choice": _conv_choice_record(),
-        "native_conv": _native_conv_record(conv_impl),
+        "conv_impl_auto_choice": _auto_choice_record("conv"),
+        "native_conv": _native_kernels_record(resolve_conv_impl(conv_impl) == "native"),
+        "dense_impl_auto": resolve_dense_impl("auto"),
+        "dense_impl_auto_choice": _auto_choice_record("dense"),
+        "native_dense": _native_kernels_record(resolve_dense_impl(dense_impl) == "native"),
         "cpu_devices": cpu_device_choice(),
         "malloc": malloc_settings(),
     }
 
 
-def _native_conv_record(conv_impl: str) -> dict[str, Any] | None:
-    """The native convolution kernels' library and build key where ``conv_impl`` (the run's
-    ``model.conv_impl``) resolves to them here; None otherwise."""
-    if resolve_conv_impl(conv_impl) != "native":
+def _native_kernels_record(used: bool) -> dict[str, Any] | None:
+    """The native kernels' library and build key where the run uses them (``used``: its
+    ``model.conv_impl`` or ``model.dense_impl`` resolves to "native" here); None otherwise."""
+    if not used:
         return None
     from nt_robust.models import native_conv
 
     return {**native_conv.native_status(), "build_key": native_conv.build_key()}
 
 
-def _conv_choice_record() -> dict[str, Any] | None:
-    """How "auto" chose its convolution (CPU backend only)."""
+def _auto_choice_record(kind: str) -> dict[str, Any] | None:
+    """How "auto" chose the run's convolutions (``kind`` "conv") or dense-layer products
+    ("dense") on this machine; None off the CPU backend, where "auto" means XLA's."""
     if jax.default_backend() != "cpu":
         return None
-    from nt_robust.models.conv_choice import cpu_conv_choice
+    from nt_robust.models import conv_choice
 
-    return cpu_conv_choice()
+    return conv_choice.cpu_conv_choice() if kind == "conv" else conv_choice.cpu_dense_choice()
 
 
 def cache_dir() -> Path:

@@ -1,6 +1,6 @@
 """Test-wide settings: compiled programs are cached in a per-session directory (shared
-with the subprocesses the tests start), never in the user's cache; conv_impl "auto" is
-fixed rather than measured."""
+with the subprocesses the tests start), never in the user's cache; conv_impl and dense_impl
+"auto" are fixed rather than measured."""
 
 import atexit
 import os
@@ -17,3 +17,6 @@ if "NT_ROBUST_COMPILATION_CACHE" not in os.environ:
 # compare processes bit for bit would flake. The suite fixes it (tests/models/test_conv.py
 # tests the measurement and its cache themselves).
 os.environ.setdefault("NT_ROBUST_CONV_IMPL_AUTO", "shifted_matmul")
+# Likewise model.dense_impl = "auto" (nt_robust.models.conv_choice.cpu_dense_choice): XLA's
+# products; tests/models/test_native_dense.py tests the kernel and the measurement.
+os.environ.setdefault("NT_ROBUST_DENSE_IMPL_AUTO", "xla")

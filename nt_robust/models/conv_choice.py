@@ -1,7 +1,8 @@
-"""Which convolution ``conv_impl = "auto"`` uses on CPU, chosen by measuring the candidates
-on this machine once and caching the answer.
+"""Which convolution ``conv_impl = "auto"`` (and which matrix product ``dense_impl = "auto"``)
+uses on CPU, chosen by measuring the candidates on this machine once and caching the answer.
 
     cpu_conv_choice()   # {"impl": "native", "xla_ms": 24.08, "shifted_matmul_ms": 29.47, "native_ms": 12.69, ...}
+    cpu_dense_choice()  # {"impl": "native", "xla_ms": 3.69, "native_ms": 2.67, ...}
 
 The candidates are XLA's convolutions with XLA's weight gradient (``"xla"``, which "auto"
 runs as ``conv_impl = "flipped_dx"``), the same with shifted-matmul weight gradients
@@ -15,6 +16,11 @@ at batch 64 (a few seconds, plus one g++ build), and the answer is kept in
 ``XLA_FLAGS``. A candidate other than XLA's must be clearly faster (:data:`MARGIN`).
 ``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``, ``native``) skips the measurement;
 environment.json records the choice and its timings.
+
+Dense layers (``nt_robust.models.dense``) are chosen the same way, between XLA's products and
+the matrix-product kernel, on one 128 x 3072 -> 256 layer (an MLP's first on CIFAR-10); the
+kernel must take under :data:`DENSE_MARGIN` of XLA's time. ``NT_ROBUST_DENSE_IMPL_AUTO=xla``
+(or ``native``) skips that measurement.
 """
 
 from __future__ import annotations
@@ -118,34 +124,102 @@ def measure() -> dict[str, Any]:
     return timings
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_conv_choice() -> dict[str, Any]:
-    """The convolution "auto" uses on CPU here: forced by ``$NT_ROBUST_CONV_IMPL_AUTO``,
-    else from the cache, else measured now (and cached). Once per process."""
+def _cached_choice(name: str, choices: tuple[str, ...], variable: str, key: str, measure_now: Callable[[], dict],
+                   choose_now: Callable[[dict], str], layer: str) -> dict[str, Any]:
+    """The implementation "auto" uses on CPU for ``name`` (a key of the cache file): forced by
+    ``$variable``, else from the cache under ``key``, else measured now (and cached)."""
     from nt_robust import io
 
-    forced = os.environ.get("NT_ROBUST_CONV_IMPL_AUTO", "").strip()
+    forced = os.environ.get(variable, "").strip()
     if forced:
-        if forced not in CHOICES:
-            raise ValueError(f"NT_ROBUST_CONV_IMPL_AUTO must be one of {CHOICES}, got {forced!r}")
-        return {"impl": forced, "source": "NT_ROBUST_CONV_IMPL_AUTO"}
-    key, path = machine_key(), cache_path()
+        if forced not in choices:
+            raise ValueError(f"{variable} must be one of {choices}, got {forced!r}")
+        return {"impl": forced, "source": variable}
+    path = cache_path()
     try:
         cached = io.read_json(path)
     except (OSError, ValueError):
         cached = {}
     entry = cached.get(key) if isinstance(cached, dict) else None
-    if isinstance(entry, dict) and entry.get("impl") in CHOICES and "xla_ms" in entry:
+    if isinstance(entry, dict) and entry.get("impl") in choices and "xla_ms" in entry:
         entry = {**entry, "source": f"measured earlier on this machine ({path})"}
         if entry["impl"] == "native" and (reason := native_unavailable()) is not None:  # e.g. g++ removed since
-            entry.update(impl=choose({k: v for k, v in entry.items() if k != "native_ms"}), native_unavailable=reason)
+            entry.update(impl=choose_now({k: v for k, v in entry.items() if k != "native_ms"}), native_unavailable=reason)
         return entry
-    entry = {**measure(), "layer": "batch 64, 32x32, 32->32, 3x3", "key": key,
+    entry = {**measure_now(), "layer": layer, "key": key,
              "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    entry["impl"] = choose(entry)
+    entry["impl"] = choose_now(entry)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         io.write_json(path, {**(cached if isinstance(cached, dict) else {}), key: entry})
     except OSError:
         pass  # a read-only home: measure again next time
     return {**entry, "source": "measured now"}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_conv_choice() -> dict[str, Any]:
+    """The convolution "auto" uses on CPU here: forced by ``$NT_ROBUST_CONV_IMPL_AUTO``,
+    else from the cache, else measured now (and cached). Once per process."""
+    return _cached_choice("conv", CHOICES, "NT_ROBUST_CONV_IMPL_AUTO", machine_key(), lambda: measure(),
+                          choose, "batch 64, 32x32, 32->32, 3x3")
+
+
+# model.dense_impl = "auto": XLA's matrix products or the kernel's (nt_robust.models.dense),
+# timed on one dense layer as an MLP on CIFAR-10 has it.
+DENSE_CHOICES = ("xla", "native")
+DENSE_MARGIN = 0.9  # the kernel must take under 90 % of XLA's time
+_DENSE_LAYER = (128, 3072, 256)  # batch, inputs, outputs
+
+
+def choose_dense(timings: dict[str, float]) -> str:
+    """``"native"`` where it was timed (``timings["native_ms"]``) under :data:`DENSE_MARGIN` of
+    ``timings["xla_ms"]``, else ``"xla"``::
+
+        choose_dense({"xla_ms": 3.0, "native_ms": 2.6})   # "native"
+        choose_dense({"xla_ms": 3.0, "native_ms": 2.8})   # "xla"
+    """
+    native = timings.get("native_ms")
+    return "native" if native is not None and native < DENSE_MARGIN * timings["xla_ms"] else "xla"
+
+
+def measure_dense() -> dict[str, Any]:
+    """Median ms of one dense layer's forward pass and both gradients (:data:`_DENSE_LAYER`)
+    with XLA's products and with the kernel (``native_ms`` missing, and
+    ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    from nt_robust.models.dense import native_dot_general
+
+    candidates = {"xla": lax.dot_general, "native": native_dot_general}
+    timings: dict[str, Any] = {}
+    reason = native_unavailable()
+    if reason is not None:
+        del candidates["native"]
+        timings["native_unavailable"] = reason
+    batch, inputs, outputs = _DENSE_LAYER
+    numbers = (((1,), (0,)), ((), ()))
+    rng = np.random.default_rng(0)
+    with jax.ensure_compile_time_eval():  # real timings even when first asked inside a jit trace
+        x = jnp.asarray(rng.random((batch, inputs), np.float32))
+        kernel = jnp.asarray(rng.standard_normal((inputs, outputs)).astype(np.float32))
+        g = jnp.ones((batch, outputs), jnp.float32)
+        for name, dot_general in candidates.items():
+            def training_use(x, kernel, g, dot_general=dot_general):
+                out, vjp = jax.vjp(lambda x, k: dot_general(x, k, numbers), x, kernel)
+                return out, vjp(g)
+            compiled = jax.jit(training_use)
+            timings[f"{name}_ms"] = _median_ms(lambda compiled=compiled: compiled(x, kernel, g), repeats=15)
+    return timings
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_dense_choice() -> dict[str, Any]:
+    """The dense-layer products "auto" uses on CPU here: forced by
+    ``$NT_ROBUST_DENSE_IMPL_AUTO``, else from the cache, else measured now (and cached)."""
+    batch, inputs, outputs = _DENSE_LAYER
+    return _cached_choice("dense", DENSE_CHOICES, "NT_ROBUST_DENSE_IMPL_AUTO", f"{machine_key()} | dense",
+                          lambda: measure_dense(), choose_dense, f"batch {batch}, {inputs}->{outputs}")

@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
-SOURCES = (KERNELS / "conv_fwd.cc", KERNELS / "conv_dw.cc")
+SOURCES = (KERNELS / "conv_fwd.cc", KERNELS / "conv_dw.cc", KERNELS / "matmul.cc")
 HEADERS = (KERNELS / "common.h",)
 FORWARD_TARGET, WEIGHT_GRADIENT_TARGET = "nt_robust_conv_fwd", "nt_robust_conv_dw"
+MATMUL_TARGET = "nt_robust_matmul"
 COMPILER = "g++"
 
 
@@ -124,6 +125,7 @@ def register() -> Path:
                                     f"{library.parent} to rebuild them, or use model.conv_impl = 'auto'") from error
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(handle.NtRobustConvFwd), platform="cpu")
     jax.ffi.register_ffi_target(WEIGHT_GRADIENT_TARGET, jax.ffi.pycapsule(handle.NtRobustConvDw), platform="cpu")
+    jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(handle.NtRobustMatmul), platform="cpu")
     return library
 
 
@@ -151,8 +153,9 @@ def _batch_spec(arg_shapes):
 
 
 def _with_vmap_rule(fn, fold_batch: bool):
-    """``fn(a, b)`` (a kernel call on 4-d operands) under ``jax.vmap`` too. ``fold_batch``: when
-    only ``a`` is mapped, its mapped axis is folded into the batch axis and the kernel runs once
+    """``fn(a, b)`` (a kernel call; ``a``'s first axis is the batch, or the rows) under
+    ``jax.vmap`` too. ``fold_batch``: when only ``a`` is mapped, its mapped axis is folded into
+    that first axis and the kernel runs once
     (the forward pass of a vmapped VJP, e.g. FAB's or ``jacrev``'s per-class gradients); any
     other mapping runs the kernel once per mapped element (``lax.map``)."""
     import jax
@@ -242,3 +245,45 @@ def weight_gradient(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int
     dw.def_partition(infer_sharding_from_operands=infer, partition=partition,
                      sharding_rule="b h w c, b i j k -> p q c k")
     return _with_vmap_rule(dw, fold_batch=False)(x, g)
+
+
+def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
+    """``a @ b`` (``a.T`` with ``transpose_a``, ``b.T`` with ``transpose_b``; float32, 2-d)
+    through the matrix-product kernel (``kernels/matmul.cc``), partitioned over the rows of
+    ``a`` under a mesh: each device multiplies its rows (``transpose_a``: sums its rows'
+    products, then a ``psum``); batched under ``jax.vmap``."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    register()
+
+    def call(a, b):
+        rows, columns = a.shape[1 if transpose_a else 0], b.shape[0 if transpose_b else 1]
+        return jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((rows, columns), jnp.float32))(
+            a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+
+    @custom_partitioning
+    def product(a, b):
+        return call(a, b)
+
+    def infer(mesh, arg_shapes, result_shape):
+        return NamedSharding(mesh, PartitionSpec() if transpose_a else PartitionSpec(_batch_spec(arg_shapes)))
+
+    def partition(mesh, arg_shapes, result_shape):
+        axes = _batch_spec(arg_shapes)
+        rows = NamedSharding(mesh, PartitionSpec(axes))
+        if not transpose_a:
+            return mesh, call, rows, (rows, NamedSharding(mesh, PartitionSpec()))
+
+        def lower(a, b):
+            partial = call(a, b)
+            return jax.lax.psum(partial, axes) if axes is not None else partial
+
+        return mesh, lower, NamedSharding(mesh, PartitionSpec()), (rows, rows)
+
+    product.def_partition(infer_sharding_from_operands=infer, partition=partition,
+                          sharding_rule=("m k, " if not transpose_a else "k m, ") + ("n k" if transpose_b else "k n")
+                          + " -> m n")
+    return _with_vmap_rule(product, fold_batch=not transpose_a)(a, b)

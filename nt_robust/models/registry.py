@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nt_robust.models.conv import CONV_IMPLS
+from nt_robust.models.dense import DENSE_IMPLS
 from nt_robust.models.layers import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.wide_resnet import WideResNet
@@ -45,7 +46,10 @@ class ModelConfig:
     "flipped_dx", "shifted_matmul" or "native" (hand-written CPU kernels, built with g++ on
     first use: ``nt_robust.models.native_conv``). Same function and gradients up to float
     summation order; see ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff
-    through the model).
+    through the model). ``dense_impl``: how an MLP's dense layers multiply — "auto" (on the CPU
+    backend XLA's products or a hand-written matrix-product kernel, whichever was measured
+    faster on this machine), "xla" or "native" (``nt_robust.models.dense``; the same function
+    up to float summation order; "xla" for forward-mode autodiff).
 
     ``dtype``: the compute dtype of training, "float32" or "bfloat16" (mixed precision:
     docs/design.md). Parameters, optimizer state and BatchNorm statistics stay float32,
@@ -61,6 +65,7 @@ class ModelConfig:
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     conv_impl: str = "auto"
+    dense_impl: str = "auto"
     dtype: str = "float32"
     matmul_precision: str = "default"
 
@@ -69,6 +74,8 @@ class ModelConfig:
             raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        if self.dense_impl not in DENSE_IMPLS:
+            raise ValueError(f"model.dense_impl must be one of {DENSE_IMPLS}, got {self.dense_impl!r}")
         if self.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
         if self.matmul_precision not in MATMUL_PRECISIONS:
@@ -104,7 +111,7 @@ def create_model(config: ModelConfig, num_classes: int, dtype: str | None = None
         return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes,
                           conv_impl=config.conv_impl, **norm)
     if config.arch == "mlp":
-        return MLP(width=config.width, depth=config.depth, num_classes=num_classes, **norm)
+        return MLP(width=config.width, depth=config.depth, num_classes=num_classes, dense_impl=config.dense_impl, **norm)
     return SmallCNN(width=config.width, num_classes=num_classes, conv_impl=config.conv_impl, **norm)
 
 

@@ -17,18 +17,21 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nt_robust.models.conv import conv_function
+from nt_robust.models.dense import dot_general_function
 from nt_robust.models.layers import Normalize, conv_init, float32_logits, linear_init, to_compute_dtype
 from nt_robust.models.pooling import max_pool
 
 
 class MLP(nn.Module):
-    """ReLU MLP with ``depth`` hidden layers of ``width`` units."""
+    """ReLU MLP with ``depth`` hidden layers of ``width`` units. ``dense_impl``: see
+    ``nt_robust.models.dense`` (changes speed, not the function)."""
 
     width: int = 256
     depth: int = 2
     num_classes: int = 10
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
+    dense_impl: str = "auto"
     dtype: Any = jnp.float32
     precision: Any = None
 
@@ -37,7 +40,8 @@ class MLP(nn.Module):
         del train  # no BatchNorm or dropout; kept for the common model signature
         x = to_compute_dtype(Normalize(self.input_mean, self.input_std)(x), self.dtype)
         x = jnp.reshape(x, (x.shape[0], -1))
-        dense = dict(kernel_init=linear_init, dtype=self.dtype, precision=self.precision)
+        dense = dict(kernel_init=linear_init, dtype=self.dtype, precision=self.precision,
+                     dot_general=dot_general_function(self.dense_impl))
         for layer in range(self.depth):
             x = nn.relu(nn.Dense(self.width, name=f"hidden{layer + 1}", **dense)(x))
         return float32_logits(nn.Dense(self.num_classes, name="classifier", **dense)(x))

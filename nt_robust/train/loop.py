@@ -161,7 +161,7 @@ class Trainer:
 
     def _fit(self, stop_after_steps: int | None) -> dict[str, Any]:
         config, run = self.config, self.run
-        resumed = run.claim(to_dict(config), {**environment_info(config.model.conv_impl),
+        resumed = run.claim(to_dict(config), {**environment_info(config.model.conv_impl, config.model.dense_impl),
                                               "precision": precision_record(config)},
                             write=self.is_main)
         state = self.initial_state()

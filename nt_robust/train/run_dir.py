@@ -152,6 +152,7 @@ def _bn_passes_before_the_option(saved: dict[str, Any]) -> str:
 # A value may also be a function of the saved config (a dict), for a field whose old
 # behaviour depended on other settings.
 ADDED_FIELDS = {"model.conv_impl": "xla",
+                "model.dense_impl": "xla",  # issue 16: the dense kernel; every run before it used XLA's products
                 # issue 12: mixed precision; every run before it was float32 at JAX's default precision.
                 "model.dtype": "float32", "model.matmul_precision": "default", "eval.dtype": "float32",
                 "eval.lipschitz_direction": "ascend",  # issue 11: Yang's published (descending) loop as an option

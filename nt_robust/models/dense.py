@@ -1,0 +1,102 @@
+"""Dense layers whose matrix products run through a hand-written CPU kernel.
+
+XLA:CPU's float32 matrix products (YNNPACK) are what keep an MLP's TRADES step and its attacks
+behind PyTorch's MKL on CPU: 1.03 against 0.78 ms for a 128 x 3072 by 3072 x 256 product on
+an Intel Xeon (docs/benchmarks.md). ``kernels/matmul.cc`` (built and loaded with the
+convolution kernels, ``nt_robust.models.native_conv``) computes all three products of a dense
+layer: the forward pass ``x W``, the input gradient ``g W^T`` and the weight gradient ``x^T g``.
+
+Models take ``dense_impl`` = "auto" (on the CPU backend whichever of XLA's and the kernel was
+faster when measured on this machine, ``nt_robust.models.conv_choice.cpu_dense_choice``; XLA
+elsewhere), "xla" or "native" (XLA off the CPU backend)::
+
+    dot_general = dot_general_function("auto")
+    y = nn.Dense(256, dot_general=dot_general)(x)
+
+Under "native" the values are the kernel's, equal to XLA's up to float summation order; a
+gradient of a gradient goes through XLA's derivatives. Other dtypes, and products that are not
+``x[..., K] @ W[K, N]``, go to ``lax.dot_general``. Gotcha: "native" is a ``jax.custom_vjp``,
+so forward-mode differentiation (``jax.jvp``) through such a layer raises; use "xla" there.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from nt_robust.models.conv import _xla_derivatives
+
+DENSE_IMPLS = ("auto", "xla", "native")
+# The kernel computes 2 vectors of outputs at a time (32 floats with AVX-512): a classifier's
+# 10 would waste two thirds of it, and XLA's product was faster there (docs/benchmarks.md).
+NATIVE_MIN_FEATURES = 16
+
+
+def resolve_dense_impl(name: str) -> str:
+    """``"auto"`` -> on the CPU backend the faster of ``"xla"`` and ``"native"`` measured on
+    this machine (``nt_robust.models.conv_choice.cpu_dense_choice``), ``"xla"`` elsewhere."""
+    if name not in DENSE_IMPLS:
+        raise ValueError(f"dense_impl must be one of {DENSE_IMPLS}, got {name!r}")
+    if jax.default_backend() != "cpu":
+        return "xla"  # the kernel is CPU code
+    if name == "auto":
+        from nt_robust.models.conv_choice import cpu_dense_choice
+
+        return cpu_dense_choice()["impl"]
+    return name
+
+
+def supports_forward_mode(name: str) -> bool:
+    """Whether a model built with ``dense_impl = name`` can be differentiated in forward mode
+    (``jax.jvp``): only XLA's products can, the kernel's custom VJP cannot."""
+    return resolve_dense_impl(name) == "xla"
+
+
+def dot_general_function(name: str) -> Callable:
+    """The ``dot_general`` to hand to ``flax.linen.Dense`` for ``dense_impl = name``."""
+    return {"xla": lax.dot_general, "native": native_dot_general}[resolve_dense_impl(name)]
+
+
+def _kernel_matmul(a, b, transpose_a=False, transpose_b=False):
+    """``a @ b`` (``a.T``, ``b.T`` as asked) through the kernel, differentiable through XLA's product."""
+    from nt_robust.models import native_conv as kernels
+
+    def xla(a, b):
+        return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+
+    return _xla_derivatives(lambda a, b: kernels.matmul(a, b, transpose_a, transpose_b), xla)(a, b)
+
+
+@jax.custom_vjp
+def _native_dense(x, w):
+    return _kernel_matmul(x, w)
+
+
+def _native_dense_forward(x, w):
+    return _kernel_matmul(x, w), (x, w)
+
+
+def _native_dense_backward(residuals, g):
+    x, w = residuals
+    return _kernel_matmul(g, w, transpose_b=True), _kernel_matmul(x, g, transpose_a=True)
+
+
+_native_dense.defvjp(_native_dense_forward, _native_dense_backward)
+
+
+def native_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """Drop-in ``lax.dot_general``: ``lhs[..., K] @ rhs[K, N]`` in float32 with at least
+    :data:`NATIVE_MIN_FEATURES` outputs runs through the kernel (the leading axes of ``lhs``
+    folded into its rows); any other call is passed to ``lax``."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    simple = (rhs.ndim == 2 and rhs.shape[1] >= NATIVE_MIN_FEATURES and lhs.ndim >= 1
+              and tuple(lhs_contract) == (lhs.ndim - 1,)
+              and tuple(rhs_contract) == (0,) and not lhs_batch and not rhs_batch
+              and lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32))
+    if not simple:
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+    rows = lhs.reshape(-1, lhs.shape[-1])
+    return _native_dense(rows, rhs).reshape(*lhs.shape[:-1], rhs.shape[1])
