@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from nt_robust.attacks import protocols as P
     from nt_robust.host_memory import malloc_settings
     from nt_robust.models.conv import resolve_conv_impl
+    from nt_robust.models.dense import resolve_dense_impl
     from nt_robust.attacks.apgd import APGDConfig
     from nt_robust.train.evaluate_run import load_run_config
     from nt_robust.train.loop import Trainer
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"model": config.model.label, "eps": eps, "examples": n, "square_queries": args.queries,
                      "rounds": args.rounds, "conv_impl": resolve_conv_impl(config.model.conv_impl),
+                     "dense_impl": resolve_dense_impl(config.model.dense_impl),
                      "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuned": malloc_settings()["tuned"]}
     xs, ys, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)

@@ -161,13 +161,16 @@ def enable_compilation_cache() -> None:
 
 CPU_SCHEDULER_FLAG = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 # jaxlib 0.10.2 runs convolutions through YNNPACK by default; XLA's Eigen convolutions are
-# faster on 2 cores: conv-net steps on one device 1.3-1.6x, attack steps 1.2-1.6x. Elementwise
-# fusions through YNNPACK instead ("+eltwise"): the layout transposes XLA puts around every
-# weight-gradient convolution ran 3-4x faster on a Zen 5 EPYC (3.0 -> 0.8-1.1 ms for
-# 128x32x32x16), natural conv-net steps 1.1-1.2x (docs/benchmarks.md). Only on the jaxlib it
-# was measured with: XLA aborts on flags it does not know, and a later jaxlib may route
-# fusions differently.
-YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,+eltwise"
+# faster on 2 cores: conv-net steps on one device 1.3-1.6x, attack steps 1.2-1.6x. Only on the
+# jaxlib it was measured with: XLA aborts on flags it does not know, and a later jaxlib may
+# route fusions differently.
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# The same with elementwise fusions through YNNPACK ("+eltwise"), where "auto" keeps XLA's
+# convolutions: the layout transposes XLA puts around every weight-gradient convolution ran
+# 3-4x faster on a Zen 5 EPYC, natural conv-net steps 1.1-1.2x. Where "auto" runs the native
+# kernels there are no such transposes, and on an Intel Xeon the fusions' per-call cost made
+# WRN-16-k steps 10-23 % and attacks up to 2x slower (docs/benchmarks.md).
+YNN_ELTWISE_FLAG = YNN_FUSION_FLAG + ",+eltwise"
 # (flag, the XLA option it sets, jaxlib versions [from, before) it is added for)
 CPU_FLAGS = ((CPU_SCHEDULER_FLAG, "xla_cpu_scheduler_type", (0, 10, 0), None),
              (YNN_FUSION_FLAG, "xla_cpu_experimental_ynn_fusion_type", (0, 10, 2), (0, 11, 0)))
@@ -195,8 +198,10 @@ def configure_xla_cpu() -> bool:
     - the memory-optimized scheduler: the default one keeps the unrolled attack's
       activations alive (XLA plans 1.5 GB of temporaries for the small CNN's TRADES step,
       0.3 GB with this one), and the step is no slower;
-    - Eigen's convolutions instead of YNNPACK's, and YNNPACK's elementwise fusions (with the
-      transposes in them) instead of XLA's loops (jaxlib 0.10.2 to 0.10.x, where it was measured).
+    - Eigen's convolutions instead of YNNPACK's (jaxlib 0.10.2 to 0.10.x, where it was
+      measured), and YNNPACK's elementwise fusions (with the transposes in them) instead of
+      XLA's loops unless ``conv_impl = "auto"`` runs the native kernels on this machine
+      (:func:`elementwise_fusions_pay`).
 
     Both were measured in docs/benchmarks.md. They take effect only before JAX starts its
     backend (XLA reads ``XLA_FLAGS`` then), and only for CPU compiles. Each is left alone
@@ -217,9 +222,29 @@ def configure_xla_cpu() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     added = [flag for flag, option, first, before in CPU_FLAGS
              if first <= version and (before is None or version < before) and option not in flags]
+    if YNN_FUSION_FLAG in added:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()  # what the choice below is measured under
+        if elementwise_fusions_pay():
+            added[added.index(YNN_FUSION_FLAG)] = YNN_ELTWISE_FLAG
     if added:
         os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
     return bool(added)
+
+
+def elementwise_fusions_pay() -> bool:
+    """Whether :data:`YNN_ELTWISE_FLAG` should replace :data:`YNN_FUSION_FLAG` here: unless
+    ``conv_impl = "auto"`` runs the native kernels on this machine (``$NT_ROBUST_CONV_IMPL_AUTO``,
+    else the cached measurement, else measured now in a subprocess, once per machine, under the
+    flags without it; if that fails, the fusions stay, as before the choice existed)."""
+    forced = os.environ.get("NT_ROBUST_CONV_IMPL_AUTO", "").strip()
+    if forced:
+        return forced != "native"
+    from nt_robust.models import conv_choice
+
+    impl = conv_choice.cached_impl()
+    if impl is None:
+        impl = conv_choice.measure_in_subprocess()
+    return impl != "native"
 
 
 # Architectures whose training steps run faster split over one XLA device per core: measured

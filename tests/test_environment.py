@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_FUSION_FLAG, _jaxlib_version, auto_cpu_devices,
-                                   backend_started, configure_xla_cpu, set_cpu_devices)
+from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_ELTWISE_FLAG, YNN_FUSION_FLAG, _jaxlib_version,
+                                   auto_cpu_devices, backend_started, configure_xla_cpu, elementwise_fusions_pay,
+                                   set_cpu_devices)
+from nt_robust.models import conv_choice
 
 
 @pytest.fixture
@@ -25,14 +27,15 @@ def test_flags_are_appended_to_existing_flags_once(monkeypatch, before_the_backe
     monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert configure_xla_cpu() is True
-    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"
+    # conftest fixes conv_impl "auto" to shifted matmuls: XLA's convolutions, so the elementwise fusions pay
+    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}"
     assert configure_xla_cpu() is False  # a second call adds nothing
     for _, option, _, _ in CPU_FLAGS:
         assert os.environ["XLA_FLAGS"].count(option) == 1
 
 
 @pytest.mark.parametrize("version,expected", [((0, 9, 9), ""), ((0, 10, 0), CPU_SCHEDULER_FLAG),
-                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"),
+                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}"),
                                               ((0, 11, 2), CPU_SCHEDULER_FLAG)])
 def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, before_the_backend, version, expected):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
@@ -52,6 +55,49 @@ def test_users_choice_and_opt_out_are_respected(monkeypatch, before_the_backend)
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("NT_ROBUST_XLA_CPU_FLAGS", "off")
     assert configure_xla_cpu() is False and os.environ["XLA_FLAGS"] == ""
+
+
+def test_elementwise_fusions_are_left_out_where_auto_runs_the_native_kernels(monkeypatch, before_the_backend,
+                                                                            tmp_path):
+    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
+    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for forced, flag in (("native", YNN_FUSION_FLAG), ("xla", YNN_ELTWISE_FLAG), ("shifted_matmul", YNN_ELTWISE_FLAG)):
+        monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", forced)
+        monkeypatch.setenv("XLA_FLAGS", "")
+        assert configure_xla_cpu() and os.environ["XLA_FLAGS"] == f"{CPU_SCHEDULER_FLAG} {flag}"
+    # Not forced: measured once per machine in a subprocess, under the flags without the fusions
+    # (the key the choice is cached under), then read from the cache.
+    monkeypatch.delenv("NT_ROBUST_CONV_IMPL_AUTO")
+    seen = []
+
+    def measure(timeout=600.0):
+        seen.append(os.environ["XLA_FLAGS"])
+        return "native"
+
+    monkeypatch.setattr(conv_choice, "measure_in_subprocess", measure)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert configure_xla_cpu() and os.environ["XLA_FLAGS"] == f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"
+    assert seen == [f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"]
+    monkeypatch.setattr(conv_choice, "cached_impl", lambda: "xla")
+    assert elementwise_fusions_pay() and len(seen) == 1
+    monkeypatch.setattr(conv_choice, "cached_impl", lambda: None)
+    monkeypatch.setattr(conv_choice, "measure_in_subprocess", lambda timeout=600.0: None)  # it failed
+    assert elementwise_fusions_pay()  # as before the choice existed
+
+
+def test_the_cached_choice_is_found_under_the_flags_it_was_measured_with(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("XLA_FLAGS", f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}")
+    assert conv_choice.cached_impl() is None
+    key = conv_choice.machine_key()
+    conv_choice.cache_path().parent.mkdir(parents=True)
+    conv_choice.cache_path().write_text(json.dumps({key: {"impl": "native", "xla_ms": 1.0}}))
+    assert conv_choice.cached_impl() == "native"
+    monkeypatch.setenv("XLA_FLAGS", f"{CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}")  # a process that added them
+    assert conv_choice.machine_key() == key and conv_choice.cached_impl() == "native"
+    conv_choice.cache_path().write_text("{not json")
+    assert conv_choice.cached_impl() is None
 
 
 def test_no_flag_is_added_once_the_backend_runs_so_children_compile_like_their_parent(monkeypatch):
@@ -185,6 +231,7 @@ def test_the_library_flags_keep_elementwise_math_at_float32_accuracy():
     exactly; exp, tanh and rsqrt of libm quality are within a few ulps (8 allowed; a bfloat16
     approximation is off by >= 2**15 ulps, a fast-math one by hundreds)."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NT_ROBUST_XLA_CPU_FLAGS")}
+    env["NT_ROBUST_CONV_IMPL_AUTO"] = "xla"  # XLA's convolutions: the library adds the elementwise fusions
     done = subprocess.run([sys.executable, "-c", _FLAGGED_MATH], env={**env, "JAX_PLATFORMS": "cpu"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -62,14 +62,17 @@ def cache_path() -> Path:
 
 def machine_key() -> str:
     """What the measurement depends on: the CPU, the cores this process may use, jaxlib,
-    XLA_FLAGS, and the target the native kernels are built for."""
-    from nt_robust.environment import cpu_info, package_version
+    XLA_FLAGS, and the target the native kernels are built for. The library's elementwise-fusion
+    flag counts as its flag without them: whether it is added follows from this very choice
+    (``nt_robust.environment.elementwise_fusions_pay``), which is measured without it."""
+    from nt_robust.environment import YNN_ELTWISE_FLAG, YNN_FUSION_FLAG, cpu_info, package_version
     from nt_robust.models.native_conv import march
 
     cpu = cpu_info()
     jaxlib = package_version("jaxlib") or "unknown"
+    flags = os.environ.get("XLA_FLAGS", "").replace(YNN_ELTWISE_FLAG, YNN_FUSION_FLAG)
     return (f"{cpu['model']} family {cpu['family']} model {cpu['model_number']} | {cpu['cores']} cores | "
-            f"jaxlib {jaxlib} | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} | {SCHEME} | -march={march()}")
+            f"jaxlib {jaxlib} | XLA_FLAGS={flags} | {SCHEME} | -march={march()}")
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
@@ -124,10 +127,10 @@ def measure() -> dict[str, Any]:
     return timings
 
 
-def _cached_choice(name: str, choices: tuple[str, ...], variable: str, key: str, measure_now: Callable[[], dict],
+def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_now: Callable[[], dict],
                    choose_now: Callable[[dict], str], layer: str) -> dict[str, Any]:
-    """The implementation "auto" uses on CPU for ``name`` (a key of the cache file): forced by
-    ``$variable``, else from the cache under ``key``, else measured now (and cached)."""
+    """The implementation "auto" uses on CPU (one of ``choices``): forced by ``$variable``, else
+    the cache file's entry under ``key``, else measured now (``layer`` says on what) and cached."""
     from nt_robust import io
 
     forced = os.environ.get(variable, "").strip()
@@ -157,36 +160,70 @@ def _cached_choice(name: str, choices: tuple[str, ...], variable: str, key: str,
     return {**entry, "source": "measured now"}
 
 
+def cached_impl() -> str | None:
+    """The convolution "auto" chose when it was measured on this machine under the current
+    ``XLA_FLAGS`` (None: not yet). Starts no JAX backend, so it can inform XLA's flags."""
+    from nt_robust import io
+
+    try:
+        entry = io.read_json(cache_path()).get(machine_key())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry["impl"] if isinstance(entry, dict) and entry.get("impl") in CHOICES else None
+
+
+def measure_in_subprocess(timeout: float = 600.0) -> str | None:
+    """:func:`cpu_conv_choice` in a fresh process under the current ``XLA_FLAGS`` (which this
+    process's backend may not have started with yet), cached as usual; its choice, or None if
+    it failed or took longer than ``timeout`` seconds."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c",
+               "from nt_robust.models.conv_choice import cpu_conv_choice; print(cpu_conv_choice()['impl'])"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.split()
+    return lines[-1] if done.returncode == 0 and lines and lines[-1] in CHOICES else None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_conv_choice() -> dict[str, Any]:
     """The convolution "auto" uses on CPU here: forced by ``$NT_ROBUST_CONV_IMPL_AUTO``,
     else from the cache, else measured now (and cached). Once per process."""
-    return _cached_choice("conv", CHOICES, "NT_ROBUST_CONV_IMPL_AUTO", machine_key(), lambda: measure(),
+    return _cached_choice(CHOICES, "NT_ROBUST_CONV_IMPL_AUTO", machine_key(), lambda: measure(),
                           choose, "batch 64, 32x32, 32->32, 3x3")
 
 
 # model.dense_impl = "auto": XLA's matrix products or the kernel's (nt_robust.models.dense),
 # timed on one dense layer as an MLP on CIFAR-10 has it.
 DENSE_CHOICES = ("xla", "native")
-DENSE_MARGIN = 0.9  # the kernel must take under 90 % of XLA's time
+DENSE_MARGIN = 0.95  # the kernel must take under 95 % of XLA's time (a median of paired ratios)
 _DENSE_LAYER = (128, 3072, 256)  # batch, inputs, outputs
 
 
 def choose_dense(timings: dict[str, float]) -> str:
-    """``"native"`` where it was timed (``timings["native_ms"]``) under :data:`DENSE_MARGIN` of
-    ``timings["xla_ms"]``, else ``"xla"``::
+    """``"native"`` where the kernel was timed (``timings["native_ms"]``) and took under
+    :data:`DENSE_MARGIN` of XLA's time (the median of paired ratios,
+    ``timings["native_over_xla"]``, where measured so), else ``"xla"``::
 
-        choose_dense({"xla_ms": 3.0, "native_ms": 2.6})   # "native"
-        choose_dense({"xla_ms": 3.0, "native_ms": 2.8})   # "xla"
+        choose_dense({"xla_ms": 3.0, "native_ms": 2.8})                            # "native"
+        choose_dense({"xla_ms": 3.0, "native_ms": 2.8, "native_over_xla": 0.97})   # "xla"
     """
-    native = timings.get("native_ms")
-    return "native" if native is not None and native < DENSE_MARGIN * timings["xla_ms"] else "xla"
+    if timings.get("native_ms") is None:
+        return "xla"
+    ratio = timings.get("native_over_xla", timings["native_ms"] / timings["xla_ms"])
+    return "native" if ratio < DENSE_MARGIN else "xla"
 
 
-def measure_dense() -> dict[str, Any]:
+def measure_dense(rounds: int = 51) -> dict[str, Any]:
     """Median ms of one dense layer's forward pass and both gradients (:data:`_DENSE_LAYER`)
-    with XLA's products and with the kernel (``native_ms`` missing, and
-    ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
+    with XLA's products and with the kernel, timed alternately (``rounds`` each), and the
+    median of the paired ratios kernel / XLA (``native_over_xla``): a machine's speed drifts
+    by more than the difference between the two, one after the other (``native_ms`` missing,
+    and ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -206,13 +243,25 @@ def measure_dense() -> dict[str, Any]:
     with jax.ensure_compile_time_eval():  # real timings even when first asked inside a jit trace
         x = jnp.asarray(rng.random((batch, inputs), np.float32))
         kernel = jnp.asarray(rng.standard_normal((inputs, outputs)).astype(np.float32))
-        g = jnp.ones((batch, outputs), jnp.float32)
+        g = jnp.asarray(rng.standard_normal((batch, outputs)).astype(np.float32))
+        compiled = {}
         for name, dot_general in candidates.items():
             def training_use(x, kernel, g, dot_general=dot_general):
                 out, vjp = jax.vjp(lambda x, k: dot_general(x, k, numbers), x, kernel)
                 return out, vjp(g)
-            compiled = jax.jit(training_use)
-            timings[f"{name}_ms"] = _median_ms(lambda compiled=compiled: compiled(x, kernel, g), repeats=15)
+            compiled[name] = jax.jit(training_use)
+            jax.block_until_ready(compiled[name](x, kernel, g))  # compile and warm up
+        times: dict[str, list[float]] = {name: [] for name in compiled}
+        for _ in range(rounds):
+            for name, fn in compiled.items():
+                started = time.perf_counter()
+                jax.block_until_ready(fn(x, kernel, g))
+                times[name].append(1000 * (time.perf_counter() - started))
+    for name, values in times.items():
+        timings[f"{name}_ms"] = round(statistics.median(values), 3)
+    if "native" in times:
+        timings["native_over_xla"] = round(statistics.median(
+            [n / x for n, x in zip(times["native"], times["xla"])]), 3)
     return timings
 
 
@@ -221,5 +270,5 @@ def cpu_dense_choice() -> dict[str, Any]:
     """The dense-layer products "auto" uses on CPU here: forced by
     ``$NT_ROBUST_DENSE_IMPL_AUTO``, else from the cache, else measured now (and cached)."""
     batch, inputs, outputs = _DENSE_LAYER
-    return _cached_choice("dense", DENSE_CHOICES, "NT_ROBUST_DENSE_IMPL_AUTO", f"{machine_key()} | dense",
+    return _cached_choice(DENSE_CHOICES, "NT_ROBUST_DENSE_IMPL_AUTO", f"{machine_key()} | dense",
                           lambda: measure_dense(), choose_dense, f"batch {batch}, {inputs}->{outputs}")

@@ -151,9 +151,11 @@ def test_names_resolve_and_unknown_ones_are_rejected(monkeypatch):
 
 
 @pytest.mark.parametrize("timings,expected", [
-    ({"xla_ms": 3.0, "native_ms": 2.69}, "native"),
-    ({"xla_ms": 3.0, "native_ms": 2.7}, "xla"),  # not clearly faster
-    ({"xla_ms": 3.0}, "xla"),                     # the kernel unavailable
+    ({"xla_ms": 3.0, "native_ms": 2.84}, "native"),
+    ({"xla_ms": 3.0, "native_ms": 2.85}, "xla"),  # not clearly faster
+    ({"xla_ms": 3.0, "native_ms": 2.5, "native_over_xla": 0.96}, "xla"),  # the paired ratio decides
+    ({"xla_ms": 3.0, "native_ms": 3.1, "native_over_xla": 0.94}, "native"),
+    ({"xla_ms": 3.0}, "xla"),  # the kernel unavailable
 ])
 def test_the_kernel_is_chosen_only_when_clearly_faster(timings, expected):
     assert conv_choice.choose_dense(timings) == expected
@@ -188,8 +190,8 @@ def test_the_dense_choice_is_measured_once_per_machine_and_can_be_forced(monkeyp
 
 
 def test_the_dense_measurement_times_both_candidates():
-    timings = conv_choice.measure_dense()
-    names = {"xla_ms"} | ({"native_ms"} if shutil.which("g++") else {"native_unavailable"})
+    timings = conv_choice.measure_dense(rounds=3)
+    names = {"xla_ms"} | ({"native_ms", "native_over_xla"} if shutil.which("g++") else {"native_unavailable"})
     assert set(timings) == names and timings["xla_ms"] > 0
 
 
