@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"model": config.model.label, "eps": eps, "examples": n, "square_queries": args.queries,
                      "rounds": args.rounds, "conv_impl": resolve_conv_impl(config.model.conv_impl),
-                     "dense_impl": resolve_dense_impl(config.model.dense_impl),
+                     "dense_impl": resolve_dense_impl(config.model.dense_impl) if config.model.arch == "mlp" else None,
                      "jax_backend": jax.default_backend(), "cpu_count": os.cpu_count(),
                      "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_tuned": malloc_settings()["tuned"]}
     xs, ys, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)

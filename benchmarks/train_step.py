@@ -328,7 +328,7 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "trace_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3), **_measure(run_step, spec),
         "compile_peak_rss_mb": compile_peak, "step_peak_rss_mb": memory.peak_mb(),
         **buffers, "memory_method": memory.method, "attack_loop": _resolved_loop(spec["loop"]),
-        "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dense_impl": _resolved_dense_impl(config.model.dense_impl),
+        "conv_impl": _resolved_conv_impl(config.model.conv_impl), "dense_impl": _resolved_dense_impl(config.model.dense_impl) if config.model.arch == "mlp" else None,
         "dtype": config.model.dtype,
         "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": _malloc_note(),
     }
