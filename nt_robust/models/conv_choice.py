@@ -75,16 +75,21 @@ def machine_key() -> str:
             f"jaxlib {jaxlib} | XLA_FLAGS={flags} | {SCHEME} | -march={march()}")
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
+def _alternating_times(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds of each call, ``rounds`` times, the calls taking turns within each round (a
+    machine's speed drifts by more than the candidates differ: timed one after the other, the
+    same two once came out 0.69 and 0.84 of each other). Each call is made once untimed first."""
     import jax
 
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(1000 * (time.perf_counter() - started))
-    return round(statistics.median(times), 2)
+    for fn in calls.values():
+        jax.block_until_ready(fn())  # compile and warm up
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            started = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(1000 * (time.perf_counter() - started))
+    return times
 
 
 def native_unavailable() -> str | None:
@@ -95,9 +100,10 @@ def native_unavailable() -> str | None:
     return None if status["available"] else status["reason"]
 
 
-def measure() -> dict[str, Any]:
-    """Median ms of one forward pass and both gradients of :data:`_LAYER` for each candidate
-    (``native_ms`` missing, and ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
+def measure(rounds: int = 15) -> dict[str, Any]:
+    """Median ms of one forward pass and both gradients of :data:`_LAYER` for each candidate,
+    timed in turns over ``rounds`` rounds (``native_ms`` missing, and ``native_unavailable``
+    saying why, where g++ cannot build the kernels)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -116,14 +122,16 @@ def measure() -> dict[str, Any]:
         x = jnp.asarray(rng.random((batch, height, width, cin), np.float32))
         kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout)).astype(np.float32))
         g = jnp.ones((batch, height, width, cout), jnp.float32)
+        calls = {}
         for name, conv in candidates.items():
             def training_use(x, kernel, g, conv=conv):  # what a training step asks of a layer
                 forward = lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)),  # noqa: E731
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
                 out, vjp = jax.vjp(forward, x, kernel)
                 return out, vjp(g)
-            compiled = jax.jit(training_use)
-            timings[f"{name}_ms"] = _median_ms(lambda compiled=compiled: compiled(x, kernel, g))
+            calls[name] = functools.partial(jax.jit(training_use), x, kernel, g)
+        times = _alternating_times(calls, rounds)
+    timings.update({f"{name}_ms": round(statistics.median(values), 2) for name, values in times.items()})
     return timings
 
 
@@ -220,10 +228,9 @@ def choose_dense(timings: dict[str, float]) -> str:
 
 def measure_dense(rounds: int = 51) -> dict[str, Any]:
     """Median ms of one dense layer's forward pass and both gradients (:data:`_DENSE_LAYER`)
-    with XLA's products and with the kernel, timed alternately (``rounds`` each), and the
-    median of the paired ratios kernel / XLA (``native_over_xla``): a machine's speed drifts
-    by more than the difference between the two, one after the other (``native_ms`` missing,
-    and ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
+    with XLA's products and with the kernel, timed in turns (``rounds`` each), and the median
+    of the paired ratios kernel / XLA (``native_over_xla``; ``native_ms`` missing, and
+    ``native_unavailable`` saying why, where g++ cannot build the kernels)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -244,19 +251,13 @@ def measure_dense(rounds: int = 51) -> dict[str, Any]:
         x = jnp.asarray(rng.random((batch, inputs), np.float32))
         kernel = jnp.asarray(rng.standard_normal((inputs, outputs)).astype(np.float32))
         g = jnp.asarray(rng.standard_normal((batch, outputs)).astype(np.float32))
-        compiled = {}
+        calls = {}
         for name, dot_general in candidates.items():
             def training_use(x, kernel, g, dot_general=dot_general):
                 out, vjp = jax.vjp(lambda x, k: dot_general(x, k, numbers), x, kernel)
                 return out, vjp(g)
-            compiled[name] = jax.jit(training_use)
-            jax.block_until_ready(compiled[name](x, kernel, g))  # compile and warm up
-        times: dict[str, list[float]] = {name: [] for name in compiled}
-        for _ in range(rounds):
-            for name, fn in compiled.items():
-                started = time.perf_counter()
-                jax.block_until_ready(fn(x, kernel, g))
-                times[name].append(1000 * (time.perf_counter() - started))
+            calls[name] = functools.partial(jax.jit(training_use), x, kernel, g)
+        times = _alternating_times(calls, rounds)
     for name, values in times.items():
         timings[f"{name}_ms"] = round(statistics.median(values), 3)
     if "native" in times:
