@@ -51,22 +51,15 @@ def main() -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     import jax.numpy as jnp
     import numpy as np
-    try:
-        import torch
-        torch.set_num_threads(os.cpu_count())
-    except Exception:  # noqa: BLE001 (optional)
-        torch = None
-
     from nt_robust.models import conv
     from nt_robust.models import native_conv
 
-    def time_ms(fn):
-        timing = train_step._time_steps(fn, 2, args.steps, args.min_seconds)
-        return round(1000 * timing["s_per_step_median"], 2)
+    torch = train_step.optional_torch()
 
-    def rel_diff(a, b):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    def time_ms(fn):
+        return train_step.median_ms(fn, args.steps, args.min_seconds)
+
+    rel_diff = train_step.max_rel_diff
 
     started = time.perf_counter()
     mesh = Mesh(np.array(jax.devices()[:2]), ("batch",))

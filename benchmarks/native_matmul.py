@@ -43,22 +43,14 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     from jax import lax
-    try:
-        import torch
-        torch.set_num_threads(os.cpu_count())
-    except Exception:  # noqa: BLE001 (optional)
-        torch = None
 
     from nt_robust.models import native_conv
     from nt_robust.models.dense import native_dot_general
 
-    def time_ms(fn):
-        timing = train_step._time_steps(fn, 2, args.steps, args.min_seconds)
-        return round(1000 * timing["s_per_step_median"], 3)
+    torch = train_step.optional_torch()
 
-    def rel_diff(a, b):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    def time_ms(fn):
+        return train_step.median_ms(fn, args.steps, args.min_seconds, digits=3)
 
     numbers = (((1,), (0,)), ((), ()))
     started = time.perf_counter()
@@ -79,7 +71,7 @@ def main() -> None:
         entry = {}
         for name, (xla_fn, kernel_fn, operands, torch_fn) in products.items():
             xla, kernel = jax.jit(xla_fn), jax.jit(kernel_fn)
-            entry[name] = {"max_rel_diff_vs_xla": rel_diff(kernel(*operands), xla(*operands)),
+            entry[name] = {"max_rel_diff_vs_xla": train_step.max_rel_diff(kernel(*operands), xla(*operands)),
                            "xla_ms": time_ms(lambda: jax.block_until_ready(xla(*operands))),
                            "kernel_ms": time_ms(lambda: jax.block_until_ready(kernel(*operands)))}
             if torch is not None:

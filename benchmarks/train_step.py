@@ -174,6 +174,31 @@ def _time_steps(run_step, warmup: int, min_steps: int, min_seconds: float) -> di
     }
 
 
+def median_ms(fn, steps: int, min_seconds: float, digits: int = 2) -> float:
+    """Median ms of ``fn()`` over at least ``steps`` calls and ``min_seconds`` (after two untimed
+    calls): the timer of the per-layer kernel benchmarks (``native_conv_fwd.py``, ``native_matmul.py``)."""
+    timing = _time_steps(fn, 2, steps, min_seconds)
+    return round(1000 * timing["s_per_step_median"], digits)
+
+
+def max_rel_diff(a, b) -> float:
+    """max |a - b| / max |b|, in float64: how far a kernel's values are from XLA's."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def optional_torch():
+    """``torch`` set to use every core, or None where it cannot be imported (PyTorch columns are optional)."""
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 (optional)
+        return None
+    torch.set_num_threads(os.cpu_count())
+    return torch
+
+
 def _serve_rounds(run_step, spec: dict[str, Any]) -> dict[str, Any]:
     """--paired: after the warm-up, say READY and run the rounds the driver asks for on
     stdin ("N S": at least N timed steps and S seconds, answered with each step's seconds;

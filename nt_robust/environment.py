@@ -168,8 +168,8 @@ YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolutio
 # The same with elementwise fusions through YNNPACK ("+eltwise"), where "auto" keeps XLA's
 # convolutions: the layout transposes XLA puts around every weight-gradient convolution ran
 # 3-4x faster on a Zen 5 EPYC, natural conv-net steps 1.1-1.2x. Where "auto" runs the native
-# kernels there are no such transposes, and on an Intel Xeon the fusions' per-call cost made
-# WRN-16-k steps 10-23 % and attacks up to 2x slower (docs/benchmarks.md).
+# kernels there are no such transposes, and on an Intel Xeon the fusions made WRN-16-k steps
+# take 11-30 % longer and APGD-CE up to 2x (docs/benchmarks.md).
 YNN_ELTWISE_FLAG = YNN_FUSION_FLAG + ",+eltwise"
 # (flag, the XLA option it sets, jaxlib versions [from, before) it is added for)
 CPU_FLAGS = ((CPU_SCHEDULER_FLAG, "xla_cpu_scheduler_type", (0, 10, 0), None),

@@ -189,8 +189,9 @@ def measure_in_subprocess(timeout: float = 600.0) -> str | None:
 
     command = [sys.executable, "-c",
                "from nt_robust.models.conv_choice import cpu_conv_choice; print(cpu_conv_choice()['impl'])"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the CPU's convolutions, on a machine with a GPU too
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = done.stdout.split()

@@ -1,8 +1,8 @@
 """Dense layers whose matrix products run through a hand-written CPU kernel.
 
-XLA:CPU's float32 matrix products (YNNPACK) are what keep an MLP's TRADES step and its attacks
-behind PyTorch's MKL on CPU: 1.03 against 0.78 ms for a 128 x 3072 by 3072 x 256 product on
-an Intel Xeon (docs/benchmarks.md). ``kernels/matmul.cc`` (built and loaded with the
+XLA:CPU's float32 matrix products (YNNPACK) kept an MLP's TRADES step behind PyTorch's MKL
+on CPU: 1.03 against 0.67-0.78 ms for a 128 x 3072 by 3072 x 256 product on an Intel Xeon,
+0.85 ms with the kernel (docs/benchmarks.md). ``kernels/matmul.cc`` (built and loaded with the
 convolution kernels, ``nt_robust.models.native_conv``) computes all three products of a dense
 layer: the forward pass ``x W``, the input gradient ``g W^T`` and the weight gradient ``x^T g``.
 
@@ -31,7 +31,7 @@ from nt_robust.models.conv import _xla_derivatives
 
 DENSE_IMPLS = ("auto", "xla", "native")
 # The kernel computes 2 vectors of outputs at a time (32 floats with AVX-512): a classifier's
-# 10 would waste two thirds of it, and XLA's product was faster there (docs/benchmarks.md).
+# 10 would waste two thirds of it, and the layer was a tie with XLA's (docs/benchmarks.md).
 NATIVE_MIN_FEATURES = 16
 
 

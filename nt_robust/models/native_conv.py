@@ -8,13 +8,16 @@ gradient, a forward convolution of the flipped kernel over the output gradient, 
 strided layers) and a weight gradient (``kernels/conv_dw.cc``). Each spreads its work over
 XLA:CPU's own thread pool (``kernels/common.h``), so one device uses every core; under data
 parallelism over CPU devices (what ``nt-robust train`` does for conv nets)
-``custom_partitioning`` gives each device its shard of the batch::
+``custom_partitioning`` gives each device its shard of the batch. The same library holds the
+matrix-product kernel of ``model.dense_impl = "native"`` (``kernels/matmul.cc``,
+``nt_robust.models.dense``)::
 
-    from nt_robust.models.native_conv import conv_forward, weight_gradient, native_status
+    from nt_robust.models.native_conv import conv_forward, matmul, weight_gradient, native_status
 
     native_status()           # {"available": True, "library": ".../libnt_robust_conv.so", ...}
     y = conv_forward(x, w, strides=(1, 1), low_pads=(1, 1), out_hw=(32, 32))
     dw = weight_gradient(x, g, w.shape, strides=(1, 1), low_pads=(1, 1))
+    h = matmul(x2d, w2d)      # x2d @ w2d; transpose_a / transpose_b for x2d.T, w2d.T
 
 The kernels are compiled on first use with ``g++ -O3 -march=native`` (a few seconds;
 ``$NT_ROBUST_NATIVE_MARCH`` names another target, e.g. ``x86-64-v3`` for AVX2 code on an
@@ -89,8 +92,8 @@ def build(directory: Path | None = None) -> Path:
 
     if shutil.which(COMPILER) is None:
         raise NativeConvUnavailable(
-            f"model.conv_impl = 'native' compiles its kernels with {COMPILER}, which is not on PATH: install it "
-            "(Debian/Ubuntu: apt-get install g++) or use model.conv_impl = 'auto'")
+            f"model.conv_impl (or dense_impl) = 'native' compiles its kernels with {COMPILER}, which is not on PATH: "
+            "install it (Debian/Ubuntu: apt-get install g++) or use model.conv_impl = 'auto' (dense_impl = 'auto')")
     target = (directory or cache_dir() / "kernels" / build_key()) / "libnt_robust_conv.so"
     if target.exists():
         return target
@@ -104,7 +107,7 @@ def build(directory: Path | None = None) -> Path:
         if done.returncode != 0:
             raise NativeConvUnavailable(
                 f"building the native convolution kernels failed ({' '.join(command)}):\n{done.stderr[-2000:]}\n"
-                "use model.conv_impl = 'auto' meanwhile")
+                "use model.conv_impl = 'auto' (and dense_impl = 'auto') meanwhile")
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -122,7 +125,8 @@ def register() -> Path:
         handle = ctypes.cdll.LoadLibrary(str(library))
     except OSError as error:
         raise NativeConvUnavailable(f"loading the native convolution kernels ({library}) failed: {error}; delete "
-                                    f"{library.parent} to rebuild them, or use model.conv_impl = 'auto'") from error
+                                    f"{library.parent} to rebuild them, or use model.conv_impl = 'auto' "
+                                    "(dense_impl = 'auto')") from error
     jax.ffi.register_ffi_target(FORWARD_TARGET, jax.ffi.pycapsule(handle.NtRobustConvFwd), platform="cpu")
     jax.ffi.register_ffi_target(WEIGHT_GRADIENT_TARGET, jax.ffi.pycapsule(handle.NtRobustConvDw), platform="cpu")
     jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(handle.NtRobustMatmul), platform="cpu")
