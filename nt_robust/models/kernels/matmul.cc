@@ -109,9 +109,9 @@ inline void register_block(const float* pa, int64_t rs, int64_t ks, const float*
 }
 
 // Operands copied ("packed") into the order the register blocks read them: B as column blocks
-// of [k][kNR] (zeros past the last column); A as row blocks, either [r][k] at a row stride off a
-// multiple of 4 KiB or (transpose_a: a's rows hold A's columns) [k][kMR] (zeros past the last
-// row). An operand that several tiles read is packed once per call, before the tiles; one
+// of [k][kNR] (zeros past the last column); A as row blocks, either [r][k] at a row stride
+// padded off multiples of 1 KiB (padded()) or (transpose_a: a's rows hold A's columns) [k][kMR]
+// (zeros past the last row). An operand that several tiles read is packed once per call, before the tiles; one
 // that a single tile reads is packed by that tile a K slice at a time, while it is in cache.
 struct Packing {
   float* data;    // whole-call packing, or nullptr: each tile packs its slices
