@@ -1,8 +1,8 @@
 """Which convolution ``conv_impl = "auto"`` (and which matrix product ``dense_impl = "auto"``)
 uses on CPU, chosen by measuring the candidates on this machine once and caching the answer.
 
-    cpu_conv_choice()   # {"impl": "native", "xla_ms": 24.08, "shifted_matmul_ms": 29.47, "native_ms": 12.69, ...}
-    cpu_dense_choice()  # {"impl": "native", "xla_ms": 3.69, "native_ms": 2.67, ...}
+    cpu_conv_choice()   # {"impl": "native", "xla_ms": 26.01, "shifted_matmul_ms": 31.48, "native_ms": 15.49, ...}
+    cpu_dense_choice()  # {"impl": "native", "xla_ms": 3.315, "native_ms": 2.838, "native_over_xla": 0.88, ...}
 
 The candidates are XLA's convolutions with XLA's weight gradient (``"xla"``, which "auto"
 runs as ``conv_impl = "flipped_dx"``), the same with shifted-matmul weight gradients
@@ -10,10 +10,10 @@ runs as ``conv_impl = "flipped_dx"``), the same with shifted-matmul weight gradi
 a candidate only where g++ can build them). Their ranking differs between CPUs: XLA's own weight
 gradient was 3.6x slower than shifted matmuls on one 2-core AMD EPYC and 2-3x faster on another
 (docs/benchmarks.md), so no rule by CPU name holds. The first time "auto" is resolved on a
-machine, each candidate's forward pass and both gradients are timed on one 32x32, 32->32 layer
-at batch 64 (a few seconds, plus one g++ build), and the answer is kept in
-``~/.cache/nt_robust/conv_impl.json`` under a key of CPU model, cores, jaxlib version and
-``XLA_FLAGS``. A candidate other than XLA's must be clearly faster (:data:`MARGIN`).
+machine, each candidate's forward pass and both gradients are timed, the candidates taking
+turns, on one 32x32, 32->32 layer at batch 64 (a few seconds, plus one g++ build), and the
+answer is kept in ``~/.cache/nt_robust/conv_impl.json`` under a key of CPU model, cores,
+jaxlib version and ``XLA_FLAGS``. A candidate other than XLA's must be clearly faster (:data:`MARGIN`).
 ``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``, ``native``) skips the measurement;
 environment.json records the choice and its timings.
 
