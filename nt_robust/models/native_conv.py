@@ -181,6 +181,39 @@ def _with_vmap_rule(fn, fold_batch: bool):
     return mapped
 
 
+def _batch_partitioned(call, sharding_rule: str, summed: bool):
+    """``call(a, b)`` (a kernel call) partitioned over ``a``'s first axis (the batch, or the
+    rows) under a mesh, and batched under ``jax.vmap``. Not ``summed``: each device computes the
+    output rows of its shard of ``a`` from all of ``b``. ``summed``: both operands are sharded
+    over that axis, and each device's sum over its shard is added up by a ``psum``."""
+    import jax
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    @custom_partitioning
+    def kernel(a, b):
+        return call(a, b)
+
+    def infer(mesh, arg_shapes, result_shape):
+        return NamedSharding(mesh, PartitionSpec() if summed else PartitionSpec(_batch_spec(arg_shapes)))
+
+    def partition(mesh, arg_shapes, result_shape):
+        axes = _batch_spec(arg_shapes)
+        sharded, whole = NamedSharding(mesh, PartitionSpec(axes)), NamedSharding(mesh, PartitionSpec())
+        if not summed:
+            return mesh, call, sharded, (sharded, whole)
+
+        def lower(a, b):
+            partial = call(a, b)
+            return jax.lax.psum(partial, axes) if axes is not None else partial
+
+        return mesh, lower, whole, (sharded, sharded)
+
+    kernel.def_partition(infer_sharding_from_operands=infer, partition=partition, sharding_rule=sharding_rule)
+    # A sum over the first axis cannot take a mapped axis folded into it.
+    return _with_vmap_rule(kernel, fold_batch=not summed)
+
+
 def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_hw: tuple[int, int],
                  lhs_dilation: tuple[int, int] = (1, 1)):
     """``conv(x, w)`` (NHWC, HWIO, float32) with ``low_pads`` rows/columns of zeros before the
@@ -189,30 +222,14 @@ def conv_forward(x, w, strides: tuple[int, int], low_pads: tuple[int, int], out_
     ``jax.vmap``)."""
     import jax
     import jax.numpy as jnp
-    from jax.experimental.custom_partitioning import custom_partitioning
-    from jax.sharding import NamedSharding, PartitionSpec
 
     register()
-    shape = jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.float32)
 
     def call(x, w):
-        return jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct((x.shape[0], *shape.shape[1:]), jnp.float32))(
+        return jax.ffi.ffi_call(FORWARD_TARGET, jax.ShapeDtypeStruct((x.shape[0], *out_hw, w.shape[3]), jnp.float32))(
             x, w, **_attrs(strides, low_pads, lhs_dilation))
 
-    @custom_partitioning
-    def conv(x, w):
-        return call(x, w)
-
-    def infer(mesh, arg_shapes, result_shape):
-        return NamedSharding(mesh, PartitionSpec(_batch_spec(arg_shapes)))
-
-    def partition(mesh, arg_shapes, result_shape):
-        sharded = NamedSharding(mesh, PartitionSpec(_batch_spec(arg_shapes)))
-        return mesh, call, sharded, (sharded, NamedSharding(mesh, PartitionSpec()))
-
-    conv.def_partition(infer_sharding_from_operands=infer, partition=partition,
-                       sharding_rule="b h w c, i j c k -> b p q k")
-    return _with_vmap_rule(conv, fold_batch=True)(x, w)
+    return _batch_partitioned(call, "b h w c, i j c k -> b p q k", summed=False)(x, w)
 
 
 def weight_gradient(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int], low_pads: tuple[int, int]):
@@ -220,8 +237,6 @@ def weight_gradient(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int
     batch under a mesh (each device sums its shard, then a ``psum``; batched under ``jax.vmap``)."""
     import jax
     import jax.numpy as jnp
-    from jax.experimental.custom_partitioning import custom_partitioning
-    from jax.sharding import NamedSharding, PartitionSpec
 
     register()
 
@@ -229,26 +244,7 @@ def weight_gradient(x, g, kernel_shape: tuple[int, ...], strides: tuple[int, int
         return jax.ffi.ffi_call(WEIGHT_GRADIENT_TARGET, jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32))(
             x, g, **_attrs(strides, low_pads))
 
-    @custom_partitioning
-    def dw(x, g):
-        return call(x, g)
-
-    def infer(mesh, arg_shapes, result_shape):
-        return NamedSharding(mesh, PartitionSpec())
-
-    def partition(mesh, arg_shapes, result_shape):
-        axes = _batch_spec(arg_shapes)
-        operands = NamedSharding(mesh, PartitionSpec(axes))
-
-        def lower(x, g):
-            partial = call(x, g)
-            return jax.lax.psum(partial, axes) if axes is not None else partial
-
-        return mesh, lower, NamedSharding(mesh, PartitionSpec()), (operands, operands)
-
-    dw.def_partition(infer_sharding_from_operands=infer, partition=partition,
-                     sharding_rule="b h w c, b i j k -> p q c k")
-    return _with_vmap_rule(dw, fold_batch=False)(x, g)
+    return _batch_partitioned(call, "b h w c, b i j k -> p q c k", summed=True)(x, g)
 
 
 def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
@@ -258,8 +254,6 @@ def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
     products, then a ``psum``); batched under ``jax.vmap``."""
     import jax
     import jax.numpy as jnp
-    from jax.experimental.custom_partitioning import custom_partitioning
-    from jax.sharding import NamedSharding, PartitionSpec
 
     register()
 
@@ -268,26 +262,5 @@ def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
         return jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((rows, columns), jnp.float32))(
             a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
-    @custom_partitioning
-    def product(a, b):
-        return call(a, b)
-
-    def infer(mesh, arg_shapes, result_shape):
-        return NamedSharding(mesh, PartitionSpec() if transpose_a else PartitionSpec(_batch_spec(arg_shapes)))
-
-    def partition(mesh, arg_shapes, result_shape):
-        axes = _batch_spec(arg_shapes)
-        rows = NamedSharding(mesh, PartitionSpec(axes))
-        if not transpose_a:
-            return mesh, call, rows, (rows, NamedSharding(mesh, PartitionSpec()))
-
-        def lower(a, b):
-            partial = call(a, b)
-            return jax.lax.psum(partial, axes) if axes is not None else partial
-
-        return mesh, lower, NamedSharding(mesh, PartitionSpec()), (rows, rows)
-
-    product.def_partition(infer_sharding_from_operands=infer, partition=partition,
-                          sharding_rule=("m k, " if not transpose_a else "k m, ") + ("n k" if transpose_b else "k n")
-                          + " -> m n")
-    return _with_vmap_rule(product, fold_batch=not transpose_a)(a, b)
+    rule = ("k m, " if transpose_a else "m k, ") + ("n k" if transpose_b else "k n") + " -> m n"
+    return _batch_partitioned(call, rule, summed=transpose_a)(a, b)
