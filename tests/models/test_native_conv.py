@@ -22,6 +22,26 @@ from nt_robust.models.conv import NATIVE_MIN_OUT_CHANNELS, conv_function, resolv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernels are built with g++")
+needs_avx2 = pytest.mark.skipif("avx2" not in cpu_info()["isa"], reason="runs AVX2 code")
+
+
+def run_script(script: str, tmp_path: Path, env: dict | None = None) -> tuple[str, dict]:
+    """``script`` in a fresh Python process started in the repository (the FFI targets are
+    registered once per process), given ``tmp_path/results.npz`` as ``sys.argv[1]`` to save its
+    arrays in: its stdout and those arrays."""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, np.load(tmp_path / "results.npz")
+
+
+def run_avx2_script(script: str, tmp_path: Path) -> dict:
+    """:func:`run_script` with the kernels built for AVX2 (``x86-64-v3``) into a cache of its own;
+    the script prints ``native_conv.register()``, the library it loaded, to show that it was that build."""
+    env = {**os.environ, "NT_ROBUST_NATIVE_MARCH": "x86-64-v3", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    stdout, arrays = run_script(script, tmp_path, env)
+    assert str(tmp_path / "cache") in stdout  # its own build, not the native one
+    return arrays
 
 
 def numpy_forward(x, kernel, stride, pads):
@@ -114,12 +134,9 @@ def test_split_over_two_devices_each_device_runs_its_shard_and_the_sums_are_exac
         print(json.dumps({{"devices": len(jax.devices()), "out_shards": len(out.sharding.device_set),
                           "calls": text.count("nt_robust_conv_")}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads(done.stdout.strip().splitlines()[-1])
+    stdout, arrays = run_script(script, tmp_path)
+    info = json.loads(stdout.strip().splitlines()[-1])
     assert info["devices"] == 2 and info["out_shards"] == 2 and info["calls"] >= 3
-    arrays = np.load(tmp_path / "results.npz")
     check_against_loops(arrays["x"], arrays["w"], arrays["g"], arrays["out"], arrays["dx"], arrays["dw"], 1,
                         ((1, 1), (1, 1)))
 
@@ -251,7 +268,7 @@ def test_environment_json_records_the_kernels_a_run_uses():
 
 
 @needs_compiler
-@pytest.mark.skipif("avx2" not in cpu_info()["isa"], reason="runs AVX2 code")
+@needs_avx2
 def test_the_avx2_build_matches_float64_loops_too(tmp_path):
     # -march=native compiles 16-float vectors on AVX-512 CPUs and 8-float ones elsewhere
     # (kernels/common.h), with other register blocks; build the AVX2 variant here as well, in a
@@ -276,12 +293,7 @@ def test_the_avx2_build_matches_float64_loops_too(tmp_path):
         np.savez(sys.argv[1], **results)
         print(native_conv.register())
     """)
-    env = {**os.environ, "NT_ROBUST_NATIVE_MARCH": "x86-64-v3", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert str(tmp_path / "cache") in done.stdout  # its own build, not the native one
-    arrays = np.load(tmp_path / "results.npz")
+    arrays = run_avx2_script(script, tmp_path)
     for name, stride in (("a", 1), ("b", 1), ("c", 2)):
         check_against_loops(*(arrays[f"{name}_{key}"] for key in ("x", "w", "g", "out", "dx", "dw")), stride,
                             ((1, 1), (1, 1)))

@@ -6,10 +6,7 @@ for bit where float32 is exact; under a mesh of two devices; and the "auto" choi
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -17,15 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_conv import gamma  # pytest puts this folder on sys.path
+from test_native_conv import needs_avx2, needs_compiler, run_avx2_script, run_script
 
-from nt_robust.environment import cpu_info
 from nt_robust.models import ModelConfig, conv_choice, native_conv
 from nt_robust.models.dense import (NATIVE_MIN_FEATURES, dot_general_function, native_dot_general,
                                     resolve_dense_impl, supports_forward_mode)
 from nt_robust.models.small import MLP
-
-needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernel is built with g++")
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def check_product(a, b, got, transpose_a, transpose_b):
@@ -231,19 +225,16 @@ def test_an_mlp_step_split_over_two_devices_matches_float64(tmp_path):
         print(json.dumps({"devices": len(jax.devices()), "out_shards": len(out.sharding.device_set),
                           "calls": text.count("nt_robust_matmul")}))
     """)
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
-                          text=True, cwd=REPOSITORY, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads(done.stdout.strip().splitlines()[-1])
+    stdout, r = run_script(script, tmp_path)
+    info = json.loads(stdout.strip().splitlines()[-1])
     assert info["devices"] == 2 and info["out_shards"] == 2 and info["calls"] >= 3
-    r = np.load(tmp_path / "results.npz")
     check_product(r["x"], r["w"], r["out"], False, False)
     check_product(r["g"], r["w"], r["dx"], False, True)
     check_product(r["x"], r["g"], r["dw"], True, False)
 
 
 @needs_compiler
-@pytest.mark.skipif("avx2" not in cpu_info()["isa"], reason="runs AVX2 code")
+@needs_avx2
 def test_the_avx2_build_matches_float64_products_too(tmp_path):
     # -march=native gives 16-float vectors, 8-row register blocks and 16x16 transposes on
     # AVX-512 CPUs, and 8-float vectors, 6 rows and 8x8 transposes elsewhere: build the AVX2
@@ -264,11 +255,6 @@ def test_the_avx2_build_matches_float64_products_too(tmp_path):
         np.savez(sys.argv[1], **results)
         print(native_conv.register())
     """)
-    env = {**os.environ, "NT_ROBUST_NATIVE_MARCH": "x86-64-v3", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "results.npz")], capture_output=True,
-                          text=True, cwd=REPOSITORY, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert str(tmp_path / "cache") in done.stdout  # its own build, not the native one
-    r = np.load(tmp_path / "results.npz")
+    r = run_avx2_script(script, tmp_path)
     for name, ta, tb in (("a", 0, 0), ("b", 0, 1), ("c", 1, 0), ("d", 1, 1)):
         check_product(r[f"{name}_a"], r[f"{name}_b"], r[f"{name}_out"], bool(ta), bool(tb))
