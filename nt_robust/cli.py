@@ -574,7 +574,8 @@ def plot_run_curves(curves: dict[str, list[dict[str, Any]]], out: Path, split: s
 
 
 def _study(args: argparse.Namespace) -> int:
-    from nt_robust.studies.pipeline import build_report, estimate_cost, format_estimate, run_study, study_summary
+    from nt_robust.studies.cost import estimate_cost, format_estimate
+    from nt_robust.studies.pipeline import build_report, run_study, study_summary
     from nt_robust.studies.sweep import load_study, run_index
     from nt_robust.studies.tables import format_table
 

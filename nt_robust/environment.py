@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import jax
 
+from nt_robust.cpu_host import backend_started, cpu_host
 from nt_robust.host_memory import malloc_settings
 from nt_robust.models.conv import resolve_conv_impl
 from nt_robust.models.dense import resolve_dense_impl
@@ -112,6 +113,7 @@ def environment_info(conv_impl: str = "auto", dense_impl: str = "auto") -> dict[
         "process_count": jax.process_count(),
         "process_index": jax.process_index(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_host": cpu_host().as_record(),
         "conv_impl_auto": resolve_conv_impl("auto"),
         "conv_impl_auto_choice": _auto_choice_record("conv"),
         "native_conv": _native_kernels_record(resolve_conv_impl(conv_impl) == "native"),
@@ -183,15 +185,6 @@ def _jaxlib_version() -> tuple[int, ...] | None:
         return None
 
 
-def backend_started() -> bool:
-    """Whether JAX has started its backend in this process (it has read ``XLA_FLAGS`` then)."""
-    try:
-        from jax._src.xla_bridge import backends_are_initialized
-    except ImportError:  # a jax without it: assume not, as before this check existed
-        return False
-    return backends_are_initialized()
-
-
 def configure_xla_cpu() -> bool:
     """Add :data:`CPU_FLAGS` to ``XLA_FLAGS`` (what the CLI does at start-up):
 
@@ -210,9 +203,13 @@ def configure_xla_cpu() -> bool:
     checked on. Once the backend has started nothing is added: the flags could no longer
     take effect here, yet environment.json would record them and child processes would
     compile with them, so a parent and its child would round differently (a caller of
-    ``cli.main(argv)`` in a process that already ran JAX). Returns whether any flag was added.
+    ``cli.main(argv)`` in a process that already ran JAX). Nothing is added, measured or
+    built off a CPU host (``nt_robust.cpu_host``: a GPU or TPU host). Returns whether any
+    flag was added.
     """
     if os.environ.get("NT_ROBUST_XLA_CPU_FLAGS", "").lower() in ("off", "0", "false", "no"):
+        return False
+    if not cpu_host():
         return False
     if backend_started():
         return False
@@ -286,7 +283,8 @@ def set_cpu_devices(count: int | None = None, source: str | None = None) -> int 
     keeps every core busy (the CLI's choice without either: :func:`auto_cpu_devices`).
     Results depend on the device count at float-rounding level; the count and ``source``
     (how it was chosen) are recorded in environment.json. Must run before JAX starts its
-    backend. Returns the count set."""
+    backend. Off a CPU host (``nt_robust.cpu_host``) nothing is split: the count is
+    recorded as not applied and None is returned. Returns the count set."""
     if count is None:
         setting = os.environ.get("NT_ROBUST_CPU_DEVICES", "").strip()
         if not setting:
@@ -296,6 +294,11 @@ def set_cpu_devices(count: int | None = None, source: str | None = None) -> int 
         count, source = int(setting), "NT_ROBUST_CPU_DEVICES"
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"the number of CPU devices must be an integer >= 1, got {count!r}")
+    host = cpu_host()
+    if not host:
+        _cpu_device_choice.update(count=None, source=f"{source or 'set_cpu_devices'} asked for {count}, "
+                                                     f"not applied: not a CPU host ({host.reason})")
+        return None
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError as error:  # JAX refuses once its backend has started

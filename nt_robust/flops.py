@@ -12,17 +12,20 @@ this project the dots and convolutions are all but a few percent of it
     peak = flops.peak_flops("NVIDIA H100 80GB HBM3", "bf16")   # 9.895e14 FLOP/s
     flops.mfu(achieved_flops_per_s, "NVIDIA H100 80GB HBM3", "bf16")
 
-Which count, and why:
+Which count, and why — one count per step, whatever runs it:
 
-* The *compiled* step's count (``jax.jit(step).lower(...).compile().cost_analysis()``)
-  is used when it is faithful: the attack loop unrolled (the CPU default) or no attack.
-  Its module is the per-device program under SPMD, so it is multiplied by the device count.
-* XLA counts the body of a ``while`` loop once, not once per trip (measured: a
-  WRN-10-1 TRADES step at batch 8 counts 85 MFLOP with ``train_attack.loop = "fori"``, the
-  GPU/TPU default, and 254 MFLOP unrolled). Then the count comes from the *lowered* (not
-  yet optimized, global) step built with ``train_attack.loop = "unroll"``: the same
-  arithmetic, traced and lowered but never compiled or run. Lowered and compiled counts
-  differ by the fusion's small rewrites (1.4 % for that WRN-10-1 step).
+* A FLOP count is a property of the model and the step, not of the kernels that run it.
+  The native CPU kernels (``conv_impl``/``dense_impl`` = "native", which "auto" picks on many
+  CPUs) are XLA custom calls, and XLA's cost analysis counts nothing inside a custom call;
+  the shifted-matmul weight gradient multiplies the padding taps too. So every count is taken
+  from the step lowered with XLA's own convolutions and products (:func:`counting_config`),
+  the same for every ``conv_impl`` and ``dense_impl`` (tests/test_flops.py checks it).
+* XLA counts the body of a ``while`` loop once, not once per trip (measured: a WRN-10-1
+  TRADES step at batch 8 counts 85 MFLOP with ``train_attack.loop = "fori"`` and 254 MFLOP
+  unrolled), so the count comes from the step with ``train_attack.loop = "unroll"``: the
+  same arithmetic, traced and *lowered* (not yet optimized, global over devices) but never
+  compiled or run. Lowered and compiled counts differ by the fusion's small rewrites (1.4 %
+  for that WRN-10-1 step).
 
 Peak FLOP/s: :data:`PEAKS`, dense (no 2:4 sparsity) vendor numbers per chip, each with its
 source. CPUs have no entry: their MFU is None.
@@ -31,6 +34,7 @@ source. CPUs have no entry: their MFU is None.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Sequence
 
@@ -178,14 +182,23 @@ def memory_bytes(compiled: Any) -> dict[str, int] | None:
     return out
 
 
-def _unrolled(config: Any) -> Any:
-    """``config`` with the training attack unrolled (the same arithmetic, counted fully)."""
+def xla_implementations(config: Any) -> Any:
+    """``config`` with XLA's own convolutions and matrix products (``conv_impl`` and
+    ``dense_impl`` = "xla"): what an accelerator runs, and what XLA's cost analysis can see."""
+    model = dataclasses.replace(config.model, conv_impl="xla", dense_impl="xla")
+    return dataclasses.replace(config, model=model)
+
+
+def counting_config(config: Any) -> Any:
+    """The step every FLOP count is taken from: ``config`` with XLA's implementations and the
+    training attack unrolled (the same arithmetic, every op visible to the count)."""
+    config = xla_implementations(config)
     return dataclasses.replace(config, train_attack=dataclasses.replace(config.train_attack, loop="unroll"))
 
 
-def _attack_loops(config: Any) -> bool:
-    from nt_robust.attacks import resolve_loop
-    return config.objective.kind != "natural" and resolve_loop(config.train_attack.loop) == "fori"
+def state_bytes(state: Any) -> int:
+    """Bytes of a (possibly abstract) pytree of arrays: parameters, optimizer state, BN statistics."""
+    return int(sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(state)))
 
 
 def abstract_step(config: Any, image_shape: Sequence[int], num_classes: int, batch_size: int | None = None,
@@ -215,16 +228,18 @@ def abstract_step(config: Any, image_shape: Sequence[int], num_classes: int, bat
 
 def train_step_flops(config: Any, image_shape: Sequence[int], num_classes: int,
                      batch_size: int | None = None, compile: bool = False) -> dict[str, Any]:
-    """FLOPs of one training step of ``config`` at ``batch_size`` (default
-    ``train.batch_size``) on one device, from XLA's cost analysis of the step with the
-    attack unrolled: lowered only (default; cheap, no compile) or also compiled
-    (``compile=True``, adding ``memory``: XLA's buffer plan, see :func:`memory_bytes`)::
+    """FLOPs of one global training step of ``config`` at ``batch_size`` (default
+    ``train.batch_size``), from XLA's cost analysis of :func:`counting_config`'s step (XLA's
+    implementations, the attack unrolled; the same count for every ``conv_impl`` and
+    ``dense_impl``): lowered only (default; cheap, no compile) or also compiled
+    (``compile=True``, adding ``memory``: XLA's buffer plan of that step, see
+    :func:`memory_bytes`). ``state_bytes``: the training state's bytes (exact, from shapes)::
 
         train_step_flops(config, (32, 32, 3), 10)["flops_per_image"]
     """
-    step, state, images, labels = abstract_step(_unrolled(config), image_shape, num_classes, batch_size)
+    step, state, images, labels = abstract_step(counting_config(config), image_shape, num_classes, batch_size)
     lowered = step.lower(state, images, labels)
-    result: dict[str, Any] = {"batch_size": images.shape[0], "source": "lowered"}
+    result: dict[str, Any] = {"batch_size": images.shape[0], "source": "lowered", "state_bytes": state_bytes(state)}
     flops = cost_flops(lowered)
     if compile:
         compiled = lowered.compile()
@@ -237,22 +252,17 @@ def train_step_flops(config: Any, image_shape: Sequence[int], num_classes: int,
 
 def jitted_step_flops(jitted: Any, args: Sequence[Any], config: Any, image_shape: Sequence[int],
                       num_classes: int) -> dict[str, Any]:
-    """FLOPs of one global step of an already-called jitted train step (the Trainer's):
-    the compiled program's count × devices when that count is faithful (no ``while`` loop
-    in the attack; the compile is cached, so this costs no compilation), else the lowered
-    count of the unrolled step (one trace, no compile). Returns ``flops_per_step`` and
-    ``source``; ``flops_per_step`` is None when the backend has no cost analysis."""
+    """FLOPs of one global step of an already-called jitted train step (the Trainer's), at
+    its batch: :func:`train_step_flops`'s count (one trace and lowering, no compile), so a
+    run's ``train_flops_per_s`` counts the same work whichever kernels ran it. ``jitted`` is
+    not used for the count: its compiled program may hide work in custom calls. Returns
+    ``flops_per_step``, ``source`` and ``batch_size``; ``flops_per_step`` is None when the
+    backend has no cost analysis."""
+    del jitted  # kept in the signature: callers pass the step they ran
     batch = int(args[1].shape[0])
-    if not _attack_loops(config):
-        compiled = jitted.lower(*args).compile()
-        flops = cost_flops(compiled)
-        if flops is not None:
-            sharding = getattr(args[1], "sharding", None)
-            devices = len(sharding.device_set) if sharding is not None else 1
-            return {"flops_per_step": flops * devices, "source": f"compiled x {devices} device(s)",
-                    "batch_size": batch}
     counted = train_step_flops(config, image_shape, num_classes, batch)
-    return {"flops_per_step": counted["flops_per_step"], "source": "lowered (attack unrolled)", "batch_size": batch}
+    return {"flops_per_step": counted["flops_per_step"],
+            "source": "lowered (XLA's convolutions and products, attack unrolled)", "batch_size": batch}
 
 
 # --------------------------------------------------------------------------- devices

@@ -18,25 +18,25 @@ step, each zeroing a page (docs/benchmarks.md measures what this costs). Three
   whose buffers pass 1 GiB, was trimmed and re-faulted every step).
 
 The price: the resident set stays at its peak instead of shrinking between steps.
-Only on Linux with glibc, only where no JAX accelerator plugin is installed or
-``JAX_PLATFORMS`` asks for the CPU (on a GPU or TPU host the device allocator does this
-job), and never when ``NT_ROBUST_MALLOC=default``. It must run before the threads whose
+Only on Linux with glibc, only on a CPU host (``nt_robust.cpu_host``: no JAX accelerator
+plugin installed, or ``JAX_PLATFORMS`` asking for the CPU; on a GPU or TPU host the device
+allocator does this job), and never when ``NT_ROBUST_MALLOC=default``. It must run before the threads whose
 allocations it is for exist: glibc fixes the arena limit when a second arena is first made.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import os
 import platform
 from typing import Any
+
+from nt_robust.cpu_host import cpu_host
 
 # mallopt parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": -1}
 _PARAMETERS = {"M_ARENA_MAX": M_ARENA_MAX, "M_MMAP_MAX": M_MMAP_MAX, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD}
-ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
 _state: dict[str, Any] = {"tuned": False, "settings": None, "note": "not asked (tune_malloc was not called)"}
 
 
@@ -50,15 +50,8 @@ def _skip_reason() -> str | None:
         return "NT_ROBUST_MALLOC asks for glibc's defaults"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return f"not Linux with glibc ({platform.system()}, {platform.libc_ver()[0] or 'unknown libc'})"
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
-    if platforms:
-        return None if platforms.split(",")[0] == "cpu" else f"JAX_PLATFORMS={platforms}: not the CPU backend"
-    installed = [name for name in _distribution_names() if name.startswith(ACCELERATOR_PLUGINS)]
-    return f"an accelerator plugin is installed ({', '.join(sorted(installed))})" if installed else None
-
-
-def _distribution_names() -> list[str]:
-    return [(dist.metadata["Name"] or "").lower() for dist in importlib.metadata.distributions()]
+    host = cpu_host()
+    return None if host.cpu else f"not a CPU host: {host.reason}"
 
 
 def tune_malloc() -> bool:

@@ -20,3 +20,6 @@ os.environ.setdefault("NT_ROBUST_CONV_IMPL_AUTO", "shifted_matmul")
 # Likewise model.dense_impl = "auto" (nt_robust.models.conv_choice.cpu_dense_choice): XLA's
 # products; tests/models/test_native_dense.py tests the kernel and the measurement.
 os.environ.setdefault("NT_ROBUST_DENSE_IMPL_AUTO", "xla")
+# The cost estimate's cache of FLOP counts and memory plans (nt_robust.studies.cost.cached) is
+# for users; tests count afresh (tests/studies/test_cost.py tests the cache in a temporary home).
+os.environ.setdefault("NT_ROBUST_ESTIMATE_CACHE", "off")

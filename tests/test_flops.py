@@ -188,3 +188,62 @@ def test_precision_class():
     assert flops.config_precision(_config())[0] == "float32"
     with pytest.raises(ValueError, match="dtype"):
         flops.precision_class("float16")
+
+
+# --------------------------------------------------------------------------- one count, any kernels
+
+IMPLS = {"mlp": [("dense_impl", "xla"), ("dense_impl", "native")],
+         "cnn": [("conv_impl", i) for i in ("xla", "flipped_dx", "shifted_matmul", "native")],
+         "wrn": [("conv_impl", i) for i in ("xla", "flipped_dx", "shifted_matmul", "native")]}
+ARCH_SETTINGS = {"mlp": ["model.arch=mlp", "model.width=32", "model.depth=2"],
+                 "cnn": ["model.arch=cnn", "model.width=1"],
+                 "wrn": ["model.arch=wrn", "model.depth=10", "model.width=1"]}
+
+
+@pytest.mark.parametrize("kind", ["natural", "trades"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "wrn"])
+def test_step_flops_are_the_same_for_every_implementation(arch, kind):
+    """The count of a step is a property of the model: the Trainer's path (jitted_step_flops)
+    and train_step_flops give one number for every conv_impl / dense_impl, the native kernels
+    (XLA custom calls, invisible to its cost analysis) included."""
+    batch, shape = 8, (16, 16, 1)
+    counts = set()
+    for field, impl in IMPLS[arch]:
+        config = _config(*ARCH_SETTINGS[arch], f"model.{field}={impl}", f"objective.kind={kind}",
+                         "train_attack.num_steps=2", f"train.batch_size={batch}")
+        args = (None, jax.ShapeDtypeStruct((batch, *shape), jnp.uint8), None)
+        counts.add(flops.jitted_step_flops(None, args, config, shape, 10)["flops_per_step"])
+    assert len(counts) == 1 and None not in counts, counts
+
+
+def test_native_kernels_hide_flops_from_a_raw_count():
+    """Negative control for the test above: lowering the step as the native kernels run it
+    counts a fraction of the work (what flops.py did before it counted XLA's step)."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("the native kernels need g++")
+    config = _config(*ARCH_SETTINGS["wrn"], "model.conv_impl=native", "objective.kind=natural", "train.batch_size=8")
+    step, state, images, labels = flops.abstract_step(config, (16, 16, 1), 10)
+    raw = flops.cost_flops(step.lower(state, images, labels))
+    assert raw < 0.2 * flops.train_step_flops(config, (16, 16, 1), 10)["flops_per_step"]
+
+
+def test_wrn34_10_trades_step_at_batch_128_matches_the_hand_count():
+    """The paper's step: WRN-34-10, TRADES with K = 10 attack steps, CIFAR-shaped, batch 128.
+    Band: 2 x ((2K + 7) M - 2 M1) multiply-adds per image, plus elementwise work bounded per
+    forward-equivalent by 16 FLOPs per BatchNorm input element (the natural step's 48 over its
+    3 forward-equivalents), 64 per input element per attack step (noise bits, projection,
+    clip), 40 per logit per pass, 10 per parameter per step / batch (SGD)."""
+    batch, k = 128, 10
+    config = load_config(ExperimentConfig, "experiments/cifar10_wrn34_trades.toml",
+                         ["model.width=10", f"train.batch_size={batch}", f"train_attack.num_steps={k}"])
+    counts = wrn_count(34, 10, 32, 32, 3, 10)
+    params = 46_160_474  # WRN-34-10's parameters (tests/train/test_cli_usability.py: from the shapes)
+    passes = 2 * k + 7
+    elementwise = 16 * counts["bn_elements"] * passes + 64 * 32 * 32 * 3 * k + 40 * 10 * passes + 10 * params / batch
+    lower, upper = _step_band(config, (32, 32, 3), counts["macs"], counts["stem_macs"], elementwise)
+    counted = flops.train_step_flops(config, (32, 32, 3), 10)
+    assert counted["batch_size"] == batch
+    assert lower <= counted["flops_per_image"] <= upper, (counted["flops_per_image"], lower, upper)
+    assert upper / lower < 1.02   # the band is tight: the multiply-adds are the count

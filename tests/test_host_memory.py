@@ -72,24 +72,33 @@ def test_tuned_malloc_reuses_a_worker_threads_large_buffer(tmp_path):
 
 
 def test_opt_out_and_accelerator_hosts_keep_glibcs_defaults(monkeypatch):
-    monkeypatch.setattr(host_memory, "_distribution_names", lambda: ["jax", "jaxlib"])
+    from nt_robust import cpu_host
+
+    def skip_reason(**env):
+        for name in ("JAX_PLATFORMS", "NT_ROBUST_MALLOC"):
+            if env.get(name) is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, env[name])
+        cpu_host.refresh()
+        return host_memory._skip_reason()
+
+    monkeypatch.setattr(cpu_host, "installed_distributions", lambda: ["jax", "jaxlib"])
     monkeypatch.setattr(host_memory.platform, "system", lambda: "Linux")
     monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
-    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-    monkeypatch.delenv("NT_ROBUST_MALLOC", raising=False)
-    assert host_memory._skip_reason() is None
-    monkeypatch.setattr(host_memory, "_distribution_names", lambda: ["jax", "jax-cuda12-plugin", "jax-cuda12-pjrt"])
-    assert "jax-cuda12-plugin" in host_memory._skip_reason()
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # asked for the CPU: tuned even beside a plugin
-    assert host_memory._skip_reason() is None
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert "not the CPU backend" in host_memory._skip_reason()
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("NT_ROBUST_MALLOC", "default")
-    assert "NT_ROBUST_MALLOC" in host_memory._skip_reason()
-    monkeypatch.delenv("NT_ROBUST_MALLOC")
-    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
-    assert "glibc" in host_memory._skip_reason()
+    try:
+        assert skip_reason() is None
+        monkeypatch.setattr(cpu_host, "installed_distributions",
+                            lambda: ["jax", "jax-cuda12-plugin", "jax-cuda12-pjrt"])
+        assert "jax-cuda12-plugin" in skip_reason()
+        assert skip_reason(JAX_PLATFORMS="cpu") is None  # asked for the CPU: tuned even beside a plugin
+        assert "not the CPU backend" in skip_reason(JAX_PLATFORMS="cuda,cpu")
+        assert "NT_ROBUST_MALLOC" in skip_reason(JAX_PLATFORMS="cpu", NT_ROBUST_MALLOC="default")
+        monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
+        assert "glibc" in skip_reason(JAX_PLATFORMS="cpu")
+    finally:
+        monkeypatch.undo()
+        cpu_host.refresh()
 
 
 def test_tune_malloc_records_why_it_did_nothing(monkeypatch):

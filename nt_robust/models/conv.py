@@ -53,21 +53,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nt_robust.cpu_host import cpu_host
+
 CONV_IMPLS = ("auto", "xla", "flipped_dx", "shifted_matmul", "native")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_conv_impl(name: str) -> str:
-    """``"auto"`` -> on the CPU backend the fastest convolution measured on this machine
+    """``"auto"`` -> on a CPU host the fastest convolution measured on this machine
     (``nt_robust.models.conv_choice``: XLA's as ``"flipped_dx"``, ``"shifted_matmul"`` or
-    ``"native"``), ``"xla"`` elsewhere."""
+    ``"native"``), ``"xla"`` elsewhere (``nt_robust.cpu_host``: nothing measured or built on a
+    GPU or TPU host); ``"native"`` -> ``"xla"`` off a CPU host."""
     if name not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
-    if name == "native" and jax.default_backend() != "cpu":
-        return "xla"  # the kernels are CPU code
+    if name in ("native", "auto") and not cpu_host():
+        return "xla"  # the kernels and the per-machine choice are CPU machinery (nt_robust.cpu_host)
     if name == "auto":
-        if jax.default_backend() != "cpu":
-            return "xla"
         from nt_robust.models.conv_choice import cpu_conv_choice
 
         choice = cpu_conv_choice()["impl"]

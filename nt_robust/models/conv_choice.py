@@ -93,11 +93,23 @@ def _alternating_times(calls: dict[str, Callable[[], Any]], rounds: int) -> dict
 
 
 def native_unavailable() -> str | None:
-    """Why the native kernels cannot be a candidate here (None: they can)."""
-    from nt_robust.models.native_conv import native_status
+    """Why the native kernels cannot be a candidate here (None: they can): a jaxlib they were
+    not tested with (said once, on stderr: nothing is built then), or a failed build or load."""
+    from nt_robust.models.native_conv import native_status, unchecked_jaxlib
 
+    reason = unchecked_jaxlib()
+    if reason is not None:
+        _say_once(f"nt-robust: note: {reason}")
+        return reason
     status = native_status()
     return None if status["available"] else status["reason"]
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def measure(rounds: int = 15) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nt_robust.cpu_host import cpu_host
 from nt_robust.models.conv import _xla_derivatives
 
 DENSE_IMPLS = ("auto", "xla", "native")
@@ -36,12 +37,12 @@ NATIVE_MIN_FEATURES = 16
 
 
 def resolve_dense_impl(name: str) -> str:
-    """``"auto"`` -> on the CPU backend the faster of ``"xla"`` and ``"native"`` measured on
+    """``"auto"`` -> on a CPU host (``nt_robust.cpu_host``) the faster of ``"xla"`` and ``"native"`` measured on
     this machine (``nt_robust.models.conv_choice.cpu_dense_choice``), ``"xla"`` elsewhere."""
     if name not in DENSE_IMPLS:
         raise ValueError(f"dense_impl must be one of {DENSE_IMPLS}, got {name!r}")
-    if jax.default_backend() != "cpu":
-        return "xla"  # the kernel is CPU code
+    if not cpu_host():
+        return "xla"  # the kernel and the per-machine choice are CPU machinery (nt_robust.cpu_host)
     if name == "auto":
         from nt_robust.models.conv_choice import cpu_dense_choice
 

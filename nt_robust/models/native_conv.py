@@ -50,6 +50,9 @@ HEADERS = (KERNELS / "common.h",)
 FORWARD_TARGET, WEIGHT_GRADIENT_TARGET = "nt_robust_conv_fwd", "nt_robust_conv_dw"
 MATMUL_TARGET = "nt_robust_matmul"
 COMPILER = "g++"
+# The jaxlib versions [from, before) the kernels were built and tested with (XLA's FFI headers
+# and custom-call ABI come with jaxlib). "auto" uses them only there; "native" forces them anywhere.
+CHECKED_JAXLIB = ((0, 10, 2), (0, 11, 0))
 
 
 class NativeConvUnavailable(RuntimeError):
@@ -131,6 +134,23 @@ def register() -> Path:
     jax.ffi.register_ffi_target(WEIGHT_GRADIENT_TARGET, jax.ffi.pycapsule(handle.NtRobustConvDw), platform="cpu")
     jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(handle.NtRobustMatmul), platform="cpu")
     return library
+
+
+def unchecked_jaxlib() -> str | None:
+    """Why "auto" must not pick the kernels on this jaxlib (None: it is one they were tested with)."""
+    from nt_robust.environment import package_version
+
+    text = package_version("jaxlib") or "unknown"
+    try:
+        version = tuple(int(part) for part in text.split(".")[:3])
+    except ValueError:
+        version = None
+    first, before = CHECKED_JAXLIB
+    if version is not None and first <= version < before:
+        return None
+    checked = f"{'.'.join(map(str, first))} <= jaxlib < {'.'.join(map(str, before))}"
+    return (f"the native kernels were built and tested with {checked}, and this is jaxlib {text}: "
+            "'auto' uses XLA's convolutions and products (model.conv_impl / dense_impl = 'native' forces the kernels)")
 
 
 def native_status() -> dict[str, Any]:

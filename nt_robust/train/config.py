@@ -351,16 +351,18 @@ def input_shape(data: DataConfig) -> tuple[tuple[int, int, int], int]:
 
 
 def estimate_training_memory(config: ExperimentConfig) -> dict[str, int]:
-    """A rough float32 memory estimate of one run, from shapes only (nothing is allocated):
-    weights, gradients and momentum (+ EMA) of every parameter, plus every layer's output
+    """A rough memory estimate of one run, from shapes only (nothing is allocated): weights,
+    gradients and momentum (+ EMA) of every parameter in float32, plus every layer's output
     for two forward passes of a training batch (the clean and the adversarial one, held for
-    the backward pass). Per replica of the model; XLA may need less (it frees and fuses) or
-    somewhat more (workspace), so it is an order of magnitude, for catching mistakes."""
+    the backward pass) in the compute dtype (``model.dtype``: 4 bytes for float32, 2 for
+    bfloat16). Per replica of the model; XLA may need less (it frees and fuses) or somewhat
+    more (workspace), so it is an order of magnitude, for catching mistakes."""
     from nt_robust.models.registry import estimate_model_size
 
     shape, classes = input_shape(config.data)
     size = estimate_model_size(config.model, classes, shape)
     copies = 3 + (config.optim.ema_decay is not None)
     weights = 4 * (size["parameters"] * copies + size["state"])
-    activations = 4 * 2 * size["activations_per_example"] * config.train.batch_size
+    activation_itemsize = 2 if config.model.dtype in ("bfloat16", "bf16") else 4
+    activations = activation_itemsize * 2 * size["activations_per_example"] * config.train.batch_size
     return {**size, "weights_bytes": weights, "activation_bytes": activations, "total_bytes": weights + activations}
