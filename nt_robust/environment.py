@@ -137,8 +137,9 @@ def _native_kernels_record(used: bool) -> dict[str, Any] | None:
 
 def _auto_choice_record(kind: str) -> dict[str, Any] | None:
     """How "auto" chose the run's convolutions (``kind`` "conv") or dense-layer products
-    ("dense") on this machine; None off the CPU backend, where "auto" means XLA's."""
-    if jax.default_backend() != "cpu":
+    ("dense") on this machine; None off a CPU host (``nt_robust.cpu_host``), where "auto"
+    means XLA's."""
+    if not cpu_host():
         return None
     from nt_robust.models import conv_choice
 

@@ -245,3 +245,29 @@ def test_a_cached_native_choice_falls_back_when_the_kernels_no_longer_build(monk
         assert later["impl"] == "shifted_matmul" and later["native_unavailable"] == "g++ is not on PATH"
     finally:
         conv_choice.cpu_conv_choice.cache_clear()
+
+
+@pytest.mark.parametrize("jaxlib, checked", [("0.10.2", True), ("0.10.9", True), ("0.10.1", False),
+                                             ("0.11.2", False), ("0.12.0.dev20261201", False), (None, False)])
+def test_on_a_jaxlib_the_kernels_were_not_tested_with_auto_falls_back_and_says_so(monkeypatch, capsys, jaxlib,
+                                                                                checked):
+    """The kernels' FFI ABI comes with jaxlib: on another version "auto" never picks (or
+    builds) them, one line on stderr says why, and "native" still forces them."""
+    from nt_robust import environment
+    from nt_robust.models import native_conv
+
+    monkeypatch.setattr(environment, "package_version", lambda name: jaxlib if name == "jaxlib" else "1.0")
+    monkeypatch.setattr(native_conv, "native_status", lambda: {"available": True, "library": "x.so"})
+    reason = native_conv.unchecked_jaxlib()
+    assert (reason is None) is checked
+    conv_choice._say_once.cache_clear()
+    if checked:
+        assert conv_choice.native_unavailable() is None
+        return
+    assert f"jaxlib {jaxlib or 'unknown'}" in reason and "0.10.2 <= jaxlib < 0.11.0" in reason
+    assert conv_choice.native_unavailable() == reason and conv_choice.native_unavailable() == reason
+    assert capsys.readouterr().err.count("nt-robust: note: the native kernels were built and tested with") == 1
+    monkeypatch.setattr(conv_choice, "_alternating_times",
+                        lambda calls, rounds: {name: [1.0] for name in calls})
+    assert "native_ms" not in conv_choice.measure() and conv_choice.measure()["native_unavailable"] == reason
+    assert resolve_conv_impl("native") == "native"   # forced: the user's call
