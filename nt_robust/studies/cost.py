@@ -207,26 +207,33 @@ def memory_plan(config: ExperimentConfig, splits) -> dict[str, Any]:
     """XLA's buffer plan on this host of ``config``'s step with XLA's implementations, in float32,
     at batch ``min(MEMORY_PLAN_BATCH, train.batch_size)``: the base of :func:`scaled_peak`."""
     from nt_robust import flops
-    from nt_robust.models.registry import estimate_model_size
 
     config = flops.xla_implementations(config)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
     batch = min(MEMORY_PLAN_BATCH, config.train.batch_size)
     step, state, images, labels = flops.abstract_step(config, splits.image_shape, splits.num_classes, batch)
     memory = flops.memory_bytes(step.lower(state, images, labels).compile())
-    activations = estimate_model_size(config.model, splits.num_classes, splits.image_shape)["activations_per_example"]
     return {"model": config.model.label, "batch": batch, "temp_bytes": None if memory is None else memory["temp"],
-            "state_bytes": flops.state_bytes(state), "activations_per_example": activations}
+            "state_bytes": flops.state_bytes(state), "activations_per_example": activations_per_example(config, splits)}
+
+
+def activations_per_example(config: ExperimentConfig, splits) -> int:
+    """``A`` of the module docstring: floats in every layer's output for one example (from shapes; cached)."""
+    from nt_robust.models.registry import estimate_model_size
+
+    def count():
+        return {"activations": estimate_model_size(config.model, splits.num_classes,
+                                                   splits.image_shape)["activations_per_example"]}
+
+    return cached("activations", (config.model, splits.image_shape, splits.num_classes), count)["activations"]
 
 
 def scaled_peak(plan: dict[str, Any], config: ExperimentConfig, splits, state: int) -> float | None:
     """``peak(k, B)`` of the module docstring for ``config`` (width k, ``train.batch_size`` B),
     whose training state takes ``state`` bytes; None when the plan has no temporaries."""
-    from nt_robust.models.registry import estimate_model_size
-
     if plan["temp_bytes"] is None:
         return None
-    activations = estimate_model_size(config.model, splits.num_classes, splits.image_shape)["activations_per_example"]
+    activations = activations_per_example(config, splits)
     dtype_scale = 0.5 if config.model.dtype in ("bfloat16", "bf16") else 1.0
     temp = (plan["temp_bytes"] * activations / plan["activations_per_example"]
             * config.train.batch_size / plan["batch"] * dtype_scale)
