@@ -44,9 +44,9 @@ from nt_robust.models.registry import init_variables
 from nt_robust.studies.analysis import slope_weights
 from nt_robust.studies.sweep import load_study
 from nt_robust.studies.uncertainty import contrast_interval, verdict
-from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_stax
+from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_arch
 from nt_robust.theory.scaling import save_figure
-from nt_robust.theory.trained import lipschitz_measures, mlp_stax, predicted_grad_l1
+from nt_robust.theory.trained import lipschitz_measures, mlp_arch, predicted_grad_l1
 from nt_robust.train.data import prepare_splits
 from nt_robust.train.step import init_key
 
@@ -65,16 +65,16 @@ def _prediction(config, x: np.ndarray, train_images: np.ndarray, points: int) ->
     start = time.time()
     with jax.enable_x64(True):
         if config.model.arch == "mlp":
-            _, _, kernel_fn = mlp_stax(config.model.depth)
+            arch = mlp_arch(config.model.depth)
             mean, std, twin = 0.0, 1.0, f"stax MLP-{config.model.depth} (the Flax MLP's law, width → ∞)"
         elif config.model.arch == "wrn":
-            _, _, kernel_fn = wrn_stax(config.model.depth, 1)
+            arch = wrn_arch(config.model.depth)
             pixels = to_float(train_images).astype(np.float64)
             mean, std = float(pixels.mean()), float(pixels.std())
             twin = f"BN-free WRN-{config.model.depth} analogue (docs/theory.md §12), standardized input"
         else:
             return {"twin": None, "note": f"no infinite-width twin for arch {config.model.arch!r}"}
-        diag = analytic_grad_sq_diag(kernel_fn, jnp.asarray(x[:points], jnp.float64), mean, std)
+        diag = analytic_grad_sq_diag(arch, jnp.asarray(x[:points], jnp.float64), mean, std)
     one = predicted_grad_l1(diag)
     return {"twin": twin, "points": int(points), "one_logit_l1": one.tolist(), "one_logit_l1_mean": float(one.mean()),
             "seconds": time.time() - start}
