@@ -1,6 +1,6 @@
 """The input gradient's variance at initialization, width → ∞, propagated layer by layer.
 
-    from nt_robust.theory.grad_cov import Conv, Dense, Relu, Serial, grad_sq_diag, nngp_diag, to_stax
+    from nt_robust.theory.grad_cov import Dense, Flatten, Relu, Serial, grad_sq_diag, to_stax
     arch = Serial((Flatten(), Dense(512, W_std=2**0.5), Relu(), Dense(1)))   # or conv.wrn_arch(10)
     init_fn, apply_fn, kernel_fn = to_stax(arch)          # the same network in neural-tangents' stax
     with jax.enable_x64(True):

@@ -100,7 +100,7 @@ def test_the_result_does_not_depend_on_the_lax_map_batch_size():
 
 def test_nngp_is_neural_tangents_kernel():
     # the same covariance recursion as stax (padding, strides, 1/fan-in, residual sums, pooling;
-    # wrn_arch(10) too, to 1e-15 on 6x6 images, but nt's WRN kernel compiles for a minute)
+    # wrn_arch(10) too, to 5e-16 on 6x6 images, but nt's WRN kernel compiles for a minute)
     z = np.random.default_rng(4).standard_normal((3, 5, 5, 2))
     with jax.enable_x64(True):
         for arch in (_small_conv(), _small_conv(b_std=0.2)):
