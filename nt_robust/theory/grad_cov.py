@@ -123,9 +123,13 @@ def to_stax(layer: Layer) -> tuple[Callable, Callable, Callable]:
 
 def _stax_layers(layer: Layer, stax) -> list:
     if isinstance(layer, Serial):
-        return [part for sub in layer.layers for part in
-                (_stax_layers(sub, stax) if isinstance(sub, Sum) else [stax.serial(*_stax_layers(sub, stax))]
-                 if isinstance(sub, Serial) else _stax_layers(sub, stax))]
+        parts = []
+        for sub in layer.layers:
+            if isinstance(sub, Serial):
+                parts.append(stax.serial(*_stax_layers(sub, stax)))
+            else:   # a plain layer is one part; a Sum's three are spliced in
+                parts.extend(_stax_layers(sub, stax))
+        return parts
     if isinstance(layer, Sum):
         return [stax.FanOut(len(layer.branches)),
                 stax.parallel(*(stax.serial(*_stax_layers(b, stax)) if isinstance(b, (Serial, Sum))
