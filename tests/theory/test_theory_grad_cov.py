@@ -112,7 +112,8 @@ def test_gradient_variance_matches_second_differences_of_neural_tangents_kernel(
     """E[(f(x + t e_j) − f(x))²]/t² = [K(x+te, x+te) − 2K(x+te, x) + K(x, x)]/t² → E[(∂_j f)²] with
     an O(t) error (the |t|³ terms of the ReLU kernels), from nt's kernel: the propagated value
     must lie within the change of the quotient from t to t/2 (twice it, for the O(t) model's
-    tail), per coordinate. Dropping the cross terms (κ₀·G alone) is off by ~3 % on the WRN."""
+    tail), per coordinate. Dropping the terms with C (κ₀·G alone, as an NTK-style backward
+    pass would) fails this test."""
     arch = _small_conv(b_std=0.1)
     kernel_fn = grad_cov.to_stax(arch)[2]
     with jax.enable_x64(True):
