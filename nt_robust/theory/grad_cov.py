@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable, Union
 
 import jax

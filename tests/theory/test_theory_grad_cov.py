@@ -11,13 +11,11 @@ import pytest
 
 from nt_robust.theory import grad_cov
 from nt_robust.theory.conv import stax_init, stax_input_grads, wrn_arch, wrn_stax
+from nt_robust.theory.grad_cov import (Conv, Dense, Flatten, GlobalAvgPool, Identity, Relu, Serial, Sum, grad_sq_diag,
+                                       grad_sq_norm, nngp_diag, relu_pair_moments)
 from nt_robust.theory.gradients import closed_form_grad_sq_norm
 from nt_robust.theory.kernels import KernelSpec
 from nt_robust.theory.trained import LINEAR_INIT_VARIANCE, mlp_arch
-from nt_robust.theory.grad_cov import (Conv, Dense, Flatten, GlobalAvgPool, Identity, Relu, Serial, Sum, grad_sq_diag,
-                                       grad_sq_norm, nngp_diag, relu_pair_moments)
-
-W = math.sqrt(2.0)
 
 
 def _images(n, size, seed, channels=1):
