@@ -2,6 +2,7 @@
 against a closed form, a Monte-Carlo average over Flax inits and hand-built Jacobians."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,6 @@ def test_mlp_stax_refuses_no_hidden_layer():
 
 def _experiment(name: str):
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).parents[2] / "experiments" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -123,3 +123,15 @@ def test_width_exponents_of_the_experiments_by_hand():
     assert fit3["verdict_grows"] == "inconclusive"
     flat = trained.width_exponent([{**r, "v": [1.0, 2.0]} for r in rows3], "v")
     assert flat["estimate"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_prediction_only_needs_an_earlier_trained_json_and_its_study(tmp_path):
+    from nt_robust.io import write_json
+
+    trained = _experiment("theory_trained")
+    spec = str(Path(__file__).parents[2] / "experiments" / "regime_mlp_n1000.toml")
+    with pytest.raises(SystemExit, match="does not exist: run without it first"):
+        trained.main(["--prediction-only", spec, "--out", str(tmp_path)])
+    write_json(tmp_path / "trained.json", {"studies": {"other_study": {}}})
+    with pytest.raises(SystemExit, match=r"regime_mlp_n1000 is not in .*other_study"):
+        trained.main(["--prediction-only", spec, "--out", str(tmp_path)])
