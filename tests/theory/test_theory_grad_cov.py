@@ -94,6 +94,11 @@ def test_the_result_does_not_depend_on_the_lax_map_batch_size():
         results = [np.asarray(grad_sq_diag(arch, jnp.asarray(x), 0.3, 0.4, batch_size=b)) for b in (1, 5, 64)]
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], rtol=1e-13, atol=0)
+    # issue 40's 3-layer MLP with biases (W² = 2, b = 0.1): 2·1²/d per pixel at every batch size
+    with jax.enable_x64(True):
+        for b in (1, 7, 64):
+            np.testing.assert_allclose(grad_sq_diag(_mlp(3, W_std=math.sqrt(2), b_std=0.1), jnp.asarray(x), batch_size=b),
+                                       2.0 / x[0].size, rtol=1e-12)
 
 
 def test_nngp_is_neural_tangents_kernel():
