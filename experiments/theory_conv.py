@@ -13,7 +13,8 @@ Measured, per width and init (seeds are the independent units of every interval)
 
 1. the empirical NTK: its scale (mean diagonal), its change of shape from k to 2k, its spread
    over inits at fixed k, and (analogue) its distance to the analytic NTK;
-2. E‖∇ₓf‖² at init, against the analytic value tr ∂²K/∂x∂x′ of the analogue's limit;
+2. E‖∇ₓf‖² at init, against the analogue's limit tr ∂²K/∂x∂x′ (propagated layer by layer,
+   nt_robust.theory.grad_cov);
 3. the certified |W|-product bound on ‖∇ₓf‖₁ next to the actual ‖∇ₓf‖₁, at init and after
    ``conv_train_steps`` SGD steps of natural training (wrn, cnn);
 4. perturbation stability (the fraction of test images whose predicted class survives a
@@ -45,7 +46,7 @@ from nt_robust.studies.uncertainty import contrast_interval, paired_difference, 
 from nt_robust.theory.conv import (abs_product_bound, analytic_grad_sq_norm, flax_empirical_ntk, kernel_distance,
                                    mean_diagonal, model_input_grads, short_natural_training,
                                    smallcnn_abs_product_bound, stax_abs_product_bound, stax_empirical_ntk,
-                                   stax_init, stax_input_grads, wrn_stax)
+                                   stax_init, stax_input_grads, wrn_arch, wrn_stax)
 from nt_robust.theory.data import image_subset
 from nt_robust.theory.presets import get_preset
 from nt_robust.theory.scaling import fit_log_mean, save_figure
@@ -122,8 +123,8 @@ def measure(preset_name: str) -> dict:
     with jax.enable_x64(True):
         _, _, kernel_fn = wrn_stax(preset.conv_depth, 1)
         start = time.time()
-        predicted = np.asarray(analytic_grad_sq_norm(kernel_fn, jnp.asarray(data.x[:n_pred], jnp.float64),
-                                                     data.mean, data.std))
+        predicted = np.asarray(analytic_grad_sq_norm(wrn_arch(preset.conv_depth),
+                                                     jnp.asarray(data.x[:n_pred], jnp.float64), data.mean, data.std))
         analytic_ntk = np.asarray(kernel_fn(jnp.asarray((data.x[:preset.conv_ntk_points] - data.mean) / data.std,
                                                         jnp.float64), None, "ntk"))
         print(f"analytic prediction E‖∇f‖² = {predicted.round(4).tolist()} ({time.time() - start:.0f} s)", flush=True)
@@ -310,7 +311,7 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
     axes[0].errorbar(w, m, yerr=s, color="C2", ls=":", marker="x", capsize=3,
                      label=f"analogue on the {result['predicted_points']} predicted images")
     axes[0].axhline(fits["predicted_grad_sq_mean"], color="k", ls="--",
-                    label=f"k → ∞ prediction tr ∂²K/∂x∂x′ ({result['predicted_points']} images)")
+                    label=f"k → ∞ prediction tr ∂²K/∂x∂x′, propagated ({result['predicted_points']} images)")
     axes[0].set(xscale="log", yscale="log", xlabel="width k", ylabel="E‖∇ₓ logit₀‖² at init",
                 title="Input gradient at init vs the infinite-width kernel")
     ratio = fits["analogue"]["measured_over_predicted"]

@@ -22,6 +22,10 @@ i.e. per architecture here; the study's report links to it)::
     nt-robust study experiments/regime_mlp_n1000.toml     # the trained runs first
     nt-robust study experiments/regime_wrn_n1000.toml
     python experiments/theory_trained.py experiments/regime_mlp_n1000.toml experiments/regime_wrn_n1000.toml
+
+``--prediction-only`` recomputes just the kernel prediction (and the summary and figures that
+use it) on the same images, keeping the measurements of the existing trained.json: for a
+change of the prediction when the trained runs are not on this machine.
 """
 
 from __future__ import annotations
@@ -38,15 +42,15 @@ import numpy as np
 from nt_robust.data import to_float
 from nt_robust.environment import describe_cpu
 from nt_robust.export.run import restore_variables
-from nt_robust.io import write_json
+from nt_robust.io import read_json, write_json
 from nt_robust.metrics import LipschitzConfig, evaluate_model
 from nt_robust.models.registry import init_variables
 from nt_robust.studies.analysis import slope_weights
 from nt_robust.studies.sweep import load_study
 from nt_robust.studies.uncertainty import contrast_interval, verdict
-from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_stax
+from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_arch
 from nt_robust.theory.scaling import save_figure
-from nt_robust.theory.trained import lipschitz_measures, mlp_stax, predicted_grad_l1
+from nt_robust.theory.trained import lipschitz_measures, mlp_arch, predicted_grad_l1
 from nt_robust.train.data import prepare_splits
 from nt_robust.train.step import init_key
 
@@ -65,16 +69,16 @@ def _prediction(config, x: np.ndarray, train_images: np.ndarray, points: int) ->
     start = time.time()
     with jax.enable_x64(True):
         if config.model.arch == "mlp":
-            _, _, kernel_fn = mlp_stax(config.model.depth)
+            arch = mlp_arch(config.model.depth)
             mean, std, twin = 0.0, 1.0, f"stax MLP-{config.model.depth} (the Flax MLP's law, width → ∞)"
         elif config.model.arch == "wrn":
-            _, _, kernel_fn = wrn_stax(config.model.depth, 1)
+            arch = wrn_arch(config.model.depth)
             pixels = to_float(train_images).astype(np.float64)
             mean, std = float(pixels.mean()), float(pixels.std())
             twin = f"BN-free WRN-{config.model.depth} analogue (docs/theory.md §12), standardized input"
         else:
             return {"twin": None, "note": f"no infinite-width twin for arch {config.model.arch!r}"}
-        diag = analytic_grad_sq_diag(kernel_fn, jnp.asarray(x[:points], jnp.float64), mean, std)
+        diag = analytic_grad_sq_diag(arch, jnp.asarray(x[:points], jnp.float64), mean, std)
     one = predicted_grad_l1(diag)
     return {"twin": twin, "points": int(points), "one_logit_l1": one.tolist(), "one_logit_l1_mean": float(one.mean()),
             "seconds": time.time() - start}
@@ -222,6 +226,26 @@ def plot(result: dict, summary: dict, stem: str) -> list[str]:
     return paths
 
 
+def recompute_prediction(spec: str, previous: dict, lam: float, runs_root: str | None = None) -> dict:
+    """``previous`` (one study of an earlier trained.json) with its kernel prediction computed
+    afresh on the same images (the study's own data, as its runs prepared it) and its summary
+    redone; the measurements are kept as they were (no trained runs are read)."""
+    from nt_robust.config import load_config
+    from nt_robust.studies.sweep import resolve_overrides
+    from nt_robust.train.config import ExperimentConfig
+
+    study = load_study(spec, runs_parent=runs_root)
+    run = next(r for r in study.grid_runs() if r.lam == lam)
+    config = load_config(ExperimentConfig, study.base_config, resolve_overrides(study, run))
+    splits = prepare_splits(config.data)
+    x = to_float(splits.test_images[:previous["images"]])
+    result = {**previous, "prediction": _prediction(config, x, splits.train_images[:10000],
+                                                    previous["prediction"]["points"])}
+    result["prediction"]["recomputed"] = {"date": time.strftime("%Y-%m-%d"), "cpu": describe_cpu(),
+                                          "measurements_from": "the earlier trained.json (unchanged)"}
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     from absl import logging as absl_logging
 
@@ -234,16 +258,38 @@ def main(argv: list[str] | None = None) -> dict:
                         help="images the kernel prediction is computed on (the first of --images; default 8)")
     parser.add_argument("--out", default="figures/regime_map", help="output folder (default figures/regime_map)")
     parser.add_argument("--runs-root", help="read each study's runs from DIR/<study name> (default: its own runs_root)")
+    parser.add_argument("--prediction-only", action="store_true",
+                        help="recompute only the kernel prediction of each study in the existing OUT/trained.json "
+                             "(and the summary and figures that use it), keeping its measurements: no trained runs needed")
     args = parser.parse_args(argv)
     start = time.time()
     results = {}
+    previous = None
+    if args.prediction_only:
+        path = Path(args.out) / "trained.json"
+        if not path.exists():
+            raise SystemExit(f"--prediction-only updates {path}, which does not exist: run without it first")
+        previous = read_json(path)
     for spec in args.specs:
-        result = measure_study(spec, args.lam, args.images, min(args.predict_points, args.images), args.runs_root)
+        if previous is not None:
+            name = load_study(spec).name
+            if name not in previous["studies"]:
+                raise SystemExit(f"--prediction-only: {name} is not in {args.out}/trained.json "
+                                 f"(it has {sorted(previous['studies'])}); run without --prediction-only")
+            result = recompute_prediction(spec, previous["studies"][name], previous["studies"][name]["lam"],
+                                          args.runs_root)
+        else:
+            result = measure_study(spec, args.lam, args.images, min(args.predict_points, args.images), args.runs_root)
         result["summary"] = summarize(result)
         result["figure"] = plot(result, result["summary"], f"{args.out}/trained_{result['study']}")
         results[result["study"]] = result
-    out = {"studies": results, "seconds": time.time() - start, "devices": [str(d) for d in jax.devices()],
-           "cpu": describe_cpu(), "command": "python experiments/theory_trained.py " + " ".join(args.specs)}
+    if previous is not None:   # the measurements' own machine, time and command stay
+        out = {**previous, "studies": results,
+               "prediction_command": "python experiments/theory_trained.py --prediction-only " + " ".join(args.specs),
+               "prediction_seconds": time.time() - start}
+    else:
+        out = {"studies": results, "seconds": time.time() - start, "devices": [str(d) for d in jax.devices()],
+               "cpu": describe_cpu(), "command": "python experiments/theory_trained.py " + " ".join(args.specs)}
     write_json(Path(args.out) / "trained.json", out)
     for name, result in results.items():
         s = result["summary"]

@@ -2,11 +2,11 @@
 neural-tangents' stax with its infinite-width kernel, the input gradient that kernel
 predicts at initialization, and a certified |W|-product bound on ‖∇ₓf‖₁.
 
-    from nt_robust.theory.conv import (wrn_stax, stax_init, analytic_grad_sq_norm, flax_empirical_ntk,
-                                       model_input_grads, abs_product_bound)
+    from nt_robust.theory.conv import (wrn_arch, wrn_stax, stax_init, analytic_grad_sq_norm,
+                                       flax_empirical_ntk, model_input_grads, abs_product_bound)
     init_fn, apply_fn, kernel_fn = wrn_stax(depth=10, width=4)     # stem and groups widened
     params = stax_init(init_fn, seed=0, input_shape=x.shape)      # N(0, 1) weights, drawn by numpy
-    expected = analytic_grad_sq_norm(kernel_fn, x, std=0.35)      # (N,) E‖∇ₓf‖² at init, k → ∞
+    expected = analytic_grad_sq_norm(wrn_arch(10), x, std=0.35)   # (N,) E‖∇ₓf‖² at init, k → ∞
     theta = flax_empirical_ntk(model, variables, x)               # (N, N), logit 0, BN in eval mode
     grads = model_input_grads(model, variables, x)                # (N, H, W, C), compiled once per model
     bound = abs_product_bound(raw_model, variables, x.shape[1:], std=0.35)   # ≥ ‖∇ₓ logit₀‖₁ everywhere
@@ -41,34 +41,32 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nt_robust.theory import grad_cov
+
 ReadoutFn = Callable[[jax.Array], jax.Array]
 
 
 # --- the BatchNorm-free analogue in neural-tangents' stax -------------------------------------
 
-def wrn_stax(depth: int = 10, width: int = 1, W_std: float = math.sqrt(2.0), readout_std: float = 1.0,
-             out_dim: int = 1) -> tuple[Callable, Callable, Callable]:
-    """``(init_fn, apply_fn, kernel_fn)`` of the BN-free WRN-``depth``-``width`` (module docstring).
-
-    ``apply_fn(params, z)`` takes standardized NHWC images; ``kernel_fn`` is the exact
-    infinite-width NNGP/NTK of the same architecture (independent of ``width``)."""
-    from nt_robust.theory.nt_compat import stax
-
+def wrn_arch(depth: int = 10, width: int = 1, W_std: float = math.sqrt(2.0), readout_std: float = 1.0,
+             out_dim: int = 1) -> grad_cov.Layer:
+    """The BN-free WRN-``depth``-``width`` (module docstring) as a :mod:`~nt_robust.theory.grad_cov`
+    architecture: what :func:`wrn_stax` builds in stax and what :func:`analytic_grad_sq_diag`
+    propagates."""
     if (depth - 4) % 6 != 0 or depth < 10:
         raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, ...), got {depth}")
     if int(width) != width or width < 1:
         raise ValueError(f"WRN width must be an integer >= 1, got {width}")
 
-    def conv(channels: int, stride: int = 1, size: int = 3):
-        return stax.Conv(channels, (size, size), (stride, stride), padding="SAME", W_std=W_std, b_std=None)
+    def conv(channels: int, stride: int = 1, size: int = 3) -> grad_cov.Conv:
+        return grad_cov.Conv(channels, size, stride, W_std=W_std)
 
-    def block(channels: int, stride: int, shape_changes: bool):
-        residual = stax.serial(conv(channels, stride), stax.Relu(), conv(channels))
+    def block(channels: int, stride: int, shape_changes: bool) -> grad_cov.Layer:
+        residual = grad_cov.Serial((conv(channels, stride), grad_cov.Relu(), conv(channels)))
         if shape_changes:  # BN+ReLU (here ReLU) feed both the residual branch and the 1x1 shortcut
-            return stax.serial(stax.Relu(), stax.FanOut(2), stax.parallel(residual, conv(channels, stride, 1)),
-                               stax.FanInSum())
-        return stax.serial(stax.FanOut(2), stax.parallel(stax.serial(stax.Relu(), residual), stax.Identity()),
-                           stax.FanInSum())
+            return grad_cov.Serial((grad_cov.Relu(), grad_cov.Sum((residual, conv(channels, stride, 1)))))
+        # a Serial of its own, as the hand-written stax network nested it (the same parameter tree)
+        return grad_cov.Serial((grad_cov.Sum((grad_cov.Serial((grad_cov.Relu(), residual)), grad_cov.Identity())),))
 
     layers, channels_in = [conv(16 * width)], 16 * width
     for channels, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
@@ -76,8 +74,18 @@ def wrn_stax(depth: int = 10, width: int = 1, W_std: float = math.sqrt(2.0), rea
             s = stride if b == 0 else 1
             layers.append(block(channels, s, channels != channels_in or s != 1))
             channels_in = channels
-    layers += [stax.Relu(), stax.GlobalAvgPool(), stax.Dense(out_dim, W_std=readout_std, b_std=None)]
-    return stax.serial(*layers)
+    layers += [grad_cov.Relu(), grad_cov.GlobalAvgPool(), grad_cov.Dense(out_dim, W_std=readout_std)]
+    return grad_cov.Serial(tuple(layers))
+
+
+def wrn_stax(depth: int = 10, width: int = 1, W_std: float = math.sqrt(2.0), readout_std: float = 1.0,
+             out_dim: int = 1) -> tuple[Callable, Callable, Callable]:
+    """``(init_fn, apply_fn, kernel_fn)`` of the BN-free WRN-``depth``-``width`` (module docstring),
+    :func:`wrn_arch` in stax.
+
+    ``apply_fn(params, z)`` takes standardized NHWC images; ``kernel_fn`` is the exact
+    infinite-width NNGP/NTK of the same architecture (independent of ``width``)."""
+    return grad_cov.to_stax(wrn_arch(depth, width, W_std, readout_std, out_dim))
 
 
 def stax_init(init_fn: Callable, seed: int, input_shape: Sequence[int]) -> Any:
@@ -97,41 +105,22 @@ def _stax_param_shapes(init_fn: Callable, input_shape: tuple[int, ...]) -> tuple
     return jax.tree_util.tree_flatten(jax.eval_shape(lambda k: init_fn(k, input_shape)[1], jax.random.key(0)))
 
 
-def analytic_grad_sq_norm(kernel_fn: Callable, x: jax.Array, mean: float = 0.0, std: float = 1.0,
+def analytic_grad_sq_norm(arch: grad_cov.Layer, x: jax.Array, mean: float = 0.0, std: float = 1.0,
                           batch_size: int = 64) -> jax.Array:
-    """E‖∇ₓf(x)‖² at initialization for f(x) = g((x − mean)/std), per image, (N,).
-
-    g is the infinite-width network of ``kernel_fn``; the expectation is over its random
-    weights: tr ∂²K(z, z′)/∂z∂z′ at z′ = z (K the NNGP kernel, as for the MLP in
-    :func:`nt_robust.theory.gradients.kernel_grad_sq_norm`), divided by std²: the sum of
-    :func:`analytic_grad_sq_diag`. neural-tangents' ReLU kernel goes through
-    ``arctan2(√(1 − c²), c)`` with a √ whose derivative is 0 at 0, which is the correct
-    limit on the diagonal (docs/theory.md §4). Compiles once per image shape; run it in
-    float64 (``with jax.enable_x64(True):``) to keep the near-diagonal terms accurate.
-    """
-    return jnp.sum(analytic_grad_sq_diag(kernel_fn, x, mean, std, batch_size), axis=-1)
+    """E‖∇ₓf(x)‖² at initialization for f(x) = g((x − mean)/std), per image, (N,), g the
+    infinite-width network ``arch`` (:func:`wrn_arch`, :func:`nt_robust.theory.trained.mlp_arch`):
+    the sum of :func:`analytic_grad_sq_diag`. Run it in float64 (``with jax.enable_x64(True):``)."""
+    return grad_cov.grad_sq_norm(arch, x, mean, std, batch_size)
 
 
-def analytic_grad_sq_diag(kernel_fn: Callable, x: jax.Array, mean: float = 0.0, std: float = 1.0,
+def analytic_grad_sq_diag(arch: grad_cov.Layer, x: jax.Array, mean: float = 0.0, std: float = 1.0,
                           batch_size: int = 64) -> jax.Array:
-    """E[(∂f/∂x_j)²] at initialization for every input coordinate j, per image, (N, d):
-    the diagonal of ∂²K(z, z′)/∂z∂z′ at z′ = z over std², one forward-over-reverse product
-    per coordinate, ``batch_size`` at a time. At infinite width ∇ₓf is a Gaussian vector
-    with this variance per coordinate, so E‖∇ₓf‖₁ = √(2/π) Σ_j √diag_j
-    (:func:`nt_robust.theory.trained.predicted_grad_l1`)."""
-    def k(a: jax.Array, b: jax.Array) -> jax.Array:
-        return kernel_fn(a[None], b[None], "nngp")[0, 0]
-
-    @jax.jit
-    def one(z: jax.Array) -> jax.Array:
-        d = z.size
-        grad_b = lambda b: jax.grad(k, argnums=0)(z, b)  # noqa: E731
-        column = lambda e: jnp.vdot(jax.jvp(grad_b, (z,), (e,))[1], e)  # noqa: E731  (H e)·e
-        basis = jnp.eye(d, dtype=z.dtype).reshape(d, *z.shape)
-        return lax.map(column, basis, batch_size=batch_size)
-
-    z = (jnp.asarray(x) - mean) / std
-    return jnp.stack([one(zi) for zi in z]) / std**2
+    """E[(∂f/∂x_j)²] at initialization for every input coordinate j, per image, (N, d),
+    propagated layer by layer with the NNGP (:func:`nt_robust.theory.grad_cov.grad_sq_diag`;
+    no derivative of the kernel at its ρ = 1 cusp, issue 40), ``batch_size`` directions at a
+    time. At infinite width ∇ₓf is a Gaussian vector with this variance per coordinate, so
+    E‖∇ₓf‖₁ = √(2/π) Σ_j √diag_j (:func:`nt_robust.theory.trained.predicted_grad_l1`)."""
+    return grad_cov.grad_sq_diag(arch, x, mean, std, batch_size)
 
 
 # --- empirical quantities of finite networks --------------------------------------------------

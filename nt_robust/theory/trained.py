@@ -1,17 +1,19 @@
 """The NTK-regime prediction next to measurements on the study engine's trained models
 (docs/theory.md §13; ``experiments/theory_trained.py``)::
 
-    from nt_robust.theory.trained import mlp_stax, predicted_grad_l1, logit_grad_l1, lipschitz_measures
-    _, _, kernel_fn = mlp_stax(depth=2)                        # the Flax MLP's infinite-width twin
+    from nt_robust.theory.conv import analytic_grad_sq_diag
+    from nt_robust.theory.trained import mlp_arch, predicted_grad_l1, logit_grad_l1, lipschitz_measures
+    twin = mlp_arch(depth=2)                                   # the Flax MLP's infinite-width twin
     with jax.enable_x64(True):
-        diag = analytic_grad_sq_diag(kernel_fn, x64)          # (N, d) E[(∂f_k/∂x_j)²] at init, width → ∞
+        diag = analytic_grad_sq_diag(twin, x64)               # (N, d) E[(∂f_k/∂x_j)²] at init, width → ∞
     one_logit = predicted_grad_l1(diag)                        # (N,) E‖∇ₓf_k‖₁ at init, width → ∞
     l1 = logit_grad_l1(model, variables, x)                    # (N, K) ‖∇ₓf_k‖₁ of a finite (trained) model
     m = lipschitz_measures(model, variables, x, key, yang, trades_grad)   # both estimators, per image
 
 **What is predicted.** At infinite width the network at initialization is a Gaussian
 process and so is its input gradient: coordinate j of ∇ₓf_k is N(0, diag_j) with diag the
-diagonal of ∂²K/∂x∂x′ (NNGP kernel K), the same law for every logit k and independent
+diagonal of ∂²K/∂x∂x′ (NNGP kernel K; computed by propagating the gradient's covariance with
+the NNGP's, :mod:`nt_robust.theory.grad_cov`), the same law for every logit k and independent
 across logits. Hence E‖∇ₓf_k‖₁ = √(2/π) Σ_j √diag_j, a number that does not depend on
 width. In the lazy (NTK) regime training moves the weights by O(1/√width), so the trained
 network's input gradient is predicted to stay at its initial size: flat in width.
@@ -42,25 +44,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from nt_robust.metrics import LipschitzConfig, local_lipschitz
+from nt_robust.theory import grad_cov
 
 LINEAR_INIT_VARIANCE = 1.0 / 3.0  # models.layers.linear_init: variance_scaling(1/3, fan_in)
 
 
-def mlp_stax(depth: int = 2, width: int = 1, out_dim: int = 1,
-             W_std: float = math.sqrt(LINEAR_INIT_VARIANCE)) -> tuple[Callable, Callable, Callable]:
-    """``(init_fn, apply_fn, kernel_fn)`` of the stax MLP whose infinite-width limit is the
-    Flax :class:`~nt_robust.models.small.MLP`'s at init: Flatten, ``depth`` × (Dense, ReLU),
-    Dense, every weight of variance W_std²/fan_in, no biases (Flax initializes them to 0).
-    ``kernel_fn`` does not depend on ``width``."""
-    from nt_robust.theory.nt_compat import stax
-
+def mlp_arch(depth: int = 2, width: int = 1, out_dim: int = 1,
+             W_std: float = math.sqrt(LINEAR_INIT_VARIANCE)) -> grad_cov.Layer:
+    """The Flax :class:`~nt_robust.models.small.MLP`'s infinite-width twin as a
+    :mod:`~nt_robust.theory.grad_cov` architecture: Flatten, ``depth`` × (Dense, ReLU), Dense,
+    every weight of variance W_std²/fan_in, no biases (Flax initializes them to 0)."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    layers = [stax.Flatten()]
-    for _ in range(depth):
-        layers += [stax.Dense(width, W_std=W_std, b_std=None), stax.Relu()]
-    layers.append(stax.Dense(out_dim, W_std=W_std, b_std=None))
-    return stax.serial(*layers)
+    hidden = (grad_cov.Dense(width, W_std=W_std), grad_cov.Relu()) * depth
+    return grad_cov.Serial((grad_cov.Flatten(), *hidden, grad_cov.Dense(out_dim, W_std=W_std)))
+
+
+def mlp_stax(depth: int = 2, width: int = 1, out_dim: int = 1,
+             W_std: float = math.sqrt(LINEAR_INIT_VARIANCE)) -> tuple[Callable, Callable, Callable]:
+    """``(init_fn, apply_fn, kernel_fn)`` of :func:`mlp_arch` in stax: the stax MLP whose
+    infinite-width limit is the Flax MLP's at init. ``kernel_fn`` does not depend on ``width``."""
+    return grad_cov.to_stax(mlp_arch(depth, width, out_dim, W_std))
 
 
 def predicted_grad_l1(diag: jax.Array | np.ndarray) -> np.ndarray:

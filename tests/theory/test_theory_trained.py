@@ -2,6 +2,7 @@
 against a closed form, a Monte-Carlo average over Flax inits and hand-built Jacobians."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from nt_robust.metrics import LipschitzConfig
 from nt_robust.models.small import MLP
 from nt_robust.theory.conv import analytic_grad_sq_diag, analytic_grad_sq_norm
-from nt_robust.theory.trained import LINEAR_INIT_VARIANCE, lipschitz_measures, logit_grad_l1, mlp_stax, predicted_grad_l1
+from nt_robust.theory.trained import LINEAR_INIT_VARIANCE, lipschitz_measures, logit_grad_l1, mlp_arch, mlp_stax, predicted_grad_l1
 
 D = 49  # 7x7 images
 
@@ -23,11 +24,11 @@ def images(n: int = 3, seed: int = 0) -> np.ndarray:
 def test_one_hidden_layer_gradient_variance_is_the_closed_form():
     # f = v·relu(Wx): ∂f/∂x_j = Σ_i v_i 1[w_i·x > 0] W_ij, so E(∂f/∂x_j)² = n · (σ_v²/n) · E[W_ij² 1[w_i·x > 0]]
     # = σ_v² σ_w² / (2d) by the symmetry w → −w, at every x and j.
-    _, _, kernel_fn = mlp_stax(depth=1)
+    twin = mlp_arch(depth=1)
     with jax.enable_x64(True):
-        diag = np.asarray(analytic_grad_sq_diag(kernel_fn, jnp.asarray(images(), jnp.float64)))
-        trace = np.asarray(analytic_grad_sq_norm(kernel_fn, jnp.asarray(images(), jnp.float64)))
-    np.testing.assert_allclose(diag, LINEAR_INIT_VARIANCE**2 / (2 * D), rtol=1e-10)
+        diag = np.asarray(analytic_grad_sq_diag(twin, jnp.asarray(images(), jnp.float64)))
+        trace = np.asarray(analytic_grad_sq_norm(twin, jnp.asarray(images(), jnp.float64)))
+    np.testing.assert_allclose(diag, LINEAR_INIT_VARIANCE**2 / (2 * D), rtol=1e-12)
     np.testing.assert_allclose(trace, diag.sum(axis=1), rtol=1e-12)
 
 
@@ -80,11 +81,12 @@ def test_logit_grad_l1_is_the_l1_norm_of_each_row_of_a_linear_models_weights():
 def test_mlp_stax_refuses_no_hidden_layer():
     with pytest.raises(ValueError, match="depth"):
         mlp_stax(depth=0)
+    with pytest.raises(ValueError, match="depth"):
+        mlp_arch(depth=0)
 
 
 def _experiment(name: str):
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).parents[2] / "experiments" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -121,3 +123,15 @@ def test_width_exponents_of_the_experiments_by_hand():
     assert fit3["verdict_grows"] == "inconclusive"
     flat = trained.width_exponent([{**r, "v": [1.0, 2.0]} for r in rows3], "v")
     assert flat["estimate"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_prediction_only_needs_an_earlier_trained_json_and_its_study(tmp_path):
+    from nt_robust.io import write_json
+
+    trained = _experiment("theory_trained")
+    spec = str(Path(__file__).parents[2] / "experiments" / "regime_mlp_n1000.toml")
+    with pytest.raises(SystemExit, match="does not exist: run without it first"):
+        trained.main(["--prediction-only", spec, "--out", str(tmp_path)])
+    write_json(tmp_path / "trained.json", {"studies": {"other_study": {}}})
+    with pytest.raises(SystemExit, match=r"regime_mlp_n1000 is not in .*other_study"):
+        trained.main(["--prediction-only", spec, "--out", str(tmp_path)])
