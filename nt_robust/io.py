@@ -67,15 +67,21 @@ class NotWritableError(PermissionError):
     """A directory results must go to is read-only (permissions or file system)."""
 
 
-def check_writable(directory: str | os.PathLike, purpose: str) -> None:
+def check_writable(directory: str | os.PathLike, purpose: str, min_free_bytes: int = 1 << 20) -> None:
     """Fail now, not after hours of work, if files cannot be written into ``directory``
-    (created if missing): probes with the same temporary file :func:`write_bytes` uses."""
+    (created if missing): probes with the same temporary file :func:`write_bytes` uses, and
+    refuses a file system with less than ``min_free_bytes`` free (ENOSPC, naming it)."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=".tmp")
         os.close(handle)
         os.unlink(tmp)
+        stats = os.statvfs(directory)
+        if stats.f_bavail * stats.f_frsize < min_free_bytes:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {directory} has "
+                          f"{stats.f_bavail * stats.f_frsize} bytes free, where {purpose}. Free space there, then "
+                          "rerun", str(directory))
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise

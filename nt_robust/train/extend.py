@@ -114,6 +114,9 @@ def annotate_summary(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, 
     path = run_dir / EXTENSIONS
     if not path.exists() or "stopped_at_step" in summary or not (run_dir / "summary.json").exists():
         return summary
-    summary = {**io.read_json(run_dir / "summary.json"), "extensions": io.read_json(path)}
+    stored, extensions = io.read_json(run_dir / "summary.json"), io.read_json(path)
+    if stored.get("extensions") == extensions:
+        return stored  # a reprinted run: nothing to add, nothing rewritten
+    summary = {**stored, "extensions": extensions}
     io.write_json(run_dir / "summary.json", summary)
     return summary

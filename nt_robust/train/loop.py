@@ -395,7 +395,8 @@ class Trainer:
             raise TrainingDivergedError(
                 f"the training loss became {values['loss']} at step {step} (epoch {progress.epoch + 1}); "
                 f"nothing after the last good checkpoint was saved ({self.run.checkpoint_dir / 'latest'}). "
-                "Lower optim.lr or objective.lam, or check the data, then rerun to resume from it.")
+                "Lower optim.lr or objective.lam in a new run (--set name=... or --run-dir: this directory keeps "
+                "its config, so a resume with another lr is refused), or check the data.")
         for name in TRAIN_METRICS:
             progress.sums[name] = progress.sums.get(name, 0.0) + values[name]
         progress.steps_in_sums += 1
@@ -406,7 +407,8 @@ class Trainer:
             raise TrainingDivergedError(
                 f"parameters stopped being finite in epoch {progress.epoch + 1} (step {int(state.step)}); "
                 f"the last good checkpoint in {self.run.checkpoint_dir / 'latest'} was kept. "
-                "Lower optim.lr or objective.lam and rerun to resume from it.")
+                "Lower optim.lr or objective.lam in a new run (--set name=... or --run-dir: this directory keeps "
+                "its config, so a resume with another lr is refused).")
 
     def _evaluate(self, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
         c = self.config.eval
