@@ -58,6 +58,30 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not verbose:  # and each failure of its worker threads with a traceback; our error names the cause
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Future exception was never retrieved": the same
+        _quiet_cancelled_writes()
+
+
+def _quiet_cancelled_writes() -> None:
+    """After a failed save (a full disk), TensorStore's callbacks of the writes it cancelled
+    find orbax's event loop closed and print ``RuntimeError: Event loop is closed`` (through
+    sys.excepthook, from its own threads), a dozen tracebacks after our message. Those say
+    nothing: they are dropped (-v shows them); every other error is reported as usual."""
+    def cancelled(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+    previous_excepthook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, value, traceback) -> None:
+        if not cancelled(value):
+            previous_excepthook(kind, value, traceback)
+
+    def unraisablehook(unraisable) -> None:
+        if not cancelled(unraisable.exc_value):
+            previous_unraisable(unraisable)
+
+    if getattr(previous_excepthook, "__name__", "") != "excepthook" or previous_excepthook is sys.__excepthook__:
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def _exit_even_if_threads_linger(code: int, grace_seconds: float = 3.0) -> None:
