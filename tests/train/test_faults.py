@@ -134,7 +134,8 @@ def processes(tmp_path_factory):
     yield ended
 
 
-@pytest.mark.parametrize("name,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM")])
+@pytest.mark.parametrize("name,code,said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
 def test_signal_during_the_epoch_end_save_loses_no_metrics_row(processes, name, code, said):
     returncode, output, run_dir, _ = processes[name]
     assert returncode == code, output[-3000:]
@@ -306,7 +307,7 @@ def test_damaged_eval_result_npz_names_the_file_and_never_unpickles(finished):
 @pytest.mark.parametrize("command,damaged", [
     ("compare", "config.json"), ("compare", "summary.json"), ("plot", "metrics.jsonl"), ("eval", "config.json"),
     ("train", "config.json"), ("compare", "eval/x.json"),
-])
+], ids=["compare-config", "compare-summary", "plot-metrics", "eval-config", "train-config", "compare-eval-result"])
 def test_damaged_json_files_are_named_in_every_command(finished, capsys, command, damaged):
     path = finished / damaged
     path.write_text('{"name": "tiny", "mod')
@@ -349,7 +350,8 @@ def test_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(finishe
     assert outside.read_text() == "keep me"
 
 
-@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)],
+                         ids=["umask022", "umask027", "umask077"])
 def test_result_files_get_the_permissions_of_the_umask_like_checkpoints(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
@@ -402,7 +404,7 @@ def test_unwritable_kernel_cache_leaves_native_out_instead_of_stopping(tmp_path,
 @pytest.mark.parametrize("override,field", [
     ("optim.lr=inf", "optim.lr"), ("optim.weight_decay=inf", "optim.weight_decay"),
     ("eval.lipschitz_eps=inf", "eval.lipschitz_eps"), ('name=".."', "name"), ('name="."', "name"),
-])
+], ids=["lr-inf", "weight-decay-inf", "lipschitz-eps-inf", "name-dotdot", "name-dot"])
 def test_non_finite_values_and_path_names_are_refused_naming_the_field(override, field):
     with pytest.raises(ConfigError, match=f"^{field.replace('.', '[.]')} must be"):
         load_config(ExperimentConfig, None, [override])
@@ -454,7 +456,8 @@ def _spec(tmp_path: Path, body: str, name: str = '"faults"') -> Path:
     ('"faults"', '[grid]\n"model.width" = [8]\n"objective.lam" = [1.0]\n[war]\nreference_width = 8\nwidths = [16, 16]\n',
      "[war] widths lists 16 twice"),
     ('"faults"', '[grid\n', "is not valid TOML"),
-])
+], ids=["grid-duplicate", "grid-equal-numbers", "seeds-duplicate", "seeds-empty", "name-dotdot", "name-number",
+        "grid-not-table", "war-no-reference", "war-widths-duplicate", "not-toml"])
 def test_bad_study_specs_are_refused_naming_the_key(tmp_path, capsys, name, body, message):
     from nt_robust.studies.sweep import load_study
 
@@ -479,7 +482,7 @@ def _finished_study_run(tmp_path: Path, legacy: bool = False):
     return spec, study, run
 
 
-@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("legacy", [False, True], ids=["hashed", "before-hashes"])
 def test_study_reuses_a_finished_run_only_under_the_same_config(tmp_path, caplog, legacy):
     from nt_robust.studies.pipeline import run_study
     from nt_robust.studies.sweep import load_study, run_index
@@ -510,7 +513,7 @@ def test_study_run_without_hash_or_config_json_is_not_reused(tmp_path):
      "NT_ROBUST_PROCESS_ID=2 must be below NT_ROBUST_NUM_PROCESSES=2"),
     ({"NT_ROBUST_COORDINATOR": "127.0.0.1:1", "NT_ROBUST_NUM_PROCESSES": "2", "NT_ROBUST_PROCESS_ID": "1",
       "NT_ROBUST_COORDINATOR_TIMEOUT": "soon"}, "NT_ROBUST_COORDINATOR_TIMEOUT must be a whole number"),
-])
+], ids=["no-num-processes", "process-id-too-large", "bad-timeout"])
 def test_distributed_settings_are_checked_before_joining(monkeypatch, env, message):
     from nt_robust.train.sharding import DistributedSetupError, initialize_distributed_from_env
 
@@ -528,3 +531,23 @@ def test_unreachable_coordinator_is_an_error_within_its_timeout(monkeypatch):
     with pytest.raises(DistributedSetupError, match="coordinator 127.0.0.1:1 did not answer within 1 s"):
         initialize_distributed("127.0.0.1:1", 2, 1)
     assert time.monotonic() - start < 10
+
+
+def test_kernel_choice_made_without_the_native_kernels_is_measured_again_once_they_build(tmp_path, monkeypatch):
+    from nt_robust.models import conv_choice
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    io.write_json(conv_choice.cache_path(), {"key": {"impl": "xla", "xla_ms": 2.0, "shifted_matmul_ms": 3.0,
+                                                     "native_unavailable": "g++ is not on PATH"}})
+    monkeypatch.setattr(conv_choice, "native_unavailable", lambda: None)  # g++ installed since
+    measured = []
+
+    def measure_now():
+        measured.append(True)
+        return {"xla_ms": 2.0, "shifted_matmul_ms": 3.0, "native_ms": 1.0}
+
+    choice = conv_choice._cached_choice(conv_choice.CHOICES, "NT_ROBUST_TEST_UNSET", "key", measure_now,
+                                        lambda t: min(("xla", "shifted_matmul", "native"), key=lambda k: t[f"{k}_ms"]),
+                                        "a test layer")
+    assert measured and choice["impl"] == "native" and choice["source"] == "measured now"
+    assert io.read_json(conv_choice.cache_path())["key"]["impl"] == "native"
