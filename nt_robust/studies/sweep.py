@@ -158,11 +158,12 @@ class Study:
                               f"({run_dir / 'config.json'} is gone and its summary has "
                               f"{'another config hash' if stored_hash else 'no config hash'}). Move that run "
                               "directory away to train it again, or give the study another runs_root")
-        differences = config_differences(io.read_json(run_dir / "config.json"), wanted)
-        if differences or stored_hash is not None:
+        # war.reference_run is the path of a run of this study: it changes when the runs root moves
+        differences = config_differences(io.read_json(run_dir / "config.json"), wanted, allowed=("war.reference_run",))
+        if differences:
             raise ConfigError(
                 f"{run_dir} finished with another config than {self.spec_path} now gives it "
-                f"({'; '.join(differences[:5]) or 'config hash ' + str(stored_hash)}: run -> spec). The spec was "
+                f"({'; '.join(differences[:5])}: run -> spec). The spec was "
                 f"edited after the run finished: restore the spec, or move {self.runs_root} away (or set another "
                 "runs_root or --runs-root) to run the edited study")
         return summary
