@@ -80,7 +80,8 @@ def _quiet_cancelled_writes() -> None:
         if not cancelled(unraisable.exc_value):
             previous_unraisable(unraisable)
 
-    if getattr(previous_excepthook, "__name__", "") != "excepthook" or previous_excepthook is sys.__excepthook__:
+    if not getattr(previous_excepthook, "nt_robust_quiet", False):  # once per process
+        excepthook.nt_robust_quiet = True
         sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 

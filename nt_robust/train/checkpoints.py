@@ -8,7 +8,10 @@ leftovers when it starts. Each finished step gets ``nt_robust_digest.json`` (siz
 sha256 of every file), because OCDBT does not checksum its data: a flipped byte in a data
 file restores silently wrong parameters. A restore verifies the digest first, skips a
 damaged step with a warning (falling back to the newest intact one) and raises
-:class:`CheckpointCorruptError`, naming the files and the fix, when none is left::
+:class:`CheckpointCorruptError`, naming the files and the fix, when none is left. A step
+whose record says a digest follows but has none (cut off before it) counts as damaged.
+SIGINT and SIGTERM during a save take effect once it is complete; a full disk, as an
+OSError or as TensorStore's ``RESOURCE_EXHAUSTED``, is a :class:`CheckpointSaveError`::
 
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=2)
     checkpoints.save("latest", state, {"epoch": 3, ...})

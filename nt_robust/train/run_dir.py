@@ -14,6 +14,10 @@ command) into it. A second trainer fails at once with :class:`RunDirectoryLocked
 naming the holder. The OS drops the lock when its process dies (even by SIGKILL), so a
 stale ``.lock`` left by a dead process is simply taken over. Readers (``nt-robust eval``)
 take no lock. On NFS, flock works across hosts with NFSv4 (Lustre needs ``-o flock``).
+A ``.lock`` that is a symbolic link is refused (never followed). :func:`config_hash` ties
+checkpoints and summaries to their config; :func:`config_differences` names what differs::
+
+    config_differences(io.read_json(run / "config.json"), to_dict(config))  # ["optim.lr: 0.05 -> 0.1"]
 """
 
 from __future__ import annotations
