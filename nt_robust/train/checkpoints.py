@@ -173,8 +173,8 @@ def _sigint_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # (None: a handler set outside Python, which cannot be put back)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     if signal.SIGTERM in received:
         handler = previous[signal.SIGTERM]
         if callable(handler):

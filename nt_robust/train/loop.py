@@ -156,7 +156,7 @@ class Trainer:
             return self._fit(stop_after_steps)
         finally:
             if on_main_thread:
-                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if lock is not None:
                 lock.release()
 
