@@ -41,8 +41,9 @@ from nt_robust.train.data import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
 from nt_robust.train.precision import precision_record
-from nt_robust.train.run_dir import (RunConfigMismatchError, RunDirectory, RunDirectoryLockedError,
-                                     RunDirectoryNotWritableError, RunLock, config_differences, config_hash)
+from nt_robust.train.records import check_record, rows_at, warn_if_other_device_count
+from nt_robust.train.run_dir import (RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock,
+                                     config_hash)
 from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
                                       replicate, replicated_sharding)
 from nt_robust.train.state import TrainState, create_train_state, model_variables
@@ -190,7 +191,7 @@ class Trainer:
         try:
             restored = checkpoints.restore("latest", state)
             if restored is not None:
-                self._check_record(restored[1], config_dict, resumed)
+                check_record(run, restored[1], config_dict, resumed)
         except BaseException:
             checkpoints.close()
             raise
@@ -203,10 +204,10 @@ class Trainer:
             log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, progress.epoch + 1,
                      progress.batch, int(state.step))
             if resumed:
-                self._check_device_count()
+                warn_if_other_device_count(run)
         elif resumed:
             log.info("%s has a config but no checkpoint yet: starting from scratch", run.root)
-        rows = self._rows_at(record, progress)
+        rows = rows_at(run, record, progress.epoch, write=self.is_main)
         already_finished = progress.epoch >= config.train.epochs
         self._log_start(state)
         try:
@@ -239,75 +240,6 @@ class Trainer:
         config = to_dict(self.config)
         return {"progress": dataclasses.asdict(progress), "rows": rows, "config": config,
                 "config_hash": config_hash(config)}
-
-    def _check_record(self, record: dict[str, Any], config: dict[str, Any], resumed: bool) -> None:
-        """Refuse a checkpoint written under another config (config.json may be gone)."""
-        saved = record.get("config")
-        if saved is None:  # written before checkpoints held their config
-            if not resumed:
-                raise RunConfigMismatchError(
-                    f"{self.run.checkpoint_dir} holds checkpoints written before checkpoints recorded their "
-                    f"config, and {self.run.config_path} is gone, so nothing says which config made them. "
-                    f"Put the run's config.json back (from a backup), or delete {self.run.checkpoint_dir} to "
-                    "train this config from step 0, or train it in another run directory.")
-            log.info("%s: its checkpoints predate config records; checked against config.json only",
-                     self.run.root)
-            return
-        if record.get("config_hash") == config_hash(config):
-            return
-        allowed = ("train.epochs",) if self._extended_from(saved) else ()
-        differences = config_differences(saved, config, allowed)
-        if differences:
-            raise RunConfigMismatchError(
-                f"{self.run.root}'s checkpoints were written with a different config "
-                f"({'; '.join(differences[:5])}{'; ...' if len(differences) > 5 else ''}: checkpoint -> this "
-                "config). Resume it with its own config (`nt-robust train RUN_DIR`), give this run another "
-                "name (--set name=...) or --run-dir, or delete that directory.")
-
-    def _extended_from(self, saved: dict[str, Any]) -> bool:
-        """Whether RUN_DIR/extensions.json records an extension from the checkpoint's train.epochs
-        (train/extend.py checked that the schedule allows it): the one change of train.epochs allowed."""
-        from nt_robust.train.extend import EXTENSIONS
-
-        path = self.run.root / EXTENSIONS
-        epochs = saved.get("train", {}).get("epochs") if isinstance(saved.get("train"), dict) else None
-        return path.exists() and any(e.get("from_epochs") == epochs for e in io.read_json(path))
-
-    def _check_device_count(self) -> None:
-        """Warn when a run resumes on another number of devices: its reductions then sum in
-        another order, so it is no longer bitwise the run it would have been."""
-        try:
-            started = io.read_json(self.run.environment_path).get("device_count")
-        except (OSError, ValueError, AttributeError):
-            return
-        if isinstance(started, int) and started != jax.device_count():
-            log.warning("%s was started on %d device(s) and resumes on %d: it continues correctly, but not "
-                        "bit for bit as it would have on %d (resume with --cpu-devices %d for that)", self.run.root,
-                        started, jax.device_count(), started, started)
-
-    def _rows_at(self, record: dict[str, Any] | None, progress: Progress) -> list[dict[str, Any]]:
-        """The metrics rows of the epochs finished at the restored checkpoint, from its record
-        (metrics.jsonl is rewritten from them when it differs: a row lost or past the checkpoint);
-        for a checkpoint that predates rows in records, metrics.jsonl's rows up to it."""
-        if record is not None and "rows" in record:
-            rows = [dict(r) for r in record["rows"]]
-            try:
-                on_disk = self.run.read_metrics()
-            except ValueError as error:
-                log.warning("%s; rebuilding it from the checkpoint", error)
-                on_disk = None
-            if on_disk != rows and self.is_main:
-                if on_disk is not None and len(on_disk) != len(rows):
-                    log.info("%s: %d row(s) on disk, %d in the checkpoint: rewritten from the checkpoint",
-                             self.run.metrics_path, len(on_disk), len(rows))
-                self.run.write_metrics(rows)
-            return rows
-        rows = [r for r in self.run.read_metrics() if r["epoch"] <= progress.epoch]
-        if len(rows) < progress.epoch:
-            log.warning("%s lacks %d of the %d finished epochs' rows and the checkpoint predates rows in records: "
-                        "those epochs' metrics are lost (the weights are not)", self.run.metrics_path,
-                        progress.epoch - len(rows), progress.epoch)
-        return rows
 
     def _log_start(self, state: TrainState) -> None:
         c = self.config
