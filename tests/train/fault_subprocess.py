@@ -6,8 +6,8 @@
     python fault_subprocess.py hold-lock RUN_DIR                     # take the run's lock, then sleep
     python fault_subprocess.py signal-at-save RUN_DIR '[overrides]'  # nt-robust train; RUN_DIR.saving appears
                                                                      # when the epoch-end save of step 7 starts,
-                                                                     # which then lasts 3 s: the test's signal
-                                                                     # arrives while it is being written
+                                                                     # which then waits for RUN_DIR.signalled:
+                                                                     # the test's signal arrives mid-save
     python fault_subprocess.py cli RUN_DIR '[overrides]'             # nt-robust train, nothing injected
 """
 
@@ -45,7 +45,10 @@ async def faulty_save(self, item, directory):
             import asyncio
 
             open(run_dir + ".saving", "w").close()
-            await asyncio.sleep(3)
+            for _ in range(600):  # until the test has sent its signal (it then creates RUN_DIR.signalled)
+                if os.path.exists(run_dir + ".signalled"):
+                    break
+                await asyncio.sleep(0.05)
         return await original(self, item, directory)
     if mode == "cli":
         return await original(self, item, directory)

@@ -116,7 +116,8 @@ def processes(tmp_path_factory):
         for case, (proc, log) in procs.items():
             marker = Path(f"{cases[case][1]}.saving")
             if case in ("SIGINT", "SIGTERM") and case not in sent and marker.exists():
-                proc.send_signal(getattr(signal, case))  # while the save of step 7 lasts (3 s)
+                proc.send_signal(getattr(signal, case))  # the save of step 7 waits for it
+                Path(f"{cases[case][1]}.signalled").touch()
                 sent.add(case)
             if case not in ended and proc.poll() is not None:
                 log.seek(0)
