@@ -552,3 +552,19 @@ def test_kernel_choice_made_without_the_native_kernels_is_measured_again_once_th
                                         "a test layer")
     assert measured and choice["impl"] == "native" and choice["source"] == "measured now"
     assert io.read_json(conv_choice.cache_path())["key"]["impl"] == "native"
+
+
+def test_damaged_attack_check_result_is_left_out_of_the_report_naming_it(tmp_path, caplog):
+    from nt_robust.studies.attack_check import _result_stem, collect_attack_check
+    from nt_robust.studies.sweep import load_study
+
+    _, study, run = _finished_study_run(tmp_path)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec.read_text() + '[attack_check]\nprotocols = ["pgd20-0.007", "cw20"]\nexamples = 8\n')
+    study = load_study(spec)
+    damaged = Path(f"{_result_stem(study, run, 'cw20')}.json")
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_text('{"robust_accuracy": 0.')
+    with caplog.at_level(logging.WARNING, logger="nt_robust.studies"):
+        assert collect_attack_check(study) == []
+    assert f"{damaged} is damaged" in caplog.text and "treated as not evaluated" in caplog.text
