@@ -279,7 +279,10 @@ def test_resume_on_another_device_count_warns_naming_the_original(finished, capl
     io.write_json(finished / "environment.json", {**environment, "device_count": 3})
     with caplog.at_level(logging.WARNING, logger="nt_robust.train"):
         train(tiny(), finished)
-    assert "was started on 3 device(s) and resumes on 1" in caplog.text and "--cpu-devices 3" in caplog.text
+    import jax
+
+    assert f"was started on 3 device(s) and resumes on {jax.device_count()}" in caplog.text
+    assert "--cpu-devices 3" in caplog.text
 
 
 # --- checkpoints ------------------------------------------------------------------------------
