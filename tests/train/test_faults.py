@@ -94,20 +94,13 @@ def _can_mount_tmpfs(where: Path) -> bool:
     return done.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def processes(tmp_path_factory):
-    """Three training processes at once: one sent SIGINT and one SIGTERM while the epoch-end
-    checkpoint (step 7) is being written, one training on a 200 KiB tmpfs (or None where
-    mounting is not permitted). Yields {case: (returncode, stderr, run_dir, seconds)}."""
-    root = tmp_path_factory.mktemp("faults")
-    disk = root / "small_disk"
-    mounted = _can_mount_tmpfs(disk)
-    cases = {"SIGINT": ("signal-at-save", root / "sigint"), "SIGTERM": ("signal-at-save", root / "sigterm")}
-    if mounted:
-        cases["full disk"] = ("cli", disk / "run")
+def _run_together(cases: dict[str, tuple[str, Path]], logs: Path) -> dict[str, tuple]:
+    """Start fault_subprocess.py for every case at once (its output in ``logs``); send SIGINT or
+    SIGTERM to those cases when their save of step 7 has begun; {case: (returncode, output,
+    run_dir, seconds)}."""
     started, procs = time.monotonic(), {}
     for case, (mode, run_dir) in cases.items():
-        log = open(root / f"{case.replace(' ', '_')}.log", "w+")
+        log = open(logs / f"{case.replace(' ', '_')}.log", "w+")
         procs[case] = (subprocess.Popen([sys.executable, str(FAULTS), mode, str(run_dir), json.dumps(SIGNAL_RUN)],
                                         stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "JAX_PLATFORMS": "cpu"}), log)
@@ -128,10 +121,28 @@ def processes(tmp_path_factory):
             proc.kill()
             ended[case] = (None, f"hung for {SUBPROCESS_TIMEOUT} s", cases[case][1], SUBPROCESS_TIMEOUT)
         log.close()
-    if mounted:  # the space is freed: the run moves to a disk with room, as its user would free space
-        shutil.copytree(disk / "run", root / "freed")
-        subprocess.run(["umount", str(disk)], check=False)
-        ended["full disk"] = (*ended["full disk"][:2], root / "freed", ended["full disk"][3])
+    return ended
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory):
+    """Three training processes at once: one sent SIGINT and one SIGTERM while the epoch-end
+    checkpoint (step 7) is being written, one training on a 200 KiB tmpfs (or None where
+    mounting is not permitted). Yields {case: (returncode, stderr, run_dir, seconds)}."""
+    root = tmp_path_factory.mktemp("faults")
+    disk = root / "small_disk"
+    mounted = _can_mount_tmpfs(disk)
+    cases = {"SIGINT": ("signal-at-save", root / "sigint"), "SIGTERM": ("signal-at-save", root / "sigterm")}
+    if mounted:
+        cases["full disk"] = ("cli", disk / "run")
+    try:
+        ended = _run_together(cases, root)
+        if mounted:  # the space is freed: the run moves to a disk with room, as its user would free space
+            shutil.copytree(disk / "run", root / "freed")
+            ended["full disk"] = (*ended["full disk"][:2], root / "freed", ended["full disk"][3])
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=False)
     yield ended
 
 
