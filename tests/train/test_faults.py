@@ -582,3 +582,14 @@ def test_damaged_attack_check_result_is_left_out_of_the_report_naming_it(tmp_pat
     with caplog.at_level(logging.WARNING, logger="nt_robust.studies"):
         assert collect_attack_check(study) == []
     assert f"{damaged} is damaged" in caplog.text and "treated as not evaluated" in caplog.text
+
+
+def test_resume_by_run_directory_with_config_json_deleted_uses_the_checkpoints_config(finished, capsys):
+    config = io.read_json(finished / "config.json")
+    (finished / "config.json").unlink()
+    (finished / "summary.json").unlink()
+    assert main(["train", str(finished)]) == 0
+    err = capsys.readouterr().err  # (the CLI logs to stderr)
+    assert f"{finished / 'config.json'} is missing: using the config recorded in the run's newest checkpoint" in err
+    assert io.read_json(finished / "config.json") == config
+    assert_nothing_lost(finished)
