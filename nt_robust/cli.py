@@ -58,6 +58,31 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if not verbose:  # and each failure of its worker threads with a traceback; our error names the cause
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Future exception was never retrieved": the same
+        _quiet_cancelled_writes()
+
+
+def _quiet_cancelled_writes() -> None:
+    """After a failed save (a full disk), TensorStore's callbacks of the writes it cancelled
+    find orbax's event loop closed and print ``RuntimeError: Event loop is closed`` (through
+    sys.excepthook, from its own threads), a dozen tracebacks after our message. Those say
+    nothing: they are dropped (-v shows them); every other error is reported as usual."""
+    def cancelled(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+    previous_excepthook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, value, traceback) -> None:
+        if not cancelled(value):
+            previous_excepthook(kind, value, traceback)
+
+    def unraisablehook(unraisable) -> None:
+        if not cancelled(unraisable.exc_value):
+            previous_unraisable(unraisable)
+
+    if not getattr(previous_excepthook, "nt_robust_quiet", False):  # once per process
+        excepthook.nt_robust_quiet = True
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def _exit_even_if_threads_linger(code: int, grace_seconds: float = 3.0) -> None:
@@ -758,20 +783,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         return _info()
-    except (ConfigError, OSError, ValueError, RuntimeError) as error:
-        # Our errors say what went wrong and how to fix it; a traceback only with -v.
-        # (OSError: a full disk, a read-only directory, ...; the message names the file.)
-        if args.verbose:
-            raise
-        print(f"nt-robust: error: {type(error).__name__}: {error}", file=sys.stderr)
-        if argv is None:  # the command line, not a caller in this process
-            _exit_even_if_threads_linger(2)
-        return 2
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: training says where it resumes from
-        print(f"nt-robust: interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - the one CLI error handler (see _report_error)
+        return _report_error(error, args.verbose, own_process=argv is None)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: training says where it resumes from
+        import signal
+
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        print(f"nt-robust: {what}{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr, flush=True)
+        code = 128 + int(signum)  # 130 after Ctrl-C, 143 after SIGTERM: what a shell reports for either
         if argv is None:
-            _exit_even_if_threads_linger(130)
-        return 130
+            _exit_even_if_threads_linger(code)
+        return code
+
+
+DEBUG_ENV = "NT_ROBUST_DEBUG"
+
+
+def _report_error(error: Exception, verbose: bool, own_process: bool) -> int:
+    """Every failed command ends here: ``nt-robust: error: <type>: <message>`` on stderr and
+    exit status 2, never a traceback, unless -v or NT_ROBUST_DEBUG=1 asks for one. Our errors
+    name the file or field and the fix; anything else (a bug) says how to see its traceback."""
+    import os
+    import traceback
+
+    debug = verbose or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    if debug:
+        traceback.print_exception(error)
+    ours = isinstance(error, (ConfigError, OSError, ValueError, RuntimeError, ArithmeticError, KeyError))
+    message = f"nt-robust: error: {type(error).__name__}: {error}"
+    if not ours and not debug:
+        message += f" (unexpected; rerun with -v or {DEBUG_ENV}=1 for the traceback, and please report it)"
+    print(message, file=sys.stderr, flush=True)
+    if own_process:  # the command line, not a caller in this process
+        _exit_even_if_threads_linger(2)
+    return 2
 
 
 if __name__ == "__main__":

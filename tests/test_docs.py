@@ -31,7 +31,8 @@ ENV_VAR = re.compile(r"NT_ROBUST_[A-Z0-9_]*[A-Z0-9]")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w])")  # --xla_cpu_... (XLA's flags) excluded
 SET_KEY = re.compile(r"--set[ =]+['\"]?([a-z_]+\.[\w.]*)=")
 # Flags of other tools that the docs show (pip, sbatch, XLA_FLAGS=--help).
-EXTERNAL_FLAGS = {"--no-deps", "--upgrade", "--quiet", "--help", "--index-url", "--dependency"}
+EXTERNAL_FLAGS = {"--no-deps", "--upgrade", "--quiet", "--help", "--index-url", "--dependency",
+                  "--signal", "--requeue"}
 FILE_SUFFIXES = ("py", "md", "toml", "json", "jsonl", "npz", "png", "pdf", "csv", "txt", "log")
 
 

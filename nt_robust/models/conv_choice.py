@@ -101,7 +101,10 @@ def native_unavailable() -> str | None:
     if reason is not None:
         _say_once(f"nt-robust: note: {reason}")
         return reason
-    status = native_status()
+    try:
+        status = native_status()
+    except OSError as error:  # an unwritable kernel cache folder: a reason to leave native out, not to stop
+        return f"the native kernels cannot be built into the cache ({error}); make that folder writable"
     return None if status["available"] else status["reason"]
 
 
@@ -164,6 +167,8 @@ def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_no
     except (OSError, ValueError):
         cached = {}
     entry = cached.get(key) if isinstance(cached, dict) else None
+    if isinstance(entry, dict) and entry.get("native_unavailable") and native_unavailable() is None:
+        entry = None  # measured without the native kernels, which build now (g++ installed since): again
     if isinstance(entry, dict) and entry.get("impl") in choices and "xla_ms" in entry:
         entry = {**entry, "source": f"measured earlier on this machine ({path})"}
         if entry["impl"] == "native" and (reason := native_unavailable()) is not None:  # e.g. g++ removed since

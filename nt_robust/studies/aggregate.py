@@ -9,18 +9,24 @@ for the per-example arrays)::
 A row is one run under one checkpoint-selection rule: ``final`` (last epoch),
 ``best_val`` (highest held-out robust accuracy) or ``best_test`` (highest test robust
 accuracy: the paper's protocol, optimistic by construction).
+
+A run whose files are damaged (unreadable JSON or JSONL, an .npz that is not one) is left
+out with a warning naming the file, so one bad run never stops a study's report or the map.
 """
 
 from __future__ import annotations
 
 import csv
 import io as _io
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from nt_robust import io
+
+log = logging.getLogger("nt_robust.studies")
 
 SELECTIONS = {"final": "final", "best_val": "selected_by_val_robust_accuracy",
               "best_test": "selected_by_test_robust_accuracy_paper_protocol"}
@@ -55,7 +61,22 @@ def _run_fields(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
 
 
 def finished_run_dirs(paths: Iterable[Path]) -> list[Path]:
-    return sorted(p for p in paths if (Path(p) / "summary.json").exists() and (Path(p) / "config.json").exists())
+    """The finished runs among ``paths`` whose config, summary and metrics read back; a damaged
+    one is skipped with a warning naming the file."""
+    finished = sorted(Path(p) for p in paths if (Path(p) / "summary.json").exists()
+                      and (Path(p) / "config.json").exists())
+    readable = []
+    for run_dir in finished:
+        try:
+            for name in ("config.json", "summary.json"):
+                if not isinstance(io.read_json(run_dir / name), dict):
+                    raise io.DamagedFileError(f"{run_dir / name} is damaged (not a JSON object)")
+            io.read_jsonl(run_dir / "metrics.jsonl")
+        except (OSError, ValueError) as error:
+            log.warning("skipping the damaged run %s: %s", run_dir, error)
+            continue
+        readable.append(run_dir)
+    return readable
 
 
 def collect_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -107,8 +128,12 @@ def collect_examples(paths: Iterable[Path], selection: str = "best_val") -> dict
         for split in ("val", "test"):
             path = Path(run_dir) / "eval" / f"{selection}_{split}.npz"
             if path.exists():
-                with np.load(path) as arrays:
-                    examples.setdefault(name, {})[split] = per_example_metrics(dict(arrays))
+                try:
+                    arrays = io.load_arrays(path)
+                except (OSError, ValueError) as error:
+                    log.warning("skipping the per-example results of %s: %s", run_dir, error)
+                    continue
+                examples.setdefault(name, {})[split] = per_example_metrics(arrays)
     return examples
 
 

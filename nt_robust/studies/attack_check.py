@@ -117,8 +117,12 @@ def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
     path = Path(f"{stem}.json")
     if not path.exists():
         return None
-    result = io.read_json(path)
-    if (result.get("num_examples") != study.attack_check.examples
+    try:
+        result = io.read_json(path)
+    except ValueError as error:  # damaged: left out of the report, evaluated again by the attacks stage
+        log.warning("%s; treated as not evaluated", error)
+        return None
+    if not isinstance(result, dict) or (result.get("num_examples") != study.attack_check.examples
             or result.get("protocol_version", PROTOCOLS[protocol].version) != PROTOCOLS[protocol].version):
         return None
     return result
@@ -150,8 +154,12 @@ def collect_attack_examples(study) -> dict[tuple[str, str], np.ndarray]:
                 continue
             path = Path(f"{_result_stem(study, run, protocol)}.npz")
             if path.exists():
-                with np.load(path) as arrays:
-                    examples[(run.name, protocol)] = (arrays["broken_by"] == ROBUST).astype(np.float64)
+                try:
+                    arrays = io.load_arrays(path)
+                except (OSError, ValueError) as error:
+                    log.warning("%s; its per-example results are left out", error)
+                    continue
+                examples[(run.name, protocol)] = (arrays["broken_by"] == ROBUST).astype(np.float64)
     return examples
 
 

@@ -35,6 +35,9 @@ def run_study(study: Study, stage: str | None = None) -> None:
     stages = [stage] if stage else [GRID_STAGE, WAR_STAGE, ATTACK_STAGE]
     runs = [r for r in study.runs() if r.stage in stages]
     todo = [r for r in runs if not study.is_finished(r)]
+    for run in runs:  # a finished run counts only if the spec still gives it the config it ran with
+        if study.is_finished(run) and run.stage == GRID_STAGE:
+            study.check_reusable(run, load_config(ExperimentConfig, study.base_config, list(run.overrides)))
     log.info("%s: %d runs in stage(s) %s, %d finished, %d to run", study.name, len(runs), "+".join(stages),
              len(runs) - len(todo), len(todo))
     for run in todo:

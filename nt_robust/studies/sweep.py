@@ -26,8 +26,12 @@ optionally, WAR runs::
 Grid runs come first (indices 0 … G−1), WAR runs after them. A WAR run's config is
 resolved when it starts, from the finished grid runs of the reference width, so job
 arrays must run the grid stage before the WAR stage (``--stage grid`` / ``--stage war``).
-Finished runs (``summary.json`` present) are skipped; interrupted ones resume. The
-attack check (``--stage attacks``) evaluates finished grid runs after both stages.
+Finished runs (``summary.json`` present) are skipped once their config is checked
+(:meth:`Study.check_reusable`: the summary's config hash, else config.json, must match the
+spec's; a run of an edited spec is refused, naming the changed fields); interrupted ones
+resume. The attack check (``--stage attacks``) evaluates finished grid runs after both
+stages. A spec is checked before any work: a study name and run names that are one plain
+path component, distinct grid values and seeds, at least one seed.
 """
 
 from __future__ import annotations
@@ -134,6 +138,36 @@ class Study:
     def is_finished(self, run: RunSpec) -> bool:
         return (self.run_dir(run) / "summary.json").exists()
 
+    def check_reusable(self, run: RunSpec, config: ExperimentConfig) -> dict[str, Any]:
+        """The finished run's summary, if it was made with ``config``; else ConfigError naming
+        the fields that differ (a spec edited after the run finished). A summary written
+        before summaries held a config hash is checked against the run's config.json."""
+        from nt_robust.config import to_dict
+        from nt_robust.train.run_dir import config_differences, config_hash
+
+        run_dir = self.run_dir(run)
+        summary = io.read_json(run_dir / "summary.json")
+        wanted = to_dict(config)
+        stored_hash = summary.get("config_hash") if isinstance(summary, dict) else None
+        if stored_hash == config_hash(wanted):
+            return summary
+        if stored_hash is None:
+            log.info("%s: its summary predates config hashes; compared with its config.json", run_dir)
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"{run_dir} finished under a config that cannot be compared with the spec's "
+                              f"({run_dir / 'config.json'} is gone and its summary has "
+                              f"{'another config hash' if stored_hash else 'no config hash'}). Move that run "
+                              "directory away to train it again, or give the study another runs_root")
+        # war.reference_run is the path of a run of this study: it changes when the runs root moves
+        differences = config_differences(io.read_json(run_dir / "config.json"), wanted, allowed=("war.reference_run",))
+        if differences:
+            raise ConfigError(
+                f"{run_dir} finished with another config than {self.spec_path} now gives it "
+                f"({'; '.join(differences[:5])}: run -> spec). The spec was "
+                f"edited after the run finished: restore the spec, or move {self.runs_root} away (or set another "
+                "runs_root or --runs-root) to run the edited study")
+        return summary
+
 
 def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = None,
                runs_parent: str | os.PathLike | None = None) -> Study:
@@ -149,6 +183,8 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
             spec = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"study spec {path} does not exist (the ready-made ones are experiments/study_*.toml)") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"study spec {path} is not valid TOML ({error})") from None
     known = {"name", "base_config", "runs_root", "seeds", "set", "grid", "war", "attack_check"}
     unknown = set(spec) - known
     if unknown:
@@ -156,23 +192,50 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
     for key in ("name", "base_config", "grid"):
         if key not in spec:
             raise ConfigError(f"{path}: missing '{key}'")
+    _check_name(spec["name"], f"{path}: name")
+    if not isinstance(spec["base_config"], str):
+        raise ConfigError(f"{path}: base_config must be a path (a string), got {spec['base_config']!r}")
     base = Path(spec["base_config"])
     if not base.is_absolute() and not base.exists():
         base = path.parent.parent / base  # relative to the repository root
+    if not isinstance(spec["grid"], dict):
+        raise ConfigError(f"{path}: grid must be a table of axes, e.g. [grid] \"model.width\" = [32, 128]; "
+                          f"got {spec['grid']!r}")
     grid = {k: tuple(v if isinstance(v, list) else [v]) for k, v in spec["grid"].items()}
     if any(len(v) == 0 for v in grid.values()):
         raise ConfigError(f"{path}: every grid axis needs at least one value")
+    for key, values in grid.items():
+        _check_distinct(values, f"{path}: grid '{key}'")
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                            for x in seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, e.g. seeds = [0, 1]; got {seeds!r}")
+    _check_distinct(seeds, f"{path}: seeds")
+    if not isinstance(spec.get("set", []), list):
+        raise ConfigError(f"{path}: set must be a list of \"key=value\" strings, got {spec['set']!r}")
     war = None
     if "war" in spec:
         w = spec["war"]
+        if not isinstance(w, dict):
+            raise ConfigError(f"{path}: war must be a table ([war] with reference_width and widths)")
         unknown = set(w) - {"reference_width", "widths", "set", "modes"}
         if unknown:
             raise ConfigError(f"{path}: unknown [war] keys {sorted(unknown)}")
+        for key in ("reference_width", "widths"):
+            if key not in w:
+                raise ConfigError(f"{path}: [war] needs '{key}' (e.g. reference_width = 32, widths = [128, 512])")
         modes = tuple(w.get("modes", ["weighted_ratio"]))
         bad = [m for m in modes if m not in WAR_MODES]
         if bad or not modes or len(set(modes)) != len(modes):
             raise ConfigError(f"{path}: [war] modes must be distinct values of {list(WAR_MODES)}, got {list(modes)}")
-        war = WarPlan(int(w["reference_width"]), tuple(int(x) for x in w["widths"]), tuple(w.get("set", ())), modes)
+        if not isinstance(w["widths"], list) or not w["widths"]:
+            raise ConfigError(f"{path}: [war] widths must be a non-empty list of widths, got {w['widths']!r}")
+        _check_distinct(w["widths"], f"{path}: [war] widths")
+        try:
+            war = WarPlan(int(w["reference_width"]), tuple(int(x) for x in w["widths"]), tuple(w.get("set", ())),
+                          modes)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: [war] reference_width and widths must be integers ({error})") from None
         if war.reference_width not in grid.get("model.width", ()):
             raise ConfigError(f"{path}: war.reference_width {war.reference_width} must be one of grid "
                               f"'model.width' values {list(grid.get('model.width', ()))}")
@@ -182,11 +245,34 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
         runs_root = Path(runs_parent) / spec["name"]
     root = Path(runs_root or spec.get("runs_root") or Path("runs") / "studies" / spec["name"])
     attack_check = AttackCheckPlan.from_spec(spec["attack_check"]) if "attack_check" in spec else None
-    study = Study(spec["name"], base, root, tuple(int(s) for s in spec.get("seeds", [0])),
-                  tuple(spec.get("set", ())), grid, war, path, attack_check)
+    study = Study(spec["name"], base, root, tuple(seeds), tuple(spec.get("set", ())), grid, war, path, attack_check)
+    names = [run.name for run in study.runs()]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ConfigError(f"{path}: two runs would share the directory {clashes[0]} (grid values that differ only in "
+                          "spelling, e.g. 1 and 1.0): give each value once")
     for run in study.grid_runs():  # validate every run's config before any work
+        _check_name(run.name, f"{path}: run name")
         load_config(ExperimentConfig, study.base_config, list(run.overrides))
     return study
+
+
+def _check_name(name: Any, what: str) -> None:
+    """A study or run name becomes a directory under the runs root: one plain path component."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or name.startswith("."):
+        raise ConfigError(f"{what} must be a plain name (letters, digits, _ and -; no '/', '..' or leading '.'), "
+                          f"as it becomes a directory; got {name!r}")
+
+
+def _check_distinct(values: Any, what: str) -> None:
+    """Duplicate grid values or seeds would run one configuration twice and count it as two."""
+    seen: list[Any] = []
+    for value in values:
+        if value in seen:
+            raise ConfigError(f"{what} lists {value!r} twice: one run would be counted as two (n=2 with no spread). "
+                              "Give each value once")
+        seen.append(value)
 
 
 def best_reference_lam(study: Study) -> float:
@@ -229,11 +315,12 @@ def run_index(study: Study, index: int) -> dict[str, Any] | None:
         raise ConfigError(f"index {index} is out of range: {study.name} has {len(runs)} runs (0 … {len(runs) - 1})")
     run = runs[index]
     run_dir = study.run_dir(run)
-    if study.is_finished(run):
-        log.info("[%d/%d] %s: finished, skipped", index + 1, len(runs), run.name)
-        return io.read_json(run_dir / "summary.json")
-    log.info("[%d/%d] %s", index + 1, len(runs), run.name)
     config = load_config(ExperimentConfig, study.base_config, resolve_overrides(study, run))
+    if study.is_finished(run):
+        summary = study.check_reusable(run, config)
+        log.info("[%d/%d] %s: finished, skipped", index + 1, len(runs), run.name)
+        return summary
+    log.info("[%d/%d] %s", index + 1, len(runs), run.name)
     return train(config, run_dir)
 
 

@@ -8,7 +8,10 @@ leftovers when it starts. Each finished step gets ``nt_robust_digest.json`` (siz
 sha256 of every file), because OCDBT does not checksum its data: a flipped byte in a data
 file restores silently wrong parameters. A restore verifies the digest first, skips a
 damaged step with a warning (falling back to the newest intact one) and raises
-:class:`CheckpointCorruptError`, naming the files and the fix, when none is left::
+:class:`CheckpointCorruptError`, naming the files and the fix, when none is left. A step
+whose record says a digest follows but has none (cut off before it) counts as damaged.
+SIGINT and SIGTERM during a save take effect once it is complete; a full disk, as an
+OSError or as TensorStore's ``RESOURCE_EXHAUSTED``, is a :class:`CheckpointSaveError`::
 
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=2)
     checkpoints.save("latest", state, {"epoch": 3, ...})
@@ -19,9 +22,11 @@ damaged step with a warning (falling back to the newest intact one) and raises
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,6 +40,10 @@ from nt_robust import io
 
 KINDS = ("latest", "best_val", "best_test")
 DIGEST = "nt_robust_digest.json"
+# Set in every record this version writes: the step gets a digest once orbax has renamed it.
+# A step whose record says so but that has no digest was cut off between the rename and
+# the digest (a kill), so its files cannot be checked: it is treated as damaged.
+DIGEST_FOLLOWS = "digest_follows"
 
 log = logging.getLogger("nt_robust.train")
 
@@ -47,15 +56,36 @@ class CheckpointCorruptError(RuntimeError):
     """No intact checkpoint of the requested kind is left (files changed, truncated or missing)."""
 
 
+# TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on
+# device ...") (measured on a 3 MB tmpfs), not as an OSError.
+_TENSORSTORE_ERRNO = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "No space left on device": errno.ENOSPC,
+                      "PERMISSION_DENIED": errno.EACCES, "Read-only file system": errno.EROFS}
+
+
 def _os_error_in(error: BaseException) -> OSError | None:
-    """The OSError behind ``error`` (itself, or a cause or context orbax wrapped it in)."""
+    """The OSError behind ``error`` (itself, or a cause or context orbax wrapped it in; or
+    TensorStore's spelling of one in a ValueError)."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, OSError):
             return error
+        for marker, number in _TENSORSTORE_ERRNO.items():
+            if marker in str(error):
+                return OSError(number, os.strerror(number))
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes and ``kill`` send) during training, handled like Ctrl-C."""
+
+    signum = signal.SIGTERM
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    """A SIGTERM handler: stop as Ctrl-C would (the trainer installs it while it trains)."""
+    raise Terminated()
 
 
 class CheckpointSaveError(RuntimeError):
@@ -87,10 +117,18 @@ def write_digest(step_dir: Path) -> None:
 
 
 def verify_digest(step_dir: Path) -> str | None:
-    """None if every file matches ``step_dir``'s digest (or it has none: a step written
-    before digests existed, or killed between orbax's rename and the digest); else what is wrong."""
+    """None if every file matches ``step_dir``'s digest (or it has none and was written
+    before digests existed); else what is wrong, including a step whose record says a
+    digest follows but has none (killed between orbax's rename and the digest)."""
     digest_path = step_dir / DIGEST
     if not digest_path.exists():
+        try:
+            expected = json.loads((step_dir / "record" / "metadata").read_text()).get(DIGEST_FOLLOWS)
+        except (OSError, ValueError, AttributeError):
+            expected = False  # an unreadable record is found by the restore itself
+        if expected:
+            return (f"it has no {DIGEST} although its record says one follows: the process that wrote it was "
+                    "stopped between orbax's rename and the digest, so its files cannot be checked")
         return None
     try:
         files = io.read_json(digest_path)["files"]
@@ -122,18 +160,28 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """Ctrl-C during a save takes effect once the save is complete (KeyboardInterrupt
-    raised inside orbax would leave its worker threads mid-operation)."""
+    """Ctrl-C or SIGTERM during a save takes effect once the save is complete (an exception
+    raised inside orbax would leave its worker threads mid-operation): SIGINT as
+    KeyboardInterrupt, SIGTERM through the handler that was installed before (the trainer's
+    raises :class:`Terminated`; the default one ends the process)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
+        for sig, handler in previous.items():  # (None: a handler set outside Python, which cannot be put back)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if signal.SIGTERM in received:
+        handler = previous[signal.SIGTERM]
+        if callable(handler):
+            handler(signal.SIGTERM, None)
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGTERM)
+    if signal.SIGINT in received:
         raise KeyboardInterrupt
 
 
@@ -190,6 +238,7 @@ class Checkpointer:
             if step in manager.all_steps():  # a replayed step (or a damaged one being rewritten)
                 manager.delete(step)
             try:
+                record = {**record, DIGEST_FOLLOWS: True}
                 manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                             record=ocp.args.JsonSave(record)), force=True)
                 manager.wait_until_finished()

@@ -11,6 +11,7 @@ where a field says otherwise. Load one from a file with overrides::
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from nt_robust.attacks import PGD20, TRADES_TRAIN, AttackConfig
 from nt_robust.models import BN_MODES, ModelConfig
@@ -145,9 +146,10 @@ class OptimConfig:
     ema_decay: float | None = None
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(self.lr > 0 and math.isfinite(self.lr), "optim.lr", f"must be a finite number > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "optim.weight_decay",
+                 f"must be a finite number >= 0, got {self.weight_decay}")
         _require(self.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         _require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
                  "optim.milestones", f"must be increasing positive epochs, got {list(self.milestones)}")
@@ -189,8 +191,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.lipschitz in LIPSCHITZ_METHODS, "eval.lipschitz",
                  f"must be one of {LIPSCHITZ_METHODS}, got {self.lipschitz!r}")
-        _require(self.lipschitz_eps is None or self.lipschitz_eps > 0, "eval.lipschitz_eps",
-                 f"must be > 0 or none, got {self.lipschitz_eps}")
+        _require(self.lipschitz_eps is None or (self.lipschitz_eps > 0 and math.isfinite(self.lipschitz_eps)),
+                 "eval.lipschitz_eps", f"must be a finite number > 0 or none, got {self.lipschitz_eps}")
         _require(self.lipschitz_direction in ("ascend", "published"), "eval.lipschitz_direction",
                  f"must be 'ascend' or 'published', got {self.lipschitz_direction!r}")
         _require(self.lipschitz_direction == "ascend" or self.lipschitz == "yang", "eval.lipschitz_direction",
@@ -298,7 +300,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _require(not self.war.enabled or self.objective.kind != "natural", "war.enabled",
                  "needs a robust objective (objective.kind = 'trades' or 'pgd_at')")
-        _require(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        _require(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+                 "name", f"must be a non-empty name without '/' and not '.' or '..' (it names the run directory "
+                 f"runs/<name>), got {self.name!r}")
         expected_loss = {"trades": "kl", "pgd_at": "ce"}.get(self.objective.kind)
         if expected_loss and self.train_attack.loss != expected_loss:
             raise ValueError(f"train_attack.loss is {self.train_attack.loss!r} but objective.kind "

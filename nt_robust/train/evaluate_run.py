@@ -178,8 +178,10 @@ def _resolve_attack(run_attack: AttackConfig, preset: str | None, parsed: list[t
 
 
 def _clip_examples(examples: int | None, available: int, split: str, progress: bool) -> int:
-    if examples is not None and examples < 0:
-        raise ConfigError(f"--examples must be >= 0, got {examples}")
+    if examples is not None and examples < 1:
+        raise ConfigError(f"--examples must be at least 1 (an accuracy of no examples is undefined), got {examples}")
+    if available == 0:
+        raise ConfigError(f"the {split} split has no examples (data.val_size = 0?): evaluate --split test")
     if examples is not None and examples > available:
         message = (f"--examples {examples} but the {split} split has only {available} examples: "
                    f"evaluating {available}")
@@ -222,6 +224,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         raise ConfigError(f"unknown checkpoint {checkpoint!r}; choose one of {sorted(SELECTION_RULES)}")
     if attack is not None and attack not in ATTACKS:
         raise ConfigError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
+    if examples is not None and (isinstance(examples, bool) or examples < 1):
+        raise ConfigError(f"--examples must be at least 1 (an accuracy of no examples is undefined), got {examples}")
     parsed = _parse_overrides(overrides, protocol)
     run_config = load_run_config(run_dir)
     config = load_run_config(run_dir, overrides)  # validates every override against the config

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,32 @@ SCHEDULES_THAT_EXTEND = ("piecewise", "constant")
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any]:
+    """RUN_DIR/config.json, else (deleted) the config recorded in its newest checkpoint."""
     path = run_dir / "config.json"
     if not path.exists():
+        recorded = _checkpoint_config(run_dir)
+        if recorded is not None:
+            logging.getLogger("nt_robust.train").warning(
+                "%s is missing: using the config recorded in the run's newest checkpoint (it is written again)", path)
+            return recorded
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); start a run with "
                                 "`nt-robust train --config FILE`")
     return io.read_json(path)
+
+
+def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config in the record of the newest step of RUN_DIR/checkpoints/latest, if any
+    (the training then checks that step's digest and this config against it)."""
+    latest = run_dir / "checkpoints" / "latest"
+    steps = sorted((int(p.name) for p in latest.iterdir() if p.name.isdigit()), reverse=True) if latest.is_dir() else []
+    for step in steps:
+        try:
+            config = io.read_json(latest / str(step) / "record" / "metadata").get("config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(config, dict):
+            return config
+    return None
 
 
 def _as_it_ran(data: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +136,9 @@ def annotate_summary(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, 
     path = run_dir / EXTENSIONS
     if not path.exists() or "stopped_at_step" in summary or not (run_dir / "summary.json").exists():
         return summary
-    summary = {**io.read_json(run_dir / "summary.json"), "extensions": io.read_json(path)}
+    stored, extensions = io.read_json(run_dir / "summary.json"), io.read_json(path)
+    if stored.get("extensions") == extensions:
+        return stored  # a reprinted run: nothing to add, nothing rewritten
+    summary = {**stored, "extensions": extensions}
     io.write_json(run_dir / "summary.json", summary)
     return summary

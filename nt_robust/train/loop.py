@@ -4,9 +4,14 @@
     summary = train(config, "runs/my_run")      # resumes if runs/my_run holds this config
 
 Everything a resume needs is in the checkpoint (the state, plus the epoch, the position
-within it, the epoch's running sums and the best results so far); the data order of an
-epoch is a function of (seed, epoch). So a run killed at any point and resumed ends
-with the same numbers as one that was never interrupted.
+within it, the epoch's running sums, the best results so far, every finished epoch's
+metrics row and the config); the data order of an epoch is a function of (seed, epoch).
+So a run killed at any point and resumed ends with the same numbers as one that was
+never interrupted, and loses no metrics row: ``metrics.jsonl`` is written after the
+checkpoint that holds its rows and rebuilt from the checkpoint on resume (rows past it are
+dropped), so ``summary.json``'s ``final`` is always the row of the last epoch's weights.
+A checkpoint whose record names another config than the one given is refused
+(:class:`RunConfigMismatchError`), even where ``config.json`` is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,17 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from nt_robust import io
 from nt_robust.config import to_dict
 from nt_robust.environment import environment_info
 from nt_robust.metrics import summarize
 from nt_robust.models import count_parameters, create_model, init_variables
-from nt_robust.train.checkpoints import Checkpointer
+from nt_robust.train.checkpoints import Checkpointer, raise_terminated
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.data import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
 from nt_robust.train.precision import precision_record
-from nt_robust.train.run_dir import RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock
+from nt_robust.train.records import check_record, rows_at, warn_if_other_device_count
+from nt_robust.train.run_dir import (RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock,
+                                     config_hash)
 from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
                                       replicate, replicated_sharding)
 from nt_robust.train.state import TrainState, create_train_state, model_variables
@@ -50,7 +60,12 @@ class TrainingDivergedError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) during training; the message says where the run resumes from."""
+    """Ctrl-C (SIGINT) or SIGTERM during training; the message says where the run resumes
+    from, ``signum`` which signal it was (the CLI exits 128 + signum: 130 or 143)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclasses.dataclass
@@ -133,11 +148,16 @@ class Trainer:
         return restored
 
     def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
-        """Train to the end (or until ``stop_after_steps`` optimizer steps, for tests)."""
+        """Train to the end (or until ``stop_after_steps`` optimizer steps, for tests).
+        SIGTERM is handled as Ctrl-C while it trains (a save in progress finishes first)."""
         lock = self._lock()
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread else None
         try:
             return self._fit(stop_after_steps)
         finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             if lock is not None:
                 lock.release()
 
@@ -161,40 +181,65 @@ class Trainer:
 
     def _fit(self, stop_after_steps: int | None) -> dict[str, Any]:
         config, run = self.config, self.run
-        resumed = run.claim(to_dict(config), {**environment_info(config.model.conv_impl, config.model.dense_impl),
-                                              "precision": precision_record(config)},
-                            write=self.is_main)
+        config_dict = to_dict(config)
+        environment = {**environment_info(config.model.conv_impl, config.model.dense_impl),
+                       "precision": precision_record(config)}
+        resumed = run.claim(config_dict, environment, write=False)  # checks only: nothing is written yet
         state = self.initial_state()
         checkpoints = Checkpointer(run.checkpoint_dir, keep=config.train.keep_checkpoints)
         progress = Progress()
         try:
             restored = checkpoints.restore("latest", state)
+            if restored is not None:
+                check_record(run, restored[1], config_dict, resumed)
         except BaseException:
             checkpoints.close()
             raise
+        if self.is_main:
+            run.claim(config_dict, environment, write=True)
+        record = None
         if restored is not None:
             state, record = restored
             progress = Progress(**record["progress"])
             log.info("resuming %s at epoch %d, batch %d (step %d)", run.root, progress.epoch + 1,
                      progress.batch, int(state.step))
+            if resumed:
+                warn_if_other_device_count(run)
         elif resumed:
             log.info("%s has a config but no checkpoint yet: starting from scratch", run.root)
-        rows = [r for r in run.read_metrics() if r["epoch"] <= progress.epoch]
+        rows = rows_at(run, record, progress.epoch, write=self.is_main)
+        already_finished = progress.epoch >= config.train.epochs
         self._log_start(state)
         try:
             state = self._epochs(state, progress, rows, checkpoints, stop_after_steps)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             step = checkpoints.latest_step()
             where = (f"its last checkpoint is step {step} in {run.checkpoint_dir / 'latest'}" if step is not None
                      else "it has no checkpoint yet, so it restarts from step 0")
+            signum = getattr(interrupt, "signum", signal.SIGINT)
+            how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
             raise TrainingInterrupted(
-                f"training of {run.root} interrupted; {where}. Run the same command again to resume exactly "
-                "from there.") from None
+                f"training of {run.root} {how}; {where}. Run the same command again to resume exactly "
+                "from there.", signum) from None
         finally:
             checkpoints.close()
         if progress.epoch < config.train.epochs:
             return {"stopped_at_step": int(state.step)}
+        if already_finished and run.summary_path.exists():
+            try:  # a finished run is reported from its own summary, never rewritten (item 5 of issue 36)
+                summary = io.read_json(run.summary_path)
+                if isinstance(summary, dict) and summary.get("final") is not None:
+                    return summary
+            except ValueError as error:
+                log.warning("%s; rebuilding it from the last checkpoint", error)
         return self._finish(state, progress, rows)
+
+    def _record(self, progress: Progress, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """What a checkpoint holds besides the state: the progress, every finished epoch's
+        metrics row (metrics.jsonl is rebuilt from them) and the config with its hash."""
+        config = to_dict(self.config)
+        return {"progress": dataclasses.asdict(progress), "rows": rows, "config": config,
+                "config_hash": config_hash(config)}
 
     def _log_start(self, state: TrainState) -> None:
         c = self.config
@@ -241,7 +286,7 @@ class Trainer:
                     pending = None
                     progress.epoch_seconds = time.time() - epoch_start
                     self._check_params(state, progress)
-                    checkpoints.save("latest", state, {"progress": dataclasses.asdict(progress)})
+                    checkpoints.save("latest", state, self._record(progress, rows))
                 if at_stop:
                     bar.close()
                     return state
@@ -250,13 +295,15 @@ class Trainer:
             bar.close()
             self._check_params(state, progress)
             train_seconds = time.time() - epoch_start
-            row = self._end_of_epoch(state, progress, checkpoints, train_seconds)
+            row = self._end_of_epoch(state, progress, rows, checkpoints, train_seconds)
             if self.war is not None:
                 state = self._war_update(state, progress, row)
             rows.append(row)
             progress.epoch, progress.batch = progress.epoch + 1, 0
             progress.sums, progress.steps_in_sums, progress.epoch_seconds = {}, 0, 0.0
-            checkpoints.save("latest", state, {"progress": dataclasses.asdict(progress)})
+            # The row goes into the checkpoint first: an interruption after the save loses
+            # nothing (the resume rewrites metrics.jsonl from it), one before it redoes the epoch.
+            checkpoints.save("latest", state, self._record(progress, rows))
             if self.is_main:
                 self.run.write_metrics(rows)
             seconds_per_epoch = (time.time() - run_start) / (progress.epoch - first_epoch)
@@ -280,7 +327,8 @@ class Trainer:
             raise TrainingDivergedError(
                 f"the training loss became {values['loss']} at step {step} (epoch {progress.epoch + 1}); "
                 f"nothing after the last good checkpoint was saved ({self.run.checkpoint_dir / 'latest'}). "
-                "Lower optim.lr or objective.lam, or check the data, then rerun to resume from it.")
+                "Lower optim.lr or objective.lam in a new run (--set name=... or --run-dir: this directory keeps "
+                "its config, so a resume with another lr is refused), or check the data.")
         for name in TRAIN_METRICS:
             progress.sums[name] = progress.sums.get(name, 0.0) + values[name]
         progress.steps_in_sums += 1
@@ -291,7 +339,8 @@ class Trainer:
             raise TrainingDivergedError(
                 f"parameters stopped being finite in epoch {progress.epoch + 1} (step {int(state.step)}); "
                 f"the last good checkpoint in {self.run.checkpoint_dir / 'latest'} was kept. "
-                "Lower optim.lr or objective.lam and rerun to resume from it.")
+                "Lower optim.lr or objective.lam in a new run (--set name=... or --run-dir: this directory keeps "
+                "its config, so a resume with another lr is refused).")
 
     def _evaluate(self, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
         c = self.config.eval
@@ -304,8 +353,8 @@ class Trainer:
                 results[split] = self.evaluator(variables, images, labels, limit)
         return results
 
-    def _end_of_epoch(self, state: TrainState, progress: Progress, checkpoints: Checkpointer,
-                      train_seconds: float) -> dict[str, Any]:
+    def _end_of_epoch(self, state: TrainState, progress: Progress, rows: list[dict[str, Any]],
+                      checkpoints: Checkpointer, train_seconds: float) -> dict[str, Any]:
         config = self.config
         epoch = progress.epoch + 1
         n = max(1, progress.steps_in_sums)
@@ -326,7 +375,7 @@ class Trainer:
                 robust = row[f"{split}_robust_accuracy"]
                 if best is None or robust > best[f"{split}_robust_accuracy"]:
                     setattr(progress, selection, {k: v for k, v in row.items() if k.startswith(("epoch", "val_", "test_"))})
-                    checkpoints.save(selection, state, {"progress": dataclasses.asdict(progress)})
+                    checkpoints.save(selection, state, self._record(progress, rows))
                     if self.is_main:
                         for name, per_example in results.items():
                             self.run.save_eval(f"{selection}_{name}", per_example)
@@ -392,9 +441,10 @@ class Trainer:
             "lipschitz": None if self.evaluator.lipschitz is None else self.evaluator.lipschitz.to_dict(),
             "data": self.splits.metadata,
             "final": rows[-1] if rows else None,
+            "config_hash": config_hash(to_dict(config)),
             "selected_by_val_robust_accuracy": progress.best_val,
             "selected_by_test_robust_accuracy_paper_protocol": progress.best_test,
-            "train_seconds_total": sum(r["epoch_seconds"] for r in rows),
+            "train_seconds_total": sum(r.get("epoch_seconds", 0.0) for r in rows),
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
             "precision": precision_record(config),

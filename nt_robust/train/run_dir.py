@@ -14,6 +14,10 @@ command) into it. A second trainer fails at once with :class:`RunDirectoryLocked
 naming the holder. The OS drops the lock when its process dies (even by SIGKILL), so a
 stale ``.lock`` left by a dead process is simply taken over. Readers (``nt-robust eval``)
 take no lock. On NFS, flock works across hosts with NFSv4 (Lustre needs ``-o flock``).
+A ``.lock`` that is a symbolic link is refused (never followed). :func:`config_hash` ties
+checkpoints and summaries to their config; :func:`config_differences` names what differs::
+
+    config_differences(io.read_json(run / "config.json"), to_dict(config))  # ["optim.lr: 0.05 -> 0.1"]
 """
 
 from __future__ import annotations
@@ -71,8 +75,10 @@ class RunLock:
     def acquire(self) -> "RunLock":
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = io.open_no_follow(self.path)  # a symlinked .lock is refused, never truncated through
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise RunDirectoryNotWritableError(str(error)) from None
             if error.errno in _NOT_WRITABLE:
                 raise not_writable_error(self.root, error, "training") from None
             raise
@@ -180,6 +186,29 @@ def _describe(value: Any) -> str:
     return "(absent)" if value is _MISSING else repr(value)
 
 
+def config_differences(saved: dict[str, Any], config: dict[str, Any], allowed: tuple[str, ...] = ()) -> list[str]:
+    """``["optim.lr: 0.05 -> 0.1", ...]``: the fields where ``config`` would give another run
+    than ``saved`` (settings in RESUMABLE_CHANGES, fields added since ``saved`` was written
+    at their old behaviour, and the dotted paths in ``allowed`` do not count)."""
+    return [f"{path}: {_describe(old)} -> {_describe(new)}" for path, old, new in _differences(saved, config)
+            if _matters(path, old, new, saved) and not path.startswith(allowed or ("\0",))]
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the config's canonical JSON, less the settings that may change on resume
+    (RESUMABLE_CHANGES): stored in every checkpoint record and finished summary.json, so a
+    run is tied to the exact config it ran with even where config.json is gone."""
+    import hashlib
+
+    def strip(node: Any, path: str = "") -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {k: strip(v, f"{path}{k}.") for k, v in node.items()
+                if not f"{path}{k}".startswith(RESUMABLE_CHANGES)}
+    text = json.dumps(strip(config), sort_keys=True, default=str, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 class RunDirectory:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -195,8 +224,10 @@ class RunDirectory:
         Returns True when an existing run will be resumed."""
         if self.config_path.exists():
             previous = io.read_json(self.config_path)
-            differences = [f"{path}: {_describe(old)} -> {_describe(new)}"
-                           for path, old, new in _differences(previous, config) if _matters(path, old, new, previous)]
+            if not isinstance(previous, dict):
+                raise io.DamagedFileError(f"{self.config_path} is damaged (not a JSON object). Restore it from a "
+                                          "backup, or delete it: the checkpoints' records hold the config too")
+            differences = config_differences(previous, config)
             if differences:
                 legacy = [f"--set {path}={added_field_value(path, previous)}" for path in ADDED_FIELDS
                           if any(d.startswith(f"{path}: (absent)") for d in differences)]

@@ -22,16 +22,74 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+COORDINATOR_TIMEOUT_ENV = "NT_ROBUST_COORDINATOR_TIMEOUT"
+DEFAULT_COORDINATOR_TIMEOUT = 120
+
+
+class DistributedSetupError(RuntimeError):
+    """The multi-process job could not be joined (unreachable coordinator, bad settings)."""
+
+
+def coordinator_timeout() -> int:
+    """Seconds to wait for every process to join: ``$NT_ROBUST_COORDINATOR_TIMEOUT``, else 120."""
+    text = os.environ.get(COORDINATOR_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = int(text) if text else DEFAULT_COORDINATOR_TIMEOUT
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise DistributedSetupError(f"{COORDINATOR_TIMEOUT_ENV} must be a whole number of seconds >= 1, got {text!r}")
+    return seconds
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, cpu_collectives: str | None = None) -> None:
     """Join a multi-process job. With no arguments JAX auto-detects the cluster (TPU pods,
     SLURM, Open MPI, ...). On CPU, ``cpu_collectives="gloo"`` enables cross-process
-    collectives (what the two-process test uses)."""
+    collectives (what the two-process test uses). A coordinator that does not answer within
+    :func:`coordinator_timeout` seconds is a :class:`DistributedSetupError` naming it, not a hang."""
+    import logging
+
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     kwargs = {k: v for k, v in dict(coordinator_address=coordinator, num_processes=num_processes,
                                     process_id=process_id).items() if v is not None}
-    jax.distributed.initialize(**kwargs)
+    timeout = coordinator_timeout()
+    where = coordinator or "the auto-detected coordinator"
+    logging.getLogger("nt_robust.train").info("joining the job at %s (process %s of %s; waiting up to %d s)",
+                                              where, process_id, num_processes, timeout)
+    if coordinator and process_id:  # XLA aborts the process (SIGABRT) when its own wait runs out
+        _wait_for_coordinator(coordinator, timeout)
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
+    except Exception as error:  # noqa: BLE001 - XLA raises bare RuntimeErrors/XlaRuntimeErrors here
+        raise DistributedSetupError(
+            f"could not join the multi-process job at {where} within {timeout} s ({type(error).__name__}: "
+            f"{str(error)[:300]}). Check that process 0 runs and that host:port is reachable from here (firewall, "
+            f"hostname), and that every process got the same --num-processes; {COORDINATOR_TIMEOUT_ENV} sets the "
+            "wait") from None
+
+
+def _wait_for_coordinator(coordinator: str, timeout: float) -> None:
+    """Return once ``host:port`` accepts a TCP connection; DistributedSetupError after ``timeout`` s."""
+    import socket
+    import time
+
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedSetupError(f"the coordinator must be HOST:PORT (e.g. node0:12345), got {coordinator!r}")
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout)):
+                return
+        except OSError as error:
+            last = error
+            time.sleep(0.5)
+    raise DistributedSetupError(
+        f"the coordinator {coordinator} did not answer within {timeout:g} s ({last}). Check that process 0 runs "
+        f"there and that the port is reachable from this host (firewall, hostname); {COORDINATOR_TIMEOUT_ENV} "
+        "sets the wait")
 
 
 def initialize_distributed_from_env() -> bool:
@@ -40,8 +98,19 @@ def initialize_distributed_from_env() -> bool:
     coordinator = os.environ.get("NT_ROBUST_COORDINATOR")
     if not coordinator:
         return False
-    initialize_distributed(coordinator, int(os.environ["NT_ROBUST_NUM_PROCESSES"]),
-                           int(os.environ["NT_ROBUST_PROCESS_ID"]),
+    numbers = {}
+    for name in ("NT_ROBUST_NUM_PROCESSES", "NT_ROBUST_PROCESS_ID"):
+        text = os.environ.get(name, "").strip()
+        if not text.isdigit():
+            raise DistributedSetupError(
+                f"NT_ROBUST_COORDINATOR={coordinator} is set, so {name} must be too, a whole number "
+                f"(got {text!r}): set NT_ROBUST_NUM_PROCESSES (the job's process count) and NT_ROBUST_PROCESS_ID "
+                "(this process's index from 0), or unset NT_ROBUST_COORDINATOR for one process")
+        numbers[name] = int(text)
+    if numbers["NT_ROBUST_PROCESS_ID"] >= numbers["NT_ROBUST_NUM_PROCESSES"]:
+        raise DistributedSetupError(f"NT_ROBUST_PROCESS_ID={numbers['NT_ROBUST_PROCESS_ID']} must be below "
+                                    f"NT_ROBUST_NUM_PROCESSES={numbers['NT_ROBUST_NUM_PROCESSES']}")
+    initialize_distributed(coordinator, numbers["NT_ROBUST_NUM_PROCESSES"], numbers["NT_ROBUST_PROCESS_ID"],
                            os.environ.get("NT_ROBUST_CPU_COLLECTIVES"))
     return True
 

@@ -4,6 +4,11 @@
     python fault_subprocess.py disk-full RUN_DIR '[overrides]'       # nt-robust train; ENOSPC at step 6,
                                                                      # and a thread that would linger 300 s
     python fault_subprocess.py hold-lock RUN_DIR                     # take the run's lock, then sleep
+    python fault_subprocess.py signal-at-save RUN_DIR '[overrides]'  # nt-robust train; RUN_DIR.saving appears
+                                                                     # when the epoch-end save of step 7 starts,
+                                                                     # which then waits for RUN_DIR.signalled:
+                                                                     # the test's signal arrives mid-save
+    python fault_subprocess.py cli RUN_DIR '[overrides]'             # nt-robust train, nothing injected
 """
 
 import errno
@@ -35,6 +40,18 @@ original, saves = json_checkpoint_handler.JsonCheckpointHandler._save_fn, []
 
 
 async def faulty_save(self, item, directory):
+    if mode == "signal-at-save":
+        if "latest/7." in str(directory):
+            import asyncio
+
+            open(run_dir + ".saving", "w").close()
+            for _ in range(600):  # until the test has sent its signal (it then creates RUN_DIR.signalled)
+                if os.path.exists(run_dir + ".signalled"):
+                    break
+                await asyncio.sleep(0.05)
+        return await original(self, item, directory)
+    if mode == "cli":
+        return await original(self, item, directory)
     saves.append(directory)
     if len(saves) == 3:  # step 6: its arrays are in 6.orbax-checkpoint-tmp, its record is not
         if mode == "kill-mid-save":
@@ -57,6 +74,7 @@ else:
 
     # A non-daemon thread that outlives the error, as orbax's commit threads can (they wait
     # up to 300 s for each other): the command must still end within seconds.
-    threading.Thread(target=time.sleep, args=(300,), name="lingering", daemon=False).start()
+    if mode == "disk-full":
+        threading.Thread(target=time.sleep, args=(300,), name="lingering", daemon=False).start()
     sys.argv = ["nt-robust", "train", "--run-dir", run_dir] + [a for o in overrides for a in ("--set", o)]
     sys.exit(main())

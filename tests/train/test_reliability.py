@@ -27,7 +27,7 @@ from nt_robust.cli import main
 from nt_robust.config import load_config
 from nt_robust.data import DataFormatError
 from nt_robust.train import ExperimentConfig, RunConfigMismatchError, Trainer, train
-from nt_robust.train.checkpoints import (DIGEST, CheckpointCorruptError, CheckpointMismatchError,
+from nt_robust.train.checkpoints import (DIGEST, DIGEST_FOLLOWS, CheckpointCorruptError, CheckpointMismatchError,
                                          CheckpointSaveError, verify_digest)
 from nt_robust.train.loop import WALL_CLOCK_FIELDS, TrainingInterrupted
 from nt_robust.train.run_dir import RunDirectoryNotWritableError
@@ -123,9 +123,13 @@ def test_corrupt_best_checkpoint_in_eval_names_it_and_suggests_another(copy, cap
 
 
 def test_damaged_checkpoint_without_digest_is_recognised_from_orbax_errors(copy, caplog):
-    # Steps written before digests existed: TensorStore's own errors mark the damage.
+    # Steps written before digests existed (no digest, and no record saying one follows):
+    # TensorStore's own errors mark the damage.
     for step_dir in (copy / "checkpoints" / "latest").iterdir():
         (step_dir / DIGEST).unlink()
+        record = json.loads((step_dir / "record" / "metadata").read_text())
+        del record[DIGEST_FOLLOWS]
+        (step_dir / "record" / "metadata").write_text(json.dumps(record))
     path = largest_data_file(copy / "checkpoints" / "latest" / "7")
     path.write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="nt_robust.train"):
