@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nt_robust.config import ConfigError, load_config
-from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices
-from nt_robust.host_memory import tune_malloc
+
+# Nothing here imports JAX at module level: `nt-robust -h` and `--version` answer without it
+# (tests/test_cli_startup.py); every command imports what it needs.
 
 log = logging.getLogger("nt_robust.cli")
 
@@ -177,11 +178,23 @@ def _exact_number(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("nt_robust")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        from nt_robust import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nt-robust", description=__doc__.split("\n")[0],
                      epilog="examples:\n" + "\n".join("  " + line.strip() for line in __doc__.splitlines()[2:]
                                                      if line.strip()))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"nt-robust {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpu = _Parser(add_help=False)
     cpu.add_argument("--cpu-devices", type=int, default=None, metavar="N",
@@ -696,7 +709,7 @@ def _set_cpu_devices(args: argparse.Namespace, own_process: bool) -> None:
     started with). A caller of ``main(argv)`` in its own process keeps that process's devices."""
     import os
 
-    from nt_robust.environment import auto_cpu_devices
+    from nt_robust.environment import auto_cpu_devices, set_cpu_devices
 
     if getattr(args, "cpu_devices", None) is not None:
         set_cpu_devices(args.cpu_devices, source="--cpu-devices")
@@ -762,6 +775,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
     try:
+        from nt_robust.environment import configure_xla_cpu, enable_compilation_cache
+        from nt_robust.host_memory import tune_malloc
+
         if argv is None:
             tune_malloc()       # before XLA's threads exist (nt_robust.host_memory)
         _set_cpu_devices(args, own_process=argv is None)  # both before anything starts the backend

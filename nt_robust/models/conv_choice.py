@@ -174,6 +174,9 @@ def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_no
         if entry["impl"] == "native" and (reason := native_unavailable()) is not None:  # e.g. g++ removed since
             entry.update(impl=choose_now({k: v for k, v in entry.items() if k != "native_ms"}), native_unavailable=reason)
         return entry
+    _say_once(f"nt-robust: first use on this machine: timing {' / '.join(choices)} on one layer ({layer}) "
+              f"to choose what {variable.removeprefix('NT_ROBUST_').removesuffix('_AUTO').lower()} = 'auto' runs "
+              f"(under a minute, once; cached in {path})")
     entry = {**measure_now(), "layer": layer, "key": key,
              "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     entry["impl"] = choose_now(entry)
@@ -206,6 +209,9 @@ def measure_in_subprocess(timeout: float = 600.0) -> str | None:
 
     command = [sys.executable, "-c",
                "from nt_robust.models.conv_choice import cpu_conv_choice; print(cpu_conv_choice()['impl'])"]
+    _say_once(f"nt-robust: first start on this machine: timing the convolutions {' / '.join(CHOICES)} in a "
+              f"subprocess to choose conv_impl = 'auto' and the XLA:CPU flags (under a minute, once; cached in "
+              f"{cache_path()})")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the CPU's convolutions, on a machine with a GPU too
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
