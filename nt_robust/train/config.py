@@ -212,7 +212,9 @@ class EvalConfig:
 class LoopConfig:
     """``batch_size`` is the *global* batch, split evenly over all devices of all hosts.
     ``checkpoint_every_steps`` adds mid-epoch checkpoints (0: only at epoch ends);
-    ``keep_checkpoints`` recent ones are kept, plus the best by validation and by test."""
+    ``keep_checkpoints`` recent ones are kept, plus the best by validation and by test.
+    ``progress``: a progress bar on a terminal, one log line a minute elsewhere (a batch job's
+    log; ``NT_ROBUST_PROGRESS_SECONDS`` sets the interval; ``nt_robust.train.progress``)."""
 
     epochs: int = 100
     batch_size: int = 128

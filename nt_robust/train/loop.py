@@ -28,7 +28,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from nt_robust import io
 from nt_robust.config import to_dict
@@ -41,6 +40,7 @@ from nt_robust.train.data import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
 from nt_robust.train.precision import precision_record
+from nt_robust.train.progress import progress_bar
 from nt_robust.train.records import check_record, rows_at, warn_if_other_device_count
 from nt_robust.train.run_dir import (RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock,
                                      config_hash)
@@ -261,9 +261,8 @@ class Trainer:
         while progress.epoch < epochs:
             epoch_start = time.time() - progress.epoch_seconds
             order = epoch_order(config.train.seed, progress.epoch, len(splits.train_images))
-            bar = tqdm(total=self.steps_per_epoch, initial=progress.batch, unit="step", leave=False,
-                       desc=f"epoch {progress.epoch + 1}/{epochs}",
-                       disable=not (config.train.progress and self.is_main))
+            bar = progress_bar(self.steps_per_epoch, progress.batch, f"epoch {progress.epoch + 1}/{epochs}",
+                               enabled=config.train.progress and self.is_main)
             pending = None
             while progress.batch < self.steps_per_epoch:
                 indices = order[progress.batch * batch_size:(progress.batch + 1) * batch_size][rows_of_process]
@@ -320,7 +319,7 @@ class Trainer:
                    war_target_ratio=self.war.target_ratio, lam_next=lam_next)
         return state.replace(lam=replicate(np.float32(lam_next), self.mesh))
 
-    def _accumulate(self, progress: Progress, pending: tuple[dict[str, jax.Array], int], bar: tqdm) -> None:
+    def _accumulate(self, progress: Progress, pending: tuple[dict[str, jax.Array], int], bar: Any) -> None:
         metrics, step = pending
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(values["loss"]):
