@@ -93,8 +93,9 @@ Any config field is set with --set SECTION.FIELD=VALUE (see nt_robust/train/conf
   nt-robust eval runs/quick_fmnist --protocol autoattack-standard --eps 0.05
   nt-robust eval runs/quick_fmnist --attack pgd20 --set eval.attack.restarts=5 --checkpoint best_test
 
-eps is the run's eval.attack.eps for every attack, preset and protocol unless --eps (or
---set eval.attack.eps=...) says otherwise; the eps used and the checkpoint's selection rule
+eps and the norm are the run's eval.attack.eps and .norm for every attack, preset and protocol
+unless --eps (or --set eval.attack.eps=... / eval.attack.norm=...) says otherwise; a preset or
+protocol not defined for that norm is refused. The norm, eps and the checkpoint's selection rule
 are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<name>_eps<eps>_n<N>.json""",
     "study": """examples:
   nt-robust study experiments/study_quick_fmnist.toml --estimate   # cost per width, then stop
@@ -194,8 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="best_val", choices=["best_val", "best_test", "latest"],
                           help=CHECKPOINT_HELP)
     evaluate.add_argument("--attack", default=None,
-                          help="preset: pgd20, pgd20-0.003, cw20, fgsm, at the run's eps (default: the run's "
-                               "eval.attack); --set eval.attack.FIELD=... applies on top")
+                          help="preset at the run's eps and norm: pgd20, cw20 (20 steps of eps/4), fgsm (step eps); "
+                               "the published absolute l-inf steps: pgd20-paper, pgd20-0.003, cw20-paper, "
+                               "trades-train (default: the run's eval.attack); --set eval.attack.FIELD=... applies "
+                               "on top")
     evaluate.add_argument("--split", default="test", choices=["test", "val"])
     evaluate.add_argument("--examples", type=int, default=None,
                           help="first N examples (default: all; more than the split has is clipped, with a warning)")
@@ -203,8 +206,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="override eval settings, e.g. --set eval.attack.restarts=5; one that cannot take "
                                "effect is refused")
     evaluate.add_argument("--protocol", default=None,
-                          help="named protocol: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, "
-                               "cw20, cw20-authors (resumable; at the run's eps)")
+                          help="named protocol, at the run's eps and norm (resumable): l-inf and l2: apgd, pgd20; "
+                               "l-inf only: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, cw20, "
+                               "cw20-authors")
     evaluate.add_argument("--eps", type=_exact_number, default=None,
                           help="override epsilon, a number or an exact fraction such as 8/255 (default: the run's "
                                "eval.attack.eps)")
