@@ -364,3 +364,53 @@ def test_export_run_torch_layout_and_refusals(tmp_path, capsys):
     assert "would write" in capsys.readouterr().out and not (run_dir / "export").exists()
     assert main(["export", str(run_dir), "--checkpoint", "best_test"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_export_of_a_run_trained_on_two_devices(tmp_path):
+    """A run trained on 2 CPU devices (its checkpoint sharded over both) exports from a
+    process with another device count; the exported weights are the ones `eval`'s restore
+    (the trainer's own, sharding-aware) reads."""
+    import os
+    import subprocess
+    import sys
+
+    from nt_robust.export.run import restore_variables
+    from nt_robust.train import evaluate_run as evaluate_module
+    from nt_robust.train.loop import Trainer
+    from nt_robust.train.state import model_variables
+
+    run_dir = tmp_path / "two_devices"
+    settings = ["name=two", "data.dataset=synthetic", "data.val_size=64", "model.arch=mlp", "model.width=16",
+                "model.depth=1", "train.batch_size=64", "train.epochs=1", "objective.kind=natural",
+                "eval.val_examples=64", "eval.test_examples=64", "eval.lipschitz=none", "train.progress=false"]
+    command = [sys.executable, "-m", "nt_robust.cli", "train", "--run-dir", str(run_dir), "--cpu-devices", "2"]
+    for setting in settings:
+        command += ["--set", setting]
+    env = {k: v for k, v in os.environ.items() if k not in ("NT_ROBUST_CPU_DEVICES", "XLA_FLAGS")}
+    done = subprocess.run(command, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["devices"] == 2
+    from nt_robust.cli import main
+    assert main(["export", str(run_dir), "--checkpoint", "latest"]) == 0
+    state_dict = torch.load(run_dir / "export" / "latest_torch.pt", weights_only=True)
+    trainer = Trainer(evaluate_module.load_run_config(run_dir), run_dir)
+    state, _ = trainer.restore("latest")
+    params = jax.device_get(model_variables(state, use_ema=False))["params"]
+    np.testing.assert_array_equal(state_dict["dense.0.weight"].numpy(), np.asarray(params["hidden1"]["kernel"]).T)
+    np.testing.assert_array_equal(state_dict["classifier.bias"].numpy(), np.asarray(params["classifier"]["bias"]))
+    assert restore_variables(run_dir, "latest")["step"] == int(state.step)
+
+
+def test_export_labels_the_norm_that_ran(tmp_path):
+    """An ℓ2 run's model_info says L2 and never takes an ℓ∞ AutoAttack result at the same ε
+    (results written before results carried a norm were ℓ∞)."""
+    run_dir = make_run(tmp_path, CIFAR_WRN[:-1] + ["eval.attack.eps=0.5", "eval.attack.norm=l2",
+                                                   "train_attack.norm=l2", "train_attack.eps=0.5"])
+    write_autoattack(run_dir, 0.5, step=12, n=1000)                      # no norm recorded: ℓ∞
+    info = export_run(run_dir, dry_run=True)["info"]
+    assert info["threat_model"] == "L2" and "autoattack_acc" not in info
+    assert any("in linf, not the run's l2" in note for note in info["nt_robust"]["skipped_evaluations"])
+    path = run_dir / "eval" / "best_val_test_autoattack-standard_eps0.5_n1000.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "norm": "l2"}))
+    info = export_run(run_dir, dry_run=True)["info"]
+    assert info["threat_model"] == "L2" and info["autoattack_acc"] == "53.08"

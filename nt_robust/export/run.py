@@ -44,9 +44,13 @@ def _abstract_state(config: Any, model: Any, image_shape: tuple[int, int, int]) 
     from nt_robust.train.step import init_key
 
     optimizer = make_optimizer(config.optim, config.train.epochs, 1)   # the state's structure, not its values
-    return jax.eval_shape(lambda: create_train_state(
+    shapes = jax.eval_shape(lambda: create_train_state(
         init_variables(model, init_key(config.train.seed), image_shape), optimizer, config.objective.lam,
         use_ema=config.optim.ema_decay is not None, seed=config.train.seed))
+    # Restore every array onto this process's first device, whatever devices the run trained on
+    # (without a target sharding, orbax would ask for the writer's topology and refuse).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
 
 
 def restore_variables(run_dir: str | Path, checkpoint: str = "best_val") -> dict[str, Any]:
@@ -97,13 +101,18 @@ def _eps_as_configured(config_json: dict[str, Any]) -> Any:
     return attack.get("eps_text") or attack.get("eps")
 
 
-def _autoattack_result(run_dir: Path, checkpoint: str, step: int, eps: float) -> tuple[dict | None, list[str]]:
+def _autoattack_result(run_dir: Path, checkpoint: str, step: int, eps: float,
+                       norm: str = "linf") -> tuple[dict | None, list[str]]:
     """The largest finished autoattack-standard test evaluation of this checkpoint at
-    this step and ε, and notes on the ones passed over."""
+    this step, ε and norm (a result without a norm predates ℓ2 protocols: ℓ∞), and notes
+    on the ones passed over."""
     notes, best = [], None
     for path in sorted((run_dir / "eval").glob(f"{checkpoint}_test_{AUTOATTACK}_eps*.json")):
         result = io.read_json(path)
         if result.get("protocol") != AUTOATTACK or result.get("split") != "test":
+            continue
+        if result.get("norm", "linf") != norm:
+            notes.append(f"{path.name}: in {result.get('norm', 'linf')}, not the run's {norm}")
             continue
         if float(result.get("eps", -1)) != float(eps):
             notes.append(f"{path.name}: at eps={result.get('eps')!r}, not the run's {eps!r}")
@@ -140,7 +149,8 @@ def model_info(run_dir: str | Path, restored: dict[str, Any], format: str) -> di
     config, checkpoint = restored["config"], restored["checkpoint"]
     config_json = io.read_json(run_dir / "config.json")
     eps = config.eval.attack.eps
-    autoattack, notes = _autoattack_result(run_dir, checkpoint, restored["step"], eps)
+    norm = config.eval.attack.norm
+    autoattack, notes = _autoattack_result(run_dir, checkpoint, restored["step"], eps, norm)
     record = restored["record"]
     epoch = record.get("progress", {}).get("epoch") if checkpoint == "latest" else \
         (record.get("progress", {}).get(checkpoint) or {}).get("epoch")
