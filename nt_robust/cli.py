@@ -117,6 +117,10 @@ a regime with unfinished runs is drawn from what has finished and marked partial
   nt-robust plot runs/quick_fmnist                        # writes runs/quick_fmnist/curves.png
   nt-robust plot runs/a runs/b --out figures/a_vs_b.png
   nt-robust plot runs/quick_fmnist --split val --out val.png""",
+    "import": """examples:
+  nt-robust import Carmon2019Unlabeled.pt runs/imported/carmon           # RobustBench zoo file, CIFAR-10, 8/255
+  nt-robust import wrn.pt runs/imported/wrn --dataset cifar100 --eps 0.5 --norm l2
+  nt-robust eval runs/imported/carmon --protocol autoattack-standard --examples 1000""",
     "export": """examples:
   nt-robust export runs/wrn                      # RUN/export/best_val_robustbench.pt (+ .json model_info)
   nt-robust export runs/wrn --checkpoint best_test --out wrn.pt
@@ -268,6 +272,21 @@ def _parser() -> argparse.ArgumentParser:
                                       "model_info goes next to it as .json")
     export.add_argument("--dry-run", action="store_true",
                         help="restore the checkpoint, check the layout, print what would be written, write nothing")
+
+    imports = command("import", "a PyTorch WideResNet state_dict (RobustBench's layout or our export) as an "
+                                "evaluation-ready directory")
+    imports.add_argument("source", metavar="STATE_DICT", help="the .pt file (torch.save of a state_dict)")
+    imports.add_argument("out", metavar="OUT_DIR", help="the directory to write (new or empty); then "
+                                                        "`nt-robust eval OUT_DIR` as for a trained run")
+    imports.add_argument("--dataset", default="cifar10", help="the dataset it was trained on (default cifar10)")
+    imports.add_argument("--eps", default="8/255", help="eval.attack.eps, a number or a fraction (default 8/255)")
+    imports.add_argument("--norm", default="linf", choices=["linf", "l2"], help="eval.attack.norm (default linf)")
+    imports.add_argument("--layout", choices=["robustbench", "torch"], default=None,
+                         help="key layout (default: detected; torch = with mean/std buffers)")
+    imports.add_argument("--depth", type=int, default=None, help="check the depth (default: read from the keys)")
+    imports.add_argument("--width", type=int, default=None, help="check the width (default: read from the shapes)")
+    imports.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="more config settings for the directory, e.g. --set eval.batch_size=128")
 
     command("info", "versions and devices", parents=[cpu])
     parser.commands = commands.choices  # for suggestions on unknown options
@@ -662,6 +681,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from nt_robust.export.importer import import_state_dict
+
+    result = import_state_dict(args.source, args.out, dataset=args.dataset, eps=args.eps, norm=args.norm,
+                               layout=args.layout, depth=args.depth, width=args.width, overrides=args.overrides)
+    print(f"imported {args.source} (sha256 {result['sha256'][:12]}..., {result['layout']} layout, "
+          f"WideResNet-{result['depth']}-{result['width']}, {result['num_classes']} classes) into {args.out}; "
+          f"evaluate it with `nt-robust eval {args.out}`")
+    return 0
+
+
 def _info() -> int:
     from nt_robust.environment import environment_info
 
@@ -761,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plot(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "import":
+            return _import(args)
         return _info()
     except (ConfigError, OSError, ValueError, RuntimeError) as error:
         # Our errors say what went wrong and how to fix it; a traceback only with -v.
