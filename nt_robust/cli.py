@@ -270,6 +270,8 @@ def _parser() -> argparse.ArgumentParser:
                              "or torch (our exported module's; the default for the MLP and SmallCNN)")
     export.add_argument("--out", help="the .pt file (default RUN_DIR/export/<checkpoint>_<format>.pt); "
                                       "model_info goes next to it as .json")
+    export.add_argument("--allow-few-points", action="store_true",
+                        help="fill autoattack_acc from an autoattack-standard result on fewer than 1000 points")
     export.add_argument("--dry-run", action="store_true",
                         help="restore the checkpoint, check the layout, print what would be written, write nothing")
 
@@ -669,15 +671,16 @@ def _export(args: argparse.Namespace) -> int:
     from nt_robust.export import export_run
 
     result = export_run(args.run_dir, checkpoint=args.checkpoint, format=args.format, out=args.out,
-                        dry_run=args.dry_run)
-    info = result["info"]
+                        dry_run=args.dry_run, allow_few_points=args.allow_few_points)
+    info, details = result["info"], result["details"]
     match = ("" if result["max_logit_difference"] is None
              else f"; logits match ours to {result['max_logit_difference']:.2g}")
     print(f"{'would write' if args.dry_run else 'wrote'} {result['state_dict']}: {len(result['keys'])} tensors, "
-          f"{result['format']} layout, checkpoint {args.checkpoint} ({info['nt_robust']['checkpoint_selection']})"
+          f"{result['format']} layout, checkpoint {args.checkpoint} ({details['checkpoint_selection']})"
           f"{match}")
-    print(f"{result['model_info']}: eps {info['eps']}, clean_acc {info.get('clean_acc', '-')}, "
-          f"autoattack_acc {info.get('autoattack_acc', '- (no autoattack-standard evaluation)')}")
+    print(f"{result['model_info']}: {details['threat_model']} eps {info['eps']}, clean_acc {info['clean_acc'] or '-'}, "
+          f"autoattack_acc {info['autoattack_acc'] or '- (no autoattack-standard evaluation on >= 1000 points)'} "
+          f"on {details['num_examples']} points")
     return 0
 
 
