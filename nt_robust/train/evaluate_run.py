@@ -190,8 +190,11 @@ def _resolve_attack(run_attack: AttackConfig, preset: str | None, parsed: list[t
             raise ConfigError(f"--eps {eps!r} and --set eval.attack.eps={fields['eps']!r} disagree: give one")
         data["eps"] = eps
     if preset in STEP_FRACTIONS and "step_size" not in fields:
-        attack = build(AttackConfig, {**data, "step_size": 0.0}, "eval.attack")   # ε as built (exact)
-        data["step_size"] = STEP_FRACTIONS[preset] * attack.eps  # the step scales with whichever ε that is
+        if STEP_FRACTIONS[preset] == 1.0:
+            data["step_size"] = data["eps"]   # FGSM steps ε, whichever ε that is (its text too: "8/255")
+        else:
+            attack = build(AttackConfig, {**data, "step_size": 0.0}, "eval.attack")   # ε as built (exact)
+            data["step_size"] = STEP_FRACTIONS[preset] * attack.eps  # the step scales with the ε
     attack = build(AttackConfig, data, "eval.attack")
     source = ("--eps" if eps is not None else "--set eval.attack.eps" if "eps" in fields
               else "the run's eval.attack.eps")
