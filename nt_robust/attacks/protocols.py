@@ -94,8 +94,9 @@ class Stage:
         return dataclasses.replace(self, config=dataclasses.replace(self.config, **changes))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "attack": type(self.config).__name__, "white_box": self.white_box,
-                "step_fraction": self.step_fraction, "config": dataclasses.asdict(self.config)}
+        fraction = {} if self.step_fraction is None else {"step_fraction": self.step_fraction}
+        return {"name": self.name, "attack": type(self.config).__name__, "white_box": self.white_box, **fraction,
+                "config": dataclasses.asdict(self.config)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,10 @@ class Protocol:
         return dataclasses.replace(self, eps=eps, norm=norm, stages=tuple(s.at_eps(eps, norm) for s in self.stages))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "norm": self.norm, "eps": self.eps,
+        # The norm is in every stage's config too; named at the top only when not ℓ∞, so that
+        # the fingerprints of ℓ∞ results stored before protocols took a norm still match.
+        norm = {} if self.norm == "linf" else {"norm": self.norm}
+        return {"name": self.name, "version": self.version, **norm, "eps": self.eps,
                 "description": self.description, "stages": [s.to_dict() for s in self.stages]}
 
 
