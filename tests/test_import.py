@@ -156,6 +156,7 @@ def test_eval_takes_an_imported_model_like_a_run(tmp_path, capsys):
                  "--set", "eval.attack.num_steps=2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["num_examples"] == 8 and result["eps"] == 0.1 and result["norm"] == "linf"
+    assert result["checkpoint_selection"].startswith("imported weights")
     assert result["result_file"].startswith(str(tmp_path / "imported" / "eval"))
     assert main(["import", str(tmp_path / "small.pt"), str(tmp_path / "imported")]) == 2   # not empty: refused
     assert "not empty" in capsys.readouterr().err

@@ -170,7 +170,7 @@ def model_info(run_dir: str | Path, restored: dict[str, Any], format: str,
     behind ``autoattack_acc``, at the top level; the norm, checkpoint and files).
     ``autoattack_acc`` comes only from an autoattack-standard result on at least
     :data:`MIN_AUTOATTACK_POINTS` test points unless ``allow_few_points``."""
-    from nt_robust.train.evaluate_run import SELECTION_RULES
+    from nt_robust.train.evaluate_run import selection_rule
 
     run_dir = Path(run_dir)
     config, checkpoint = restored["config"], restored["checkpoint"]
@@ -188,7 +188,7 @@ def model_info(run_dir: str | Path, restored: dict[str, Any], format: str,
         (record.get("progress", {}).get(checkpoint) or {}).get("epoch")
     details: dict[str, Any] = {
         "num_examples": None, "threat_model": THREAT_MODELS.get(norm, norm), "norm": norm,
-        "run_dir": str(run_dir), "checkpoint": checkpoint, "checkpoint_selection": SELECTION_RULES[checkpoint],
+        "run_dir": str(run_dir), "checkpoint": checkpoint, "checkpoint_selection": selection_rule(run_dir, checkpoint),
         "epoch": epoch, "step": restored["step"], "format": format, "eps_value": float(eps),
         "objective": config.objective.kind, "lam": config.objective.lam,
         "model": dataclasses.asdict(config.model), "skipped_evaluations": notes,

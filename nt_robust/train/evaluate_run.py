@@ -77,6 +77,14 @@ SELECTION_RULES = {
     "best_test": "epoch with the highest test robust accuracy (the paper's protocol; optimistic on the test split)",
     "latest": "last saved checkpoint (no selection)",
 }
+IMPORTED_RULE = "imported weights (nt-robust import; every checkpoint name holds them, no selection)"
+
+
+def selection_rule(run_dir: str | Path, checkpoint: str) -> str:
+    """How ``checkpoint`` of ``run_dir`` was chosen (an imported directory: not chosen)."""
+    return IMPORTED_RULE if (Path(run_dir) / "imported.json").exists() else SELECTION_RULES[checkpoint]
+
+
 # eval.* settings that only steer per-epoch evaluation during training (never evaluate_run).
 _TRAINING_ONLY = {"eval.val_examples": "use --examples N", "eval.test_examples": "use --examples N",
                   "eval.every_epochs": "it only applies while training"}
@@ -273,14 +281,14 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         what = protocol or attack or "the run's eval.attack"
         print(f"evaluating {what} in {attack_config.norm} at eps={attack_config.eps_label} "
               f"({eps_source}) on {count} {split} examples, checkpoint {checkpoint}: "
-              f"{SELECTION_RULES[checkpoint]}", file=sys.stderr, flush=True)
+              f"{selection_rule(run_dir, checkpoint)}", file=sys.stderr, flush=True)
     common = {
         "norm": attack_config.norm,
         "eps": attack_config.eps,
         "eps_text": attack_config.eps_label,   # as written ("8/255"), or the float's repr
         "eps_source": eps_source,
         "examples_requested": examples,
-        "checkpoint_selection": SELECTION_RULES[checkpoint],
+        "checkpoint_selection": selection_rule(run_dir, checkpoint),
         "epoch": _selected_epoch(record, checkpoint),
     }
     if protocol is not None:
