@@ -11,7 +11,6 @@ logits by O(0.1-1)); the same two frameworks compute the same float32 function h
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
