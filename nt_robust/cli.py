@@ -119,8 +119,9 @@ Any config field is set with --set SECTION.FIELD=VALUE (see nt_robust/train/conf
   nt-robust eval runs/quick_fmnist --protocol autoattack-standard --eps 0.05
   nt-robust eval runs/quick_fmnist --attack pgd20 --set eval.attack.restarts=5 --checkpoint best_test
 
-eps is the run's eval.attack.eps for every attack, preset and protocol unless --eps (or
---set eval.attack.eps=...) says otherwise; the eps used and the checkpoint's selection rule
+eps and the norm are the run's eval.attack.eps and .norm for every attack, preset and protocol
+unless --eps (or --set eval.attack.eps=... / eval.attack.norm=...) says otherwise; a preset or
+protocol not defined for that norm is refused. The norm, eps and the checkpoint's selection rule
 are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<name>_eps<eps>_n<N>.json""",
     "study": """examples:
   nt-robust study experiments/study_quick_fmnist.toml --estimate   # cost per width, then stop
@@ -142,6 +143,10 @@ a regime with unfinished runs is drawn from what has finished and marked partial
   nt-robust plot runs/quick_fmnist                        # writes runs/quick_fmnist/curves.png
   nt-robust plot runs/a runs/b --out figures/a_vs_b.png
   nt-robust plot runs/quick_fmnist --split val --out val.png""",
+    "import": """examples:
+  nt-robust import Carmon2019Unlabeled.pt runs/imported/carmon           # RobustBench zoo file, CIFAR-10, 8/255
+  nt-robust import wrn.pt runs/imported/wrn --dataset cifar100 --eps 0.5 --norm l2
+  nt-robust eval runs/imported/carmon --protocol autoattack-standard --examples 1000""",
     "export": """examples:
   nt-robust export runs/wrn                      # RUN/export/best_val_robustbench.pt (+ .json model_info)
   nt-robust export runs/wrn --checkpoint best_test --out wrn.pt
@@ -232,8 +237,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default="best_val", choices=["best_val", "best_test", "latest"],
                           help=CHECKPOINT_HELP)
     evaluate.add_argument("--attack", default=None,
-                          help="preset: pgd20, pgd20-0.003, cw20, fgsm, at the run's eps (default: the run's "
-                               "eval.attack); --set eval.attack.FIELD=... applies on top")
+                          help="preset at the run's eps and norm: pgd20, cw20 (20 steps of eps/4), fgsm (step eps); "
+                               "the published absolute l-inf steps: pgd20-paper, pgd20-0.003, cw20-paper, "
+                               "trades-train (default: the run's eval.attack); --set eval.attack.FIELD=... applies "
+                               "on top")
     evaluate.add_argument("--split", default="test", choices=["test", "val"])
     evaluate.add_argument("--examples", type=int, default=None,
                           help="first N examples (default: all; more than the split has is clipped, with a warning)")
@@ -241,8 +248,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="override eval settings, e.g. --set eval.attack.restarts=5; one that cannot take "
                                "effect is refused")
     evaluate.add_argument("--protocol", default=None,
-                          help="named protocol: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, "
-                               "cw20, cw20-authors (resumable; at the run's eps)")
+                          help="named protocol, at the run's eps and norm (resumable): l-inf and l2: apgd, pgd20; "
+                               "l-inf only: autoattack-standard, autoattack-2020, pgd20-0.007, pgd20-0.003, cw20, "
+                               "cw20-authors")
     evaluate.add_argument("--eps", type=_exact_number, default=None,
                           help="override epsilon, a number or an exact fraction such as 8/255 (default: the run's "
                                "eval.attack.eps)")
@@ -300,8 +308,25 @@ def _parser() -> argparse.ArgumentParser:
                              "or torch (our exported module's; the default for the MLP and SmallCNN)")
     export.add_argument("--out", help="the .pt file (default RUN_DIR/export/<checkpoint>_<format>.pt); "
                                       "model_info goes next to it as .json")
+    export.add_argument("--allow-few-points", action="store_true",
+                        help="fill autoattack_acc from an autoattack-standard result on fewer than 1000 points")
     export.add_argument("--dry-run", action="store_true",
                         help="restore the checkpoint, check the layout, print what would be written, write nothing")
+
+    imports = command("import", "a PyTorch WideResNet state_dict (RobustBench's layout or our export) as an "
+                                "evaluation-ready directory")
+    imports.add_argument("source", metavar="STATE_DICT", help="the .pt file (torch.save of a state_dict)")
+    imports.add_argument("out", metavar="OUT_DIR", help="the directory to write (new or empty); then "
+                                                        "`nt-robust eval OUT_DIR` as for a trained run")
+    imports.add_argument("--dataset", default="cifar10", help="the dataset it was trained on (default cifar10)")
+    imports.add_argument("--eps", default="8/255", help="eval.attack.eps, a number or a fraction (default 8/255)")
+    imports.add_argument("--norm", default="linf", choices=["linf", "l2"], help="eval.attack.norm (default linf)")
+    imports.add_argument("--layout", choices=["robustbench", "torch"], default=None,
+                         help="key layout (default: detected; torch = with mean/std buffers)")
+    imports.add_argument("--depth", type=int, default=None, help="check the depth (default: read from the keys)")
+    imports.add_argument("--width", type=int, default=None, help="check the width (default: read from the shapes)")
+    imports.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="more config settings for the directory, e.g. --set eval.batch_size=128")
 
     command("info", "versions and devices", parents=[cpu])
     parser.commands = commands.choices  # for suggestions on unknown options
@@ -684,15 +709,27 @@ def _export(args: argparse.Namespace) -> int:
     from nt_robust.export import export_run
 
     result = export_run(args.run_dir, checkpoint=args.checkpoint, format=args.format, out=args.out,
-                        dry_run=args.dry_run)
-    info = result["info"]
+                        dry_run=args.dry_run, allow_few_points=args.allow_few_points)
+    info, details = result["info"], result["details"]
     match = ("" if result["max_logit_difference"] is None
              else f"; logits match ours to {result['max_logit_difference']:.2g}")
     print(f"{'would write' if args.dry_run else 'wrote'} {result['state_dict']}: {len(result['keys'])} tensors, "
-          f"{result['format']} layout, checkpoint {args.checkpoint} ({info['nt_robust']['checkpoint_selection']})"
+          f"{result['format']} layout, checkpoint {args.checkpoint} ({details['checkpoint_selection']})"
           f"{match}")
-    print(f"{result['model_info']}: eps {info['eps']}, clean_acc {info.get('clean_acc', '-')}, "
-          f"autoattack_acc {info.get('autoattack_acc', '- (no autoattack-standard evaluation)')}")
+    print(f"{result['model_info']}: {details['threat_model']} eps {info['eps']}, clean_acc {info['clean_acc'] or '-'}, "
+          f"autoattack_acc {info['autoattack_acc'] or '- (no autoattack-standard evaluation on >= 1000 points)'} "
+          f"on {details['num_examples']} points")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from nt_robust.export.importer import import_state_dict
+
+    result = import_state_dict(args.source, args.out, dataset=args.dataset, eps=args.eps, norm=args.norm,
+                               layout=args.layout, depth=args.depth, width=args.width, overrides=args.overrides)
+    print(f"imported {args.source} (sha256 {result['sha256'][:12]}..., {result['layout']} layout, "
+          f"WideResNet-{result['depth']}-{result['width']}, {result['num_classes']} classes) into {args.out}; "
+          f"evaluate it with `nt-robust eval {args.out}`")
     return 0
 
 
@@ -798,6 +835,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plot(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "import":
+            return _import(args)
         return _info()
     except Exception as error:  # noqa: BLE001 - the one CLI error handler (see _report_error)
         return _report_error(error, args.verbose, own_process=argv is None)

@@ -323,6 +323,39 @@ def write_autoattack(run_dir: Path, eps, step, n=100, natural=0.84921, robust=0.
 CIFAR_WRN = ["data.dataset=cifar10", "model.arch=wrn", "model.depth=10", "model.width=1", "eval.attack.eps=8/255"]
 
 
+def robustbench_model_info():
+    """RobustBench's ModelInfo dataclass, from robustbench/utils.py by path (None if not
+    installed or not importable without its dependencies)."""
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    import ast
+    source = (Path(list(spec.submodule_search_locations)[0]) / "utils.py").read_text()
+    tree = ast.parse(source)
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ModelInfo"), None)
+    if node is None:
+        return None
+    namespace = {}
+    exec(compile(ast.Module([ast.parse("import dataclasses\nfrom typing import Optional").body[0],
+                             ast.parse("from typing import Optional").body[0], node], []), "utils.py", "exec"),
+         namespace)
+    return namespace["ModelInfo"]
+
+
+# RobustBench 1.1.1's ModelInfo fields, written out (the check where robustbench is absent)
+ROBUSTBENCH_FIELDS = ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                      "architecture", "eps", "clean_acc", "reported", "corruptions_acc", "autoattack_acc", "footnote"]
+
+
+def assert_robustbench_schema(info):
+    import dataclasses
+    assert sorted(info) == sorted(ROBUSTBENCH_FIELDS)   # JSON keys: no order
+    model_info = robustbench_model_info()
+    if model_info is not None:   # its own class: built from our JSON, and back again unchanged
+        assert [f.name for f in dataclasses.fields(model_info)] == ROBUSTBENCH_FIELDS
+        assert dataclasses.asdict(model_info(**info)) == info
+
+
 def test_export_run_robustbench(tmp_path):
     run_dir = make_run(tmp_path, CIFAR_WRN)
     write_autoattack(run_dir, 8 / 255, step=12)
@@ -338,10 +371,18 @@ def test_export_run_robustbench(tmp_path):
     for cls in [RBWideResNet] + ([robustbench_class()] if robustbench_class() else []):
         cls(depth=10, num_classes=10, widen_factor=1).load_state_dict(state_dict, strict=True)
     info = json.loads(path.with_suffix(".json").read_text())
-    assert info["name"] == "exported" and info["architecture"] == "WRN-10-1" and info["dataset"] == "cifar10"
-    assert info["eps"] == "8/255" and info["nt_robust"]["eps_value"] == 8 / 255 and info["threat_model"] == "Linf"
-    assert info["clean_acc"] == "84.92" and info["autoattack_acc"] == "53.08"
-    exact = info["nt_robust"]
+    exact = json.loads(path.with_suffix(".nt_robust.json").read_text())
+    assert_robustbench_schema(info)
+    assert info["name"] == "exported" and info["architecture"] == "WideResNet-10-1" and info["dataset"] == "cifar10"
+    assert info["eps"] == "8/255" and exact["eps_value"] == 8 / 255 and exact["threat_model"] == "Linf"
+    # the only intact result has 100 points: not filled unless asked
+    assert info["autoattack_acc"] is None and info["clean_acc"] == "81.25"   # the checkpoint's epoch evaluation
+    test_examples = json.loads((run_dir / "config.json").read_text())["eval"]["test_examples"]
+    assert exact["num_examples"] == test_examples and any("fewer than 1000" in n for n in exact["skipped_evaluations"])
+    assert main(["export", str(run_dir), "--allow-few-points"]) == 0
+    info = json.loads(path.with_suffix(".json").read_text())
+    exact = json.loads(path.with_suffix(".nt_robust.json").read_text())
+    assert info["clean_acc"] == "84.92" and info["autoattack_acc"] == "53.08" and "100 test points" in info["footnote"]
     assert exact["checkpoint"] == "best_val" and "validation" in exact["checkpoint_selection"]
     assert exact["autoattack_accuracy"] == 0.53077 and exact["num_examples"] == 100 and exact["step"] == 12
     assert len(exact["skipped_evaluations"]) == 2
@@ -359,8 +400,58 @@ def test_export_run_torch_layout_and_refusals(tmp_path, capsys):
     state_dict = torch.load(out, weights_only=True)
     assert state_dict["conv1.weight"].shape[1] == 1 and state_dict["mean"].numel() == 0
     info = json.loads(out.with_suffix(".json").read_text())
-    assert "autoattack_acc" not in info and info["clean_acc"] == "81.25"   # the checkpoint's epoch evaluation
+    assert info["autoattack_acc"] is None and info["clean_acc"] == "81.25"   # the checkpoint's epoch evaluation
     assert main(["export", str(run_dir), "--format", "torch", "--dry-run"]) == 0
     assert "would write" in capsys.readouterr().out and not (run_dir / "export").exists()
     assert main(["export", str(run_dir), "--checkpoint", "best_test"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_export_of_a_run_trained_on_two_devices(tmp_path):
+    """A run trained on 2 CPU devices (its checkpoint sharded over both) exports from a
+    process with another device count; the exported weights are the ones `eval`'s restore
+    (the trainer's own, sharding-aware) reads."""
+    import os
+    import subprocess
+    import sys
+
+    from nt_robust.export.run import restore_variables
+    from nt_robust.train import evaluate_run as evaluate_module
+    from nt_robust.train.loop import Trainer
+    from nt_robust.train.state import model_variables
+
+    run_dir = tmp_path / "two_devices"
+    settings = ["name=two", "data.dataset=synthetic", "data.val_size=64", "model.arch=mlp", "model.width=16",
+                "model.depth=1", "train.batch_size=64", "train.epochs=1", "objective.kind=natural",
+                "eval.val_examples=64", "eval.test_examples=64", "eval.lipschitz=none", "train.progress=false"]
+    command = [sys.executable, "-m", "nt_robust.cli", "train", "--run-dir", str(run_dir), "--cpu-devices", "2"]
+    for setting in settings:
+        command += ["--set", setting]
+    env = {k: v for k, v in os.environ.items() if k not in ("NT_ROBUST_CPU_DEVICES", "XLA_FLAGS")}
+    done = subprocess.run(command, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["devices"] == 2
+    from nt_robust.cli import main
+    assert main(["export", str(run_dir), "--checkpoint", "latest"]) == 0
+    state_dict = torch.load(run_dir / "export" / "latest_torch.pt", weights_only=True)
+    trainer = Trainer(evaluate_module.load_run_config(run_dir), run_dir)
+    state, _ = trainer.restore("latest")
+    params = jax.device_get(model_variables(state, use_ema=False))["params"]
+    np.testing.assert_array_equal(state_dict["dense.0.weight"].numpy(), np.asarray(params["hidden1"]["kernel"]).T)
+    np.testing.assert_array_equal(state_dict["classifier.bias"].numpy(), np.asarray(params["classifier"]["bias"]))
+    assert restore_variables(run_dir, "latest")["step"] == int(state.step)
+
+
+def test_export_labels_the_norm_that_ran(tmp_path):
+    """An ℓ2 run's model_info says L2 and never takes an ℓ∞ AutoAttack result at the same ε
+    (results written before results carried a norm were ℓ∞)."""
+    run_dir = make_run(tmp_path, CIFAR_WRN[:-1] + ["eval.attack.eps=0.5", "eval.attack.norm=l2",
+                                                   "train_attack.norm=l2", "train_attack.eps=0.5"])
+    write_autoattack(run_dir, 0.5, step=12, n=1000)                      # no norm recorded: ℓ∞
+    details = export_run(run_dir, dry_run=True)["details"]
+    assert details["threat_model"] == "L2" and details.get("autoattack_accuracy") is None
+    assert any("in linf, not the run's l2" in note for note in details["skipped_evaluations"])
+    path = run_dir / "eval" / "best_val_test_autoattack-standard_eps0.5_n1000.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "norm": "l2"}))
+    result = export_run(run_dir, dry_run=True)
+    assert result["details"]["threat_model"] == "L2" and result["info"]["autoattack_acc"] == "53.08"

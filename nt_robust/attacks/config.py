@@ -119,6 +119,30 @@ def FGSM(eps: float) -> AttackConfig:  # noqa: N802 (a named preset, spelled lik
     return AttackConfig(norm="linf", eps=eps, step_size=eps, num_steps=1, loss="ce", start="none")
 
 
+RELATIVE_STEP = 0.25
+"""Step of the ε-relative presets (``pgd20``, ``cw20`` in ``nt-robust eval``; protocol
+``pgd20``): ε/4, so 20 steps cover 5ε, enough to cross the ball from a random start in
+ℓ∞ or ℓ2 at any ε. The paper's absolute step 0.007 at ε = 0.031 is ε/4.43."""
+
+
+def at_threat_model(config: AttackConfig, eps: float, norm: str, step_fraction: float | None) -> AttackConfig:
+    """``config`` at radius ``eps`` in ``norm``; its step ``step_fraction · ε`` unless None
+    (then its own absolute step)::
+
+        at_threat_model(PGD20, 0.5, "l2", RELATIVE_STEP)   # ℓ2 PGD-20, ε 0.5, step 0.125
+    """
+    changes: dict[str, Any] = {"eps": eps, "norm": norm}
+    if step_fraction is not None:
+        changes["step_size"] = step_fraction * float(eps)
+    return dataclasses.replace(config, **changes)
+
+
+def step_budget_short(config: Any) -> bool:
+    """True when a fixed-step attack's ``num_steps · step_size`` is below its ε: it cannot
+    reach the ball's boundary from the clean point (AttackConfig only; APGD sets its own step)."""
+    return isinstance(config, AttackConfig) and config.num_steps * config.step_size < config.eps * (1 - 1e-9)
+
+
 PGD20 = AttackConfig(norm="linf", eps=0.031, step_size=0.007, num_steps=20, loss="ce", start="uniform")
 CW20 = AttackConfig(norm="linf", eps=0.031, step_size=0.007, num_steps=20, loss="cw", start="uniform")
 # The authors' test_cifar10.py --attack-loss cw: ε 0.031, 20 steps of 0.007, uniform start in the

@@ -25,8 +25,19 @@ Protocols (version 1 unless said otherwise):
     APGD-DLR (untargeted, 100 steps, 5 restarts), FAB (untargeted, 100 steps, 5 restarts:
     the first from x, the others from random starts), Square (5000 queries, p_init 0.8,
     1 restart). Version 1 ran 1 restart in every stage.
+``apgd``
+    APGD-CE and APGD-T (the two gradient stages of ``autoattack-standard``), in ℓ∞ or ℓ2.
+``pgd20``
+    PGD-20 with CE, uniform start, step ε/4 (:data:`~nt_robust.attacks.config.RELATIVE_STEP`),
+    in ℓ∞ or ℓ2: it scales with ε.
 ``pgd20-0.007`` / ``pgd20-0.003``
-    PGD-20 with CE, uniform start, step 0.007 / 0.003 (the paper's two PGD-20 settings).
+    PGD-20 with CE, uniform start, step 0.007 / 0.003 (the paper's two PGD-20 settings:
+    absolute steps, ℓ∞, meant for ε = 0.031; at a larger ε the sanity flag
+    ``step_budget_below_eps`` says when 20 steps cannot reach the ball's boundary).
+
+Each protocol lists the norms it is defined for (``Protocol.norms``): ``at_eps(eps, norm)``
+refuses any other, naming the protocols that take it. The AutoAttack protocols are ℓ∞ only
+(this FAB and Square are ℓ∞ implementations); ``apgd`` and ``pgd20`` take ℓ2.
 ``cw20``
     PGD-20 on the standard CW margin ``max_{j≠y} z_j − z_y``, step 0.007.
 ``cw20-authors``
@@ -34,7 +45,7 @@ Protocols (version 1 unless said otherwise):
     (:func:`nt_robust.attacks.losses.cw_authors`: label masked with 0, clamped at 0), with
     cw20's settings (ε, 20 steps of 0.007, uniform start), which are the authors' too.
 
-Every adversarial point is projected onto B∞(x, ε) ∩ [0, 1] before it is judged, so no
+Every adversarial point is projected onto B(x, ε) ∩ [0, 1] of the protocol's norm before it is judged, so no
 stage can report a point outside the threat model.
 """
 
@@ -56,7 +67,7 @@ import numpy as np
 from nt_robust import io
 from nt_robust.data.checks import check_images_and_labels
 from nt_robust.attacks.apgd import APGDConfig, apgd
-from nt_robust.attacks.config import CW20, CW20_AUTHORS, PGD20, AttackConfig
+from nt_robust.attacks.config import CW20, CW20_AUTHORS, PGD20, RELATIVE_STEP, AttackConfig
 from nt_robust.attacks.fab import FABConfig, fab
 from nt_robust.attacks.parts import PROJECTIONS
 from nt_robust.attacks.pgd import pgd
@@ -68,39 +79,55 @@ ROBUST, CLEAN_ERROR = -1, -2  # values of per_example["broken_by"] besides stage
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One attack of a protocol. ``white_box``: uses gradients (Square does not)."""
+    """One attack of a protocol. ``white_box``: uses gradients (Square does not).
+    ``step_fraction``: a PGD stage whose step is ``step_fraction · ε`` (None: its absolute step)."""
 
     name: str
     config: StageConfig
     white_box: bool = True
+    step_fraction: float | None = None
 
-    def at_eps(self, eps: float) -> "Stage":
-        return dataclasses.replace(self, config=dataclasses.replace(self.config, eps=eps))
+    def at_eps(self, eps: float, norm: str = "linf") -> "Stage":
+        changes: dict[str, Any] = {"eps": eps, "norm": norm}
+        if self.step_fraction is not None:
+            changes["step_size"] = self.step_fraction * eps
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, **changes))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "attack": type(self.config).__name__, "white_box": self.white_box,
+        fraction = {} if self.step_fraction is None else {"step_fraction": self.step_fraction}
+        return {"name": self.name, "attack": type(self.config).__name__, "white_box": self.white_box, **fraction,
                 "config": dataclasses.asdict(self.config)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """A named, versioned list of stages; ``eps`` None until :meth:`at_eps` sets it."""
+    """A named, versioned list of stages; ``eps`` None until :meth:`at_eps` sets it (with
+    the threat model's ``norm``, one of ``norms``: the norms every stage is defined for)."""
 
     name: str
     version: int
     stages: tuple[Stage, ...]
     description: str = ""
     eps: float | None = None
+    norms: tuple[str, ...] = ("linf",)
+    norm: str = "linf"
 
-    def at_eps(self, eps: float) -> "Protocol":
+    def at_eps(self, eps: float, norm: str = "linf") -> "Protocol":
         if not (isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        if norm not in self.norms:
+            others = sorted(n for n, p in PROTOCOLS.items() if norm in p.norms)
+            raise ValueError(f"protocol {self.name!r} is defined for norm {' / '.join(self.norms)} only, not "
+                             f"{norm!r} ({self.description}); for {norm} use one of {others}")
         eps = float(eps)
-        return dataclasses.replace(self, eps=eps, stages=tuple(s.at_eps(eps) for s in self.stages))
+        return dataclasses.replace(self, eps=eps, norm=norm, stages=tuple(s.at_eps(eps, norm) for s in self.stages))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "eps": self.eps, "description": self.description,
-                "stages": [s.to_dict() for s in self.stages]}
+        # The norm is in every stage's config too; named at the top only when not ℓ∞, so that
+        # the fingerprints of ℓ∞ results stored before protocols took a norm still match.
+        norm = {} if self.norm == "linf" else {"norm": self.norm}
+        return {"name": self.name, "version": self.version, **norm, "eps": self.eps,
+                "description": self.description, "stages": [s.to_dict() for s in self.stages]}
 
 
 _UNSET = 0.0  # ε placeholder until at_eps
@@ -118,6 +145,12 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         Stage("square", SquareConfig(eps=_UNSET, num_queries=5000), white_box=False),
     ), "AutoAttack as the authors ran it in 2020 (plus=False): APGD-CE, APGD-DLR, FAB with 5 restarts "
        "each, Square 5000"),
+    Protocol("apgd", 1, (
+        Stage("apgd-ce", APGDConfig(eps=_UNSET, loss="ce")),
+        Stage("apgd-t", APGDConfig(eps=_UNSET, loss="targeted_dlr", num_targets=9)),
+    ), "APGD-CE and APGD-T (AutoAttack standard's two gradient stages), for ℓ∞ and ℓ2", norms=("linf", "l2")),
+    Protocol("pgd20", 1, (Stage("pgd20", PGD20, step_fraction=RELATIVE_STEP),),
+             "PGD-20, CE, step ε/4 (20 steps cover 5ε), uniform start, for ℓ∞ and ℓ2", norms=("linf", "l2")),
     Protocol("pgd20-0.007", 1, (Stage("pgd20", PGD20),), "PGD-20, CE, step 0.007, uniform start"),
     Protocol("pgd20-0.003", 1, (Stage("pgd20", dataclasses.replace(PGD20, step_size=0.003)),),
              "PGD-20, CE, step 0.003, uniform start"),
@@ -127,11 +160,12 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 )}
 
 
-def get_protocol(name: str, eps: float) -> Protocol:
-    """``PROTOCOLS[name]`` at ``eps``, with a helpful error for unknown names."""
+def get_protocol(name: str, eps: float, norm: str = "linf") -> Protocol:
+    """``PROTOCOLS[name]`` at ``eps`` in ``norm``, with a helpful error for unknown names and
+    for a norm the protocol is not defined for."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
-    return PROTOCOLS[name].at_eps(eps)
+    return PROTOCOLS[name].at_eps(eps, norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +298,7 @@ class ProtocolResult:
         return {
             "protocol": self.protocol.name,
             "protocol_version": self.protocol.version,
+            "norm": self.protocol.norm,
             "eps": self.protocol.eps,
             "num_examples": int(len(labels)),
             "seed": self.seed,

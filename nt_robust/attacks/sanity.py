@@ -21,6 +21,14 @@ Checks (each cheap, on a subset ``x`` of a few dozen points):
                             (beyond one point of noise).
 ``black_box_beats_white_box``  in a cascade, a gradient-free stage broke more than 0.2% of the
                             points all white-box stages left (AutoAttack's check_square_sr).
+``robust_above_sanity_pgd`` the reported robust accuracy on these points exceeds the sanity
+                            PGD's (CE, 20 steps of ε/4, uniform start, same norm and ε) by
+                            more than its noise: 1/n + 2·sqrt(p(1−p)/n), p the PGD's accuracy.
+                            The reported attack is weaker than a plain PGD (given ``reported``).
+``step_budget_below_eps``   a fixed-step attack's ``num_steps · step_size`` is below ε: it
+                            cannot reach the ball's boundary (given ``attacks``).
+
+Every check attacks in the evaluation's norm (``norm``: "linf" or "l2").
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nt_robust.attacks.config import step_budget_short
 from nt_robust.attacks.losses import cross_entropy
-from nt_robust.attacks.parts import project_linf, uniform_linf_start
+from nt_robust.attacks.parts import PROJECTIONS, make_start
 from nt_robust.attacks.pgd import projected_ascent
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -60,13 +69,13 @@ def _ce_gradients(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array)
     return jax.grad(lambda z: jnp.sum(cross_entropy(apply_fn(variables, z), y)))(x)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _pgd_correct(apply_fn: ApplyFn, num_steps: int, variables: Any, x: jax.Array, y: jax.Array,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pgd_correct(apply_fn: ApplyFn, num_steps: int, norm: str, variables: Any, x: jax.Array, y: jax.Array,
                  key: jax.Array, eps: jax.Array) -> jax.Array:
-    """PGD (CE, ``num_steps`` steps of ε/4, uniform start); ε traced: one compile for every ε."""
+    """PGD (CE, ``num_steps`` steps of ε/4, uniform start in ``norm``); ε traced: one compile for every ε."""
     logits_fn = functools.partial(apply_fn, variables)
-    x_start = project_linf(uniform_linf_start(key, x, eps), x, eps)
-    x_adv = projected_ascent(lambda z: cross_entropy(logits_fn(z), y), x, x_start, norm="linf", eps=eps,
+    x_start = PROJECTIONS[norm](make_start("uniform", norm)(key, x, eps), x, eps)
+    x_adv = projected_ascent(lambda z: cross_entropy(logits_fn(z), y), x, x_start, norm=norm, eps=eps,
                              step_size=eps / 4, num_steps=num_steps, loop="fori").x_adv
     return jnp.argmax(logits_fn(x_adv), axis=-1) == y
 
@@ -100,17 +109,51 @@ def gradient_flags(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array
                  f"{int((~finite).sum())}/{len(x)} examples with a non-finite gradient")]
 
 
-def eps_monotonicity_flag(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array, key: jax.Array,
-                          eps: float, num_steps: int = 20) -> Flag:
-    """PGD (CE, step ε/4, ``num_steps`` steps, uniform start) at ε/2, ε and 2ε."""
+def sanity_pgd_accuracies(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array, key: jax.Array,
+                          eps: float, num_steps: int = 20, norm: str = "linf") -> list[float]:
+    """Robust accuracy of PGD (CE, step ε/4, ``num_steps`` steps, uniform start) at ε/2, ε and 2ε."""
     accuracies = []
     for scale in (0.5, 1.0, 2.0):
-        correct = _pgd_correct(apply_fn, num_steps, variables, x, y, key, jnp.asarray(eps * scale, jnp.float32))
+        correct = _pgd_correct(apply_fn, num_steps, norm, variables, x, y, key,
+                               jnp.asarray(eps * scale, jnp.float32))
         accuracies.append(float(np.mean(np.asarray(correct))))
+    return accuracies
+
+
+def eps_monotonicity_flag(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array, key: jax.Array,
+                          eps: float, num_steps: int = 20, norm: str = "linf",
+                          accuracies: list[float] | None = None) -> Flag:
+    """PGD (CE, step ε/4, ``num_steps`` steps, uniform start) at ε/2, ε and 2ε."""
+    if accuracies is None:
+        accuracies = sanity_pgd_accuracies(apply_fn, variables, x, y, key, eps, num_steps, norm)
     slack = 1.0 / max(len(x), 1) + 1e-9
     raised = accuracies[1] > accuracies[0] + slack or accuracies[2] > accuracies[1] + slack
-    return Flag("eps_not_monotone", raised, "PGD robust accuracy at ε/2, ε, 2ε = "
+    return Flag("eps_not_monotone", raised, f"{norm} PGD robust accuracy at ε/2, ε, 2ε = "
                 + ", ".join(f"{a:.3f}" for a in accuracies))
+
+
+def pgd_noise(accuracy: float, n: int) -> float:
+    """How far another attack's accuracy on the same ``n`` points may exceed the sanity
+    PGD's ``accuracy`` by chance: one point plus two binomial standard errors."""
+    n = max(n, 1)
+    return 1.0 / n + 2.0 * float(np.sqrt(accuracy * (1.0 - accuracy) / n))
+
+
+def reported_above_pgd_flag(reported: np.ndarray, pgd_accuracy: float) -> Flag:
+    """``reported``: per-point robust (bool) of the evaluated attack on the sanity points."""
+    reported = np.asarray(reported, bool)
+    value, slack = float(np.mean(reported)) if reported.size else 0.0, pgd_noise(pgd_accuracy, reported.size)
+    return Flag("robust_above_sanity_pgd", value > pgd_accuracy + slack,
+                f"reported robust accuracy {value:.3f} vs sanity PGD {pgd_accuracy:.3f} on the same "
+                f"{reported.size} points (noise {slack:.3f})")
+
+
+def step_budget_flag(attacks: list[Any]) -> Flag:
+    """Fixed-step attacks whose steps cannot cover ε."""
+    short = [a for a in attacks if step_budget_short(a)]
+    detail = "; ".join(f"{a.num_steps} steps × {a.step_size:.4g} = {a.num_steps * a.step_size:.4g} < eps "
+                       f"{a.eps:.4g}" for a in short) or "every fixed-step attack's steps cover eps"
+    return Flag("step_budget_below_eps", bool(short), detail)
 
 
 def cascade_flags(result: Any, alpha: float = 0.002) -> list[Flag]:
@@ -125,13 +168,21 @@ def cascade_flags(result: Any, alpha: float = 0.002) -> list[Flag]:
 
 
 def sanity_flags(apply_fn: ApplyFn, variables: Any, x: np.ndarray, y: np.ndarray, key: jax.Array, eps: float,
-                 bn_mode: str = "eval", result: Any = None) -> list[Flag]:
-    """Every check above on ``(x, y)`` (a small subset, float in [0, 1]); ``result`` adds the
-    cascade check."""
+                 bn_mode: str = "eval", result: Any = None, norm: str = "linf",
+                 reported: np.ndarray | None = None, attacks: list[Any] | tuple[Any, ...] = ()) -> list[Flag]:
+    """Every check above on ``(x, y)`` (a small subset, float in [0, 1]) in ``norm``;
+    ``result`` adds the cascade check, ``reported`` (per-point robust of the evaluated
+    attack on these points) the comparison with the sanity PGD, ``attacks`` (the configs
+    that ran) the step budget check."""
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
     flags = forward_flags(apply_fn, variables, x, bn_mode)
     flags += gradient_flags(apply_fn, variables, x, y)
-    flags.append(eps_monotonicity_flag(apply_fn, variables, x, y, key, eps))
+    accuracies = sanity_pgd_accuracies(apply_fn, variables, x, y, key, eps, norm=norm)
+    flags.append(eps_monotonicity_flag(apply_fn, variables, x, y, key, eps, norm=norm, accuracies=accuracies))
+    if reported is not None:
+        flags.append(reported_above_pgd_flag(reported, accuracies[1]))
+    if attacks:
+        flags.append(step_budget_flag(list(attacks)))
     if result is not None:
         flags += cascade_flags(result)
     return flags

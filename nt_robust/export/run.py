@@ -11,14 +11,21 @@ export is refused if their logits differ (a layout error would show as O(1)
 differences). The checkpoint is restored without loading the dataset (its image shape and
 classes are known from the config).
 
-``model_info`` (``<out>.json`` next to the ``.pt``) follows RobustBench's model_info
-files: ``name``, ``architecture``, ``dataset``, ``eps`` exactly as configured (the text,
-e.g. "8/255", or the number), ``clean_acc`` and ``autoattack_acc`` as percentages with two
-decimals (strings, as RobustBench writes them) from the ``autoattack-standard`` evaluation
-in ``RUN/eval/`` of the same checkpoint, step, split (test) and ε when there is one
-(``autoattack_acc`` is left out otherwise and ``clean_acc`` then comes from the run's own
-per-epoch test evaluation of that checkpoint), plus ``nt_robust`` with the exact numbers,
-the checkpoint's selection rule, epoch, step and the files they came from.
+``model_info`` (``<out>.json`` next to the ``.pt``) has exactly the fields of RobustBench's
+``ModelInfo`` (:data:`MODEL_INFO_FIELDS`; ``ModelInfo(**info)`` builds): ``name``,
+``architecture`` in its spelling ("WideResNet-34-10"), ``dataset``, ``eps`` exactly as
+configured (the text, e.g. "8/255", or the number), ``number_forward_passes`` 1,
+``additional_data`` false for a trained run (null for an imported one: unknown), ``clean_acc``
+and ``autoattack_acc`` as percentages with two decimals (strings, as RobustBench writes them)
+from the ``autoattack-standard`` evaluation in ``RUN/eval/`` of the same checkpoint, step,
+split (test), ε and norm on at least 1,000 points (fewer only with ``allow_few_points``;
+``autoattack_acc`` is null otherwise and ``clean_acc`` then comes from the run's own
+per-epoch test evaluation), ``footnote`` saying on how many points; ``link``, ``authors``,
+``venue``, ``reported`` and ``corruptions_acc`` null, for the author to fill. The threat model
+is not a ModelInfo field (RobustBench files model_info under ``<dataset>/<Linf|L2>/``): it is
+in ``<out>.nt_robust.json`` with ``num_examples`` (the points behind the accuracies) at its
+top level, the exact numbers, the checkpoint's selection rule, epoch, step and the files
+they came from.
 """
 
 from __future__ import annotations
@@ -44,9 +51,13 @@ def _abstract_state(config: Any, model: Any, image_shape: tuple[int, int, int]) 
     from nt_robust.train.step import init_key
 
     optimizer = make_optimizer(config.optim, config.train.epochs, 1)   # the state's structure, not its values
-    return jax.eval_shape(lambda: create_train_state(
+    shapes = jax.eval_shape(lambda: create_train_state(
         init_variables(model, init_key(config.train.seed), image_shape), optimizer, config.objective.lam,
         use_ema=config.optim.ema_decay is not None, seed=config.train.seed))
+    # Restore every array onto this process's first device, whatever devices the run trained on
+    # (without a target sharding, orbax would ask for the writer's topology and refuse).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
 
 
 def restore_variables(run_dir: str | Path, checkpoint: str = "best_val") -> dict[str, Any]:
@@ -97,13 +108,18 @@ def _eps_as_configured(config_json: dict[str, Any]) -> Any:
     return attack.get("eps_text") or attack.get("eps")
 
 
-def _autoattack_result(run_dir: Path, checkpoint: str, step: int, eps: float) -> tuple[dict | None, list[str]]:
+def _autoattack_result(run_dir: Path, checkpoint: str, step: int, eps: float,
+                       norm: str = "linf") -> tuple[dict | None, list[str]]:
     """The largest finished autoattack-standard test evaluation of this checkpoint at
-    this step and ε, and notes on the ones passed over."""
+    this step, ε and norm (a result without a norm predates ℓ2 protocols: ℓ∞), and notes
+    on the ones passed over."""
     notes, best = [], None
     for path in sorted((run_dir / "eval").glob(f"{checkpoint}_test_{AUTOATTACK}_eps*.json")):
         result = io.read_json(path)
         if result.get("protocol") != AUTOATTACK or result.get("split") != "test":
+            continue
+        if result.get("norm", "linf") != norm:
+            notes.append(f"{path.name}: in {result.get('norm', 'linf')}, not the run's {norm}")
             continue
         if float(result.get("eps", -1)) != float(eps):
             notes.append(f"{path.name}: at eps={result.get('eps')!r}, not the run's {eps!r}")
@@ -132,53 +148,85 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:.2f}"
 
 
-def model_info(run_dir: str | Path, restored: dict[str, Any], format: str) -> dict[str, Any]:
-    """RobustBench-style model_info for ``restored`` (see the module docstring)."""
-    from nt_robust.train.evaluate_run import SELECTION_RULES
+MODEL_INFO_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                     "architecture", "eps", "clean_acc", "reported", "corruptions_acc", "autoattack_acc", "footnote")
+"""RobustBench's ``ModelInfo`` fields (robustbench/utils.py, 1.1.1), in its order: the
+model_info JSON has exactly these keys, so ``ModelInfo(**json.load(f))`` builds."""
+MIN_AUTOATTACK_POINTS = 1000
+THREAT_MODELS = {"linf": "Linf", "l2": "L2"}   # RobustBench's ThreatModel values (its directory names)
+
+
+def _architecture(config: Any) -> str:
+    """RobustBench's spelling: "WideResNet-34-10"; our label for other models."""
+    if config.model.arch == "wrn":
+        return f"WideResNet-{config.model.depth}-{config.model.width}"
+    return config.model.label
+
+
+def model_info(run_dir: str | Path, restored: dict[str, Any], format: str,
+               allow_few_points: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(info, details)``: RobustBench's model_info (exactly :data:`MODEL_INFO_FIELDS`;
+    see the module docstring) and our exact numbers (``num_examples``, the number of points
+    behind ``autoattack_acc``, at the top level; the norm, checkpoint and files).
+    ``autoattack_acc`` comes only from an autoattack-standard result on at least
+    :data:`MIN_AUTOATTACK_POINTS` test points unless ``allow_few_points``."""
+    from nt_robust.train.evaluate_run import selection_rule
 
     run_dir = Path(run_dir)
     config, checkpoint = restored["config"], restored["checkpoint"]
     config_json = io.read_json(run_dir / "config.json")
     eps = config.eval.attack.eps
-    autoattack, notes = _autoattack_result(run_dir, checkpoint, restored["step"], eps)
+    norm = config.eval.attack.norm
+    autoattack, notes = _autoattack_result(run_dir, checkpoint, restored["step"], eps, norm)
+    if autoattack is not None and autoattack["num_examples"] < MIN_AUTOATTACK_POINTS and not allow_few_points:
+        notes.append(f"{Path(autoattack['result_file']).name}: {autoattack['num_examples']} points, fewer than "
+                     f"{MIN_AUTOATTACK_POINTS} (RobustBench evaluates the 10,000 test points): autoattack_acc "
+                     "left empty; pass --allow-few-points to fill it anyway")
+        autoattack = None
     record = restored["record"]
     epoch = record.get("progress", {}).get("epoch") if checkpoint == "latest" else \
         (record.get("progress", {}).get(checkpoint) or {}).get("epoch")
-    exact: dict[str, Any] = {
-        "run_dir": str(run_dir), "checkpoint": checkpoint, "checkpoint_selection": SELECTION_RULES[checkpoint],
+    details: dict[str, Any] = {
+        "num_examples": None, "threat_model": THREAT_MODELS.get(norm, norm), "norm": norm,
+        "run_dir": str(run_dir), "checkpoint": checkpoint, "checkpoint_selection": selection_rule(run_dir, checkpoint),
         "epoch": epoch, "step": restored["step"], "format": format, "eps_value": float(eps),
-        "norm": config.eval.attack.norm, "objective": config.objective.kind, "lam": config.objective.lam,
+        "objective": config.objective.kind, "lam": config.objective.lam,
         "model": dataclasses.asdict(config.model), "skipped_evaluations": notes,
     }
-    info: dict[str, Any] = {
-        "name": config.name, "architecture": config.model.label, "dataset": config.data.dataset,
-        "threat_model": {"linf": "Linf", "l2": "L2"}.get(config.eval.attack.norm, config.eval.attack.norm),
-        "eps": _eps_as_configured(config_json),
-    }
+    info: dict[str, Any] = dict.fromkeys(MODEL_INFO_FIELDS)
+    info.update(name=config.name, dataset=config.data.dataset, architecture=_architecture(config),
+                eps=_eps_as_configured(config_json), number_forward_passes=1,
+                additional_data=False if not (run_dir / "imported.json").exists() else None)
     if autoattack is not None:
         info["clean_acc"] = _percent(autoattack["natural_accuracy"])
         info["autoattack_acc"] = _percent(autoattack["robust_accuracy"])
-        exact.update(clean_accuracy=autoattack["natural_accuracy"], autoattack_accuracy=autoattack["robust_accuracy"],
-                     num_examples=autoattack["num_examples"], evaluation=autoattack["result_file"],
-                     protocol_version=autoattack.get("protocol_version"))
+        info["footnote"] = (f"{THREAT_MODELS.get(norm, norm)} autoattack-standard (nt_robust, JAX) on the first "
+                            f"{autoattack['num_examples']} test points")
+        details.update(num_examples=autoattack["num_examples"], clean_accuracy=autoattack["natural_accuracy"],
+                       autoattack_accuracy=autoattack["robust_accuracy"], evaluation=autoattack["result_file"],
+                       protocol_version=autoattack.get("protocol_version"))
     else:
         clean = _epoch_row(run_dir, record, checkpoint, restored["step"]).get("test_natural_accuracy")
         if clean is not None:
             info["clean_acc"] = _percent(clean)
-            exact.update(clean_accuracy=clean, clean_accuracy_source="the checkpoint's per-epoch test evaluation "
-                         f"(eval.test_examples = {config.eval.test_examples})")
-        notes.append(f"no finished {AUTOATTACK} test evaluation of this checkpoint at the run's eps: run "
-                     f"`nt-robust eval {run_dir} --checkpoint {checkpoint} --protocol {AUTOATTACK}` for autoattack_acc")
-    info["nt_robust"] = exact
-    return info
+            info["footnote"] = f"clean accuracy on the first {config.eval.test_examples} test points"
+            details.update(num_examples=config.eval.test_examples, clean_accuracy=clean,
+                           clean_accuracy_source="the checkpoint's per-epoch test evaluation "
+                           f"(eval.test_examples = {config.eval.test_examples})")
+        notes.append(f"no usable {AUTOATTACK} test evaluation of this checkpoint at the run's eps and norm: run "
+                     f"`nt-robust eval {run_dir} --checkpoint {checkpoint} --protocol {AUTOATTACK} --examples 10000` "
+                     "for autoattack_acc")
+    return info, details
 
 
 def export_run(run_dir: str | Path, checkpoint: str = "best_val", format: str | None = None,
                out: str | Path | None = None, verify: bool = True, progress: bool = False,
-               dry_run: bool = False) -> dict[str, Any]:
+               dry_run: bool = False, allow_few_points: bool = False) -> dict[str, Any]:
     """Write checkpoint ``checkpoint`` of ``run_dir`` as ``out`` (default
     ``RUN/export/<checkpoint>_<format>.pt``) and its model_info next to it (``.json``).
-    Returns ``{state_dict, model_info, format, keys, max_logit_difference, info, written}``.
+    and our exact numbers as ``<out>.nt_robust.json``.
+    Returns ``{state_dict, model_info, details_file, format, keys, max_logit_difference, info,
+    details, written}``.
     ``dry_run``: restore, check the layout and build model_info, write nothing (needs no torch)."""
     try:
         import torch
@@ -204,12 +252,14 @@ def export_run(run_dir: str | Path, checkpoint: str = "best_val", format: str | 
             raise ExportError(f"the exported module's logits differ from ours by {difference:.3g} (logits up to "
                               f"{scale:.3g}): the export would not compute this model; not written")
     out = Path(out) if out is not None else run_dir / "export" / f"{checkpoint}_{format}.pt"
-    info = model_info(run_dir, restored, format)
-    info["nt_robust"].update(max_logit_difference=difference, logit_scale=scale, state_dict=str(out),
-                             torch_version=None if torch is None else torch.__version__)
+    info, details = model_info(run_dir, restored, format, allow_few_points)
+    details.update(max_logit_difference=difference, logit_scale=scale, state_dict=str(out),
+                   torch_version=None if torch is None else torch.__version__)
     info_path = out.with_suffix(".json")
-    result = {"state_dict": str(out), "model_info": str(info_path), "format": format, "keys": list(arrays),
-              "max_logit_difference": difference, "info": info, "written": False}
+    details_path = out.with_suffix(".nt_robust.json")
+    result = {"state_dict": str(out), "model_info": str(info_path), "details_file": str(details_path),
+              "format": format, "keys": list(arrays), "max_logit_difference": difference, "info": info,
+              "details": details, "written": False}
     if dry_run:
         return result
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +267,7 @@ def export_run(run_dir: str | Path, checkpoint: str = "best_val", format: str | 
     torch.save(to_tensors(arrays), temporary)
     temporary.replace(out)
     io.write_json(info_path, info)
+    io.write_json(details_path, details)
     if progress:
         print(f"wrote {out} ({len(arrays)} tensors, {format} layout) and {info_path}", file=sys.stderr)
     return {**result, "written": True}

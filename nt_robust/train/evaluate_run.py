@@ -43,8 +43,9 @@ from nt_robust import io
 import jax
 import numpy as np
 
-from nt_robust.attacks import CW20, FGSM, PGD20, AttackConfig
-from nt_robust.attacks.protocols import BatchStore, ModelFn, get_protocol, run_protocol
+from nt_robust.attacks import CW20, FGSM, PGD20, TRADES_TRAIN, AttackConfig
+from nt_robust.attacks.config import RELATIVE_STEP, at_threat_model
+from nt_robust.attacks.protocols import ROBUST, BatchStore, ModelFn, get_protocol, run_protocol
 from nt_robust.attacks.sanity import format_flags, sanity_flags
 from nt_robust.config import ConfigError, ExactFloat, apply_overrides, build, parse_override
 from nt_robust.metrics import summarize
@@ -53,15 +54,22 @@ from nt_robust.train.loop import Trainer
 from nt_robust.train.precision import attack_precision_flag
 from nt_robust.train.state import model_variables
 
-# Attack presets: the steps, loss and start of each. Their ε (0.031 here) is a placeholder:
-# evaluate_run always replaces it with the run's eval.attack.eps (or --eps); see
-# preset_at_eps. FGSM's step is its ε.
+# Attack presets: the steps, loss and start of each; their ε (0.031 here) is a placeholder:
+# evaluate_run always replaces it with the run's eval.attack.eps (or --eps) and the norm with
+# the run's eval.attack.norm (see preset_at_eps). Steps: the ε-relative presets step
+# STEP_FRACTIONS[name]·ε (pgd20, cw20: ε/4, RELATIVE_STEP; fgsm: ε); the paper's and TRADES'
+# absolute steps are kept under their own names, as the ℓ∞ settings they were published at.
 ATTACKS: dict[str, AttackConfig] = {
     "pgd20": PGD20,
-    "pgd20-0.003": dataclasses.replace(PGD20, step_size=0.003),
     "cw20": CW20,
     "fgsm": FGSM(PGD20.eps),
+    "pgd20-paper": PGD20,                                      # step 0.007 at ε 0.031
+    "pgd20-0.003": dataclasses.replace(PGD20, step_size=0.003),  # the paper's second PGD-20
+    "cw20-paper": CW20,                                        # step 0.007 at ε 0.031
+    "trades-train": TRADES_TRAIN,                              # TRADES' 10 steps of 0.007, KL
 }
+STEP_FRACTIONS: dict[str, float] = {"pgd20": RELATIVE_STEP, "cw20": RELATIVE_STEP, "fgsm": 1.0}
+"""Presets whose step is a fraction of ε; the others keep their absolute step and are ℓ∞ only."""
 
 # How each checkpoint was chosen; printed and recorded next to every number.
 SELECTION_RULES = {
@@ -69,20 +77,34 @@ SELECTION_RULES = {
     "best_test": "epoch with the highest test robust accuracy (the paper's protocol; optimistic on the test split)",
     "latest": "last saved checkpoint (no selection)",
 }
+IMPORTED_RULE = "imported weights (nt-robust import; every checkpoint name holds them, no selection)"
+
+
+def selection_rule(run_dir: str | Path, checkpoint: str) -> str:
+    """How ``checkpoint`` of ``run_dir`` was chosen (an imported directory: not chosen)."""
+    return IMPORTED_RULE if (Path(run_dir) / "imported.json").exists() else SELECTION_RULES[checkpoint]
+
+
 # eval.* settings that only steer per-epoch evaluation during training (never evaluate_run).
 _TRAINING_ONLY = {"eval.val_examples": "use --examples N", "eval.test_examples": "use --examples N",
                   "eval.every_epochs": "it only applies while training"}
 # What a protocol takes from the config: its stages fix everything else.
-_PROTOCOL_SETTINGS = ("eval.attack.eps", "eval.batch_size", "eval.bn_mode", "eval.dtype")
+_PROTOCOL_SETTINGS = ("eval.attack.eps", "eval.attack.norm", "eval.batch_size", "eval.bn_mode", "eval.dtype")
 
 
-def preset_at_eps(name: str, eps: float) -> AttackConfig:
-    """Attack preset ``name`` at radius ``eps`` (FGSM: step = ε)."""
+def preset_at_eps(name: str, eps: float, norm: str = "linf") -> AttackConfig:
+    """Attack preset ``name`` at radius ``eps`` in ``norm``: step ``STEP_FRACTIONS[name]·ε``
+    for the relative presets (FGSM: ε), the preset's own step otherwise. An absolute-step
+    preset is ℓ∞ (its step was chosen for ℓ∞ ε = 0.031) and is refused for another norm."""
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
-    if name == "fgsm":
-        return FGSM(eps)
-    return dataclasses.replace(ATTACKS[name], eps=eps)
+    fraction = STEP_FRACTIONS.get(name)
+    if fraction is None and norm != ATTACKS[name].norm:
+        relative = sorted(STEP_FRACTIONS)
+        raise ConfigError(f"attack preset {name!r} is the published {ATTACKS[name].norm} setting (absolute step "
+                          f"{ATTACKS[name].step_size} at eps {ATTACKS[name].eps}); the run's norm is {norm!r}: "
+                          f"use one of {relative}, whose steps scale with eps")
+    return at_threat_model(ATTACKS[name], eps, norm, fraction)
 
 
 def protocol_result_stem(run_dir: str | Path, checkpoint: str, split: str, protocol: str, eps: float,
@@ -121,15 +143,20 @@ SANITY_POINTS = 64
 
 
 def _sanity(trainer: Trainer, variables: Any, images: np.ndarray, labels: np.ndarray, eps: float, seed: int,
-            bn_mode: str, result: Any = None, show: bool = True) -> list[dict[str, Any]]:
+            bn_mode: str, result: Any = None, show: bool = True, norm: str = "linf",
+            reported: np.ndarray | None = None, attacks: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """The sanity flags on the first SANITY_POINTS points; ``reported``: the evaluation's
+    per-point robust (bool) over all its points (compared with the sanity PGD on the first ones)."""
     x = images[:SANITY_POINTS]
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     flags = sanity_flags(ModelFn(trainer.eval_model, bn_mode), variables, x, labels[:SANITY_POINTS],
-                         jax.random.key(seed), eps, bn_mode=bn_mode, result=result)
+                         jax.random.key(seed), eps, bn_mode=bn_mode, result=result, norm=norm,
+                         reported=None if reported is None else np.asarray(reported)[:SANITY_POINTS],
+                         attacks=attacks)
     if "bfloat16" in (trainer.config.model.dtype, trainer.config.eval.dtype):  # low precision took part
         flags.append(attack_precision_flag(trainer.config.model, trainer.splits.num_classes, variables, x,
                                            labels[:SANITY_POINTS], jax.random.key(seed),
-                                           dataclasses.replace(PGD20, eps=eps), bn_mode))
+                                           at_threat_model(PGD20, eps, norm, RELATIVE_STEP), bn_mode))
     if show:
         print("sanity checks:\n" + format_flags(flags), file=sys.stderr, flush=True)  # stdout: the JSON
     return [f.to_dict() for f in flags]
@@ -163,14 +190,19 @@ def _resolve_attack(run_attack: AttackConfig, preset: str | None, parsed: list[t
     run's ε, then every ``eval.attack.*`` override, then ``eps``."""
     fields = {keys[2]: value for keys, value in parsed if keys[:2] == ["eval", "attack"]}
     run_eps = ExactFloat(run_attack.eps, run_attack.eps_text) if run_attack.eps_text else run_attack.eps
-    start = run_attack if preset is None else preset_at_eps(preset, run_eps)
+    norm = fields.get("norm", run_attack.norm)
+    start = run_attack if preset is None else preset_at_eps(preset, run_eps, norm)
     data = {**start.to_dict(), **fields}
     if eps is not None:
         if "eps" in fields and build(AttackConfig, {**start.to_dict(), "eps": fields["eps"]}).eps != eps:
             raise ConfigError(f"--eps {eps!r} and --set eval.attack.eps={fields['eps']!r} disagree: give one")
         data["eps"] = eps
-    if preset == "fgsm" and "step_size" not in fields:
-        data["step_size"] = data["eps"]  # FGSM steps ε, whichever ε that is
+    if preset in STEP_FRACTIONS and "step_size" not in fields:
+        if STEP_FRACTIONS[preset] == 1.0:
+            data["step_size"] = data["eps"]   # FGSM steps ε, whichever ε that is (its text too: "8/255")
+        else:
+            attack = build(AttackConfig, {**data, "step_size": 0.0}, "eval.attack")   # ε as built (exact)
+            data["step_size"] = STEP_FRACTIONS[preset] * attack.eps  # the step scales with the ε
     attack = build(AttackConfig, data, "eval.attack")
     source = ("--eps" if eps is not None else "--set eval.attack.eps" if "eps" in fields
               else "the run's eval.attack.eps")
@@ -203,7 +235,8 @@ def describe_result(result: dict[str, Any]) -> str:
     rule = result.get("checkpoint_selection") or SELECTION_RULES.get(result.get("checkpoint"), "")
     epoch = f", epoch {result['epoch']}" if result.get("epoch") is not None else ""
     return (f"{name}: robust accuracy {result['robust_accuracy']:.4f}, natural {result['natural_accuracy']:.4f} "
-            f"at eps={result.get('eps_text') or repr(result['eps'])} ({result.get('eps_source', '')}) "
+            f"at {result.get('norm', 'linf')} eps={result.get('eps_text') or repr(result['eps'])} "
+            f"({result.get('eps_source', '')}) "
             f"on {result['num_examples']} "
             f"{result['split']} examples; checkpoint {result['checkpoint']}{epoch}: {rule}")
 
@@ -235,7 +268,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         eval_config = dataclasses.replace(eval_config, batch_size=batch_size)
     config = dataclasses.replace(config, eval=eval_config)
     if protocol is not None:
-        get_protocol(protocol, attack_config.eps)  # fail on a bad name before loading anything
+        try:  # fail on a bad name, or a norm the protocol is not defined for, before loading anything
+            get_protocol(protocol, attack_config.eps, attack_config.norm)
+        except ValueError as error:
+            raise ConfigError(f"{error} (the run's eval.attack.norm is {run_config.eval.attack.norm!r})") from None
     io.check_writable(Path(run_dir) / "eval", "eval stores its results")  # before, not after, the attack
     trainer = Trainer(config, run_dir)
     state, record = trainer.restore(checkpoint)
@@ -247,20 +283,22 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
     images, labels = images[:count], labels[:count]
     if progress:
         what = protocol or attack or "the run's eval.attack"
-        print(f"evaluating {what} at eps={attack_config.eps_label} "
+        print(f"evaluating {what} in {attack_config.norm} at eps={attack_config.eps_label} "
               f"({eps_source}) on {count} {split} examples, checkpoint {checkpoint}: "
-              f"{SELECTION_RULES[checkpoint]}", file=sys.stderr, flush=True)
+              f"{selection_rule(run_dir, checkpoint)}", file=sys.stderr, flush=True)
     common = {
+        "norm": attack_config.norm,
         "eps": attack_config.eps,
         "eps_text": attack_config.eps_label,   # as written ("8/255"), or the float's repr
         "eps_source": eps_source,
         "examples_requested": examples,
-        "checkpoint_selection": SELECTION_RULES[checkpoint],
+        "checkpoint_selection": selection_rule(run_dir, checkpoint),
         "epoch": _selected_epoch(record, checkpoint),
     }
     if protocol is not None:
         variant = "" if config.eval.bn_mode == run_config.eval.bn_mode else f"_bn-{config.eval.bn_mode}"
         variant += "" if config.eval.dtype == "float32" else f"_{config.eval.dtype}"
+        variant += "" if config.eval.attack.norm == "linf" else f"_{config.eval.attack.norm}"
         return _evaluate_protocol(trainer, variables, int(state.step), images, labels, run_dir, checkpoint,
                                   split, protocol, config.eval.batch_size, progress, common, variant)
     per_example = trainer.evaluator(variables, images, labels, progress=progress)
@@ -281,7 +319,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         "batch_size": config.eval.batch_size,
         "seed": config.train.seed,
         "sanity_flags": _sanity(trainer, variables, images, labels, config.eval.attack.eps,
-                                config.train.seed, config.eval.bn_mode, show=progress),
+                                config.train.seed, config.eval.bn_mode, show=progress,
+                                norm=config.eval.attack.norm,
+                                reported=np.asarray(per_example["adv_pred"]) == np.asarray(per_example["labels"]),
+                                attacks=(config.eval.attack,)),
     }
     changed = [(k, v) for k, v in parsed if k != ["eval", "attack", "eps"]]
     if batch_size is not None:
@@ -297,7 +338,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
                        run_dir: str | Path, checkpoint: str, split: str, name: str, batch_size: int,
                        progress: bool, common: dict[str, Any], variant: str = "") -> dict[str, Any]:
     config = trainer.config
-    protocol = get_protocol(name, config.eval.attack.eps)
+    protocol = get_protocol(name, config.eval.attack.eps, config.eval.attack.norm)
     fingerprint = {"protocol": protocol.to_dict(), "checkpoint": checkpoint, "step": step, "split": split,
                    "num_examples": int(len(labels)), "seed": config.train.seed, "batch_size": batch_size,
                    "bn_mode": config.eval.bn_mode,
@@ -332,7 +373,9 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         "eval_dtype": config.eval.dtype,
         "fingerprint": store.fingerprint,
         "sanity_flags": _sanity(trainer, variables, images, labels, protocol.eps, config.train.seed,
-                                config.eval.bn_mode, result=result, show=progress),
+                                config.eval.bn_mode, result=result, show=progress, norm=protocol.norm,
+                                reported=result.per_example["broken_by"] == ROBUST,
+                                attacks=tuple(s.config for s in protocol.stages)),
     }
     io.save_arrays(npz_path, result.per_example)
     io.write_json(json_path, summary)

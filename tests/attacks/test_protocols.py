@@ -214,3 +214,14 @@ def test_results_of_an_older_protocol_version_are_discarded_not_mixed_in(tmp_pat
     # The version alone (same stages) is enough to tell them apart.
     assert P.BatchStore(tmp_path / "other.partial", fingerprint(current)).fingerprint != \
         P.BatchStore(tmp_path / "third.partial", fingerprint(dataclasses.replace(current, version=1))).fingerprint
+
+
+def test_linf_protocol_settings_are_described_as_before_norms_existed():
+    """A stored ℓ∞ result's fingerprint (protocol.to_dict()) is unchanged by the norm
+    field, so finished evaluations are reused; an ℓ2 one names its norm."""
+    before = {"name", "version", "eps", "description", "stages"}
+    assert set(P.get_protocol("autoattack-standard", 0.031).to_dict()) == before
+    assert set(P.get_protocol("pgd20-0.007", 0.031).to_dict()["stages"][0]) == {"name", "attack", "white_box",
+                                                                              "config"}
+    l2 = P.get_protocol("apgd", 0.5, "l2").to_dict()
+    assert l2["norm"] == "l2" and {s["config"]["norm"] for s in l2["stages"]} == {"l2"}

@@ -11,7 +11,7 @@ from nt_robust import io
 from nt_robust.attacks.protocols import PROTOCOLS, ProtocolResult
 from nt_robust.cli import main
 from nt_robust.train import evaluate_run as evaluate_module
-from nt_robust.train.evaluate_run import ATTACKS
+from nt_robust.train.evaluate_run import ATTACKS, STEP_FRACTIONS
 
 RUN_EPS = 0.1  # tiny_run's eval.attack.eps (tests/train/conftest.py)
 
@@ -39,7 +39,9 @@ def test_every_attack_preset_runs_at_the_runs_eps_and_records_it(run_dir, capsys
     assert result["eps_source"] == "the run's eval.attack.eps" and f"eps={RUN_EPS}" in err
     # --set eval.attack.* applies on top of the preset (it used to be dropped)
     assert result["attack"]["num_steps"] == (1 if attack == "fgsm" else 3)
-    assert result["attack"]["step_size"] == (RUN_EPS if attack == "fgsm" else ATTACKS[attack].step_size)
+    # ε-relative presets step a fraction of the run's ε; the published ones keep their absolute step
+    fraction = STEP_FRACTIONS.get(attack)
+    assert result["attack"]["step_size"] == (ATTACKS[attack].step_size if fraction is None else fraction * RUN_EPS)
     assert result["attack"]["loss"] == ATTACKS[attack].loss
     assert result["attack"]["restarts"] == (2 if more else 1) and result["batch_size"] == (32 if more else 64)
     assert ("_set-" in result["result_file"]) == bool(cheap)  # changed settings: not the plain preset's file
