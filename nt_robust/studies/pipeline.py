@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from nt_robust import io
-from nt_robust.config import ConfigError
+from nt_robust.config import ConfigError, load_config
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import collect_curves, collect_examples, collect_runs, write_table
 from nt_robust.studies.analysis import evaluate_claims
@@ -22,6 +22,7 @@ from nt_robust.studies.attack_check import collect_attack_check, collect_attack_
 from nt_robust.studies.figures import make_all_figures
 from nt_robust.studies.report import render_report, summary_table
 from nt_robust.studies.sweep import ATTACK_STAGE, GRID_STAGE, WAR_STAGE, Study, run_index
+from nt_robust.train.config import ExperimentConfig
 
 log = logging.getLogger("nt_robust.studies")
 
