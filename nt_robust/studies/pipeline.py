@@ -168,7 +168,7 @@ def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
 
     data = config.data
     try:
-        splits = prepare_splits(data)
+        splits = prepare_splits(data, sample_seed=config.train.seed)
     except DataError:
         name = canonical_name(data.dataset)
         if name not in PUBLISHED_SIZES:
