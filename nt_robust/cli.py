@@ -214,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("spec", help="study spec TOML (see experiments/study_*.toml)")
     study.add_argument("--list", action="store_true", help="list the runs with their index and status")
     study.add_argument("--index", type=int, help="run only this run (a cluster job array's task id)")
+    study.add_argument("--pieces", type=int, metavar="K",
+                       help="split the runs round-robin into K pieces (with K = the number of seeds a piece is a "
+                            "seed); with --estimate, print each piece's cost")
+    study.add_argument("--piece", type=int, metavar="I", help="run only piece I of --pieces K (0 <= I < K)")
     study.add_argument("--stage", choices=["grid", "war", "attacks"],
                        help="run only this stage (attacks: the spec's [attack_check], after grid and war)")
     study.add_argument("--estimate", action="store_true", help="time a few steps per width, print the cost, stop")
@@ -575,6 +579,7 @@ def plot_run_curves(curves: dict[str, list[dict[str, Any]]], out: Path, split: s
 
 def _study(args: argparse.Namespace) -> int:
     from nt_robust.studies.pipeline import build_report, estimate_cost, format_estimate, run_study, study_summary
+    from nt_robust.studies.pieces import check_piece, format_pieces, piece_runs
     from nt_robust.studies.sweep import load_study, run_index
     from nt_robust.studies.tables import format_table
 
@@ -603,9 +608,22 @@ def _study(args: argparse.Namespace) -> int:
     if args.index is not None:
         run_index(study, args.index)
         return 0
+    check_piece(args.pieces, args.piece, need_piece=not args.estimate)
     if args.estimate or not (args.report or args.no_estimate or args.stage == "attacks"):
-        print(format_estimate(estimate_cost(study, device=args.device, mfu=args.mfu)), flush=True)
+        estimates = estimate_cost(study, device=args.device, mfu=args.mfu)
+        print(format_estimate(estimates), flush=True)
+        if args.pieces:
+            print(format_pieces(study, args.pieces, estimates), flush=True)
         if args.estimate:
+            return 0
+    if args.piece is not None:
+        stages = (args.stage,) if args.stage else None
+        for run in piece_runs(study, args.pieces, args.piece, stages):
+            run_index(study, run.index)
+        left = [r.name for r in study.runs() if r.stage != "attacks" and not study.is_finished(r)]
+        if left:
+            print(f"piece {args.piece} of {args.pieces} finished; {len(left)} runs of {study.name} are not "
+                  "(the report follows once every piece has run, or ask for it with --report)")
             return 0
     if not args.report:
         run_study(study, args.stage)

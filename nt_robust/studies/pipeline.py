@@ -140,7 +140,9 @@ def estimate_cost(study: Study, timed_steps: int = 2, device: str | None = None,
         # An evaluation point costs about (attack steps + Lipschitz steps + 2) forward-backward
         # passes; a training example (train attack steps + 2).
         eval_factor = (config.eval.attack.num_steps + 12) / (config.train_attack.num_steps + 2)
-        per_run = config.train.epochs * step_seconds * (steps_per_epoch + eval_points * eval_factor / batch)
+        # evaluated every eval.every_epochs epochs and after the last: ⌈epochs / every⌉ times
+        evaluations = -(-config.train.epochs // config.eval.every_epochs)
+        per_run = step_seconds * (config.train.epochs * steps_per_epoch + evaluations * eval_points * eval_factor / batch)
         estimates.append({"width": width, "model": config.model.label, "runs": len(runs),
                           "epochs": config.train.epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch,
                           "flops_per_step": flops_per_step, "seconds_per_step": step_seconds, "how": how,
