@@ -196,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--attack", default=None,
                           help="preset: pgd20, pgd20-0.003, cw20, fgsm, at the run's eps (default: the run's "
                                "eval.attack); --set eval.attack.FIELD=... applies on top")
+    evaluate.add_argument("--readings", action="store_true",
+                          help="only compute the final and best_val readings (eval/final_*.npz, eval/best_val_*.npz) "
+                               "a finished run lacks, from its checkpoints, as training evaluates (no retraining)")
     evaluate.add_argument("--split", default="test", choices=["test", "val"])
     evaluate.add_argument("--examples", type=int, default=None,
                           help="first N examples (default: all; more than the split has is clipped, with a warning)")
@@ -458,6 +461,14 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from nt_robust.train.evaluate_run import describe_result, evaluate_run
 
+    if args.readings:
+        from nt_robust.train.readings import fill_readings, missing_readings
+
+        missing = missing_readings(args.run_dir)
+        written = fill_readings(args.run_dir)
+        print(f"{args.run_dir}: " + (f"computed {', '.join(f'{r}_{s}' for r, s in missing)} ({len(written)} files)"
+                                     if written else "both readings (final, best_val) already stored"))
+        return 0
     result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, attack=args.attack, split=args.split,
                           examples=args.examples, overrides=args.overrides, progress=True,
                           protocol=args.protocol, eps=args.eps, batch_size=args.batch_size)
