@@ -629,8 +629,18 @@ def _study(args: argparse.Namespace) -> int:
             return 0
     if args.piece is not None:
         stages = (args.stage,) if args.stage else None
+        from nt_robust.train.loop import TrainingDivergedError
+
+        diverged = []
         for run in piece_runs(study, args.pieces, args.piece, stages):
-            run_index(study, run.index)
+            try:
+                run_index(study, run.index)
+            except TrainingDivergedError as error:   # one run's fate; the piece goes on
+                print(f"{run.name} (index {run.index}) diverged, the piece goes on: {error}", file=sys.stderr)
+                diverged.append(run.name)
+        if diverged:
+            print(f"piece {args.piece} of {args.pieces}: {len(diverged)} run(s) diverged: {', '.join(diverged)}")
+            return 1
         left = [r.name for r in study.runs() if r.stage != "attacks" and not study.is_finished(r)]
         if left:
             print(f"piece {args.piece} of {args.pieces} finished; {len(left)} runs of {study.name} are not "
