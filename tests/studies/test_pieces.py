@@ -102,6 +102,8 @@ progress = false
     assert main(["study", str(spec), "--pieces", "2", "--piece", "1", "--no-estimate",
                  "--figures-dir", str(figures)]) == 0
     assert all(study.is_finished(r) for r in study.runs()) and (figures / "report.md").exists()
+    rows = io.read_json(tmp_path / "runs" / "results" / "results.json")
+    assert {r["train_sample"] for r in rows} == {"seed"} and {r["seed"] for r in rows} == {0, 1}
     summaries = {r.seed: io.read_json(study.run_dir(r) / "summary.json") for r in study.runs() if r.lam == 1.0}
     for seed, summary in summaries.items():
         data = summary["data"]
@@ -114,3 +116,37 @@ progress = false
                 with np.load(study.run_dir(next(r for r in study.runs() if r.seed == seed and r.lam == 1.0))
                              / "eval" / f"{reading}_{split}.npz") as arrays:
                     assert len(arrays["labels"]) == 64
+
+
+def test_the_estimate_counts_one_evaluation_every_eval_every_epochs(tmp_path):
+    from nt_robust.studies.pipeline import estimate_cost
+
+    base = tmp_path / "base.toml"
+    base.write_text('''name = "tiny"
+[data]
+dataset = "synthetic"
+val_size = 64
+[model]
+arch = "mlp"
+depth = 1
+[eval]
+val_examples = 32
+test_examples = 100
+batch_size = 32
+[train]
+epochs = 7
+batch_size = 64
+''')
+    for every, evaluations in ((1, 7), (3, 3), (10, 1)):   # ⌈7 / every⌉: every 3rd epoch and the last
+        spec = tmp_path / f"every{every}.toml"
+        spec.write_text(f'''name = "every{every}"
+base_config = "{base}"
+set = ["eval.every_epochs={every}"]
+[grid]
+"model.width" = [4]
+''')
+        (estimate,) = estimate_cost(load_study(spec), timed_steps=1)
+        # 512 synthetic images - 64 held out = 448: 7 steps of 64; 32 val + 100 test points an evaluation,
+        # each (20 + 12) / (10 + 2) training examples (PGD-20 + Lipschitz against the 10-step TRADES attack)
+        steps = 7 * 7 + evaluations * 132 * (32 / 12) / 64
+        assert estimate["hours_per_run"] * 3600 == pytest.approx(estimate["seconds_per_step"] * steps)
