@@ -630,16 +630,22 @@ def _study(args: argparse.Namespace) -> int:
     if args.piece is not None:
         stages = (args.stage,) if args.stage else None
         from nt_robust.train.loop import TrainingDivergedError
+        from nt_robust.train.run_dir import RunDirectoryLockedError
 
-        diverged = []
+        diverged, busy = [], []
         for run in piece_runs(study, args.pieces, args.piece, stages):
             try:
                 run_index(study, run.index)
             except TrainingDivergedError as error:   # one run's fate; the piece goes on
                 print(f"{run.name} (index {run.index}) diverged, the piece goes on: {error}", file=sys.stderr)
                 diverged.append(run.name)
-        if diverged:
-            print(f"piece {args.piece} of {args.pieces}: {len(diverged)} run(s) diverged: {', '.join(diverged)}")
+            except RunDirectoryLockedError as error:  # another sitting trains it (e.g. --index): leave it
+                print(f"{run.name} (index {run.index}) skipped: {error}", file=sys.stderr)
+                busy.append(run.name)
+        if diverged or busy:
+            print(f"piece {args.piece} of {args.pieces}: "
+                  + "; ".join(f"{len(names)} run(s) {what}: {', '.join(names)}" for what, names in
+                              (("diverged", diverged), ("trained by another process, skipped", busy)) if names))
             return 1
         left = [r.name for r in study.runs() if r.stage != "attacks" and not study.is_finished(r)]
         if left:
