@@ -37,11 +37,11 @@ def reading_path(run_dir: str | Path, reading: str, split: str) -> Path:
 
 
 def _evaluated_splits(config: dict) -> list[str]:
-    """The splits training evaluated (a split with no images or a 0-example limit is skipped)."""
-    data, evaluation = config["data"], config["eval"]
-    return [split for split, size, limit in (("val", data["val_size"], evaluation["val_examples"]),
-                                             ("test", 1, evaluation["test_examples"]))
-            if size and (limit is None or limit > 0)]
+    """The splits training evaluated: the validation split unless data.val_size is 0, the test
+    set always, each unless its eval.*_examples limit is 0 (as Trainer._evaluate)."""
+    limits = {"val": config["eval"]["val_examples"], "test": config["eval"]["test_examples"]}
+    return [split for split in SPLITS if (split != "val" or config["data"]["val_size"])
+            and (limits[split] is None or limits[split] > 0)]
 
 
 def missing_readings(run_dir: str | Path) -> list[tuple[str, str]]:
