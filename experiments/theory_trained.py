@@ -99,7 +99,7 @@ def measure_study(spec: str, lam: float, images: int, predict_points: int, runs_
         restored = restore_variables(study.run_dir(run), "best_val")
         config, model = restored["config"], restored["model"]
         if splits is None:
-            splits = prepare_splits(config.data)
+            splits = prepare_splits(config.data, sample_seed=config.train.seed)
         x, y = to_float(splits.test_images[:images]), splits.test_labels[:images]
         if prediction is None:
             prediction = _prediction(config, x, splits.train_images[:10000], predict_points)

@@ -241,6 +241,9 @@ def _parser() -> argparse.ArgumentParser:
                                "the published absolute l-inf steps: pgd20-paper, pgd20-0.003, cw20-paper, "
                                "trades-train (default: the run's eval.attack); --set eval.attack.FIELD=... applies "
                                "on top")
+    evaluate.add_argument("--readings", action="store_true",
+                          help="only compute the final and best_val readings (eval/final_*.npz, eval/best_val_*.npz) "
+                               "a finished run lacks, from its checkpoints, as training evaluates (no retraining)")
     evaluate.add_argument("--split", default="test", choices=["test", "val"])
     evaluate.add_argument("--examples", type=int, default=None,
                           help="first N examples (default: all; more than the split has is clipped, with a warning)")
@@ -260,6 +263,10 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("spec", help="study spec TOML (see experiments/study_*.toml)")
     study.add_argument("--list", action="store_true", help="list the runs with their index and status")
     study.add_argument("--index", type=int, help="run only this run (a cluster job array's task id)")
+    study.add_argument("--pieces", type=int, metavar="K",
+                       help="split the runs round-robin into K pieces (with K = the number of seeds a piece is a "
+                            "seed); with --estimate, print each piece's cost")
+    study.add_argument("--piece", type=int, metavar="I", help="run only piece I of --pieces K (0 <= I < K)")
     study.add_argument("--stage", choices=["grid", "war", "attacks"],
                        help="run only this stage (attacks: the spec's [attack_check], after grid and war)")
     study.add_argument("--estimate", action="store_true", help="time a few steps per width, print the cost, stop")
@@ -517,6 +524,14 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from nt_robust.train.evaluate_run import describe_result, evaluate_run
 
+    if args.readings:
+        from nt_robust.train.readings import fill_readings, missing_readings
+
+        missing = missing_readings(args.run_dir)
+        written = fill_readings(args.run_dir)
+        print(f"{args.run_dir}: " + (f"computed {', '.join(f'{r}_{s}' for r, s in missing)} ({len(written)} files)"
+                                     if written else "both readings (final, best_val) already stored"))
+        return 0
     result = evaluate_run(args.run_dir, checkpoint=args.checkpoint, attack=args.attack, split=args.split,
                           examples=args.examples, overrides=args.overrides, progress=True,
                           protocol=args.protocol, eps=args.eps, batch_size=args.batch_size)
@@ -638,6 +653,7 @@ def plot_run_curves(curves: dict[str, list[dict[str, Any]]], out: Path, split: s
 
 def _study(args: argparse.Namespace) -> int:
     from nt_robust.studies.cost import estimate_cost, format_estimate
+    from nt_robust.studies.pieces import check_piece, format_pieces, piece_runs
     from nt_robust.studies.pipeline import build_report, run_study, study_summary
     from nt_robust.studies.sweep import load_study, run_index
     from nt_robust.studies.tables import format_table
@@ -667,9 +683,38 @@ def _study(args: argparse.Namespace) -> int:
     if args.index is not None:
         run_index(study, args.index)
         return 0
+    check_piece(args.pieces, args.piece, need_piece=not args.estimate)
     if args.estimate or not (args.report or args.no_estimate or args.stage == "attacks"):
-        print(format_estimate(estimate_cost(study, device=args.device, mfu=args.mfu)), flush=True)
+        estimates = estimate_cost(study, device=args.device, mfu=args.mfu)
+        print(format_estimate(estimates), flush=True)
+        if args.pieces:
+            print(format_pieces(study, args.pieces, estimates), flush=True)
         if args.estimate:
+            return 0
+    if args.piece is not None:
+        stages = (args.stage,) if args.stage else None
+        from nt_robust.train.loop import TrainingDivergedError
+        from nt_robust.train.run_dir import RunDirectoryLockedError
+
+        diverged, busy = [], []
+        for run in piece_runs(study, args.pieces, args.piece, stages):
+            try:
+                run_index(study, run.index)
+            except TrainingDivergedError as error:   # one run's fate; the piece goes on
+                print(f"{run.name} (index {run.index}) diverged, the piece goes on: {error}", file=sys.stderr)
+                diverged.append(run.name)
+            except RunDirectoryLockedError as error:  # another sitting trains it (e.g. --index): leave it
+                print(f"{run.name} (index {run.index}) skipped: {error}", file=sys.stderr)
+                busy.append(run.name)
+        if diverged or busy:
+            print(f"piece {args.piece} of {args.pieces}: "
+                  + "; ".join(f"{len(names)} run(s) {what}: {', '.join(names)}" for what, names in
+                              (("diverged", diverged), ("trained by another process, skipped", busy)) if names))
+            return 1
+        left = [r.name for r in study.runs() if r.stage != "attacks" and not study.is_finished(r)]
+        if left:
+            print(f"piece {args.piece} of {args.pieces} finished; {len(left)} runs of {study.name} are not "
+                  "(the report follows once every piece has run, or ask for it with --report)")
             return 0
     if not args.report:
         run_study(study, args.stage)

@@ -48,6 +48,9 @@ def _run_fields(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
         "war_mode": config["war"].get("mode", "weighted_ratio") if config["war"]["enabled"] else None,
         "lam_final": summary.get("lam_final", config["objective"]["lam"]),
         "seed": config["train"]["seed"],
+        # which training images: "first" (the same N for every seed; runs from before the option)
+        # or "seed" (drawn from the seed: the seed spread then includes the training sample)
+        "train_sample": config["data"].get("train_sample", "first"),
         "epochs": config["train"]["epochs"],
         "train_eps": config["train_attack"]["eps"],
         "eval_eps": config["eval"]["attack"]["eps"],

@@ -8,7 +8,8 @@ training step fits in memory::
 FLOPs per step always come from ``nt_robust.flops.train_step_flops``: the step lowered with
 XLA's own convolutions and products and the attack unrolled, the same count whatever
 ``conv_impl``/``dense_impl`` this machine would run. A run costs
-``epochs × seconds per step × (steps per epoch + evaluation points × f / batch)``, where
+``seconds per step × (epochs × steps per epoch + evaluations × evaluation points × f / batch)``,
+with ⌈epochs / ``eval.every_epochs``⌉ evaluations, where
 ``f = (eval attack steps + 12) / (train attack steps + 2)``: an evaluation point costs about
 (attack steps + Lipschitz steps + 2) forward-backward passes, a training example (attack
 steps + 2).
@@ -162,7 +163,10 @@ def _run_hours(config: ExperimentConfig, splits, step_seconds: float) -> float:
     eval_points = sum(size if n is None else min(n, size) for size, n in (
         (splits.val, config.eval.val_examples), (splits.test, config.eval.test_examples)))
     eval_factor = (config.eval.attack.num_steps + 12) / (config.train_attack.num_steps + 2)
-    per_run = config.train.epochs * step_seconds * (splits.train // batch + eval_points * eval_factor / batch)
+    # evaluated every eval.every_epochs epochs and after the last: ⌈epochs / every⌉ times
+    evaluations = -(-config.train.epochs // config.eval.every_epochs)
+    per_run = step_seconds * (config.train.epochs * (splits.train // batch)
+                              + evaluations * eval_points * eval_factor / batch)
     return per_run / 3600
 
 
@@ -303,7 +307,7 @@ def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
 
     data = config.data
     try:
-        splits = prepare_splits(data)
+        splits = prepare_splits(data, sample_seed=config.train.seed)
     except DataError:
         name = canonical_name(data.dataset)
         if name not in PUBLISHED_SIZES:

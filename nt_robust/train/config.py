@@ -23,6 +23,7 @@ MILESTONE_CONVENTIONS = ("trades", "legacy")
 LATE_HALVING_RULES = ("authors", "legacy")
 BN_PASSES = ("authors", "trades")
 LIPSCHITZ_METHODS = ("yang", "trades_grad", "none")
+TRAIN_SAMPLES = ("first", "seed")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")
 
 
@@ -34,8 +35,17 @@ def _require(condition: bool, field: str, message: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """``val_size`` examples are carved from the training set (seeded by ``split_seed``)
-    for checkpoint selection; ``train_subset`` keeps the first N remaining training
-    examples, in dataset order, for quick runs (None: all). ``downsample`` = f shrinks
+    for checkpoint selection; ``train_subset`` keeps N of the remaining training examples
+    for quick runs (None: all). Which N, ``train_sample``:
+
+    * "first" (default): the first N, in dataset order, the same for every seed (what every
+      run did before the option existed; saved runs without it resume with it).
+    * "seed": a class-balanced random draw seeded by ``train.seed`` (N // C images of each
+      of the C classes, the N % C left over to randomly chosen classes), so that seeds
+      vary the training sample as well as the initialization and the batch order. The
+      validation split stays the one of ``split_seed`` for every seed. Needs ``train_subset``.
+
+    ``downsample`` = f shrinks
     every image (train, validation and test) by an f x f block mean, rounded to uint8
     (``nt_robust.data.resize``; 28x28 Fashion-MNIST -> 14x14 at 2): for conv nets on a CPU
     budget; 1 (default) keeps the images as they are. How much of the validation and test
@@ -46,6 +56,7 @@ class DataConfig:
     val_size: int = 1000
     split_seed: int = 0
     train_subset: int | None = None
+    train_sample: str = "first"
     crop_padding: int = 4
     flip: bool = True
     downsample: int = 1
@@ -56,6 +67,12 @@ class DataConfig:
         _require(self.crop_padding >= 0, "data.crop_padding", f"must be >= 0, got {self.crop_padding}")
         _require(self.train_subset is None or self.train_subset >= 1, "data.train_subset",
                  f"must be >= 1 or none, got {self.train_subset}")
+        _require(self.train_sample in TRAIN_SAMPLES, "data.train_sample",
+                 f"must be one of {TRAIN_SAMPLES} (\"first\": the first data.train_subset images; \"seed\": a "
+                 f"class-balanced draw seeded by train.seed), got {self.train_sample!r}")
+        _require(self.train_sample == "first" or self.train_subset is not None, "data.train_sample",
+                 "= 'seed' draws data.train_subset images, but data.train_subset is none (all images, the same "
+                 "for every seed): set data.train_subset = N, or data.train_sample = \"first\"")
         _require(isinstance(self.downsample, int) and not isinstance(self.downsample, bool) and self.downsample >= 1,
                  "data.downsample",
                  f"must be an integer >= 1 (1: full size), got {self.downsample!r}")

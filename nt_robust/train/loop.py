@@ -107,7 +107,7 @@ class Trainer:
         self.run = RunDirectory(run_dir)
         check_divisible(config.train.batch_size, "train.batch_size")
         self.mesh = data_mesh()
-        self.splits: Splits = prepare_splits(config.data)
+        self.splits: Splits = prepare_splits(config.data, sample_seed=config.train.seed)
         self.steps_per_epoch = len(self.splits.train_images) // config.train.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size = {config.train.batch_size} exceeds the "

@@ -167,7 +167,8 @@ ADDED_FIELDS = {"model.conv_impl": "xla",
                 # issue 11: schedules epoch for epoch as TRADES and the authors; old runs keep theirs.
                 "optim.milestone_convention": "legacy", "optim.late_halving_rule": "legacy",
                 "objective.bn_passes": _bn_passes_before_the_option,
-                "data.downsample": 1}  # issue 14: block-mean downsampling; runs before it saw full-size images
+                "data.downsample": 1,  # issue 14: block-mean downsampling; runs before it saw full-size images
+                "data.train_sample": "first"}  # issue 33: seeded training samples; before, the first N for every seed
 
 
 def added_field_value(path: str, saved: dict[str, Any]) -> Any:
