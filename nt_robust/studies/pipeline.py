@@ -284,7 +284,7 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
     text = render_report(study.name, rows, claims, figures, report_dir, context)
     report_path = report_dir / "report.md"
     io.write_text(report_path, text)
-    io.write_json(results_dir / "claims.json", [c.__dict__ for c in claims])
+    io.write_json(results_dir / "claims.json", [c.to_dict() for c in claims])
     log.info("report: %s (%d runs, %d figures)", report_path, len({r['run'] for r in rows}), len(figures))
     return report_path
 

@@ -330,8 +330,9 @@ examples = 32
         war_metrics = io.read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
         assert all("lam_next" in r for r in war_metrics)
     claim7 = next(c for c in io.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 7)
-    assert [e.split(" (")[0] for e in claim7["evidence"]] == ["WAR unweighted_ratio", "WAR weighted_ratio"]
-    assert "primary" in claim7["evidence"][0] and "secondary" in claim7["evidence"][1]
+    readings = [e for e in claim7["evidence"] if e.startswith("WAR ")]
+    assert [e.split(" (")[0] for e in readings] == ["WAR unweighted_ratio", "WAR weighted_ratio"]
+    assert "primary" in readings[0] and "secondary" in readings[1] and "runs moved λ" in readings[0]
     # Claim 8 from the attack check: both protocols on the four grid runs' best_val checkpoints.
     checks = io.read_json(tmp_path / "runs" / "results" / "attack_check.json")
     assert sorted((r["run"], r["protocol"]) for r in checks) == sorted(
