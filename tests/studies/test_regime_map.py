@@ -102,13 +102,23 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
     result = io.read_json(out / "map.json")
     small, large, unrun = result["regimes"]
     assert small["label"] == "MLP-2 · n=1k · 3 ep · 28x28" and small["status"] == "complete"
-    assert unrun["status"] == "not run" and unrun["slopes"] == [] and "nt-robust study" in unrun["command"]
-    claim2 = {r["name"]: next(c for c in r["claims"] if c["number"] == 2) for r in (small, large)}
-    assert claim2["small"]["verdict"] == SUPPORTED and claim2["large"]["verdict"] == "contradicted"
-    slope = next(s for s in small["slopes"] if s["metric"] == "perturbation_stability" and s["lam"] == 1.0)
+    assert unrun["status"] == "not run" and unrun["readings"] == {} and "nt-robust study" in unrun["command"]
+    for reading in ("best_val", "final"):   # both readings, side by side
+        claim2 = {r["name"]: next(c for c in r["readings"][reading]["claims"] if c["number"] == 2)
+                  for r in (small, large)}
+        assert claim2["small"]["verdict"] == SUPPORTED and claim2["large"]["verdict"] == "contradicted"
+        assert claim2["small"]["tests"][0]["p_holm_map"] == pytest.approx(min(1.0, 2 * min(
+            claim2["small"]["tests"][0]["p"], claim2["large"]["tests"][0]["p"])) if claim2["small"]["tests"][0]["p"] <=
+            claim2["large"]["tests"][0]["p"] else max(claim2["small"]["tests"][0]["p"], 2 * claim2["large"]["tests"][0]["p"]))
+    # fabricated runs have no per-example arrays: each reading says so, per regime, and the map lists it
+    assert "summary.json" in small["readings"]["final"]["source"]
+    assert any("MLP-2 · n=1k" in n and "eval/final_test.npz" in n for n in small["notes"])
+    assert result["primary_tests"] and all("q_bh" in s for s in small["readings"]["best_val"]["slopes"])
+    slope = next(s for s in small["readings"]["best_val"]["slopes"]
+                 if s["metric"] == "perturbation_stability" and s["lam"] == 1.0)
     assert slope["estimate"] == pytest.approx(-0.03) and slope["direction"] == "falls"
     assert slope["high"] < 0 and slope["paper"] == "falls"
-    flat = next(s for s in large["slopes"] if s["metric"] == "robust_accuracy" and s["lam"] == 6.0)
+    flat = next(s for s in large["readings"]["best_val"]["slopes"] if s["metric"] == "robust_accuracy" and s["lam"] == 6.0)
     assert flat["estimate"] == pytest.approx(0.0, abs=1e-12)   # robust accuracy has no width trend
     for name in ("map.md", "slopes.png", "slopes.pdf", "claims.png", "claims.pdf"):
         assert (out / name).stat().st_size > 0
