@@ -49,7 +49,7 @@ from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, LEVEL, NO
                                            contrast_interval, holm, no_interval, verdict)
 
 __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_EVALUATED", "Stats", "stats_of", "select",
-           "group_stats", "contrast", "linear_contrast", "slope_weights", "width_slope", "lam_averaged_slope", "Claim", "Test",
+           "group_stats", "contrast", "linear_contrast", "slope_weights", "width_slope", "lam_averaged_slope", "Claim", "HypothesisTest",
            "PRIMARY_TESTS", "primary_tests_hash", "decide", "evaluate_claims", "best_lam_by_width", "grid_rows",
            "war_costs", "war_moved"]
 
@@ -206,7 +206,7 @@ def primary_tests_hash() -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Test:
+class HypothesisTest:
     """One hypothesis test of a claim: its contrast's interval and the direction the claim
     predicts (``expect_increase``); ``role`` is "primary" or "secondary"."""
     label: str
@@ -220,13 +220,13 @@ class Test:
         return self.interval.p_value
 
 
-def _direction_verdict(test: Test, adjusted_p: float, alpha: float = 1 - LEVEL) -> str:
+def _direction_verdict(test: HypothesisTest, adjusted_p: float, alpha: float = 1 - LEVEL) -> str:
     if math.isnan(adjusted_p) or adjusted_p >= alpha:
         return INCONCLUSIVE
     return SUPPORTED if (test.interval.estimate > 0) == test.expect_increase else CONTRADICTED
 
 
-def decide(number: int, tests: Sequence[Test], adjusted: Sequence[float]) -> str:
+def decide(number: int, tests: Sequence[HypothesisTest], adjusted: Sequence[float]) -> str:
     """A claim's verdict from its primary family and their (Holm-)adjusted p-values."""
     if not tests:
         return NOT_EVALUATED
@@ -246,8 +246,8 @@ class Claim:
     text: str
     verdict: str
     evidence: list[str]
-    tests: list[Test] = dataclasses.field(default_factory=list)       # the primary family
-    secondary: list[Test] = dataclasses.field(default_factory=list)   # per λ / per width; Holm within
+    tests: list[HypothesisTest] = dataclasses.field(default_factory=list)       # the primary family
+    secondary: list[HypothesisTest] = dataclasses.field(default_factory=list)   # per λ / per width; Holm within
     notes: list[str] = dataclasses.field(default_factory=list)        # what is missing, edges, …
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,7 +257,7 @@ class Claim:
                 "secondary": [_test_dict(t) for t in self.secondary]}
 
 
-def _test_dict(test: Test) -> dict[str, Any]:
+def _test_dict(test: HypothesisTest) -> dict[str, Any]:
     iv = test.interval
     return {"label": test.label, "role": test.role, "kind": test.kind, "expect_increase": test.expect_increase,
             "estimate": iv.estimate, "low": iv.low, "high": iv.high, "se": iv.se, "se_seed": iv.se_seed,
@@ -265,7 +265,7 @@ def _test_dict(test: Test) -> dict[str, Any]:
             "text": iv.describe()}
 
 
-def _finish_claim(number: int, text: str, tests: list[Test], secondary: list[Test], notes: list[str],
+def _finish_claim(number: int, text: str, tests: list[HypothesisTest], secondary: list[HypothesisTest], notes: list[str],
                   lines: list[str] | None = None) -> Claim:
     """Holm within the primary family and within the secondary one; evidence lines."""
     adjusted = list(holm([t.p for t in tests])) if tests else []
@@ -362,13 +362,13 @@ def _claim_width_trend(number: int, text: str, rows, metric: str, up: bool, exam
     if not _has(rows, metric):
         note = f"no {metric} in these runs (e.g. eval.lipschitz = none, or runs from before it was recorded)"
         return Claim(number, text, NOT_EVALUATED, [f"note: {note}"], notes=[note])
-    primary = [Test(f"{metric} slope per doubling of width, averaged over λ ∈ {{{', '.join(f'{x:g}' for x in lams)}}}",
+    primary = [HypothesisTest(f"{metric} slope per doubling of width, averaged over λ ∈ {{{', '.join(f'{x:g}' for x in lams)}}}",
                     lam_averaged_slope(rows, metric, examples), up)]
     secondary, lines = [], []
     for lam in lams:
         at_lam = select(rows, lam=lam)
         stats = group_stats(at_lam, ("width",), f"test_{metric}")
-        secondary.append(Test(f"λ={lam:g} slope", width_slope(at_lam, metric, examples), up, "secondary"))
+        secondary.append(HypothesisTest(f"λ={lam:g} slope", width_slope(at_lam, metric, examples), up, "secondary"))
         lines.append(f"λ={lam:g}: " + ", ".join(f"width {w}: {s.mean:.4f}" for (w,), s in stats.items()))
     return _finish_claim(number, text, primary, secondary, [], lines)
 
@@ -380,19 +380,19 @@ def _claim_robust_vs_natural(rows, examples: Examples | None) -> Claim:
     if not lams:
         return Claim(3, text, NOT_EVALUATED, ["needs at least two widths at some λ"])
     g = {"robust_accuracy": 1.0, "natural_accuracy": -0.5}
-    tests = [Test(f"slope of robust − ½·natural per doubling, averaged over λ ∈ {{{', '.join(f'{x:g}' for x in lams)}}}",
+    tests = [HypothesisTest(f"slope of robust − ½·natural per doubling, averaged over λ ∈ {{{', '.join(f'{x:g}' for x in lams)}}}",
                   lam_averaged_slope(rows, g, examples), False)]
     widths = sorted(set.intersection(*({r["width"] for r in select(rows, lam=lam)} for lam in lams)))
     for w0, w1 in zip(widths, widths[1:]):
         groups = [(sign / len(lams), select(rows, lam=lam, width=w)) for lam in lams for sign, w in ((-1.0, w0), (1.0, w1))]
         # a step "supports" claim 3 when robust accuracy *drops*: expect_increase=True, so a drop reads contradicted
-        tests.append(Test(f"robust accuracy width {w0}→{w1}, averaged over λ (a drop supports claim 3)", linear_contrast(groups, "robust_accuracy",
+        tests.append(HypothesisTest(f"robust accuracy width {w0}→{w1}, averaged over λ (a drop supports claim 3)", linear_contrast(groups, "robust_accuracy",
                                                                                                  examples), True,
                           kind="step"))
     secondary, lines = [], []
     for lam in lams:
         at_lam = select(rows, lam=lam)
-        secondary.append(Test(f"λ={lam:g} slope of robust − ½·natural", width_slope(at_lam, g, examples), False,
+        secondary.append(HypothesisTest(f"λ={lam:g} slope of robust − ½·natural", width_slope(at_lam, g, examples), False,
                               "secondary"))
         lines.append(f"λ={lam:g}: slopes per doubling: robust {width_slope(at_lam, 'robust_accuracy', examples).short()}, "
                      f"natural {width_slope(at_lam, 'natural_accuracy', examples).short()}")
@@ -411,7 +411,7 @@ def _claim_stability_vs_lam(rows, examples: Examples | None) -> Claim:
     lams = sorted(lam for (lam,) in stats)
     iv = contrast(select(at_width, lam=lams[0]), select(at_width, lam=lams[-1]), "perturbation_stability", examples)
     series = ", ".join(f"{lam:g}: {stats[(lam,)].mean:.4f}" for lam in lams)
-    return _finish_claim(5, text, [Test(f"width {widest}: stability λ {lams[0]:g}→{lams[-1]:g}", iv, True)], [], [],
+    return _finish_claim(5, text, [HypothesisTest(f"width {widest}: stability λ {lams[0]:g}→{lams[-1]:g}", iv, True)], [], [],
                          [f"width {widest}, stability by λ: {series}"])
 
 
@@ -433,7 +433,7 @@ def _claim_best_lam(rows, examples: Examples | None) -> Claim:
     notes, secondary = [], []
     above = [lam for lam in sorted({r["lam"] for r in at_wide}) if lam > lam_s]
     if lam_star < lam_s:
-        secondary.append(Test(f"width {wide}: robust at λ_s={lam_s:g} minus at its own best λ*={lam_star:g}",
+        secondary.append(HypothesisTest(f"width {wide}: robust at λ_s={lam_s:g} minus at its own best λ*={lam_star:g}",
                               contrast(select(at_wide, lam=lam_star), select(at_wide, lam=lam_s), "robust_accuracy",
                                        examples), True, "secondary"))
     if not above:
@@ -448,7 +448,7 @@ def _claim_best_lam(rows, examples: Examples | None) -> Claim:
     iv = contrast(select(at_wide, lam=lam_s), select(at_wide, lam=lam_up), "robust_accuracy", examples)
     role = "its own best λ*" if lam_up == lam_star else "the next larger λ (λ* = λ_s)" if lam_star == lam_s else \
         "the next larger λ (λ* < λ_s)"
-    test = Test(f"width {wide}: test robust accuracy at λ_up={lam_up:g} ({role}) minus at λ_s={lam_s:g}", iv, True)
+    test = HypothesisTest(f"width {wide}: test robust accuracy at λ_up={lam_up:g} ({role}) minus at λ_s={lam_s:g}", iv, True)
     return _finish_claim(6, text, [test], secondary, notes, lines)
 
 
@@ -532,7 +532,7 @@ def _claim_war(all_rows, examples: Examples | None, modes: Sequence[str] | None 
             if mode == primary_mode:
                 exercised_widths.append(width)
                 groups += [(1.0, war), (-1.0, fixed)]
-            secondary.append(Test(f"WAR {mode} − fixed λ_s={lam_s:g} at width {width}",
+            secondary.append(HypothesisTest(f"WAR {mode} − fixed λ_s={lam_s:g} at width {width}",
                                   contrast(fixed, war, "robust_accuracy", examples), True, "secondary"))
     if not groups:
         reason = NOT_EXERCISED if any(NOT_EXERCISED in n for n in notes) else NOT_EVALUATED
@@ -540,5 +540,5 @@ def _claim_war(all_rows, examples: Examples | None, modes: Sequence[str] | None 
         return dataclasses.replace(claim, verdict=reason)
     k = len(exercised_widths)
     iv = linear_contrast([(w / k, g) for w, g in groups], "robust_accuracy", examples)
-    test = Test(f"WAR {primary_mode} − fixed λ_s, averaged over widths {exercised_widths}", iv, True)
+    test = HypothesisTest(f"WAR {primary_mode} − fixed λ_s, averaged over widths {exercised_widths}", iv, True)
     return _finish_claim(7, text, [test], secondary, notes, lines)

@@ -198,7 +198,7 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
     per-example results of :func:`collect_attack_examples` (without them: no interval, so
     inconclusive). The intervals count seeds as well as test images (module docstring); with
     one checked seed they cannot, and the verdict is inconclusive with a note saying so."""
-    from nt_robust.studies.analysis import Claim, Test, group_stats, select
+    from nt_robust.studies.analysis import Claim, HypothesisTest, group_stats, select
     from nt_robust.studies.uncertainty import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, \
         bootstrap_interval, contrast_interval
 
@@ -272,7 +272,7 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
                        for run, d in diffs.items()}
             table = (x[protocol] - x[reference]).mean(axis=0)          # seeds × images, mean over configurations
             iv = contrast_interval(table)
-            tests.append(Test(f"{protocol} − {reference}, mean over configurations", iv, False))
+            tests.append(HypothesisTest(f"{protocol} − {reference}, mean over configurations", iv, False))
             above = [run for run in runs if run_ivs[run][0] > 0]
             gap_v = SUPPORTED if iv.high < 0 else CONTRADICTED if iv.low > 0 else INCONCLUSIVE
             v = CONTRADICTED if above else gap_v

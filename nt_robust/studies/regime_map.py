@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from nt_robust import io
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import METRICS, collect_examples, collect_runs
-from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim, Test,
+from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim, HypothesisTest,
                                         decide, evaluate_claims, grid_rows, primary_tests_hash, select,
                                         width_slope)
 from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
@@ -190,8 +190,18 @@ def regime_result(regime: Regime) -> dict[str, Any]:
     final = [r for r in regime.rows if r["selection"] == "final"]
     out["train_seconds"] = sum(r["train_seconds"] or 0.0 for r in final)
     out["backends"] = sorted({f"{r['devices']} x {r['backend']}" for r in final})
+    runs = {r["run"] for r in regime.rows}
     for reading in READINGS:
-        result = _reading(regime, reading)
+        have = {r["run"] for r in regime.rows if r["selection"] == reading}
+        if have and have != runs:
+            out["notes"].append(f"{regime.label}: {len(runs - have)} of {len(runs)} runs have no {READINGS[reading]} "
+                                f"record in summary.json (e.g. {sorted(runs - have)[0]}; runs from before it was "
+                                f"stored, or interrupted): that reading uses the other {len(have)}")
+        try:
+            result = _reading(regime, reading)
+        except ValueError as error:   # arrays that contradict their summary, other images, …
+            out["notes"].append(f"{regime.label} ({READINGS[reading]}): not judged: {error}")
+            continue
         if result is None:
             out["notes"].append(f"{regime.label}: no {READINGS[reading]} in any run's summary.json: that reading is "
                                 "missing")
@@ -234,7 +244,7 @@ def _adjust_across_regimes(results: list[dict[str, Any]]) -> None:
                     continue
                 for t in claim["tests"]:
                     t["p_holm_map"] = float(next(adjusted))
-                objects = [Test(t["label"], _Interval(t["estimate"]), t["expect_increase"], t["role"], t["kind"])
+                objects = [HypothesisTest(t["label"], _Interval(t["estimate"]), t["expect_increase"], t["role"], t["kind"])
                            for t in claim["tests"]]
                 claim["verdict"] = decide(number, objects, [t["p_holm_map"] for t in claim["tests"]])
                 claim["class"] = _verdict_class(claim["verdict"])

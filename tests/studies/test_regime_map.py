@@ -170,3 +170,39 @@ def test_runs_parent_puts_each_study_under_its_own_name(tmp_path):
     assert load_study(spec, tmp_path / "exact").runs_root == tmp_path / "exact"
     with pytest.raises(ValueError, match="not both"):
         load_study(spec, tmp_path / "exact", runs_parent=tmp_path / "build")
+
+
+def test_bad_input_gives_notes_naming_the_regime_and_the_gap_never_a_crash(tmp_path):
+    """Regimes with different metric sets (no Lipschitz), runs without a final record
+    (from before it was stored), and a regime whose arrays contradict their summaries."""
+    specs = []
+    for name, subset in (("nolip", 1000), ("nofinal", 5000), ("broken", 20000)):
+        spec = regime_spec(tmp_path, name, subset)
+        study = load_study(spec)
+        for run in study.grid_runs():
+            w = math.log2(run.width)
+            fabricate_run(study, run, natural=0.5 + 0.05 * w + 0.001 * run.seed, robust=0.35 + 0.001 * run.seed,
+                          stability=0.8 - 0.01 * w, lipschitz=None if name == "nolip" else 1.0 + w)
+            if name == "nofinal" and run.seed == 0:
+                summary = io.read_json(study.run_dir(run) / "summary.json")
+                del summary["final"]
+                io.write_json(study.run_dir(run) / "summary.json", summary)
+            if name == "broken":   # per-example arrays whose mean is not the summary's
+                n = 10
+                io.save_arrays(study.run_dir(run) / "eval" / "best_val_test.npz",
+                               {"labels": np.zeros(n, np.int32), "clean_pred": np.zeros(n, np.int32),
+                                "adv_pred": np.zeros(n, np.int32), "lipschitz": np.ones(n)})
+        specs.append(spec)
+    out = tmp_path / "map"
+    assert main(["map", *map(str, specs), "--out", str(out)]) == 0
+    result = io.read_json(out / "map.json")
+    nolip, nofinal, broken = result["regimes"]
+    assert any("MLP-2 · n=1k" in n and "no lipschitz_mean" in n for n in nolip["notes"])
+    claim4 = next(c for c in nolip["readings"]["best_val"]["claims"] if c["number"] == 4)
+    assert claim4["verdict"] == "not evaluated" and claim4["notes"]
+    assert any("n=5k" in n and "no final epoch record" in n for n in nofinal["notes"])
+    assert nofinal["readings"]["final"]["claims"]                   # judged on the runs that have it
+    assert any("n=20k" in n and "not judged" in n and "averages to" in n for n in broken["notes"])
+    assert "final" in broken["readings"]                             # the other reading still stands
+    text = (out / "map.md").read_text()
+    assert "## What is missing or flagged" in text and "no lipschitz_mean" in text
