@@ -50,6 +50,7 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
     readings = [k for k in MARKERS if any(reading == k for reading, _ in entries)]
     colors = dict(zip(lams, _colors(len(lams))))
     slots = [(lam, reading) for lam in lams for reading in readings]
+    labelled: set = set()
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 0.7 * len(regimes) + 1.8),
                                  sharey=True)
@@ -63,8 +64,10 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
                     y = i + (j - (len(slots) - 1) / 2) * 0.8 / max(1, len(slots))
                     has_interval = np.isfinite(s["low"])
                     xerr = [[s["estimate"] - s["low"]], [s["high"] - s["estimate"]]] if has_interval else None
+                    label = None if (lam, reading) in labelled else f"λ={lam:g}, {READING_TITLES[reading]}"
+                    labelled.add((lam, reading))
                     ax.errorbar(s["estimate"], y, xerr=xerr, fmt=MARKERS[reading], color=colors[lam], capsize=2,
-                                ms=4, label=f"λ={lam:g}, {READING_TITLES[reading]}" if i == 0 else None,
+                                ms=4, label=label,
                                 mfc=colors[lam] if has_interval and s["direction"] != "inconclusive" else "white")
             ax.axvline(0.0, color="black", lw=0.8)
             paper = {"rises": "paper: rises", "falls": "paper: falls", None: "paper: rises little"}
@@ -72,7 +75,9 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
             ax.set_xlabel("slope per doubling of width")
         axes[0].set_yticks(range(len(regimes)), [r["label"] for r in regimes])
         axes[0].invert_yaxis()
-        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+        handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
+        names = [n for ax in axes for n in ax.get_legend_handles_labels()[1]]
+        axes[-1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
         fig.text(0.5, -0.01, "Least-squares slope against log2 width at each λ, with its 95% interval over seeds × "
                  "test images; circles: best held-out checkpoint, squares: final epoch; filled: the interval "
                  "excludes 0", ha="center", va="top")
