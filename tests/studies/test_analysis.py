@@ -170,3 +170,25 @@ def test_declaration_note_says_when_the_primary_tests_changed_after_results():
     assert declaration_note(None, new) is None and declaration_note({"primary_tests": "aaaa"}, new) is None
     assert "changed after results existed" in declaration_note({"primary_tests": "bbbb"}, new)
     assert "declared after" in declaration_note({"built_on": {"time_utc": "t"}}, new)
+
+
+def test_rejudge_recomputes_a_stored_interval_and_bounds_an_average(tmp_path):
+    from nt_robust.studies.rejudge import from_report, parse, rejudge
+
+    line = "- λ=1: width 16→1024 +0.0370 [+0.0168, +0.0572] (3 seeds × 1000 test images; SE 0.0079 = seeds " \
+           "0.0062 ⊕ test points 0.0048, df 5.0) → supported [16: 0.6967]"
+    stored = parse(line)
+    assert stored == {"estimate": 0.037, "old_low": 0.0168, "old_high": 0.0572, "seeds": 3, "se_seed": 0.0062,
+                      "se_test": 0.0048}
+    new = rejudge([(1.0, stored)])
+    half = math.sqrt(4.302653 ** 2 * 0.0062 ** 2 + 1.959964 ** 2 * 0.0048 ** 2)
+    assert (new["low"], new["high"]) == pytest.approx((0.037 - half, 0.037 + half), rel=1e-5)
+    # the average of two: the SE parts are bounded by the average of the parts (Cauchy–Schwarz)
+    two = rejudge([(0.5, stored), (0.5, {**stored, "estimate": 0.017})])
+    assert two["estimate"] == pytest.approx(0.027) and two["high"] - two["estimate"] == pytest.approx(half, rel=1e-5)
+    report = tmp_path / "report.md"
+    report.write_text("# x\n\n**1. At fixed λ, natural accuracy rises with width.** — *supported*\n" + line + "\n"
+                      + line.replace("λ=1", "λ=4").replace("+0.0370", "-0.0370") + "\n")
+    claim = from_report(report)[1]
+    assert claim["primary"]["estimate"] == pytest.approx(0.0) and claim["verdict"] == "inconclusive (bound)"
+    assert [lam for lam, *_ in claim["secondary"]] == [1.0, 4.0]
