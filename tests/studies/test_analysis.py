@@ -192,3 +192,14 @@ def test_rejudge_recomputes_a_stored_interval_and_bounds_an_average(tmp_path):
     claim = from_report(report)[1]
     assert claim["primary"]["estimate"] == pytest.approx(0.0) and claim["verdict"] == "inconclusive (bound)"
     assert [lam for lam, *_ in claim["secondary"]] == [1.0, 4.0]
+
+
+def test_study_results_keep_the_first_declaration_and_say_when_it_changed(tmp_path):
+    from nt_robust.studies.pipeline import declaration_check
+
+    path = tmp_path / "results" / "primary_tests.json"
+    assert declaration_check(path) is None                                  # first report: stored
+    assert io.read_json(path)["hash"] == primary_tests_hash() and declaration_check(path) is None
+    io.write_json(path, {**io.read_json(path), "hash": "0123456789ab"})    # tests changed since
+    note = declaration_check(path)
+    assert "changed after these results were first stored" in note and "0123456789ab" in note

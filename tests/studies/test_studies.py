@@ -318,6 +318,11 @@ examples = 32
     assert "| model" in out and "stability" in out and "claim 8: " in out  # the table and verdicts, printed
     report = (figures / "report.md").read_text()
     assert "**1. At fixed λ, natural accuracy rises with width.**" in report
+    # both readings side by side, each from the real run directories' per-example arrays
+    assert "— best held-out: *" in report and "; final epoch: *" in report and "## Results (final epoch)" in report
+    assert "final epoch: per-example arrays (eval/final_test.npz)" in report
+    stored = io.read_json(tmp_path / "runs" / "results" / "primary_tests.json")
+    assert stored["hash"] and (tmp_path / "runs" / "results" / "claims_final.json").exists()
     assert "WAR (unweighted_ratio) from" in report and "WAR (weighted_ratio) from" in report
     assert (figures / "war.png").exists()
     rows = io.read_json(tmp_path / "runs" / "results" / "results.json")
