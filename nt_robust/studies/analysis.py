@@ -437,10 +437,15 @@ def _claim_best_lam(rows, examples: Examples | None) -> Claim:
                               contrast(select(at_wide, lam=lam_star), select(at_wide, lam=lam_s), "robust_accuracy",
                                        examples), True, "secondary"))
     if not above:
-        notes.append(f"λ_s={lam_s:g}, the narrowest width's best λ, is the grid's largest λ: whether the best λ grows "
-                     f"with width cannot be read from this grid (it needs λ above {lam_s:g}); no verdict")
+        if lam_s == lams[-1]:
+            notes.append(f"λ_s={lam_s:g}, the narrowest width's best λ, is the grid's largest λ: whether the best λ "
+                         f"grows with width cannot be read from this grid (it needs λ above {lam_s:g}); no verdict")
+            claim = _finish_claim(6, text, [], secondary, notes, lines)
+            return dataclasses.replace(claim, verdict=f"{INCONCLUSIVE} (grid edge)")
+        notes.append(f"no run with λ above λ_s={lam_s:g} has finished at the widest width {wide}: claim 6 is not "
+                     "evaluated until it has")
         claim = _finish_claim(6, text, [], secondary, notes, lines)
-        return dataclasses.replace(claim, verdict=f"{INCONCLUSIVE} (grid edge)")
+        return dataclasses.replace(claim, verdict=NOT_EVALUATED)
     lam_up = lam_star if lam_star > lam_s else above[0]
     if lam_star == lams[-1] and lam_star > lam_s:
         notes.append(f"λ*={lam_star:g}, the widest width's best λ, is the grid's largest λ: its best λ may lie higher "
