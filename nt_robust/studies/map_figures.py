@@ -52,7 +52,7 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
     slots = [(lam, reading) for lam in lams for reading in readings]
     labelled: set = set()
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 0.7 * len(regimes) + 1.8),
+        fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 0.7 * len(regimes) + 2.4),
                                  sharey=True)
         for ax, metric in zip(axes, METRICS):
             for i, regime in enumerate(regimes):
@@ -78,7 +78,7 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
         handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
         names = [n for ax in axes for n in ax.get_legend_handles_labels()[1]]
         axes[-1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
-        fig.text(0.5, -0.01, "Least-squares slope against log2 width at each λ, with its 95% interval over seeds × "
+        fig.text(0.5, -0.06, "Least-squares slope against log2 width at each λ, with its 95% interval over seeds × "
                  "test images; circles: best held-out checkpoint, squares: final epoch; filled: the interval "
                  "excludes 0", ha="center", va="top")
         return _save(fig, stem)
@@ -120,5 +120,5 @@ def plot_claims(result: dict[str, Any], stem: Path) -> list[Path]:
         handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="grey", lw=0.5) for c in VERDICT_COLORS.values()]
         axes[0][-1].legend(handles, [f"{SHORT[k]} {k}" for k in VERDICT_COLORS], loc="upper left",
                            bbox_to_anchor=(1.01, 1))
-        fig.suptitle("The paper's claims (docs/paper.md §7, primary tests §9) per regime")
+        fig.suptitle("The paper's claims (docs/paper.md §7, primary tests §9) per regime", y=1.08)
         return _save(fig, stem)
