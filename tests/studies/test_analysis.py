@@ -203,3 +203,20 @@ def test_study_results_keep_the_first_declaration_and_say_when_it_changed(tmp_pa
     io.write_json(path, {**io.read_json(path), "hash": "0123456789ab"})    # tests changed since
     note = declaration_check(path)
     assert "changed after these results were first stored" in note and "0123456789ab" in note
+
+
+def test_map_from_json_rewrites_only_the_block_and_refuses_what_it_cannot_do(tmp_path, capsys):
+    from nt_robust.cli import main
+
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Results\n\nbefore\n\n{BEGIN}\nstale\n{END}\n\nafter\n")
+    source = str(ROOT / "figures" / "regime_map" / "map.json")
+    assert main(["map", "--from-json", source, "--results-doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale" not in text
+    assert render_results_block(io.read_json(Path(source))) in text
+    assert main(["map", "--from-json", source]) == 2                       # nothing to write
+    assert main(["map"]) == 2                                               # nothing to read
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert main(["map", "--from-json", source, "--results-doc", str(tmp_path / "plain.md")]) == 2
+    assert "no generated block" in capsys.readouterr().err
