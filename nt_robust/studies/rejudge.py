@@ -31,7 +31,7 @@ from nt_robust.studies.uncertainty import _half_width, benjamini_hochberg, holm,
 
 NUMBER = r"([+-]?\d+\.\d+)"
 DESCRIBED = re.compile(NUMBER + r" \[" + NUMBER + r", " + NUMBER + r"\] \((\d+) seeds × (\d+) test images; SE "
-                       r"(\d+\.\d+) = seeds (\d+\.\d+) ⊕ test points (\d+\.\d+)")
+                       r"(\d+\.\d+) = seeds (\d+\.\d+)(?: \(t, [\d.]+ df\))? ⊕ test points (\d+\.\d+)")
 
 
 def parse(text: str) -> dict[str, float] | None:
