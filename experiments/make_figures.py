@@ -47,6 +47,9 @@ class Stage:
 
     def command(self, build_dir: Path) -> list[str]:
         """Run from the repository root (relative paths, as the reports quote them)."""
+        if self.name == "quick_fmnist_issue33":   # the map of the quick_fmnist stage's runs (both readings)
+            return [sys.executable, "-m", "nt_robust.cli", "map", "experiments/study_quick_fmnist.toml",
+                    "--runs-root", str(build_dir), "--out", self.figures]
         if self.study_spec is None and self.name == "regime_map":
             return [sys.executable, self.script, "--runs-root", str(build_dir / self.name), "--out", self.figures]
         if self.study_spec is None:
@@ -62,6 +65,8 @@ STAGES = (
     Stage("theory", "figures/theory", None),
     # Hours on 2 cores (docs/results.md, "The regime map"): only with --only regime_map.
     Stage("regime_map", "figures/regime_map", None, default=False, script="experiments/regime_map.py"),
+    # The issue-33 reading of the quick study (best held-out and final epoch): after quick_fmnist, same build.
+    Stage("quick_fmnist_issue33", "figures/quick_fmnist_issue33", None, default=False),
 )
 
 

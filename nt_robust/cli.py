@@ -132,6 +132,8 @@ are printed (stderr) and recorded. Results: RUN_DIR/eval/<checkpoint>_<split>_<n
     "map": """examples:
   nt-robust map experiments/regime_*.toml                        # figures/regime_map/ (map.md, map.json, figures)
   nt-robust map experiments/regime_mlp_n1000.toml experiments/study_quick_fmnist.toml --out figures/my_map
+  nt-robust map experiments/regime_*.toml --results-doc docs/results.md   # + its generated claim table
+  nt-robust map --from-json figures/regime_map/map.json --results-doc docs/results.md   # the table only
 
 Reads the finished runs of every study spec (its runs_root, or runs/studies/<name>), never trains;
 a regime with unfinished runs is drawn from what has finished and marked partial.""",
@@ -292,7 +294,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="k8s: PersistentVolumeClaim holding the repository, data and runs")
 
     regime_map = command("map", "the regime map: slopes vs log width and claim verdicts across studies")
-    regime_map.add_argument("specs", nargs="+", metavar="SPEC", help="study specs (experiments/regime_*.toml, ...)")
+    regime_map.add_argument("specs", nargs="*", metavar="SPEC", help="study specs (experiments/regime_*.toml, ...)")
+    regime_map.add_argument("--results-doc", metavar="MD",
+                            help="also rewrite the generated block of this Markdown file (docs/results.md) from map.json")
+    regime_map.add_argument("--from-json", metavar="MAP_JSON",
+                            help="read this map.json instead of the specs' runs (with --results-doc: no runs needed)")
     regime_map.add_argument("--out", default="figures/regime_map", help="output folder (default figures/regime_map)")
     regime_map.add_argument("--runs-root", metavar="DIR",
                             help="read each study's runs from DIR/<study name> (default: the spec's own runs_root)")
@@ -730,6 +736,20 @@ def _map(args: argparse.Namespace) -> int:
 
     import glob
 
+    from nt_robust import io
+    from nt_robust.studies.map_report import render_results_block, replace_block
+
+    if args.from_json:
+        if args.specs:
+            raise ConfigError("give study specs or --from-json MAP_JSON, not both")
+        if not args.results_doc:
+            raise ConfigError("--from-json only rewrites a document: add --results-doc docs/results.md")
+        doc = Path(args.results_doc)
+        io.write_text(doc, replace_block(doc.read_text(), render_results_block(io.read_json(Path(args.from_json)))))
+        print(f"rewrote the generated block of {doc} from {args.from_json}")
+        return 0
+    if not args.specs:
+        raise ConfigError("nt-robust map needs study specs (experiments/regime_*.toml) or --from-json MAP_JSON")
     # A pattern the shell did not expand (quoted, or no shell) is expanded here.
     specs = [Path(p) for s in args.specs for p in (sorted(glob.glob(s)) if glob.has_magic(s) and not Path(s).exists()
                                                    else [s])]
@@ -744,6 +764,9 @@ def _map(args: argparse.Namespace) -> int:
         raise ConfigError("two specs name the same study: give each regime once")
     result = build_map(regimes)
     paths = write_map(result, Path(args.out))
+    if args.results_doc:
+        doc = Path(args.results_doc)
+        io.write_text(doc, replace_block(doc.read_text(), render_results_block(result)))
     for regime in result["regimes"]:
         print(f"{regime['label']:<32} {regime['status']:<9} {regime['runs_finished']}/{regime['runs_total']} runs")
     print(f"map: {paths[1]}")

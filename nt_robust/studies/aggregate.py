@@ -119,6 +119,8 @@ def per_example_metrics(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
            "perturbation_stability": (clean == adv).astype(np.float64)}
     if "lipschitz" in arrays:
         out["lipschitz_mean"] = np.asarray(arrays["lipschitz"], np.float64)
+    if "clean_margin" in arrays:
+        out["clean_margin"] = np.asarray(arrays["clean_margin"], np.float64)
     return out
 
 

@@ -15,13 +15,16 @@ images, for the listed seeds)::
     claim = attack_agreement_claim(rows, plan.protocols[0])
 
 Agreement is Kendall's τ-b between the reference protocol's and each other protocol's
-seed-mean robust accuracies over the (width, λ) configurations. Uncertainty: a percentile
-bootstrap over the checked test images (resampled jointly for every run and protocol, so
-the pairing by image is kept; seeded, 2000 resamples); only the test-point spread counts,
-as the check runs on one seed. Our rule (the paper gives no thresholds): *supported* when
-every τ's 95% interval lies at or above 0.7 and the interval of the mean AutoAttack −
-reference gap lies below 0; *contradicted* when some τ's interval lies below 0.7 or some
-run's AutoAttack − reference interval lies above 0; *inconclusive* otherwise.
+seed-mean robust accuracies over the (width, λ) configurations. Uncertainty counts seeds as
+well as test images (issue 33): the mean AutoAttack − reference gap gets the seed × image
+interval of :mod:`nt_robust.studies.uncertainty` (per seed, the gap averaged over the
+configurations), τ a percentile bootstrap that resamples the checked seeds and the test
+images jointly (paired across runs and protocols; seeded, 2000 resamples). With one checked
+seed neither can count the seed spread, so the verdict stays inconclusive and says why.
+Our rule (the paper gives no thresholds): *supported* when every τ's 95% interval lies at or
+above 0.7 and the gap's interval lies below 0; *contradicted* when some τ's interval lies
+below 0.7 or the gap (or one run's gap, bootstrap over images) lies above 0; *inconclusive*
+otherwise.
 """
 
 from __future__ import annotations
@@ -201,10 +204,11 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
                            examples: dict[tuple[str, str], np.ndarray] | None = None, n_boot: int = N_BOOT):
     """Claim 8's verdict and evidence from :func:`collect_attack_check` rows and the
     per-example results of :func:`collect_attack_examples` (without them: no interval, so
-    inconclusive)."""
-    from nt_robust.studies.analysis import Claim, group_stats, select
+    inconclusive). The intervals count seeds as well as test images (module docstring); with
+    one checked seed they cannot, and the verdict is inconclusive with a note saying so."""
+    from nt_robust.studies.analysis import Claim, HypothesisTest, group_stats, select
     from nt_robust.studies.uncertainty import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, \
-        bootstrap_interval
+        bootstrap_interval, contrast_interval
 
     text = "Rankings agree across PGD-20, CW-20 and AutoAttack; AutoAttack ≤ PGD accuracy."
     protocols = list(dict.fromkeys(r["protocol"] for r in rows))
@@ -217,20 +221,32 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
                                               "three finished (width, λ) configurations"])
     n = rows[0]["num_examples"]
     seeds = sorted({r["seed"] for r in rows})
-    runs_of = {c: sorted({r["run"] for r in select(rows, width=c[0], lam=c[1])}) for c in configs}
-    have_examples = examples is not None and all(
-        (run, p) in examples for p in protocols for c in configs for run in runs_of[c])
+    # run of each (configuration, seed), where every protocol finished
+    run_of = {(c, r["seed"]): r["run"] for c in configs for r in select(rows, width=c[0], lam=c[1])}
+    seeds = [s for s in seeds if all((c, s) in run_of for c in configs)]
+    have_examples = examples is not None and bool(seeds) and all(
+        (run_of[(c, s)], p) in examples for p in protocols for c in configs for s in seeds)
+    notes = []
+    if len(seeds) < 2:
+        notes.append(f"the attack check ran on seed(s) {seeds} only: its intervals cannot count the spread over "
+                     "seeds, so claim 8 stays inconclusive (set [attack_check] seeds to at least 2 seeds)")
     if have_examples:
-        sizes = {len(examples[(run, p)]) for p in protocols for c in configs for run in runs_of[c]}
+        sizes = {len(examples[(run_of[(c, s)], p)]) for p in protocols for c in configs for s in seeds}
         if len(sizes) != 1:
             raise ValueError(f"attack check per-example arrays of different lengths {sorted(sizes)}")
         n_examples = sizes.pop()
+        # x[p][k, s, i]: per-example robust correctness of configuration k, seed s, image i
+        x = {p: np.stack([[np.asarray(examples[(run_of[(c, s)], p)], np.float64) for s in seeds] for c in configs])
+             for p in protocols}
+        rng = np.random.default_rng(BOOT_SEED + 1)
+        seed_weights = rng.multinomial(len(seeds), np.full(len(seeds), 1.0 / len(seeds)), size=n_boot) \
+            .astype(np.float64) / len(seeds)                       # (n_boot, S): seeds resampled too
 
         def config_means(weights: np.ndarray, protocol: str) -> np.ndarray:   # (n_boot, configs)
-            return np.stack([np.mean([weights @ examples[(run, protocol)] / n_examples for run in runs_of[c]], axis=0)
-                             for c in configs], axis=1)
+            per_seed = np.einsum("bi,ksi->bks", weights, x[protocol]) / n_examples
+            return np.einsum("bs,bks->bk", seed_weights, per_seed)
 
-    evidence, parts = [], []
+    evidence, parts, tests = [], [], []
     for protocol in protocols:
         series = ", ".join(f"{w}/λ{lam:g}: {means[protocol][(w, lam)]:.3f}" for w, lam in configs)
         evidence.append(f"{protocol} robust accuracy (width/λ, first {n} test images, seeds {seeds}): {series}")
@@ -244,7 +260,9 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
                                                                                     config_means(w, p)),
                                            n_examples, n_boot, BOOT_SEED)
             v = SUPPORTED if low >= TAU_SUPPORTED else CONTRADICTED if high < TAU_SUPPORTED else INCONCLUSIVE
-            line += f" [{low:+.2f}, {high:+.2f}] → {v}"
+            if len(seeds) < 2 and v != CONTRADICTED:
+                v = INCONCLUSIVE
+            line += f" [{low:+.2f}, {high:+.2f}] (bootstrap over seeds and images) → {v}"
         else:
             v = INCONCLUSIVE
             line += " (no per-example arrays: no interval) → inconclusive"
@@ -260,14 +278,17 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
             diffs = {run: examples[(run, protocol)] - examples[(run, reference)] for run in runs}
             run_ivs = {run: bootstrap_interval(lambda w, d=d: w @ d / n_examples, n_examples, n_boot, BOOT_SEED)
                        for run, d in diffs.items()}
-            pooled = np.mean([diffs[run] for run in runs], axis=0)
-            low, high = bootstrap_interval(lambda w: w @ pooled / n_examples, n_examples, n_boot, BOOT_SEED)
+            table = (x[protocol] - x[reference]).mean(axis=0)          # seeds × images, mean over configurations
+            iv = contrast_interval(table)
+            tests.append(HypothesisTest(f"{protocol} − {reference}, mean over configurations", iv, False))
             above = [run for run in runs if run_ivs[run][0] > 0]
-            v = CONTRADICTED if above else SUPPORTED if high < 0 else INCONCLUSIVE
+            gap_v = SUPPORTED if iv.high < 0 else CONTRADICTED if iv.low > 0 else INCONCLUSIVE
+            v = CONTRADICTED if above else gap_v
             evidence.append(
                 f"{protocol} − {reference} robust accuracy: mean over {len(runs)} runs "
-                f"{float(np.mean(list(gaps.values()))):+.4f} [{low:+.4f}, {high:+.4f}]; at or below 0 in "
-                f"{sum(g <= 0 for g in gaps.values())} of {len(runs)} runs; significantly above 0 in "
+                f"{float(np.mean(list(gaps.values()))):+.4f}, interval over seeds × images {iv.describe(mde=False)}; "
+                f"at or below 0 in {sum(g <= 0 for g in gaps.values())} of {len(runs)} runs; significantly above 0 "
+                "(per run, bootstrap over images) in "
                 + (", ".join(f"{run} ({gaps[run]:+.3f} [{run_ivs[run][0]:+.3f}, {run_ivs[run][1]:+.3f}])"
                              for run in above) if above else "none")
                 + f" → {v}")
@@ -284,9 +305,10 @@ def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
     else:
         verdict = INCONCLUSIVE
     evidence.append(
-        f"rule (our choice): 95% percentile bootstrap over the {n} test images ({n_boot} resamples, paired across "
-        f"runs and protocols; test-point spread only: the check runs on seeds {seeds}). Supported if every τ's "
-        f"interval lies at or above {TAU_SUPPORTED} and the mean AutoAttack − {reference} gap's interval lies "
-        f"below 0; contradicted if some τ's interval lies below {TAU_SUPPORTED} or some run's AutoAttack − "
-        f"{reference} interval lies above 0; else inconclusive")
-    return Claim(8, text, verdict, evidence)
+        f"rule (our choice, docs/paper.md §9): intervals over seeds {seeds} and the {n} test images (the gap: the "
+        f"seed × image interval of uncertainty.py; τ: a bootstrap resampling seeds and images jointly, {n_boot} "
+        f"resamples, paired across runs and protocols). Supported if every τ's interval lies at or above "
+        f"{TAU_SUPPORTED} and the mean AutoAttack − {reference} gap's interval lies below 0; contradicted if some τ's "
+        f"interval lies below {TAU_SUPPORTED} or the gap (or some run's gap) lies above 0; else inconclusive")
+    evidence += [f"note: {note}" for note in notes]
+    return Claim(8, text, verdict, evidence, tests, [], notes)

@@ -100,20 +100,62 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
         write_table(attack_rows, results_dir / "attack_check")
     figures = make_all_figures(rows, curves, figures_dir, lam=base_lam, attack_rows=attack_rows)
     attack_examples = collect_attack_examples(study) if attack_rows else None
-    claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None,
-                             collect_examples(run_dirs), attack_examples,
-                             war_modes=study.war.modes if study.war else None)
+    readings = {}
+    for reading in ("best_val", "final"):
+        examples = collect_examples(run_dirs, reading)
+        claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None,
+                                 examples, attack_examples, war_modes=study.war.modes if study.war else None,
+                                 selection=reading)
+        readings[reading] = {"claims": claims, **reading_extras(rows, examples, reading)}
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
                "time_utc": environment_info()["time_utc"],
-               "theory_figures": theory_figures(study.name, {r["arch"] for r in rows})}
+               "theory_figures": theory_figures(study.name, {r["arch"] for r in rows}),
+               "declaration_note": declaration_check(results_dir / "primary_tests.json")}
     report_dir = figures_dir
-    text = render_report(study.name, rows, claims, figures, report_dir, context)
+    text = render_report(study.name, rows, readings, figures, report_dir, context)
     report_path = report_dir / "report.md"
     io.write_text(report_path, text)
-    io.write_json(results_dir / "claims.json", [c.__dict__ for c in claims])
+    io.write_json(results_dir / "claims.json", [c.to_dict() for c in readings["best_val"]["claims"]])
+    io.write_json(results_dir / "claims_final.json", [c.to_dict() for c in readings["final"]["claims"]])
     log.info("report: %s (%d runs, %d figures)", report_path, len({r['run'] for r in rows}), len(figures))
     return report_path
 
+
+
+def reading_extras(rows: list[dict], examples: dict, reading: str) -> dict:
+    """Stability split, margins vs Lipschitz and tuned-λ robust accuracy of one reading
+    (:mod:`nt_robust.studies.readings`), and where its numbers come from."""
+    from nt_robust.studies.analysis import grid_rows
+    from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
+
+    grid = grid_rows(rows, reading)
+    runs = {r["run"] for r in rows if r["selection"] == reading}
+    with_arrays = {run for run in runs if "test" in examples.get(run, {})}
+    complete = with_arrays == runs
+    use = examples if complete else None
+    source = (f"per-example arrays (eval/{reading}_test.npz) of all {len(runs)} runs" if complete else
+              f"summary.json's test metrics of that epoch for {len(runs - with_arrays)} of {len(runs)} runs without "
+              f"eval/{reading}_test.npz: seed spread only")
+    return {"source": source, "split": stability_split_table(grid, use), "margins": margin_slopes(grid, use),
+            "tuned_robust": tuned_robust(grid, use)}
+
+
+def declaration_check(path: Path) -> str | None:
+    """Store the declared primary tests' hash with the results the first time; afterwards a
+    note when the declaration differs from the stored one (docs/paper.md §9)."""
+    from nt_robust.studies.analysis import PRIMARY_TESTS, primary_tests_hash
+
+    now = primary_tests_hash()
+    if not path.exists():
+        io.write_json(path, {"hash": now, "declared": {str(k): v for k, v in PRIMARY_TESTS.items()},
+                             "stored_utc": environment_info()["time_utc"]})
+        return None
+    stored = io.read_json(path)
+    if stored.get("hash") == now:
+        return None
+    return (f"The primary tests changed after these results were first stored: {path} holds declaration "
+            f"{stored.get('hash')} (stored {stored.get('stored_utc', '?')}), the verdicts below use {now} "
+            "(docs/paper.md §9).")
 
 
 def study_summary(study: Study) -> str:

@@ -8,11 +8,18 @@
 architecture, a training-set size, a training length, the rest shared. For each regime and
 λ the map gives the least-squares slope of natural accuracy, robust accuracy, perturbation
 stability and local Lipschitzness against log2 width (the change per doubling of width),
-with the 95% interval over seeds and test images of :func:`analysis.width_slope`, and each
-claim's verdict from :func:`analysis.evaluate_claims`, the same rules as the study report
-(docs/paper.md §7: narrowest vs widest width). Only finished runs count; a regime with
-unfinished runs is drawn from what has finished and marked partial, and one with none is
-listed with the command that runs it.
+with the 95% interval over seeds and test images of :func:`analysis.width_slope` and its
+Benjamini–Hochberg q-value over all the map's slopes, and each claim's verdict from its
+primary test (:func:`analysis.evaluate_claims`, docs/paper.md §9) with Holm across the
+regimes. Every regime is read twice, side by side: at the best held-out checkpoint
+("best_val") and at the final epoch ("final"); each reading says where its numbers come from
+(per-example arrays ``eval/{best_val,final}_test.npz``, else the summary's test metrics of
+that epoch, seed spread only). Beside them: stability split by correctness, clean margin
+against local Lipschitzness, robust accuracy at each width's own best λ
+(:mod:`nt_robust.studies.readings`). Only finished runs count; a regime with unfinished runs
+is drawn from what has finished and marked partial, and one with none is listed with the
+command that runs it. What a regime lacks (a metric, final arrays, a λ) is a note naming
+the regime and the gap, never a crash and never a silent verdict.
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ from typing import Any, Sequence
 from nt_robust import io
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import METRICS, collect_examples, collect_runs
-from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim,
-                                        evaluate_claims, grid_rows, select, width_slope)
+from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim, HypothesisTest,
+                                        decide, evaluate_claims, grid_rows, primary_tests_hash, select,
+                                        width_slope)
+from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
+from nt_robust.studies.uncertainty import benjamini_hochberg, holm
 from nt_robust.studies.sweep import Study
-from nt_robust.studies.tables import format_table
 
 # For each metric, the direction the paper predicts with width at fixed λ (claims 1, 2, 4;
 # robust accuracy: claim 3 says it does not rise much, so no direction is predicted).
+MAP_FAMILY_TEXT = ("verdict: each claim's primary test (docs/paper.md §9), Holm-adjusted across the map's regimes "
+                   "per claim and reading; slopes: Benjamini–Hochberg q over every slope of a reading")
 PAPER_DIRECTION = {"natural_accuracy": "rises", "robust_accuracy": None, "perturbation_stability": "falls",
                    "lipschitz_mean": "rises"}
 
@@ -45,7 +56,7 @@ class Regime:
     label: str
     axes: dict[str, Any]
     rows: list[dict[str, Any]]
-    examples: dict[str, Any]
+    examples: dict[str, Any]       # reading ("best_val", "final") -> run -> split -> arrays
     runs_total: int
     runs_finished: int
     war_modes: tuple[str, ...] | None
@@ -83,9 +94,12 @@ def load_regime(study: Study) -> Regime:
     rows = collect_runs(run_dirs)
     finished = sum(study.is_finished(r) for r in study.runs())
     axes = regime_axes(study)
-    return Regime(study.name, str(study.spec_path), _label(axes), axes, rows,
-                  collect_examples(run_dirs) if rows else {}, len(study.runs()), finished,
+    examples = {reading: collect_examples(run_dirs, reading) for reading in READINGS} if rows else {}
+    return Regime(study.name, str(study.spec_path), _label(axes), axes, rows, examples, len(study.runs()), finished,
                   study.war.modes if study.war else None)
+
+
+READINGS = {"best_val": "best held-out checkpoint", "final": "final epoch"}
 
 
 def _verdict_class(verdict: str) -> str:
@@ -99,7 +113,7 @@ def _verdict_class(verdict: str) -> str:
         return "partly supported"
     if verdict.startswith(CONTRADICTED):
         return "partly contradicted"
-    return INCONCLUSIVE if verdict == INCONCLUSIVE else NOT_EVALUATED
+    return INCONCLUSIVE if verdict.startswith(INCONCLUSIVE) or verdict == "not exercised" else NOT_EVALUATED
 
 
 def _direction(low: float, high: float) -> str:
@@ -108,18 +122,33 @@ def _direction(low: float, high: float) -> str:
     return "rises" if low > 0 else ("falls" if high < 0 else "inconclusive")
 
 
-def regime_result(regime: Regime) -> dict[str, Any]:
-    """Slopes per λ and metric, and verdicts per claim, of one regime (JSON-ready)."""
-    out: dict[str, Any] = {"name": regime.name, "spec": regime.spec, "label": regime.label, "axes": regime.axes,
-                           "status": regime.status, "runs_finished": regime.runs_finished,
-                           "runs_total": regime.runs_total, "slopes": [], "claims": []}
-    if not regime.rows:
-        out["command"] = f"nt-robust study {regime.spec}"
-        return out
-    rows = grid_rows(regime.rows)
-    final = [r for r in regime.rows if r["selection"] == "final"]
-    out["train_seconds"] = sum(r["train_seconds"] or 0.0 for r in final)
-    out["backends"] = sorted({f"{r['devices']} x {r['backend']}" for r in final})
+def _source(rows: list[dict[str, Any]], examples: dict[str, Any], reading: str) -> tuple[str, list[str]]:
+    """Where a reading's numbers come from, and notes on what is missing."""
+    runs = sorted({r["run"] for r in rows})
+    with_arrays = [run for run in runs if "test" in examples.get(run, {})]
+    files = f"eval/{reading}_test.npz"
+    if len(with_arrays) == len(runs):
+        return f"per-example arrays ({files}) of all {len(runs)} runs", []
+    missing = sorted(set(runs) - set(with_arrays))
+    what = "the last epoch's test metrics" if reading == "final" else "the selected epoch's test metrics"
+    return (f"{what} from summary.json for {len(missing)} of {len(runs)} runs (no {files}; seed spread only), "
+            f"per-example arrays for the rest",
+            [f"{len(missing)} of {len(runs)} grid runs have no {files} (e.g. {missing[0]}): their comparisons use "
+             f"summary.json's test metrics and the seed spread only (runs from before per-example arrays, or "
+             f"interrupted)"])
+
+
+def _reading(regime: Regime, reading: str) -> dict[str, Any] | None:
+    all_rows = [r for r in regime.rows if r["selection"] == reading]
+    rows = grid_rows(regime.rows, reading)
+    if not rows:
+        return None
+    examples = regime.examples.get(reading, {})
+    # pairing by example needs every run of a comparison to have arrays: use them only if all do
+    complete = all("test" in examples.get(r["run"], {}) for r in all_rows)
+    source, notes = _source(rows, examples, reading)
+    use = examples if complete else None
+    out: dict[str, Any] = {"reading": reading, "source": source, "notes": notes, "slopes": []}
     for lam in sorted({r["lam"] for r in rows}):
         at_lam = select(rows, lam=lam)
         widths = sorted({r["width"] for r in at_lam})
@@ -128,15 +157,104 @@ def regime_result(regime: Regime) -> dict[str, Any]:
         for metric in METRICS:
             if any(r.get(f"test_{metric}") is None for r in at_lam):
                 continue
-            iv = width_slope(at_lam, metric, regime.examples)
+            iv = width_slope(at_lam, metric, use)
             out["slopes"].append({"lam": lam, "metric": metric, "widths": widths, "estimate": iv.estimate,
-                                  "low": iv.low, "high": iv.high, "se": iv.se, "df": iv.df, "seeds": iv.seeds,
-                                  "examples": iv.examples, "direction": _direction(iv.low, iv.high),
+                                  "low": iv.low, "high": iv.high, "se": iv.se, "se_seed": iv.se_seed,
+                                  "se_test": iv.se_test, "df": iv.df, "seeds": iv.seeds, "examples": iv.examples,
+                                  "p": iv.p_value, "direction": _direction(iv.low, iv.high),
                                   "paper": PAPER_DIRECTION[metric], "text": iv.describe()})
-    claims: list[Claim] = evaluate_claims(regime.rows, examples=regime.examples, war_modes=regime.war_modes)
-    out["claims"] = [{"number": c.number, "text": c.text, "verdict": c.verdict,
-                      "class": _verdict_class(c.verdict), "evidence": c.evidence} for c in claims]
+    for metric in METRICS:
+        if any(r.get(f"test_{metric}") is None for r in rows):
+            out["notes"].append(f"no {metric} in {sum(r.get(f'test_{metric}') is None for r in rows)} of {len(rows)} "
+                                f"runs: its slopes and claim are not evaluated")
+    claims: list[Claim] = evaluate_claims(regime.rows, examples=use, war_modes=regime.war_modes, selection=reading)
+    out["claims"] = [{**c.to_dict(), "class": _verdict_class(c.verdict)} for c in claims]
+    out["split"] = stability_split_table(rows, use)
+    out["margins"] = margin_slopes(rows, use)
+    if out["margins"]["missing"]:
+        out["notes"].append(f"no per-image clean_margin and Lipschitz arrays for {len(out['margins']['missing'])} runs "
+                            "(runs from before they were recorded, or no arrays): margin vs Lipschitz not computed")
+    out["tuned_robust"] = tuned_robust(rows, use)
     return out
+
+
+def regime_result(regime: Regime) -> dict[str, Any]:
+    """Per reading (best held-out checkpoint, final epoch): slopes per λ and metric, verdicts
+    per claim, the stability split, margins and tuned-λ robust accuracy (JSON-ready)."""
+    out: dict[str, Any] = {"name": regime.name, "spec": regime.spec, "label": regime.label, "axes": regime.axes,
+                           "status": regime.status, "runs_finished": regime.runs_finished,
+                           "runs_total": regime.runs_total, "readings": {}, "notes": []}
+    if not regime.rows:
+        out["command"] = f"nt-robust study {regime.spec}"
+        return out
+    final = [r for r in regime.rows if r["selection"] == "final"]
+    out["train_seconds"] = sum(r["train_seconds"] or 0.0 for r in final)
+    out["backends"] = sorted({f"{r['devices']} x {r['backend']}" for r in final})
+    runs = {r["run"] for r in regime.rows}
+    for reading in READINGS:
+        have = {r["run"] for r in regime.rows if r["selection"] == reading}
+        if have and have != runs:
+            out["notes"].append(f"{regime.label}: {len(runs - have)} of {len(runs)} runs have no {READINGS[reading]} "
+                                f"record in summary.json (e.g. {sorted(runs - have)[0]}; runs from before it was "
+                                f"stored, or interrupted): that reading uses the other {len(have)}")
+        try:
+            result = _reading(regime, reading)
+        except ValueError as error:   # arrays that contradict their summary, other images, …
+            out["notes"].append(f"{regime.label} ({READINGS[reading]}): not judged: {error}")
+            continue
+        if result is None:
+            out["notes"].append(f"{regime.label}: no {READINGS[reading]} in any run's summary.json: that reading is "
+                                "missing")
+            continue
+        out["readings"][reading] = result
+        out["notes"] += [f"{regime.label} ({READINGS[reading]}): {n}" for n in result["notes"]]
+        out["notes"] += [f"{regime.label} ({READINGS[reading]}), claim {c['number']}: {n}"
+                         for c in result["claims"] for n in c["notes"]]
+    return out
+
+
+def readings_of(regime: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A regime's readings from map.json; a map from before readings existed has only the
+    best held-out checkpoint, at the top level."""
+    if "readings" in regime:
+        return regime["readings"]
+    if regime.get("claims") or regime.get("slopes"):
+        return {"best_val": {"reading": "best_val", "slopes": regime.get("slopes", []),
+                             "claims": regime.get("claims", []), "source": "map.json from before issue 33",
+                             "notes": []}}
+    return {}
+
+
+def _adjust_across_regimes(results: list[dict[str, Any]]) -> None:
+    """Holm across regimes per claim and reading (claim 3: all its tests), and the verdicts
+    that follow; BH q-values over every slope of a reading. In place."""
+    for reading in READINGS:
+        present = [r["readings"][reading] for r in results if reading in r.get("readings", {})]
+        slopes = [s for rd in present for s in rd["slopes"]]
+        for s, q in zip(slopes, benjamini_hochberg([s["p"] for s in slopes]) if slopes else []):
+            s["q_bh"] = float(q)
+        numbers = sorted({c["number"] for rd in present for c in rd["claims"]})
+        for number in (n for n in numbers if n != 8):   # claim 8 is two-part (τ and gap): its own rule
+            claims = [c for rd in present for c in rd["claims"] if c["number"] == number]
+            tests = [t for c in claims for t in c["tests"]]
+            adjusted = iter(holm([t["p"] for t in tests]) if tests else [])
+            for claim in claims:
+                claim["verdict_in_regime"] = claim["verdict"]
+                if not claim["tests"]:
+                    continue
+                for t in claim["tests"]:
+                    t["p_holm_map"] = float(next(adjusted))
+                objects = [HypothesisTest(t["label"], _Interval(t["estimate"]), t["expect_increase"], t["role"], t["kind"])
+                           for t in claim["tests"]]
+                claim["verdict"] = decide(number, objects, [t["p_holm_map"] for t in claim["tests"]])
+                claim["class"] = _verdict_class(claim["verdict"])
+
+
+class _Interval:
+    """Just the estimate, which :func:`analysis.decide` reads besides the adjusted p."""
+
+    def __init__(self, estimate: float):
+        self.estimate = estimate
 
 
 ARCH_ORDER = ("MLP", "SmallCNN", "WRN")
@@ -153,61 +271,31 @@ def build_map(regimes: Sequence[Regime]) -> dict[str, Any]:
     """Every regime's result (ordered by architecture, data size, epochs), plus where and how
     the map was built."""
     info = environment_info()
-    return {"regimes": [regime_result(r) for r in sorted(regimes, key=_order)],
+    results = [regime_result(r) for r in sorted(regimes, key=_order)]
+    _adjust_across_regimes(results)
+    return {"regimes": results, "primary_tests": primary_tests_hash(), "map_family": MAP_FAMILY_TEXT,
+            "readings": READINGS,
             "built_on": {"cpu": describe_cpu(info["cpu"]), "backend": info["backend"],
                          "devices": info["device_count"], "time_utc": info["time_utc"],
                          "jax": info["packages"]["jax"]},
             "slope_unit": "change per doubling of width (least-squares slope against log2 width)",
-            "interval": "95%, over seeds and test images (nt_robust/studies/uncertainty.py)"}
-
-
-def render_map(result: dict[str, Any], figures: Sequence[Path], out_dir: Path) -> str:
-    """map.md: what was covered, the claims grid and the slopes, as tables."""
-    import os
-
-    regimes = result["regimes"]
-    built = result["built_on"]
-    lines = ["# Regime map: where the paper's claims hold", "",
-             f"Built by `nt-robust map` on {built['devices']} {built['backend']} device(s), CPU {built['cpu']}, "
-             f"jax {built['jax']} ({built['time_utc']}). Slopes: {result['slope_unit']}; intervals "
-             f"{result['interval']}. Verdicts: the study report's rules (docs/paper.md §7).", "",
-             "## Coverage", ""]
-    lines.append(format_table(
-        ["regime", "spec", "status", "runs", "widths", "λ", "train time (min)"],
-        [[r["label"], r["spec"], r["status"], f"{r['runs_finished']}/{r['runs_total']}",
-          ", ".join(map(str, r["axes"]["widths"])), ", ".join(f"{x:g}" for x in r["axes"]["lams"]),
-          f"{r['train_seconds'] / 60:.1f}" if "train_seconds" in r else "-"] for r in regimes]))
-    missing = [r for r in regimes if r["status"] != "complete"]
-    if missing:
-        lines += ["", "Not finished: " + "; ".join(f"`nt-robust study {r['spec']}`" for r in missing)
-                  + " (finished runs are skipped)."]
-    ran = [r for r in regimes if r["claims"]]
-    if ran:
-        lines += ["", "## Claims per regime", ""]
-        numbers = sorted({c["number"] for r in ran for c in r["claims"]})
-        lines.append(format_table(["claim"] + [r["label"] for r in ran],
-                                  [[n] + [next((c["verdict"] for c in r["claims"] if c["number"] == n), "-")
-                                          for r in ran] for n in numbers]))
-        lines += ["", "## Slopes against log2 width (per doubling), 95% intervals", ""]
-        table = []
-        for r in ran:
-            for s in r["slopes"]:
-                table.append([r["label"], f"{s['lam']:g}", s["metric"], f"{s['estimate']:+.4f}",
-                              f"[{s['low']:+.4f}, {s['high']:+.4f}]", s["direction"], s["paper"] or "-"])
-        lines.append(format_table(["regime", "λ", "metric", "slope", "95% interval", "measured", "paper"], table))
-    pngs = [p for p in figures if p.suffix == ".png"]
-    if pngs:
-        lines += ["", "## Figures", ""] + [f"![{p.stem}]({os.path.relpath(p, out_dir)})" for p in pngs]
-    return "\n".join(lines) + "\n"
+            "interval": "95%, over seeds and test images: √(t²_{n−1}·V_seed + z²·V_test) "
+                        "(nt_robust/studies/uncertainty.py)"}
 
 
 def write_map(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """map.json, the figures and map.md in ``out_dir``; returns the paths."""
+    """map.json, the figures and map.md in ``out_dir``; returns the paths. A map.json
+    already there, judged under other primary tests, puts a note in the new one."""
     from nt_robust.studies.map_figures import plot_claims, plot_slopes
+    from nt_robust.studies.map_report import declaration_note, render_map
 
     out_dir = Path(out_dir)
+    old = io.read_json(out_dir / "map.json") if (out_dir / "map.json").exists() else None
+    note = declaration_note(old, result)
+    if note:
+        result["declaration_note"] = note
     figures = []
-    if any(r["slopes"] for r in result["regimes"]):
+    if any(rd["slopes"] for r in result["regimes"] for rd in readings_of(r).values()):
         figures += plot_slopes(result, out_dir / "slopes")
         figures += plot_claims(result, out_dir / "claims")
     io.write_json(out_dir / "map.json", result)

@@ -4,7 +4,7 @@ over test points (numpy only)::
     # a[s, i], b[s, i]: per-example values (e.g. 1.0 if example i is robustly correct) of two
     # configurations for seed s; the rows are paired by seed, the columns by test example.
     iv = paired_difference(a, b)          # Interval for mean(b) − mean(a)
-    iv.low, iv.high, iv.se, iv.df         # 95% interval d̄ ± t_{0.975, df} · SE
+    iv.low, iv.high, iv.se, iv.p_value    # 95% interval d̄ ± √(t²·V_seed + z²·V_test), its p-value
     verdict(iv, expect_increase=True)     # "supported" / "contradicted" / "inconclusive"
     iv.describe()                         # "+0.0123 [+0.0040, +0.0206] …; MDE …" for a report
     contrast_interval(d)                  # the same for any per-seed, per-example contrast d[s, i]
@@ -30,12 +30,24 @@ and with the mean squares of the table (rows = seeds, columns = examples; Σ ove
 the unbiased estimate is SE² = (MS_seed + MS_test − MS_err)/(nN) = V_seed + V_test with
 V_seed = s_d²/n (the spread of the per-seed differences d̄_s: it already contains the
 interaction) and V_test = (MS_test − MS_err)/(nN) (the test-point part the seed spread
-misses, because every seed sees the same test images; clipped at 0). The interval is
-d̄ ± t_{0.975, df} · SE with Welch–Satterthwaite degrees of freedom
-df = SE⁴ / Σ_j (k_j MS_j)²/df_j (df = n − 1 when V_test is clipped). With 3 seeds the
-seed part has 2 df, so t ≈ 4.3, not 2. A closed form, not a resampling: deterministic, and
-for a mean of 0/1 differences it equals what a bootstrap over test examples estimates
-(tests/studies/test_uncertainty.py checks both that and the interval's coverage).
+misses, because every seed sees the same test images; clipped at 0). The 95% interval is
+
+    d̄ ± √(t²_{0.975, n−1} · V_seed + z²_{0.975} · V_test)
+
+each part with the quantile of its own estimate: the seed part has n − 1 degrees of freedom
+(with 3 seeds, t = 4.30, not 2), the test part N − 1 ≈ ∞ (z = 1.96). Why not one t with
+Welch–Satterthwaite df (this module's rule until issue 33): that df is itself estimated, and
+with 3 seeds it jumps from 2 to 20–180 whenever the 2-df seed variance happens to be small,
+so the interval narrows exactly when the seed part is underestimated; in the balanced design
+(seed and test parts of similar size) it covered 92–94 %. The sum of squared half-widths
+never uses fewer than n − 1 df for the seed part, so it is conservative where the two parts
+are balanced and exact in either limit (seed part only: Student's t; test part only: z).
+tests/studies/test_uncertainty.py simulates test-point-dominated, seed-dominated and
+balanced designs, with normal and with 0/1 outcomes, at 3 seeds: coverage ≥ 0.94 in each.
+``Interval.df`` is the seed part's n − 1; ``Interval.p_value`` inverts the same rule (the α
+at which the level-(1 − α) interval touches zero), so p < 0.05 exactly when the 95%
+interval excludes zero. A closed form, not a resampling: deterministic, and for a mean of
+0/1 differences V_test equals what a bootstrap over test examples estimates.
 
 **Pairing by seed.** Runs with the same seed at different widths or λ share the data order
 and the attack noise stream but not the initialisation (the parameter shapes differ); the
@@ -52,7 +64,8 @@ the seed spread alone (V_test not counted), and the evidence says so.
 **Verdicts.** A claim "B > A" (or "B < A") is *supported* only when the 95% interval lies
 entirely on the claimed side of zero, *contradicted* only when it lies entirely on the
 other side, else *inconclusive*, reported with the smallest effect this design could have
-detected with 80% power: MDE = (t_{0.975, df} + t_{0.80, df}) · SE.
+detected with 80% power (``Interval.mde``: the half-width plus the same combination at the
+0.80 quantiles).
 """
 
 from __future__ import annotations
@@ -60,7 +73,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -137,6 +150,7 @@ def _invert(cdf: Callable[[float], float], p: float) -> float:
     return 0.5 * (low + high)
 
 
+@functools.lru_cache(maxsize=4096)
 def normal_quantile(p: float) -> float:
     return _invert(normal_cdf, p)
 
@@ -157,6 +171,31 @@ def minimum_detectable_effect(se: float, df: float, level: float = LEVEL, power:
 
 
 # ---------------------------------------------------------------- intervals
+P_FLOOR = 1e-12   # p-values below this are reported as this
+
+
+def interval_p_value(estimate: float, v_seed: float, v_test: float, seed_df: float) -> float:
+    """Two-sided p-value of zero under this module's interval: the α at which
+    √(t²_{1−α/2, seed_df} · V_seed + z²_{1−α/2} · V_test) = |estimate| (bisection on log α;
+    the half-width falls as α grows). Floored at :data:`P_FLOOR`."""
+    if any(math.isnan(x) for x in (estimate, v_seed, v_test, seed_df)):
+        return math.nan
+    if v_seed + v_test <= 0.0:
+        return 1.0 if estimate == 0 else P_FLOOR
+    target = abs(estimate)
+
+    def half(alpha: float) -> float:
+        return _half_width(v_seed, v_test, seed_df, 1.0 - alpha)
+
+    low, high = math.log(P_FLOOR), 0.0
+    if half(P_FLOOR) <= target:
+        return P_FLOOR
+    for _ in range(50):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if half(math.exp(mid)) > target else (low, mid)
+    return min(1.0, math.exp(0.5 * (low + high)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Interval:
     """An estimate with its standard error, degrees of freedom and ``level`` interval."""
@@ -171,10 +210,30 @@ class Interval:
     se_test: float = math.nan      # sqrt(V_test); nan when the test-point spread is not counted
     level: float = LEVEL
     note: str = ""
+    seed_df: float = math.nan      # n − 1: the degrees of freedom of the seed part
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided p of "no effect", consistent with the interval: the level-(1 − p)
+        interval of this rule has zero at its edge (so p < 0.05 ⇔ the 95% interval
+        excludes zero). nan without an interval."""
+        if math.isnan(self.se):
+            return math.nan
+        if math.isnan(self.seed_df):     # built elsewhere as one t interval
+            return interval_p_value(self.estimate, self.se ** 2, 0.0, self.df)
+        return interval_p_value(self.estimate, self.se_seed ** 2,
+                                0.0 if math.isnan(self.se_test) else self.se_test ** 2, self.seed_df)
 
     @property
     def mde(self) -> float:
-        return minimum_detectable_effect(self.se, self.df, self.level)
+        """The smallest true effect this design detects with 80% power: the interval's
+        half-width plus the same combination at the power quantile (each part with its own
+        quantile, as the interval; for a seed-spread-only interval, (t_{0.975} + t_{0.80})·SE)."""
+        if math.isnan(self.seed_df):
+            return minimum_detectable_effect(self.se, self.df, self.level)
+        v_seed, v_test = self.se_seed ** 2, 0.0 if math.isnan(self.se_test) else self.se_test ** 2
+        return (_half_width(v_seed, v_test, self.seed_df, self.level)
+                + _half_width(v_seed, v_test, self.seed_df, 2 * POWER - 1))
 
     def shifted(self, offset: float) -> "Interval":
         """The same interval for estimate − offset (for margins and thresholds)."""
@@ -193,7 +252,7 @@ class Interval:
         parts = [f"{self.estimate:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"]
         if self.examples > 1:
             parts.append(f"({self.seeds} seeds × {self.examples} test images; SE {self.se:.4f} = "
-                         f"seeds {self.se_seed:.4f} ⊕ test points {self.se_test:.4f}, df {self.df:.1f})")
+                         f"seeds {self.se_seed:.4f} (t, {self.df:g} df) ⊕ test points {self.se_test:.4f} (z))")
         else:
             parts.append(f"({self.seeds} seeds, SE {self.se:.4f}, df {self.df:.1f}; {self.note or 'seed spread only'})")
         if mde and self.low <= 0 <= self.high:
@@ -201,12 +260,18 @@ class Interval:
         return " ".join(parts)
 
 
-def _finish(estimate: float, v_seed: float, v_test: float, df: float, seeds: int, examples: int,
+def _half_width(v_seed: float, v_test: float, seed_df: float, level: float) -> float:
+    """√(t²_{q, n−1} · V_seed + z²_q · V_test), q = (1 + level)/2 (module docstring)."""
+    q = 0.5 + level / 2
+    return math.sqrt(t_quantile(q, seed_df) ** 2 * v_seed + normal_quantile(q) ** 2 * v_test)
+
+
+def _finish(estimate: float, v_seed: float, v_test: float, seed_df: float, seeds: int, examples: int,
             level: float, note: str = "") -> Interval:
     se = math.sqrt(v_seed + v_test)
-    half = t_quantile(0.5 + level / 2, df) * se if se > 0 else 0.0
-    return Interval(estimate, se, df, estimate - half, estimate + half, seeds, examples, math.sqrt(v_seed),
-                    math.sqrt(v_test) if examples > 1 else math.nan, level, note)
+    half = _half_width(v_seed, v_test, seed_df, level) if se > 0 else 0.0
+    return Interval(estimate, se, float(seed_df), estimate - half, estimate + half, seeds, examples, math.sqrt(v_seed),
+                    math.sqrt(v_test) if examples > 1 else math.nan, level, note, seed_df)
 
 
 def no_interval(estimate: float, seeds: int, examples: int, note: str) -> Interval:
@@ -224,23 +289,14 @@ def contrast_interval(d: np.ndarray, level: float = LEVEL) -> Interval:
     if n < 2:
         return no_interval(estimate, n, big_n, "one seed: the seed spread cannot be estimated")
     seed_means, example_means = d.mean(axis=1), d.mean(axis=0)
-    ms_seed = big_n * float(np.sum((seed_means - estimate) ** 2)) / (n - 1)
-    v_seed = ms_seed / (n * big_n)
+    v_seed = float(np.sum((seed_means - estimate) ** 2)) / (n - 1) / n    # s_d² / n
     if big_n < 2:
         return _finish(estimate, v_seed, 0.0, n - 1, n, 1, level, "seed spread only: no per-example arrays")
     ms_test = n * float(np.sum((example_means - estimate) ** 2)) / (big_n - 1)
     residual = d - seed_means[:, None] - example_means[None, :] + estimate
-    df_err = (n - 1) * (big_n - 1)
-    ms_err = float(np.sum(residual ** 2)) / df_err
-    scale = 1.0 / (n * big_n)
-    v_test = (ms_test - ms_err) * scale
-    if v_test <= 0.0:
-        return _finish(estimate, v_seed, 0.0, n - 1, n, big_n, level)
-    total = v_seed + v_test
-    denominator = ((ms_seed * scale) ** 2 / (n - 1) + (ms_test * scale) ** 2 / (big_n - 1)
-                   + (ms_err * scale) ** 2 / df_err)
-    df = total ** 2 / denominator if denominator > 0 else n - 1
-    return _finish(estimate, v_seed, v_test, max(df, 1.0), n, big_n, level)
+    ms_err = float(np.sum(residual ** 2)) / ((n - 1) * (big_n - 1))
+    v_test = max(0.0, (ms_test - ms_err) / (n * big_n))
+    return _finish(estimate, v_seed, v_test, n - 1, n, big_n, level)
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> Interval:
@@ -288,3 +344,47 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], np.ndarray], n_examples
         return math.nan, math.nan
     alpha = (1.0 - level) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+# ---------------------------------------------------------------- multiple testing
+def _finite(p_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(p_values, dtype=np.float64)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p_values}")
+    return p, np.flatnonzero(~np.isnan(p))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error): sorted ascending,
+    p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)). NaN entries (no test) stay NaN and do
+    not count in m. Reject at level α where p̃ < α::
+
+        holm([0.01, 0.04, 0.03])   # [0.03, 0.06, 0.06]
+    """
+    p, keep = _finite(p_values)
+    out = np.full(p.shape, np.nan)
+    m = keep.size
+    order = keep[np.argsort(p[keep], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        out[index] = running
+    return out
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini–Hochberg q-values (false discovery rate): sorted ascending,
+    q_(i) = min_{j ≥ i} min(1, m · p_(j) / j). NaN entries stay NaN and do not count::
+
+        benjamini_hochberg([0.01, 0.04, 0.03])   # [0.03, 0.04, 0.04]
+    """
+    p, keep = _finite(p_values)
+    out = np.full(p.shape, np.nan)
+    m = keep.size
+    order = keep[np.argsort(p[keep], kind="stable")]
+    running = 1.0
+    for rank in range(m - 1, -1, -1):
+        index = order[rank]
+        running = min(running, m * p[index] / (rank + 1))
+        out[index] = running
+    return out

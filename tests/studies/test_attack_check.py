@@ -31,22 +31,23 @@ def test_kendall_tau_b_by_hand():
 CONFIGS = [(16, 1.0), (16, 4.0), (64, 1.0), (64, 4.0)]
 
 
-def rows_for(accuracies: dict[str, list[float]]) -> list[dict]:
-    return [{"run": f"w{w}_l{lam:g}", "width": w, "lam": lam, "seed": 0, "protocol": protocol, "eps": 0.1,
+def rows_for(accuracies: dict[str, list[float]], seeds=(0, 1)) -> list[dict]:
+    return [{"run": f"w{w}_l{lam:g}_s{s}", "width": w, "lam": lam, "seed": s, "protocol": protocol, "eps": 0.1,
              "num_examples": 200, "natural_accuracy": 0.8, "robust_accuracy": acc}
-            for protocol, values in accuracies.items() for (w, lam), acc in zip(CONFIGS, values)]
+            for s in seeds for protocol, values in accuracies.items() for (w, lam), acc in zip(CONFIGS, values)]
 
 
-def examples_for(accuracies: dict[str, list[float]], n: int = 200) -> dict:
+def examples_for(accuracies: dict[str, list[float]], n: int = 200, seeds=(0, 1)) -> dict:
     """Per-example robust correctness with the given accuracies: the first k images robust
-    (nested, so a weaker attack's robust set contains a stronger one's)."""
-    return {(f"w{w}_l{lam:g}", protocol): (np.arange(n) < round(acc * n)).astype(float)
-            for protocol, values in accuracies.items() for (w, lam), acc in zip(CONFIGS, values)}
+    (nested, so a weaker attack's robust set contains a stronger one's); seed s shifts the
+    images by 7·s (same accuracies, other images)."""
+    return {(f"w{w}_l{lam:g}_s{s}", protocol): np.roll((np.arange(n) < round(acc * n)).astype(float), 7 * s)
+            for s in seeds for protocol, values in accuracies.items() for (w, lam), acc in zip(CONFIGS, values)}
 
 
-def claim_for(accuracies: dict[str, list[float]], with_examples: bool = True):
-    return attack_agreement_claim(rows_for(accuracies), "pgd20-0.007",
-                                  examples_for(accuracies) if with_examples else None, n_boot=500)
+def claim_for(accuracies: dict[str, list[float]], with_examples: bool = True, seeds=(0, 1)):
+    return attack_agreement_claim(rows_for(accuracies, seeds), "pgd20-0.007",
+                                  examples_for(accuracies, seeds=seeds) if with_examples else None, n_boot=500)
 
 
 def test_same_ranking_and_autoattack_below_pgd_is_supported():
@@ -56,15 +57,20 @@ def test_same_ranking_and_autoattack_below_pgd_is_supported():
     assert claim.number == 8 and claim.verdict == SUPPORTED
     assert any("Kendall τ-b of cw20 vs pgd20-0.007 over 4 configurations: +1.00 [+1.00, +1.00]" in e
                for e in claim.evidence)
-    assert any("at or below 0 in 4 of 4 runs; significantly above 0 in none" in e for e in claim.evidence)
+    assert any("at or below 0 in 8 of 8 runs; significantly above 0 (per run, bootstrap over images) in none" in e
+               for e in claim.evidence)
+    assert any("interval over seeds × images" in e and "2 seeds × 200 test images" in e for e in claim.evidence)
     # the same numbers without per-example arrays have no interval: inconclusive, not supported
     assert claim_for(accuracies, with_examples=False).verdict == INCONCLUSIVE
+    # one checked seed: the seed spread cannot be counted, so inconclusive, and the note says why
+    one = claim_for(accuracies, seeds=(0,))
+    assert one.verdict == INCONCLUSIVE and any("at least 2 seeds" in n for n in one.notes)
 
 
 def test_autoattack_clearly_above_pgd_in_one_run_contradicts_but_a_slight_excess_does_not():
     clear = claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "autoattack-standard": [0.35, 0.60, 0.45, 0.50]})
     assert clear.verdict == CONTRADICTED
-    assert any("significantly above 0 in w16_l4 (+0.150" in e for e in clear.evidence)
+    assert any("significantly above 0 (per run, bootstrap over images) in w16_l4_s0 (+0.150" in e for e in clear.evidence)
     slight = claim_for({"pgd20-0.007": [0.40, 0.45, 0.50, 0.55], "autoattack-standard": [0.35, 0.46, 0.45, 0.50]})
     assert slight.verdict == INCONCLUSIVE   # 2 of 200 images above: within test-point noise
 

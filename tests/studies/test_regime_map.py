@@ -102,13 +102,23 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
     result = io.read_json(out / "map.json")
     small, large, unrun = result["regimes"]
     assert small["label"] == "MLP-2 · n=1k · 3 ep · 28x28" and small["status"] == "complete"
-    assert unrun["status"] == "not run" and unrun["slopes"] == [] and "nt-robust study" in unrun["command"]
-    claim2 = {r["name"]: next(c for c in r["claims"] if c["number"] == 2) for r in (small, large)}
-    assert claim2["small"]["verdict"] == SUPPORTED and claim2["large"]["verdict"] == "contradicted"
-    slope = next(s for s in small["slopes"] if s["metric"] == "perturbation_stability" and s["lam"] == 1.0)
+    assert unrun["status"] == "not run" and unrun["readings"] == {} and "nt-robust study" in unrun["command"]
+    for reading in ("best_val", "final"):   # both readings, side by side
+        claim2 = {r["name"]: next(c for c in r["readings"][reading]["claims"] if c["number"] == 2)
+                  for r in (small, large)}
+        assert claim2["small"]["verdict"] == SUPPORTED and claim2["large"]["verdict"] == "contradicted"
+        assert claim2["small"]["tests"][0]["p_holm_map"] == pytest.approx(min(1.0, 2 * min(
+            claim2["small"]["tests"][0]["p"], claim2["large"]["tests"][0]["p"])) if claim2["small"]["tests"][0]["p"] <=
+            claim2["large"]["tests"][0]["p"] else max(claim2["small"]["tests"][0]["p"], 2 * claim2["large"]["tests"][0]["p"]))
+    # fabricated runs have no per-example arrays: each reading says so, per regime, and the map lists it
+    assert "summary.json" in small["readings"]["final"]["source"]
+    assert any("MLP-2 · n=1k" in n and "eval/final_test.npz" in n for n in small["notes"])
+    assert result["primary_tests"] and all("q_bh" in s for s in small["readings"]["best_val"]["slopes"])
+    slope = next(s for s in small["readings"]["best_val"]["slopes"]
+                 if s["metric"] == "perturbation_stability" and s["lam"] == 1.0)
     assert slope["estimate"] == pytest.approx(-0.03) and slope["direction"] == "falls"
     assert slope["high"] < 0 and slope["paper"] == "falls"
-    flat = next(s for s in large["slopes"] if s["metric"] == "robust_accuracy" and s["lam"] == 6.0)
+    flat = next(s for s in large["readings"]["best_val"]["slopes"] if s["metric"] == "robust_accuracy" and s["lam"] == 6.0)
     assert flat["estimate"] == pytest.approx(0.0, abs=1e-12)   # robust accuracy has no width trend
     for name in ("map.md", "slopes.png", "slopes.pdf", "claims.png", "claims.pdf"):
         assert (out / name).stat().st_size > 0
@@ -160,3 +170,39 @@ def test_runs_parent_puts_each_study_under_its_own_name(tmp_path):
     assert load_study(spec, tmp_path / "exact").runs_root == tmp_path / "exact"
     with pytest.raises(ValueError, match="not both"):
         load_study(spec, tmp_path / "exact", runs_parent=tmp_path / "build")
+
+
+def test_bad_input_gives_notes_naming_the_regime_and_the_gap_never_a_crash(tmp_path):
+    """Regimes with different metric sets (no Lipschitz), runs without a final record
+    (from before it was stored), and a regime whose arrays contradict their summaries."""
+    specs = []
+    for name, subset in (("nolip", 1000), ("nofinal", 5000), ("broken", 20000)):
+        spec = regime_spec(tmp_path, name, subset)
+        study = load_study(spec)
+        for run in study.grid_runs():
+            w = math.log2(run.width)
+            fabricate_run(study, run, natural=0.5 + 0.05 * w + 0.001 * run.seed, robust=0.35 + 0.001 * run.seed,
+                          stability=0.8 - 0.01 * w, lipschitz=None if name == "nolip" else 1.0 + w)
+            if name == "nofinal" and run.seed == 0:
+                summary = io.read_json(study.run_dir(run) / "summary.json")
+                del summary["final"]
+                io.write_json(study.run_dir(run) / "summary.json", summary)
+            if name == "broken":   # per-example arrays whose mean is not the summary's
+                n = 10
+                io.save_arrays(study.run_dir(run) / "eval" / "best_val_test.npz",
+                               {"labels": np.zeros(n, np.int32), "clean_pred": np.zeros(n, np.int32),
+                                "adv_pred": np.zeros(n, np.int32), "lipschitz": np.ones(n)})
+        specs.append(spec)
+    out = tmp_path / "map"
+    assert main(["map", *map(str, specs), "--out", str(out)]) == 0
+    result = io.read_json(out / "map.json")
+    nolip, nofinal, broken = result["regimes"]
+    assert any("MLP-2 · n=1k" in n and "no lipschitz_mean" in n for n in nolip["notes"])
+    claim4 = next(c for c in nolip["readings"]["best_val"]["claims"] if c["number"] == 4)
+    assert claim4["verdict"] == "not evaluated" and claim4["notes"]
+    assert any("n=5k" in n and "no final epoch record" in n for n in nofinal["notes"])
+    assert nofinal["readings"]["final"]["claims"]                   # judged on the runs that have it
+    assert any("n=20k" in n and "not judged" in n and "averages to" in n for n in broken["notes"])
+    assert "final" in broken["readings"]                             # the other reading still stands
+    text = (out / "map.md").read_text()
+    assert "## What is missing or flagged" in text and "no lipschitz_mean" in text
