@@ -31,21 +31,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from nt_robust import io
 from nt_robust.attacks.protocols import PROTOCOLS
 from nt_robust.config import ConfigError
+# Claim 8's verdict lives beside the other claims; named here too, where the check's rows come from.
+from nt_robust.studies.analysis import attack_agreement_claim, kendall_tau_b, kendall_tau_b_rows  # noqa: F401
 
 log = logging.getLogger("nt_robust.studies")
 
 CHECKPOINT = "best_val"
-TAU_SUPPORTED = 0.7             # claim 8: "rankings agree" means Kendall τ-b ≥ this
-N_BOOT, BOOT_SEED = 2000, 0     # bootstrap over test examples: resamples, seed (deterministic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,151 +163,3 @@ def collect_attack_examples(study) -> dict[tuple[str, str], np.ndarray]:
                     continue
                 examples[(run.name, protocol)] = (arrays["broken_by"] == ROBUST).astype(np.float64)
     return examples
-
-
-def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's τ-b of two equally long sequences (ties in either count against neither)."""
-    if len(a) != len(b):
-        raise ValueError(f"kendall_tau_b needs sequences of equal length, got {len(a)} and {len(b)}")
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    return (concordant - discordant) / denominator if denominator else math.nan
-
-
-def kendall_tau_b_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`kendall_tau_b` of every row of ``a`` (k, m) with the same row of ``b`` (vectorised)."""
-    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
-    i, j = np.triu_indices(a.shape[1], 1)
-    sa, sb = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
-    both = (sa != 0) & (sb != 0)
-    score = np.sum(sa * sb * both, axis=1)
-    n_a, n_b = np.sum(sa != 0, axis=1), np.sum(sb != 0, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_a > 0) & (n_b > 0), score / np.sqrt(n_a * n_b), np.nan)
-
-
-def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
-                           examples: dict[tuple[str, str], np.ndarray] | None = None, n_boot: int = N_BOOT):
-    """Claim 8's verdict and evidence from :func:`collect_attack_check` rows and the
-    per-example results of :func:`collect_attack_examples` (without them: no interval, so
-    inconclusive). The intervals count seeds as well as test images (module docstring); with
-    one checked seed they cannot, and the verdict is inconclusive with a note saying so."""
-    from nt_robust.studies.analysis import Claim, HypothesisTest, group_stats, select
-    from nt_robust.studies.uncertainty import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, \
-        bootstrap_interval, contrast_interval
-
-    text = "Rankings agree across PGD-20, CW-20 and AutoAttack; AutoAttack ≤ PGD accuracy."
-    protocols = list(dict.fromkeys(r["protocol"] for r in rows))
-    means = {p: {k: s.mean for k, s in group_stats(select(rows, protocol=p), ("width", "lam"),
-                                                    "robust_accuracy").items()}
-             for p in protocols}
-    configs = sorted(set.intersection(*(set(m) for m in means.values()))) if means else []
-    if reference not in means or len(protocols) < 2 or len(configs) < 3:
-        return Claim(8, text, NOT_EVALUATED, ["needs an [attack_check] section in the study spec and at least "
-                                              "three finished (width, λ) configurations"])
-    n = rows[0]["num_examples"]
-    seeds = sorted({r["seed"] for r in rows})
-    # run of each (configuration, seed), where every protocol finished
-    run_of = {(c, r["seed"]): r["run"] for c in configs for r in select(rows, width=c[0], lam=c[1])}
-    seeds = [s for s in seeds if all((c, s) in run_of for c in configs)]
-    have_examples = examples is not None and bool(seeds) and all(
-        (run_of[(c, s)], p) in examples for p in protocols for c in configs for s in seeds)
-    notes = []
-    if len(seeds) < 2:
-        notes.append(f"the attack check ran on seed(s) {seeds} only: its intervals cannot count the spread over "
-                     "seeds, so claim 8 stays inconclusive (set [attack_check] seeds to at least 2 seeds)")
-    if have_examples:
-        sizes = {len(examples[(run_of[(c, s)], p)]) for p in protocols for c in configs for s in seeds}
-        if len(sizes) != 1:
-            raise ValueError(f"attack check per-example arrays of different lengths {sorted(sizes)}")
-        n_examples = sizes.pop()
-        # x[p][k, s, i]: per-example robust correctness of configuration k, seed s, image i
-        x = {p: np.stack([[np.asarray(examples[(run_of[(c, s)], p)], np.float64) for s in seeds] for c in configs])
-             for p in protocols}
-        rng = np.random.default_rng(BOOT_SEED + 1)
-        seed_weights = rng.multinomial(len(seeds), np.full(len(seeds), 1.0 / len(seeds)), size=n_boot) \
-            .astype(np.float64) / len(seeds)                       # (n_boot, S): seeds resampled too
-
-        def config_means(weights: np.ndarray, protocol: str) -> np.ndarray:   # (n_boot, configs)
-            per_seed = np.einsum("bi,ksi->bks", weights, x[protocol]) / n_examples
-            return np.einsum("bs,bks->bk", seed_weights, per_seed)
-
-    evidence, parts, tests = [], [], []
-    for protocol in protocols:
-        series = ", ".join(f"{w}/λ{lam:g}: {means[protocol][(w, lam)]:.3f}" for w, lam in configs)
-        evidence.append(f"{protocol} robust accuracy (width/λ, first {n} test images, seeds {seeds}): {series}")
-    for protocol in protocols:
-        if protocol == reference:
-            continue
-        tau = kendall_tau_b([means[reference][c] for c in configs], [means[protocol][c] for c in configs])
-        line = f"Kendall τ-b of {protocol} vs {reference} over {len(configs)} configurations: {tau:+.2f}"
-        if have_examples:
-            low, high = bootstrap_interval(lambda w, p=protocol: kendall_tau_b_rows(config_means(w, reference),
-                                                                                    config_means(w, p)),
-                                           n_examples, n_boot, BOOT_SEED)
-            v = SUPPORTED if low >= TAU_SUPPORTED else CONTRADICTED if high < TAU_SUPPORTED else INCONCLUSIVE
-            if len(seeds) < 2 and v != CONTRADICTED:
-                v = INCONCLUSIVE
-            line += f" [{low:+.2f}, {high:+.2f}] (bootstrap over seeds and images) → {v}"
-        else:
-            v = INCONCLUSIVE
-            line += " (no per-example arrays: no interval) → inconclusive"
-        parts.append(v)
-        evidence.append(line)
-    by_run = {(r["run"], r["protocol"]): r["robust_accuracy"] for r in rows}
-    for protocol in (p for p in protocols if p.startswith("autoattack")):
-        runs = [run for (run, p) in by_run if p == protocol and (run, reference) in by_run]
-        gaps = {run: by_run[(run, protocol)] - by_run[(run, reference)] for run in runs}
-        if not runs:
-            continue
-        if have_examples:
-            diffs = {run: examples[(run, protocol)] - examples[(run, reference)] for run in runs}
-            run_ivs = {run: bootstrap_interval(lambda w, d=d: w @ d / n_examples, n_examples, n_boot, BOOT_SEED)
-                       for run, d in diffs.items()}
-            table = (x[protocol] - x[reference]).mean(axis=0)          # seeds × images, mean over configurations
-            iv = contrast_interval(table)
-            tests.append(HypothesisTest(f"{protocol} − {reference}, mean over configurations", iv, False))
-            above = [run for run in runs if run_ivs[run][0] > 0]
-            gap_v = SUPPORTED if iv.high < 0 else CONTRADICTED if iv.low > 0 else INCONCLUSIVE
-            v = CONTRADICTED if above else gap_v
-            evidence.append(
-                f"{protocol} − {reference} robust accuracy: mean over {len(runs)} runs "
-                f"{float(np.mean(list(gaps.values()))):+.4f}, interval over seeds × images {iv.describe(mde=False)}; "
-                f"at or below 0 in {sum(g <= 0 for g in gaps.values())} of {len(runs)} runs; significantly above 0 "
-                "(per run, bootstrap over images) in "
-                + (", ".join(f"{run} ({gaps[run]:+.3f} [{run_ivs[run][0]:+.3f}, {run_ivs[run][1]:+.3f}])"
-                             for run in above) if above else "none")
-                + f" → {v}")
-        else:
-            v = INCONCLUSIVE
-            evidence.append(f"{protocol} ≤ {reference} in {sum(g <= 0 for g in gaps.values())} of {len(runs)} runs, "
-                            f"mean gap {float(np.mean(list(gaps.values()))):+.4f} (no per-example arrays: no "
-                            f"interval) → inconclusive")
-        parts.append(v)
-    if CONTRADICTED in parts:
-        verdict = CONTRADICTED
-    elif parts and all(v == SUPPORTED for v in parts):
-        verdict = SUPPORTED
-    else:
-        verdict = INCONCLUSIVE
-    evidence.append(
-        f"rule (our choice, docs/paper.md §9): intervals over seeds {seeds} and the {n} test images (the gap: the "
-        f"seed × image interval of uncertainty.py; τ: a bootstrap resampling seeds and images jointly, {n_boot} "
-        f"resamples, paired across runs and protocols). Supported if every τ's interval lies at or above "
-        f"{TAU_SUPPORTED} and the mean AutoAttack − {reference} gap's interval lies below 0; contradicted if some τ's "
-        f"interval lies below {TAU_SUPPORTED} or the gap (or some run's gap) lies above 0; else inconclusive")
-    evidence += [f"note: {note}" for note in notes]
-    return Claim(8, text, verdict, evidence, tests, [], notes)

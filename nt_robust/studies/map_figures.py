@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from nt_robust.studies.aggregate import METRICS  # noqa: E402
 from nt_robust.studies.figures import METRIC_LABELS, STYLE, _colors, _save  # noqa: E402
+from nt_robust.studies.map_report import readings_of  # noqa: E402
 
 VERDICT_COLORS = {"supported": "#2e7d32", "partly supported": "#a5d6a7", "contradicted": "#c62828",
                   "partly contradicted": "#ef9a9a", "mixed": "#ffcc80", "inconclusive": "#e0e0e0",
@@ -34,18 +35,12 @@ MARKERS = {"best_val": "o", "final": "s"}
 READING_TITLES = {"best_val": "best held-out checkpoint", "final": "final epoch"}
 
 
-def _readings(regime: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from nt_robust.studies.regime_map import readings_of
-
-    return readings_of(regime)
-
-
 def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
     """One panel per metric: each regime's slope against log2 width (per doubling) at every
     λ, with its 95% interval, at the best held-out checkpoint (circles) and the final epoch
     (squares); the paper's predicted direction in the panel's title."""
-    regimes = [r for r in result["regimes"] if any(rd["slopes"] for rd in _readings(r).values())]
-    entries = [(reading, s) for r in regimes for reading, rd in _readings(r).items() for s in rd["slopes"]]
+    regimes = [r for r in result["regimes"] if any(rd["slopes"] for rd in readings_of(r).values())]
+    entries = [(reading, s) for r in regimes for reading, rd in readings_of(r).items() for s in rd["slopes"]]
     lams = sorted({s["lam"] for _, s in entries})
     readings = [k for k in MARKERS if any(reading == k for reading, _ in entries)]
     colors = dict(zip(lams, _colors(len(lams))))
@@ -57,7 +52,7 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
         for ax, metric in zip(axes, METRICS):
             for i, regime in enumerate(regimes):
                 for j, (lam, reading) in enumerate(slots):
-                    s = next((s for s in _readings(regime).get(reading, {}).get("slopes", [])
+                    s = next((s for s in readings_of(regime).get(reading, {}).get("slopes", [])
                               if s["metric"] == metric and s["lam"] == lam), None)
                     if s is None:
                         continue
@@ -85,7 +80,7 @@ def plot_slopes(result: dict[str, Any], stem: Path) -> list[Path]:
 
 
 def _paper(metric: str, regimes: list[dict[str, Any]]) -> str | None:
-    return next((s["paper"] for r in regimes for rd in _readings(r).values() for s in rd["slopes"]
+    return next((s["paper"] for r in regimes for rd in readings_of(r).values() for s in rd["slopes"]
                  if s["metric"] == metric), None)
 
 
@@ -93,15 +88,15 @@ def plot_claims(result: dict[str, Any], stem: Path) -> list[Path]:
     """Two grids side by side (best held-out checkpoint, final epoch): regimes × claims,
     coloured by verdict (S supported, C contradicted, lower case at some λ or widths only
     (old maps), M mixed, ? inconclusive, – not evaluated)."""
-    regimes = [r for r in result["regimes"] if _readings(r)]
-    readings = [k for k in MARKERS if any(k in _readings(r) for r in regimes)]
-    numbers = sorted({c["number"] for r in regimes for rd in _readings(r).values() for c in rd["claims"]})
+    regimes = [r for r in result["regimes"] if readings_of(r)]
+    readings = [k for k in MARKERS if any(k in readings_of(r) for r in regimes)]
+    numbers = sorted({c["number"] for r in regimes for rd in readings_of(r).values() for c in rd["claims"]})
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig, axes = plt.subplots(1, len(readings), figsize=((0.75 * len(numbers) + 1.0) * len(readings) + 3.0,
                                                             0.45 * len(regimes) + 1.6), squeeze=False)
         for ax, reading in zip(axes[0], readings):
             for i, regime in enumerate(regimes):
-                claims = _readings(regime).get(reading, {}).get("claims", [])
+                claims = readings_of(regime).get(reading, {}).get("claims", [])
                 for j, number in enumerate(numbers):
                     claim = next((c for c in claims if c["number"] == number), None)
                     klass = claim["class"] if claim else "not evaluated"

@@ -24,10 +24,16 @@ END = "<!-- END generated -->"
 READING_NAMES = {"best_val": "best held-out", "final": "final epoch"}
 
 
-def _readings(regime: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from nt_robust.studies.regime_map import readings_of
-
-    return readings_of(regime)
+def readings_of(regime: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A regime's readings from map.json; a map from before readings existed has only the
+    best held-out checkpoint, at the top level."""
+    if "readings" in regime:
+        return regime["readings"]
+    if regime.get("claims") or regime.get("slopes"):
+        return {"best_val": {"reading": "best_val", "slopes": regime.get("slopes", []),
+                             "claims": regime.get("claims", []), "source": "map.json from before issue 33",
+                             "notes": []}}
+    return {}
 
 
 def _num(x: Any, fmt: str = "+.4f") -> str:
@@ -57,13 +63,13 @@ def declaration_note(old: dict[str, Any] | None, new: dict[str, Any]) -> str | N
 
 
 def _claims_table(regimes: list[dict[str, Any]]) -> str:
-    numbers = sorted({c["number"] for r in regimes for rd in _readings(r).values() for c in rd["claims"]})
+    numbers = sorted({c["number"] for r in regimes for rd in readings_of(r).values() for c in rd["claims"]})
     header = ["claim"] + [f"{r['label']}: best / final" for r in regimes]
     rows = []
     for n in numbers:
         row = [n]
         for r in regimes:
-            readings = _readings(r)
+            readings = readings_of(r)
             cells = []
             for reading in ("best_val", "final"):
                 claim = next((c for c in readings.get(reading, {}).get("claims", []) if c["number"] == n), None)
@@ -76,7 +82,7 @@ def _claims_table(regimes: list[dict[str, Any]]) -> str:
 def render_results_block(result: dict[str, Any]) -> str:
     """The claim table of docs/results.md, from map.json alone (what `--results-doc` writes
     between the markers)."""
-    regimes = [r for r in result["regimes"] if _readings(r)]
+    regimes = [r for r in result["regimes"] if readings_of(r)]
     lines = [BEGIN, ""]
     if result.get("primary_tests"):
         lines.append(f"Verdicts: {result.get('map_family', '')}; primary tests: docs/paper.md §9 "
@@ -125,15 +131,15 @@ def render_map(result: dict[str, Any], figures: Sequence[Path], out_dir: Path) -
     notes = [n for r in regimes for n in r.get("notes", [])]
     if notes:
         lines += ["", "## What is missing or flagged", ""] + [f"- {n}" for n in notes]
-    ran = [r for r in regimes if _readings(r)]
+    ran = [r for r in regimes if readings_of(r)]
     if ran:
         lines += ["", "## Claims per regime (best held-out checkpoint / final epoch)", "", _claims_table(ran), "",
                   "Sources: " + "; ".join(f"{r['label']} {READING_NAMES[k]}: {rd.get('source', '-')}"
-                                          for r in ran for k, rd in _readings(r).items()) + "."]
+                                          for r in ran for k, rd in readings_of(r).items()) + "."]
         lines += ["", "## Primary tests", ""]
         table = []
         for r in ran:
-            for reading, rd in _readings(r).items():
+            for reading, rd in readings_of(r).items():
                 for c in rd["claims"]:
                     for t in c.get("tests", []):
                         table.append([r["label"], READING_NAMES[reading], c["number"], t["label"],
@@ -144,7 +150,7 @@ def render_map(result: dict[str, Any], figures: Sequence[Path], out_dir: Path) -
         lines += ["", "## Slopes against log2 width (per doubling): best held-out | final epoch", ""]
         table = []
         for r in ran:
-            readings = _readings(r)
+            readings = readings_of(r)
             keys = [(s["lam"], s["metric"]) for s in readings.get("best_val", readings.get("final", {})).get("slopes", [])]
             for lam, metric in keys:
                 row = [r["label"], f"{lam:g}", metric]
@@ -177,7 +183,7 @@ def _extras(regimes: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     split, margins, tuned = [], [], []
     for r in regimes:
-        for reading, rd in _readings(r).items():
+        for reading, rd in readings_of(r).items():
             name = READING_NAMES[reading]
             for s in rd.get("split", {}).get("slopes", []):
                 split.append([r["label"], name, f"{s['lam']:g}", s["quantity"].replace("_", " "),

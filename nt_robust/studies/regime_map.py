@@ -35,6 +35,7 @@ from nt_robust.studies.aggregate import METRICS, collect_examples, collect_runs
 from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim, HypothesisTest,
                                         decide, evaluate_claims, grid_rows, primary_tests_hash, select,
                                         width_slope)
+from nt_robust.studies.map_report import readings_of
 from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
 from nt_robust.studies.uncertainty import benjamini_hochberg, holm
 from nt_robust.studies.sweep import Study
@@ -211,18 +212,6 @@ def regime_result(regime: Regime) -> dict[str, Any]:
         out["notes"] += [f"{regime.label} ({READINGS[reading]}), claim {c['number']}: {n}"
                          for c in result["claims"] for n in c["notes"]]
     return out
-
-
-def readings_of(regime: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A regime's readings from map.json; a map from before readings existed has only the
-    best held-out checkpoint, at the top level."""
-    if "readings" in regime:
-        return regime["readings"]
-    if regime.get("claims") or regime.get("slopes"):
-        return {"best_val": {"reading": "best_val", "slopes": regime.get("slopes", []),
-                             "claims": regime.get("claims", []), "source": "map.json from before issue 33",
-                             "notes": []}}
-    return {}
 
 
 def _adjust_across_regimes(results: list[dict[str, Any]]) -> None:
