@@ -11,6 +11,8 @@ from nt_robust.config import ConfigError
 from nt_robust.studies.pieces import check_piece, format_pieces, piece_hours, piece_runs
 from nt_robust.studies.sweep import load_study
 
+from test_studies import write_tiny_base  # noqa: E402 (pytest puts this folder on sys.path)
+
 REPO = Path(__file__).parents[2]
 
 
@@ -64,33 +66,8 @@ def test_impossible_pieces_are_clear_errors():
 def test_a_study_run_piece_by_piece_with_seeded_samples_keeps_both_readings(tmp_path, capsys):
     from nt_robust.cli import main
 
-    base = tmp_path / "base.toml"
-    base.write_text('''name = "tiny"
-[data]
-dataset = "synthetic"
-val_size = 64
-train_subset = 128
-train_sample = "seed"
-crop_padding = 1
-[model]
-arch = "mlp"
-depth = 1
-[train_attack]
-num_steps = 2
-[eval]
-val_examples = 64
-test_examples = 64
-batch_size = 64
-lipschitz = "none"
-[eval.attack]
-num_steps = 3
-[optim]
-lr = 0.05
-[train]
-epochs = 2
-batch_size = 64
-progress = false
-''')
+    base = write_tiny_base(tmp_path / "base.toml", data='train_subset = 128\ntrain_sample = "seed"',
+                           eval='lipschitz = "none"')
     spec = write_spec(tmp_path, seeds=(0, 1), widths=(4,), base=base)
     study = load_study(spec)
     figures = tmp_path / "figures"

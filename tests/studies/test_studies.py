@@ -18,6 +18,37 @@ from nt_robust.train.war import WarController, epoch_ratio, reference_ratio
 REPO = Path(__file__).parents[2]
 
 
+def write_tiny_base(path: Path, data: str = "", eval: str = "") -> Path:
+    """A tiny synthetic-data MLP config for end-to-end study tests; ``data`` and ``eval`` add
+    lines to those sections."""
+    path.write_text(f'''name = "tiny"
+[data]
+dataset = "synthetic"
+val_size = 64
+crop_padding = 1
+{data}
+[model]
+arch = "mlp"
+depth = 1
+[train_attack]
+num_steps = 2
+[eval]
+val_examples = 64
+test_examples = 64
+batch_size = 64
+{eval}
+[eval.attack]
+num_steps = 3
+[optim]
+lr = 0.05
+[train]
+epochs = 2
+batch_size = 64
+progress = false
+''')
+    return path
+
+
 def write_spec(tmp_path: Path, war: bool = True, seeds=(0, 1)) -> Path:
     spec = tmp_path / "experiments" / "study.toml"
     spec.parent.mkdir(parents=True, exist_ok=True)
@@ -271,30 +302,7 @@ def test_war_config_validation():
 def test_study_command_end_to_end_on_synthetic_data(tmp_path, capsys):
     from nt_robust.cli import main
 
-    base = tmp_path / "base.toml"
-    base.write_text('''name = "tiny"
-[data]
-dataset = "synthetic"
-val_size = 64
-crop_padding = 1
-[model]
-arch = "mlp"
-depth = 1
-[train_attack]
-num_steps = 2
-[eval]
-val_examples = 64
-test_examples = 64
-batch_size = 64
-[eval.attack]
-num_steps = 3
-[optim]
-lr = 0.05
-[train]
-epochs = 2
-batch_size = 64
-progress = false
-''')
+    base = write_tiny_base(tmp_path / "base.toml")
     spec = tmp_path / "study.toml"
     spec.write_text(f'''name = "tiny_study"
 base_config = "{base}"
