@@ -20,6 +20,7 @@ from nt_robust.studies.aggregate import collect_curves, collect_examples, collec
 from nt_robust.studies.analysis import evaluate_claims
 from nt_robust.studies.attack_check import collect_attack_check, collect_attack_examples, run_attack_check
 from nt_robust.studies.figures import make_all_figures
+from nt_robust.studies.overfitting import overfitting_json, robust_overfitting
 from nt_robust.studies.report import render_report, summary_table
 from nt_robust.studies.sweep import ATTACK_STAGE, GRID_STAGE, WAR_STAGE, Study, run_index
 from nt_robust.train.config import ExperimentConfig
@@ -100,9 +101,9 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
         write_table(attack_rows, results_dir / "attack_check")
     figures = make_all_figures(rows, curves, figures_dir, lam=base_lam, attack_rows=attack_rows)
     attack_examples = collect_attack_examples(study) if attack_rows else None
-    readings = {}
+    readings, reading_examples = {}, {}
     for reading in ("best_val", "final"):
-        examples = collect_examples(run_dirs, reading)
+        examples = reading_examples[reading] = collect_examples(run_dirs, reading)
         claims = evaluate_claims(rows, attack_rows, study.attack_check.protocols[0] if study.attack_check else None,
                                  examples, attack_examples, war_modes=study.war.modes if study.war else None,
                                  selection=reading)
@@ -110,13 +111,15 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
     context = {"command": f"nt-robust study {study.spec_path}", "hardware": hardware_description(),
                "time_utc": environment_info()["time_utc"],
                "theory_figures": theory_figures(study.name, {r["arch"] for r in rows}),
-               "declaration_note": declaration_check(results_dir / "primary_tests.json")}
+               "declaration_note": declaration_check(results_dir / "primary_tests.json"),
+               "overfitting": robust_overfitting(rows, reading_examples["best_val"], reading_examples["final"])}
     report_dir = figures_dir
     text = render_report(study.name, rows, readings, figures, report_dir, context)
     report_path = report_dir / "report.md"
     io.write_text(report_path, text)
     io.write_json(results_dir / "claims.json", [c.to_dict() for c in readings["best_val"]["claims"]])
     io.write_json(results_dir / "claims_final.json", [c.to_dict() for c in readings["final"]["claims"]])
+    io.write_json(results_dir / "overfitting.json", overfitting_json(context["overfitting"]))
     log.info("report: %s (%d runs, %d figures)", report_path, len({r['run'] for r in rows}), len(figures))
     return report_path
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nt_robust.studies.analysis import grid_rows, group_stats, primary_tests_hash, select
+from nt_robust.studies.overfitting import overfitting_lines
 from nt_robust.studies.tables import format_table
 
 READING_NAMES = {"best_val": "best held-out checkpoint", "final": "final epoch"}
@@ -105,6 +106,8 @@ def render_report(name: str, rows: list[dict[str, Any]], readings: dict[str, dic
                 lines += [f"- {label}: {e}" for e in source[number].evidence]
         lines.append("")
     lines += _reading_extras(readings)
+    if context.get("overfitting"):
+        lines += overfitting_lines(context["overfitting"])
     theory = context.get("theory_figures") or []
     if theory:
         lines += ["## Predicted vs measured", "",
