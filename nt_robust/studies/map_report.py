@@ -164,6 +164,7 @@ def render_map(result: dict[str, Any], figures: Sequence[Path], out_dir: Path) -
         lines.append(format_table(["regime", "λ", "metric", "best: slope [95%]", "best: q (BH)", "final: slope [95%]",
                                    "final: q (BH)", "paper"], table))
         lines += _extras(ran)
+        lines += _overfitting(ran)
     pngs = [p for p in figures if p.suffix == ".png"]
     if pngs:
         lines += ["", "## Figures", ""] + [f"![{p.stem}]({os.path.relpath(p, out_dir)})" for p in pngs]
@@ -176,6 +177,26 @@ def PAPER(metric: str, readings: dict[str, Any]) -> str:  # noqa: N802 (a column
             if s["metric"] == metric:
                 return s.get("paper") or "-"
     return "-"
+
+
+def _overfitting(regimes: list[dict[str, Any]]) -> list[str]:
+    """Best held-out minus final-epoch robust accuracy at each regime's widest width
+    (docs/paper.md §9.1), Holm across the regimes."""
+    rows = []
+    for r in regimes:
+        o = (r.get("overfitting") or {}).get("primary")
+        if o:
+            rows.append([r["label"], o["width"], o["n_seeds"], f"{_num(o['estimate'])} [{_num(o['low'])}, "
+                         f"{_num(o['high'])}]", _p(o["p"]), _p(o.get("p_holm_map")),
+                         o.get("overfitting_map", o["overfitting"])])
+    if not rows:
+        return []
+    return ["", "## Robust overfitting: best held-out minus final epoch (docs/paper.md §9.1)", "",
+            "Test robust accuracy at the best held-out checkpoint minus at the final epoch, at the regime's widest "
+            "width, mean over its λ, paired by seed and test image; Holm across the regimes. Every (width, λ) "
+            "cell is in map.json and each study's report.", "",
+            format_table(["regime", "widest width", "seeds", "best − final [95%]", "p", "Holm (map)", "overfitting"],
+                         rows)]
 
 
 def _extras(regimes: list[dict[str, Any]]) -> list[str]:

@@ -120,8 +120,8 @@ def _shows(iv: Interval) -> str:
 
 
 def _interval_dict(iv: Interval) -> dict[str, Any]:
-    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "p": iv.p_value, "seeds": iv.seeds,
-            "examples": iv.examples, "text": iv.describe(), "overfitting": _shows(iv)}
+    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "p": iv.p_value, "n_seeds": iv.seeds,
+            "n_examples": iv.examples, "text": iv.describe(), "overfitting": _shows(iv)}
 
 
 def overfitting_json(table: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATE
                                         decide, evaluate_claims, grid_rows, primary_tests_hash, select,
                                         width_slope)
 from nt_robust.studies.map_report import readings_of
+from nt_robust.studies.overfitting import overfitting_json, robust_overfitting
 from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
 from nt_robust.studies.uncertainty import benjamini_hochberg, holm
 from nt_robust.studies.sweep import Study
@@ -211,12 +212,21 @@ def regime_result(regime: Regime) -> dict[str, Any]:
         out["notes"] += [f"{regime.label} ({READINGS[reading]}): {n}" for n in result["notes"]]
         out["notes"] += [f"{regime.label} ({READINGS[reading]}), claim {c['number']}: {n}"
                          for c in result["claims"] for n in c["notes"]]
+    if len(out["readings"]) == len(READINGS):
+        out["overfitting"] = overfitting_json(robust_overfitting(regime.rows, regime.examples.get("best_val"),
+                                                                 regime.examples.get("final")))
     return out
 
 
 def _adjust_across_regimes(results: list[dict[str, Any]]) -> None:
     """Holm across regimes per claim and reading (claim 3: all its tests), and the verdicts
-    that follow; BH q-values over every slope of a reading. In place."""
+    that follow; BH q-values over every slope of a reading; Holm across regimes of the
+    robust-overfitting measurement ("shows in at least one regime" is a union). In place."""
+    primaries = [r["overfitting"]["primary"] for r in results if (r.get("overfitting") or {}).get("primary")]
+    finite = [o for o in primaries if not math.isnan(o["p"])]
+    for o, p in zip(finite, holm([o["p"] for o in finite]) if finite else []):
+        o["p_holm_map"] = float(p)
+        o["overfitting_map"] = "shows" if p < 0.05 and o["estimate"] > 0 else "not shown"
     for reading in READINGS:
         present = [r["readings"][reading] for r in results if reading in r.get("readings", {})]
         slopes = [s for rd in present for s in rd["slopes"]]

@@ -124,6 +124,10 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
         assert (out / name).stat().st_size > 0
     text = (out / "map.md").read_text()
     assert "not run" in text and f"nt-robust study {specs[2]}" in text
+    # fabricated best and final readings are equal: no overfitting, measured at the widest width
+    overfit = small["overfitting"]["primary"]
+    assert overfit["width"] == max(small["axes"]["widths"]) and overfit["estimate"] == pytest.approx(0.0, abs=1e-12)
+    assert "## Robust overfitting" in text and "overfitting" not in unrun
     assert "MLP-2 · n=1k · 3 ep · 28x28" in capsys.readouterr().out
 
 
