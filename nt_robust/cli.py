@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nt_robust.config import ConfigError, load_config
+from nt_robust.gpu_check import add_gpu_check_arguments, check_gpu_used
 
 # Nothing here imports JAX at module level: `nt-robust -h` and `--version` answer without it
 # (tests/test_cli_startup.py); every command imports what it needs.
@@ -208,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="split the CPU into N XLA devices and shard training batches over them (default "
                           "$NT_ROBUST_CPU_DEVICES, else for train and study one per core when every run is a "
                           "conv net, else 1; a resumed run keeps its count)")
+    add_gpu_check_arguments(cpu)
 
     def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], **kwargs)
@@ -889,6 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_xla_cpu()     # (info too, so that it shows the flags train uses)
         if args.command != "info":
             enable_compilation_cache()
+        check_gpu_used(args)    # an NVIDIA GPU visible but JAX on the CPU: refused without --allow-cpu
         if args.command == "train":
             return _train(args)
         if args.command == "eval":
