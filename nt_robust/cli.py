@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from nt_robust.config import ConfigError, load_config
 from nt_robust.gpu_check import add_gpu_check_arguments, check_gpu_used
+from nt_robust.topology import add_topology_arguments, describe_topology
 
 # Nothing here imports JAX at module level: `nt-robust -h` and `--version` answer without it
 # (tests/test_cli_startup.py); every command imports what it needs.
@@ -228,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
                             "rate schedules only; recorded in RUN_DIR/extensions.json)")
     train.add_argument("--no-memory-check", action="store_true",
                        help="train even when the memory estimate exceeds the memory available")
+    add_topology_arguments(train)
     dist = train.add_argument_group("multi-process (hosts) training")
     dist.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...)")
@@ -501,8 +503,9 @@ def _train(args: argparse.Namespace) -> int:
         config = getattr(args, "loaded_config", None) or load_config(ExperimentConfig, args.config, args.overrides)
     for warning in config_warnings(config):
         print(f"nt-robust: warning: {warning}", file=sys.stderr, flush=True)
+    layout = describe_topology(config, args)  # --topology / --hosts with --dry-run: the run laid out there
     if args.dry_run:
-        print(_check_size(config, args.no_memory_check, dry_run=True), file=sys.stderr, flush=True)
+        print(layout or _check_size(config, args.no_memory_check, dry_run=True), file=sys.stderr, flush=True)
         print(json.dumps(to_dict(config), indent=2))
         return 0
     if args.distributed or args.coordinator:
