@@ -117,3 +117,17 @@ def test_wandb_offline_run_holds_the_rows(tmp_path, monkeypatch):
     trackers.write(rows[1])
     trackers.close()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_tracking_can_be_switched_on_for_a_finished_run(tiny_run, tiny_run_overrides, tmp_path):
+    """train.tensorboard may change between attempts (RESUMABLE_CHANGES): switched on for a run
+    trained without it, the next `train` writes the checkpoint's rows without training again."""
+    import shutil
+
+    run_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run_dir)
+    before = (run_dir / "metrics.jsonl").read_text()
+    summary = train(load_config(ExperimentConfig, None, [*tiny_run_overrides, "train.tensorboard=true"]), run_dir)
+    assert summary["final"] == json.loads(before.splitlines()[-1])
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert_events_match(run_dir)
