@@ -108,15 +108,51 @@ def test_the_cli_stops_before_training_when_wandb_is_missing(tmp_path, capsys, m
     assert "Traceback" not in err and not (tmp_path / "run" / "checkpoints").exists()
 
 
+def read_wandb_records(path):
+    """The Records of an offline run's .wandb file: a ":W&B" header, then LevelDB's log format
+    (32 KiB blocks of records: crc32c, length, type FULL/FIRST/MIDDLE/LAST), parsed with W&B's
+    proto class."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, records, pending, position = path.read_bytes(), 32768, [], b"", 7
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        left = block - position % block
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or (kind == 0 and length == 0):  # block padding
+            position += left
+            continue
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
 def test_wandb_offline_run_holds_the_rows(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     rows = [{"epoch": 1, "step": 4, "train_loss": 1.5, "val_robust_accuracy": None},
             {"epoch": 2, "step": 8, "train_loss": 1.25, "val_robust_accuracy": 0.5}]
-    trackers = tracking.open_trackers(LoopConfig(wandb=True), tmp_path / "run", {"name": "run"}, rows[:1])
+    config = {"name": "run", "train": {"epochs": 2}}
+    trackers = tracking.open_trackers(LoopConfig(wandb=True), tmp_path / "run", config, rows[:1])
     trackers.write(rows[1])
     trackers.close()
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    import wandb
+    wandb.teardown()  # W&B's service process writes the file; its end flushes it, as a process's end does
+    [path] = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_wandb_records(path)
+    logged = [(r.history.step.num, {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item
+                                    if not (i.key or i.nested_key[0]).startswith("_")})
+              for r in records if r.WhichOneof("record_type") == "history"]
+    assert logged == [(row["step"], {k: v for k, v in row.items() if v is not None}) for row in rows]
+    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert {i.key: json.loads(i.value_json) for i in run.config.update if i.key != "_wandb"} == config
 
 
 def test_tracking_can_be_switched_on_for_a_finished_run(tiny_run, tiny_run_overrides, tmp_path):
