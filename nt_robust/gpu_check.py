@@ -82,10 +82,12 @@ def jax_backend(in_subprocess: bool = False) -> str:
 
 
 def _jax_packages() -> str:
+    """"jax 0.10.2, jaxlib 0.10.2, jax-cuda12-plugin 0.12.0": what decides the backend."""
     import importlib.metadata
 
-    names = sorted({(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()
-                    if (d.metadata["Name"] or "").lower().replace("_", "-").startswith(("jax", "jaxlib"))})
+    names = sorted({name for d in importlib.metadata.distributions()
+                    if (name := (d.metadata["Name"] or "").lower().replace("_", "-")) in ("jax", "jaxlib")
+                    or name.startswith(("jax-cuda", "jax-rocm"))})
     return ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names) or "no jax package"
 
 
