@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nt_robust.config import ConfigError, load_config
+from nt_robust.gpu_check import add_gpu_check_arguments, check_gpu_used
+from nt_robust.topology import add_topology_arguments, describe_topology
 
 # Nothing here imports JAX at module level: `nt-robust -h` and `--version` answer without it
 # (tests/test_cli_startup.py); every command imports what it needs.
@@ -208,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="split the CPU into N XLA devices and shard training batches over them (default "
                           "$NT_ROBUST_CPU_DEVICES, else for train and study one per core when every run is a "
                           "conv net, else 1; a resumed run keeps its count)")
+    add_gpu_check_arguments(cpu)
 
     def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], **kwargs)
@@ -226,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
                             "rate schedules only; recorded in RUN_DIR/extensions.json)")
     train.add_argument("--no-memory-check", action="store_true",
                        help="train even when the memory estimate exceeds the memory available")
+    add_topology_arguments(train)
     dist = train.add_argument_group("multi-process (hosts) training")
     dist.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...)")
@@ -499,8 +503,9 @@ def _train(args: argparse.Namespace) -> int:
         config = getattr(args, "loaded_config", None) or load_config(ExperimentConfig, args.config, args.overrides)
     for warning in config_warnings(config):
         print(f"nt-robust: warning: {warning}", file=sys.stderr, flush=True)
+    layout = describe_topology(config, args)  # --topology / --hosts with --dry-run: the run laid out there
     if args.dry_run:
-        print(_check_size(config, args.no_memory_check, dry_run=True), file=sys.stderr, flush=True)
+        print(layout or _check_size(config, args.no_memory_check, dry_run=True), file=sys.stderr, flush=True)
         print(json.dumps(to_dict(config), indent=2))
         return 0
     if args.distributed or args.coordinator:
@@ -889,6 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_xla_cpu()     # (info too, so that it shows the flags train uses)
         if args.command != "info":
             enable_compilation_cache()
+        check_gpu_used(args)    # an NVIDIA GPU visible but JAX on the CPU: refused without --allow-cpu
         if args.command == "train":
             return _train(args)
         if args.command == "eval":

@@ -23,3 +23,6 @@ os.environ.setdefault("NT_ROBUST_DENSE_IMPL_AUTO", "xla")
 # The cost estimate's cache of FLOP counts and memory plans (nt_robust.studies.cost.cached) is
 # for users; tests count afresh (tests/studies/test_cost.py tests the cache in a temporary home).
 os.environ.setdefault("NT_ROBUST_ESTIMATE_CACHE", "off")
+# The suite computes on the CPU even on a machine whose NVIDIA GPU JAX does not use
+# (nt_robust.gpu_check would refuse `train` there); tests/test_gpu_check.py unsets it.
+os.environ.setdefault("NT_ROBUST_ALLOW_CPU", "1")

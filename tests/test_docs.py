@@ -267,7 +267,7 @@ def test_accelerator_extras_keep_the_jax_pin():
     project = tomllib.loads(_text(ROOT / "pyproject.toml"))["project"]
     pin = next(d for d in project["dependencies"] if re.match(r"jax[<>=!~ ]", d))[len("jax"):]
     extras = project["optional-dependencies"]
-    for extra in ("cuda12", "tpu"):
+    for extra in ("cuda12", "cuda13", "tpu"):
         assert extras[extra] == [f"jax[{extra}]{pin}"], f"extra {extra} must be jax[{extra}]{pin}"
     gpu = _section(_text(README), "GPU and TPU")
     assert '.venv/bin/pip install -e ".[cuda12]"' in gpu

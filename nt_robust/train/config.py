@@ -231,7 +231,10 @@ class LoopConfig:
     ``checkpoint_every_steps`` adds mid-epoch checkpoints (0: only at epoch ends);
     ``keep_checkpoints`` recent ones are kept, plus the best by validation and by test.
     ``progress``: a progress bar on a terminal, one log line a minute elsewhere (a batch job's
-    log; ``NT_ROBUST_PROGRESS_SECONDS`` sets the interval; ``nt_robust.train.progress``)."""
+    log; ``NT_ROBUST_PROGRESS_SECONDS`` sets the interval; ``nt_robust.train.progress``).
+    ``tensorboard`` / ``wandb``: every metrics row also to TensorBoard event files in
+    RUN_DIR/tensorboard/ (tensorboardX, no TensorFlow) / an offline W&B run in RUN_DIR/wandb/
+    (``nt_robust.train.tracking``); like ``progress``, they may change when a run resumes."""
 
     epochs: int = 100
     batch_size: int = 128
@@ -239,6 +242,8 @@ class LoopConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")

@@ -48,6 +48,7 @@ from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh
                                       replicate, replicated_sharding)
 from nt_robust.train.state import TrainState, create_train_state, model_variables
 from nt_robust.train.step import init_key, make_train_step
+from nt_robust.train.tracking import Trackers, check_available, open_trackers
 from nt_robust.train.war import WarController, epoch_ratio, reference_ratio
 
 log = logging.getLogger("nt_robust.train")
@@ -106,6 +107,8 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         self.run = RunDirectory(run_dir)
         check_divisible(config.train.batch_size, "train.batch_size")
+        check_available(config.train)  # on every process: all stop, not process 0 alone
+        self.trackers = Trackers()
         self.mesh = data_mesh()
         self.splits: Splits = prepare_splits(config.data, sample_seed=config.train.seed)
         self.steps_per_epoch = len(self.splits.train_images) // config.train.batch_size
@@ -211,6 +214,8 @@ class Trainer:
         already_finished = progress.epoch >= config.train.epochs
         self._log_start(state)
         try:
+            if self.is_main:  # the tracking files are rebuilt from the checkpoint's rows (tracking.py)
+                self.trackers = open_trackers(config.train, run.root, config_dict, rows)
             state = self._epochs(state, progress, rows, checkpoints, stop_after_steps)
         except KeyboardInterrupt as interrupt:
             step = checkpoints.latest_step()
@@ -223,6 +228,7 @@ class Trainer:
                 "from there.", signum) from None
         finally:
             checkpoints.close()
+            self.trackers.close()
         if progress.epoch < config.train.epochs:
             return {"stopped_at_step": int(state.step)}
         if already_finished and run.summary_path.exists():
@@ -305,6 +311,7 @@ class Trainer:
             checkpoints.save("latest", state, self._record(progress, rows))
             if self.is_main:
                 self.run.write_metrics(rows)
+                self.trackers.write(row)
             seconds_per_epoch = (time.time() - run_start) / (progress.epoch - first_epoch)
             remaining = (epochs - progress.epoch) * seconds_per_epoch
             log.info("epoch %d/%d  %s  (%.0f s; about %s left)", progress.epoch, epochs,

@@ -143,7 +143,7 @@ def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any
 
 
 # Settings that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = ("train.progress",)
+RESUMABLE_CHANGES = ("train.progress", "train.tensorboard", "train.wandb")
 
 
 def _bn_passes_before_the_option(saved: dict[str, Any]) -> str:
