@@ -271,7 +271,6 @@ def jax_step(spec: dict[str, Any], config):
     return jitted, state, images, labels, model, variables
 
 
-
 # --------------------------------------------------------------------------- child processes
 
 def run_child(script: str | Path, spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
