@@ -74,7 +74,7 @@ def test_a_mode_runs_instead_of_the_measurement(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _toy([]).main(["--help"])
     help_text = capsys.readouterr().out
-    assert "A toy experiment." in help_text and "run the other mode" in help_text and "recompute the toy fits" in help_text
+    assert all(text in help_text for text in ("A toy experiment.", "run the other mode", "recompute the toy fits"))
 
 
 def test_an_unknown_preset_is_refused_with_the_choices(tmp_path, capsys):
