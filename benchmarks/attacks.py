@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import paired_ratio  # noqa: E402  (the benchmarks' paired-ratio helper)
+from harness import paired_ratio  # noqa: E402  (the benchmarks' paired-ratio helper)
 
 
 def _timed(fn):
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="which to time, comma-separated, of pgd20, apgd_ce and cascade")
     parser.add_argument("--rounds", type=int, default=1,
                         help="timed calls per side, ours and torchattacks alternating; from 2 on, a paired ratio "
-                             "with a 95%% interval (benchmarks/train_step.py's paired_ratio)")
+                             "with a 95%% interval (benchmarks/harness.py's paired_ratio)")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="torch intra-op threads (default: every core, as PyTorch's own default)")
     parser.add_argument("--no-library-setup", action="store_true",

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import train_step  # noqa: E402  (timing helpers)
+import harness  # noqa: E402  (timing helpers)
 
 # (spatial size, in, out, kernel): WRN-16-k's stride-1 layers, the CIFAR stem, a wider one
 LAYERS = [(32, 16, 16, 3), (16, 32, 32, 3), (8, 64, 64, 3), (32, 32, 32, 3), (16, 64, 64, 3), (8, 128, 128, 3),
@@ -54,12 +54,12 @@ def main() -> None:
     from nt_robust.models import conv
     from nt_robust.models import native_conv
 
-    torch = train_step.optional_torch()
+    torch = harness.optional_torch()
 
     def time_ms(fn):
-        return train_step.median_ms(fn, args.steps, args.min_seconds)
+        return harness.median_ms(fn, args.steps, args.min_seconds)
 
-    rel_diff = train_step.max_rel_diff
+    rel_diff = harness.max_rel_diff
 
     started = time.perf_counter()
     mesh = Mesh(np.array(jax.devices()[:2]), ("batch",))
@@ -105,9 +105,9 @@ def main() -> None:
                 strided[name]["torch_ms"] = time_ms(lambda: torch.nn.grad.conv2d_input(
                     shape, tw, tg, stride=2, padding=pad))
         print(json.dumps({name: strided[name]}), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "native_conv_fwd", "cpu": train_step._cpu_model(), "cores": os.cpu_count(),
+    print(json.dumps({"benchmark": "native_conv_fwd", "cpu": harness.cpu_model(), "cores": os.cpu_count(),
                       "batch": args.batch, "threads": os.cpu_count(),
-                      "versions": {name: train_step._version(name) for name in ("jax", "jaxlib", "torch")},
+                      "versions": {name: harness.version(name) for name in ("jax", "jaxlib", "torch")},
                       "wall_s": round(time.perf_counter() - started, 1), "forward": forward,
                       "strided_input_gradient": strided}, indent=2))
 

@@ -9,14 +9,14 @@ forward passes and stride-1 input gradients; C++ built with g++ on first use)::
     .venv/bin/python benchmarks/native_dw.py --models wrn16-1 --objectives trades --devices 2 \\
         --variants xla,kernel,all --rounds 4                      # and conv_impl = "native"
 
-The step comparison builds the step of ``benchmarks/train_step.py`` (the project's own,
+The step comparison builds the step of ``benchmarks/train_step.py`` (``harness.jax_step``: the project's own,
 with its XLA flags and malloc tuning) as (``--variants``): "xla", ``model.conv_impl =
 "shifted_matmul"`` with its weight gradient swapped back to XLA's convolution and autodiff's
 input gradient (XLA's convolutions throughout); "kernel", the same with the weight-gradient
 kernel; "all", ``model.conv_impl = "native"``. The variants are compiled in one process and
 their steps alternate in ``--rounds`` rounds, so that the machine's slow spells hit all;
 each speed-up over "xla" is the geometric mean of the per-round ratios with a 95 % interval
-(``train_step.paired_ratio``). Needs g++; prints one JSON object.
+(``harness.paired_ratio``). Needs g++; prints one JSON object.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import train_step  # noqa: E402  (the benchmark's step, timing and paired-ratio helpers)
+import harness  # noqa: E402  (the benchmarks' step, timing and paired-ratio helpers)
 
 VARIANTS = ("xla", "kernel", "all")
 
@@ -70,7 +70,7 @@ def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from nt_robust.models import native_conv
 
-    train_step._configure_jax(spec)
+    harness.configure_jax(spec)
     try:
         import torch
         torch.set_num_threads(os.cpu_count())
@@ -97,13 +97,13 @@ def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         reference, candidate = np.asarray(xla(x, g), np.float64), np.asarray(kernel(x, g), np.float64)
         row = {"max_rel_diff_vs_xla": float(np.max(np.abs(candidate - reference)) / np.max(np.abs(reference)))}
         for name, fn in (("xla_ms", xla), ("kernel_ms", kernel)):
-            timing = train_step._time_steps(lambda fn=fn: jax.block_until_ready(fn(x, g)), 2, spec["steps"],
+            timing = harness.time_steps(lambda fn=fn: jax.block_until_ready(fn(x, g)), 2, spec["steps"],
                                             spec["min_seconds"])
             row[name] = round(1000 * timing["s_per_step_median"], 2)
         if torch is not None:
             tx = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
             tg = torch.tensor(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
-            timing = train_step._time_steps(
+            timing = harness.time_steps(
                 lambda: torch.nn.grad.conv2d_weight(tx, (cout, cin, k, k), tg, stride=stride, padding=pad), 2,
                 spec["steps"], spec["min_seconds"])
             row["torch_ms"] = round(1000 * timing["s_per_step_median"], 2)
@@ -118,13 +118,13 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["devices"] > 1:
         jax.config.update("jax_num_cpu_devices", spec["devices"])
-    train_step._configure_jax(spec)
+    harness.configure_jax(spec)
     compiled = {}
     for which in spec["variants"]:
         use_weight_gradient(which)
         variant = dict(spec, conv_impl="native" if which == "all" else "shifted_matmul")
-        config = train_step._jax_config(variant, train_step.MODELS[spec["model"]])
-        jitted, state, images, labels, _, _ = train_step._jax_step(variant, config)
+        config = harness.jax_config(variant, harness.MODELS[spec["model"]])
+        jitted, state, images, labels, _, _ = harness.jax_step(variant, config)
         started = time.perf_counter()
         program = jitted.lower(state, images, labels).compile()
         compiled[which] = {"program": program, "state": state, "compile_s": round(time.perf_counter() - started, 2),
@@ -138,14 +138,14 @@ def step_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 holder["state"], metrics = holder["program"](holder["state"], *holder["batch"])
                 jax.block_until_ready((holder["state"], metrics))
 
-            timing = train_step._time_steps(run, 1, spec["steps"], 0.5)
+            timing = harness.time_steps(run, 1, spec["steps"], 0.5)
             seconds[which].append(timing["s_per_step_median"])
     result = {"model": spec["model"], "objective": spec["objective"], "devices": jax.device_count(),
               "compile_s": {k: v["compile_s"] for k, v in compiled.items()}}
     for which, values in seconds.items():
         result[f"{which}_ms_per_step"] = round(1000 * sorted(values)[len(values) // 2], 1)
         if which != "xla":  # xla time / variant time = the variant's speed-up
-            result[f"{which}_speedup"] = train_step.paired_ratio(values, seconds["xla"])
+            result[f"{which}_speedup"] = harness.paired_ratio(values, seconds["xla"])
     return result
 
 
@@ -161,7 +161,7 @@ def _child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", action="store_true", help="per-layer weight-gradient timings instead of steps")
-    parser.add_argument("--models", default="wrn16-1", help=f"comma list of {list(train_step.MODELS)} (conv nets)")
+    parser.add_argument("--models", default="wrn16-1", help=f"comma list of {list(harness.MODELS)} (conv nets)")
     parser.add_argument("--objectives", default="natural")
     parser.add_argument("--variants", default="xla,kernel",
                         help=f"comma list of {VARIANTS} (xla first: the others' speed-ups are against it)")
@@ -196,8 +196,8 @@ def main() -> None:
                           args.timeout)
                    for model in args.models.split(",") for objective in args.objectives.split(",")
                    for devices in args.devices.split(",")]
-    print(json.dumps({"benchmark": "native_dw", "cpu": train_step._cpu_model(), "cores": os.cpu_count(),
-                      "versions": {name: train_step._version(name) for name in ("jax", "jaxlib", "torch")},
+    print(json.dumps({"benchmark": "native_dw", "cpu": harness.cpu_model(), "cores": os.cpu_count(),
+                      "versions": {name: harness.version(name) for name in ("jax", "jaxlib", "torch")},
                       "command": " ".join([Path(sys.executable).name, *sys.argv]),
                       "load_1min_end": round(os.getloadavg()[0], 2), "wall_s": round(time.perf_counter() - started, 1),
                       "results": results}, indent=2))

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import train_step  # noqa: E402  (timing helpers)
+import harness  # noqa: E402  (timing helpers)
 
 # (batch, inputs, outputs): the CIFAR MLP-2x256's layers, a 500-image evaluation batch, a wider MLP
 LAYERS = [(128, 3072, 256), (128, 256, 256), (128, 256, 10), (500, 3072, 256), (128, 3072, 1024)]
@@ -47,10 +47,10 @@ def main() -> None:
     from nt_robust.models import native_conv
     from nt_robust.models.dense import native_dot_general
 
-    torch = train_step.optional_torch()
+    torch = harness.optional_torch()
 
     def time_ms(fn):
-        return train_step.median_ms(fn, args.steps, args.min_seconds, digits=3)
+        return harness.median_ms(fn, args.steps, args.min_seconds, digits=3)
 
     numbers = (((1,), (0,)), ((), ()))
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def main() -> None:
         entry = {}
         for name, (xla_fn, kernel_fn, operands, torch_fn) in products.items():
             xla, kernel = jax.jit(xla_fn), jax.jit(kernel_fn)
-            entry[name] = {"max_rel_diff_vs_xla": train_step.max_rel_diff(kernel(*operands), xla(*operands)),
+            entry[name] = {"max_rel_diff_vs_xla": harness.max_rel_diff(kernel(*operands), xla(*operands)),
                            "xla_ms": time_ms(lambda: jax.block_until_ready(xla(*operands))),
                            "kernel_ms": time_ms(lambda: jax.block_until_ready(kernel(*operands)))}
             if torch is not None:
@@ -86,9 +86,9 @@ def main() -> None:
         name = f"{batch} x {inputs} -> {outputs}"
         layers[name] = entry
         print(json.dumps({name: entry}), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "native_matmul", "cpu": train_step._cpu_model(), "cores": os.cpu_count(),
+    print(json.dumps({"benchmark": "native_matmul", "cpu": harness.cpu_model(), "cores": os.cpu_count(),
                       "threads": os.cpu_count(), "native_build_key": native_conv.build_key(),
-                      "versions": {name: train_step._version(name) for name in ("jax", "jaxlib", "torch")},
+                      "versions": {name: harness.version(name) for name in ("jax", "jaxlib", "torch")},
                       "wall_s": round(time.perf_counter() - started, 1), "layers": layers}, indent=2))
 
 

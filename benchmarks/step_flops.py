@@ -21,10 +21,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# name -> ModelConfig fields (benchmarks/train_step.py's models)
-MODELS = {"mlp": dict(arch="mlp", width=256, depth=2), "cnn": dict(arch="cnn", width=1, depth=16),
-          "wrn16-1": dict(arch="wrn", width=1, depth=16), "wrn16-2": dict(arch="wrn", width=2, depth=16)}
+import harness  # noqa: E402  (the benchmarks' models)
+
+# name -> ModelConfig fields: four of benchmarks/harness.py's models
+MODELS = {name: harness.MODELS[name] for name in ("mlp", "cnn", "wrn16-1", "wrn16-2")}
 IMPLS = {"mlp": [("dense_impl", "xla"), ("dense_impl", "native")],
          "cnn": [("conv_impl", "xla"), ("conv_impl", "shifted_matmul"), ("conv_impl", "native")],
          "wrn16-1": [("conv_impl", "xla"), ("conv_impl", "shifted_matmul"), ("conv_impl", "native")],

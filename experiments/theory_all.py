@@ -30,9 +30,9 @@ import theory_trades  # noqa: E402
 
 from nt_robust.io import read_json, write_json  # noqa: E402
 
-STAGES = {"init_gradients": theory_init_gradients, "ntk_convergence": theory_ntk_convergence,
-          "bound_growth": theory_bound_growth, "lazy": theory_lazy, "trades": theory_trades,
-          "memory": theory_memory, "conv": theory_conv}
+STAGES = {module.EXPERIMENT.name: module.EXPERIMENT
+          for module in (theory_init_gradients, theory_ntk_convergence, theory_bound_growth, theory_lazy,
+                         theory_trades, theory_memory, theory_conv)}
 
 
 def _cpu_seconds() -> float:
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
         if previous.get("preset") == args.preset:
             timing["stages"] = {k: v for k, v in previous["stages"].items() if k not in args.only}
     start_wall, start_cpu = time.time(), _cpu_seconds()
-    for name, module in STAGES.items():
+    for name, experiment in STAGES.items():
         if args.only and name not in args.only:
             continue
         wall, cpu = time.time(), _cpu_seconds()
-        module.main(["--preset", args.preset, "--out", args.out])
+        experiment.main(["--preset", args.preset, "--out", args.out])
         timing["stages"][name] = {"wall_s": time.time() - wall, "cpu_s": _cpu_seconds() - cpu,
                                   "date": time.strftime("%Y-%m-%d")}
         print(f"== {name}: {timing['stages'][name]}", flush=True)

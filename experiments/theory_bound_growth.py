@@ -19,15 +19,12 @@ bound in the paper's theorem.
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust.io import write_json
 from nt_robust.theory.data import sphere_binary_subset
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.gradients import grad_norms
 from nt_robust.theory.networks import MLPSpec, init_params, scalar_fn
 from nt_robust.theory.presets import get_preset
@@ -65,13 +62,8 @@ def summarize(result: dict) -> dict:
     return fits
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    args = parser.parse_args(argv)
-    preset = get_preset(args.preset)
-    start = time.time()
+def measure(preset_name: str, out_dir: str = "") -> dict:
+    preset = get_preset(preset_name)
     data = sphere_binary_subset(n_train=8, n_test=preset.init_points, seed=0)
     u = jnp.asarray(data.x_test)
     rows = []
@@ -95,16 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
                   + (f" spectral(seed 0)={rows[-preset.bound_seeds]['spectral_bound_l2']:.0f}"
                      if "spectral_bound_l2" in rows[-preset.bound_seeds] else ""),
                   flush=True)
-    result = {"preset": args.preset, "data": data.info, "rows": rows, "seeds": preset.bound_seeds,
-              "spectral_seeds": preset.spectral_seeds, "spectral_max_width": preset.spectral_max_width}
-    result["fits"] = summarize(result)
-    result["seconds"] = time.time() - start
-    write_json(f"{args.out}/bound_growth.json", result)
-    plot(result, preset, args.out)
-    return result
+    return {"preset": preset_name, "data": data.info, "rows": rows, "seeds": preset.bound_seeds,
+            "spectral_seeds": preset.spectral_seeds, "spectral_max_width": preset.spectral_max_width}
 
 
-def plot(result: dict, preset, out_dir: str) -> None:
+def plot(result: dict, out_dir: str) -> None:
+    preset = get_preset(result["preset"])
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -130,5 +118,8 @@ def plot(result: dict, preset, out_dir: str) -> None:
     plt.close(fig)
 
 
+EXPERIMENT = TheoryExperiment("bound_growth", __doc__, measure, summarize, plot)
+
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

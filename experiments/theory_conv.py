@@ -31,7 +31,6 @@ nt_robust.studies.uncertainty::
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -39,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from nt_robust.attacks.config import AttackConfig
-from nt_robust.io import write_json
 from nt_robust.metrics import evaluate_model
 from nt_robust.models.registry import ModelConfig, create_model, init_variables
 from nt_robust.studies.uncertainty import contrast_interval, paired_difference, verdict
@@ -48,6 +46,7 @@ from nt_robust.theory.conv import (abs_product_bound, analytic_grad_sq_norm, fla
                                    smallcnn_abs_product_bound, stax_abs_product_bound, stax_empirical_ntk,
                                    stax_init, stax_input_grads, wrn_arch, wrn_stax)
 from nt_robust.theory.data import image_subset
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.presets import get_preset
 from nt_robust.theory.scaling import fit_log_mean, save_figure
 
@@ -112,7 +111,7 @@ def _stability(net: Net, variables, x, labels, attack: AttackConfig, seed: int) 
             "natural_accuracy": result.summary()["natural_accuracy"]}
 
 
-def measure(preset_name: str) -> dict:
+def measure(preset_name: str, out_dir: str = "") -> dict:
     preset = get_preset(preset_name)
     n_img = max(preset.conv_ntk_points, preset.conv_grad_points, preset.conv_stability_points)
     data = image_subset(n=n_img, downsample=preset.conv_downsample, n_train=2048 if preset.conv_train_steps else 0)
@@ -254,7 +253,8 @@ def summarize(result: dict) -> dict:
     return fits
 
 
-def plot(result: dict, fits: dict, out_dir: str) -> None:
+def plot(result: dict, out_dir: str) -> None:
+    fits = result["fits"]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -362,19 +362,8 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
         save(fig, "conv_stability")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    args = parser.parse_args(argv)
-    start = time.time()
-    result = measure(args.preset)
-    result["fits"] = summarize(result)
-    result["seconds"] = time.time() - start
-    write_json(f"{args.out}/conv.json", result)
-    plot(result, result["fits"], args.out)
-    return result
+EXPERIMENT = TheoryExperiment("conv", __doc__, measure, summarize, plot)
 
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

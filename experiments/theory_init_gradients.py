@@ -12,15 +12,12 @@ sd² = floor + c/m and compare the floor with 2/d::
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust.io import write_json
 from nt_robust.theory.data import sphere_binary_subset
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.gradients import closed_form_grad_sq_norm, input_grads, kernel_grad_sq_norm
 from nt_robust.theory.networks import MLPSpec, init_params, scalar_fn
 from nt_robust.theory.presets import get_preset
@@ -85,7 +82,8 @@ def summarize(result: dict) -> dict:
     return fits
 
 
-def plot(result: dict, fits: dict, out_dir: str) -> None:
+def plot(result: dict, out_dir: str) -> None:
+    fits = result["fits"]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,30 +112,15 @@ def plot(result: dict, fits: dict, out_dir: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    parser.add_argument("--resummarize", action="store_true",
-                        help="recompute the fits and the figure from the measurements already in init_gradients.json")
-    args = parser.parse_args(argv)
-    if args.resummarize:
-        from nt_robust.io import read_json
-
-        result = read_json(f"{args.out}/init_gradients.json")
-        result["kernel"] = {int(k): v for k, v in result["kernel"].items()}
-        result["fits"] = summarize(result)
-        write_json(f"{args.out}/init_gradients.json", result)
-        plot(result, result["fits"], args.out)
-        return result
-    start = time.time()
-    result = measure(args.preset, args.out)
+def resummarize(result: dict) -> dict:
+    """recompute the fits and the figure from the measurements already in init_gradients.json"""
+    result["kernel"] = {int(k): v for k, v in result["kernel"].items()}
     result["fits"] = summarize(result)
-    result["seconds"] = time.time() - start
-    write_json(f"{args.out}/init_gradients.json", result)
-    plot(result, result["fits"], args.out)
     return result
 
 
+EXPERIMENT = TheoryExperiment("init_gradients", __doc__, measure, summarize, plot, resummarize=resummarize)
+
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -16,9 +16,7 @@ interval over seeds)::
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
 import time
 
 import jax
@@ -29,6 +27,7 @@ from nt_robust.io import write_json
 from nt_robust.metrics import yang_local_lipschitz
 from nt_robust.theory import lazy_training as lt
 from nt_robust.theory.data import sphere_binary_subset
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.gradients import KernelModel, grad_norms
 from nt_robust.theory.kernels import relu_kernels
 from nt_robust.theory.networks import MLPSpec, binary_logits, init_params, relative_change, scalar_fn, sphere_scale
@@ -99,7 +98,8 @@ def run_one(spec, loss_kind, x, y, xt, yt, steps, seed, eps_grid, eps_scale):
 
 
 
-def measure(preset_name: str, partial_path: str | None = None) -> dict:
+def measure(preset_name: str, out_dir: str | None = None) -> dict:
+    partial_path = EXPERIMENT.partial_path(out_dir) if out_dir else None
     preset = get_preset(preset_name)
     data = sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0)
     x, y, xt, yt = map(jnp.asarray, (data.x_train, data.y_train, data.x_test, data.y_test))
@@ -251,7 +251,9 @@ def plot(result: dict, out_dir: str) -> None:
 
 
 def finalize_partial(preset_name: str, out_dir: str) -> dict:
-    """Turn an interrupted run's rows into lazy.json (marked partial) with fits and figures."""
+    """summarize and plot what an interrupted run left in lazy.partial.json
+
+    Its rows become lazy.json (marked partial) with fits and figures."""
     from nt_robust.io import read_json
 
     preset = get_preset(preset_name)
@@ -269,43 +271,23 @@ def finalize_partial(preset_name: str, out_dir: str) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    parser.add_argument("--finalize-partial", action="store_true",
-                        help="summarize and plot what an interrupted run left in lazy.partial.json")
-    parser.add_argument("--resummarize", action="store_true",
-                        help="recompute the fits and figures from the rows already in lazy.json")
-    args = parser.parse_args(argv)
-    start = time.time()
-    if args.resummarize:
-        from nt_robust.io import read_json
-
-        result = read_json(f"{args.out}/lazy.json")
-        for row in result["rows"]:
-            row.setdefault("grad_l2_ratio", row["grad_l2"] / row["grad_l2_init"])
-        preset = get_preset(result["preset"])
-        data = sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0)
-        for mp in result["mean_predictor"]:
-            if mp["parameterization"] == "standard" and "normalized_kernel_vs_ntk_param" not in mp:
-                kspec = MLPSpec(mp["depth"], mp["width"], "standard").kernel_spec()
-                mp["normalized_kernel_vs_ntk_param"] = lt.normalized_kernel_difference(kspec, jnp.asarray(data.x_train))
-        result["fits"] = summarize(result)
-        write_json(f"{args.out}/lazy.json", result)
-        plot(result, args.out)
-        return result
-    if args.finalize_partial:
-        return finalize_partial(args.preset, args.out)
-    result = measure(args.preset, f"{args.out}/lazy.partial.json")
+def resummarize(result: dict) -> dict:
+    """recompute the fits and figures from the rows already in lazy.json"""
+    for row in result["rows"]:
+        row.setdefault("grad_l2_ratio", row["grad_l2"] / row["grad_l2_init"])
+    preset = get_preset(result["preset"])
+    data = sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0)
+    for mp in result["mean_predictor"]:
+        if mp["parameterization"] == "standard" and "normalized_kernel_vs_ntk_param" not in mp:
+            kspec = MLPSpec(mp["depth"], mp["width"], "standard").kernel_spec()
+            mp["normalized_kernel_vs_ntk_param"] = lt.normalized_kernel_difference(kspec, jnp.asarray(data.x_train))
     result["fits"] = summarize(result)
-    result["seconds"] = time.time() - start
-    write_json(f"{args.out}/lazy.json", result)
-    if os.path.exists(f"{args.out}/lazy.partial.json"):
-        os.remove(f"{args.out}/lazy.partial.json")
-    plot(result, args.out)
     return result
 
 
+EXPERIMENT = TheoryExperiment("lazy", __doc__, measure, summarize, plot, resummarize=resummarize,
+                              modes={"--finalize-partial": finalize_partial}, partial=True)
+
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -9,13 +9,12 @@ parent's peak when this runs inside theory_all.py)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
-import time
 
 from nt_robust.io import write_json
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.presets import get_preset
 
 _CHILD = r"""
@@ -66,24 +65,23 @@ def run(kind: str, n: int, width: int = 0, timeout: int = 900) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    args = parser.parse_args(argv)
-    preset = get_preset(args.preset)
-    start, rows = time.time(), []
+def measure(preset_name: str, out_dir: str) -> dict:
+    """Every kernel kind at the preset's sizes, one fresh process each; OUT/memory.json (marked
+    partial) after each, since a large size can take long or run out of memory."""
+    preset = get_preset(preset_name)
+    rows = []
     for n in preset.memory_sizes:
         for kind in ("ours_tiled", "nt_analytic_batched"):
             rows.append(run(kind, n))
             print(rows[-1], flush=True)
-            write_json(f"{args.out}/memory.json", {"preset": args.preset, "depth": 3, "rows": rows, "partial": True})
+            write_json(f"{out_dir}/memory.json", {"preset": preset_name, "depth": 3, "rows": rows, "partial": True})
     rows.append(run("nt_empirical_batched", max(min(preset.memory_sizes) // 2, 100), 256))
     print(rows[-1], flush=True)
-    result = {"preset": args.preset, "depth": 3, "rows": rows, "seconds": time.time() - start}
-    write_json(f"{args.out}/memory.json", result)
-    return result
+    return {"preset": preset_name, "depth": 3, "rows": rows}
+
+
+EXPERIMENT = TheoryExperiment("memory", __doc__, measure)
 
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

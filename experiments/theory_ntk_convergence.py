@@ -8,15 +8,12 @@ unit sphere (fed as √d·u, see nt_robust.theory.networks)::
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust.io import write_json
 from nt_robust.theory.data import sphere_binary_subset
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.kernels import nt_stax_mlp, relu_kernels
 from nt_robust.theory.networks import MLPSpec, apply, init_params, sphere_scale
 from nt_robust.theory.nt_compat import NTK_IMPL, nt
@@ -26,7 +23,7 @@ from nt_robust.theory.scaling import fit_loglog, save_figure
 PARAMETERIZATIONS = ("ntk", "standard")
 
 
-def measure(preset_name: str) -> dict:
+def measure(preset_name: str, out_dir: str = "") -> dict:
     preset = get_preset(preset_name)
     data = sphere_binary_subset(n_train=preset.ntk_points, n_test=8, seed=1)
     z = sphere_scale(data.x_train.shape[1]) * jnp.asarray(data.x_train)
@@ -88,19 +85,8 @@ def plot(result: dict, out_dir: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    args = parser.parse_args(argv)
-    start = time.time()
-    result = measure(args.preset)
-    result["fits"] = summarize(result)
-    result["seconds"] = time.time() - start
-    write_json(f"{args.out}/ntk_convergence.json", result)
-    plot(result, args.out)
-    return result
+EXPERIMENT = TheoryExperiment("ntk_convergence", __doc__, measure, summarize, plot)
 
 
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -18,7 +18,6 @@ the two parameterizations' rows are not independent evidence::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import time
@@ -28,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nt_robust.attacks import AttackConfig, pgd
-from nt_robust.io import write_json
 from nt_robust.metrics import yang_local_lipschitz
 from nt_robust.objectives import objective_terms
 from nt_robust.theory import lazy_training as lt
 from nt_robust.theory.data import sphere_binary_subset
+from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.gradients import grad_norms
 from nt_robust.theory.networks import MLPSpec, binary_logits, init_params, relative_change, scalar_fn
 from nt_robust.theory.presets import get_preset
@@ -75,7 +74,7 @@ def _evaluate(spec: MLPSpec, attack: AttackConfig, params, xt, labels, key):
             "stability": jnp.mean(adv == clean), "yang_lipschitz": jnp.mean(yang)}
 
 
-def measure(preset_name: str) -> dict:
+def measure(preset_name: str, out_dir: str = "") -> dict:
     preset = get_preset(preset_name)
     data = sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0)
     x, xt = jnp.asarray(data.x_train), jnp.asarray(data.x_test)
@@ -160,35 +159,21 @@ def plot(result: dict, out_dir: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--out", default="figures/theory")
-    parser.add_argument("--resummarize", action="store_true",
-                        help="recompute fits (and the kernel comparison, if missing) from the rows in trades.json")
-    args = parser.parse_args(argv)
-    if args.resummarize:
-        from nt_robust.io import read_json
-
-        result = read_json(f"{args.out}/trades.json")
-        if "normalized_kernel_vs_ntk_param" not in result:
-            preset = get_preset(result["preset"])
-            x = jnp.asarray(sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0).x_train)
-            result["normalized_kernel_vs_ntk_param"] = {
-                str(w): lt.normalized_kernel_difference(MLPSpec(DEPTH, w, "standard").kernel_spec(), x)
-                for w in sorted({r["width"] for r in result["rows"]})}
-        if all("seed" in r and "grad_l2_init" in r for r in result["rows"]):
-            result["fits"] = summarize(result)
-        write_json(f"{args.out}/trades.json", result)
-        return result
-    start = time.time()
-    result = measure(args.preset)
-    result["fits"] = summarize(result)
-    result["seconds"] = time.time() - start
-    write_json(f"{args.out}/trades.json", result)
-    plot(result, args.out)
+def resummarize(result: dict) -> dict:
+    """recompute fits (and the kernel comparison, if missing) from the rows in trades.json"""
+    if "normalized_kernel_vs_ntk_param" not in result:
+        preset = get_preset(result["preset"])
+        x = jnp.asarray(sphere_binary_subset(n_train=preset.n_train, n_test=preset.n_test, seed=0).x_train)
+        result["normalized_kernel_vs_ntk_param"] = {
+            str(w): lt.normalized_kernel_difference(MLPSpec(DEPTH, w, "standard").kernel_spec(), x)
+            for w in sorted({r["width"] for r in result["rows"]})}
+    if all("seed" in r and "grad_l2_init" in r for r in result["rows"]):
+        result["fits"] = summarize(result)
     return result
 
 
+EXPERIMENT = TheoryExperiment("trades", __doc__, measure, summarize, plot, resummarize=resummarize, replot=False)
+
+
 if __name__ == "__main__":
-    main()
+    EXPERIMENT.main()

@@ -109,7 +109,8 @@ def _resolves(key: str) -> bool:
 
 def _script_sources() -> dict[str, str]:
     scripts = [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("experiments/*.py")]
-    return {str(p.relative_to(ROOT)): _text(p) for p in scripts}
+    runner = _text(ROOT / "nt_robust" / "theory" / "experiment.py")  # --preset, --out, --resummarize of theory_*.py
+    return {str(p.relative_to(ROOT)): _text(p) + (runner if "TheoryExperiment(" in _text(p) else "") for p in scripts}
 
 
 # 1. No references to files outside the repository.
