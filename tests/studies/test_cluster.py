@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from nt_robust import cli
 from nt_robust.config import ConfigError
@@ -178,6 +177,7 @@ def test_task_script_passes_sigterm_and_requeues_on_143(tmp_path, how, code, req
 
 
 def _documents(manifest):
+    yaml = pytest.importorskip("yaml", reason="pip install -e '.[test]' (kubernetes-validate brings PyYAML)")
     return [d for d in yaml.safe_load_all(manifest) if d is not None]
 
 

@@ -170,7 +170,7 @@ widths = [32]
 modes = ["unweighted_ratio"]
 [attack_check]
 protocols = ["pgd20-0.007", "cw20"]
-examples = 32
+examples = 16
 ''' if war else ""
     grid = '"model.width" = [4, 32]\n"objective.lam" = [1.0, 6.0]' if war else '"model.width" = [4]'
     spec.write_text(f'name = "{name}"\nbase_config = "{base}"\nruns_root = "{root / name}"\nseeds = [0]\n'
@@ -250,71 +250,87 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         np.testing.assert_array_equal(arrays[key], ref_arrays[key], err_msg=key)
 
 
+def run_process(runs_root: Path, index: int) -> int:
+    """The pid of the Python process training study index ``index`` under ``runs_root``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in argv]
+        if "nt_robust.cli" in text and str(runs_root) in text and text[-2:] == ["--index", str(index)]:
+            return int(proc.name)
+    return 0
+
+
 def test_study_on_a_real_slurm_requeues_and_resumes_exactly(cluster, tmp_path):
     started = time.monotonic()
     version = cluster.run("sbatch", "--version").stdout.strip()
-    main_spec = write_study(tmp_path, "tiny", epochs=6, war=True)
-    slow_spec = write_study(tmp_path, "slow", epochs=40, war=False)
-    main_jobs = submit(cluster, main_spec, tmp_path, "00:10:00")
-    slow_jobs = submit(cluster, slow_spec, tmp_path, "00:10:00")
-    assert set(main_jobs) == {"grid", "war", "attacks", "report"} and set(slow_jobs) == {"grid", "report"}
-    cluster.run("scancel", slow_jobs.pop("report"))  # one run: nothing to report
-    main_runs, slow_run = tmp_path / "tiny", tmp_path / "slow" / "width4_seed0"
+    spec = write_study(tmp_path, "tiny", epochs=8, war=True)
+    jobs = submit(cluster, spec, tmp_path, "00:10:00")
+    assert list(jobs) == ["grid", "war", "attacks", "report"]
+    runs_root, runs = tmp_path / "tiny", load_study(spec).runs()
 
-    # scontrol requeue of grid task 1 once it has finished its first epoch (a checkpoint) and not its last
-    task = task_job_id(cluster, main_jobs["grid"], 1)
-    requeued_run = main_runs / load_study(main_spec).runs()[1].name
-    wait_for(lambda: epochs_done(requeued_run) >= 1, 180, "grid task 1's first epoch", cluster)
-    assert epochs_done(requeued_run) < 6
-    cluster.run("scontrol", "requeue", task)
-    release_requeued(cluster, task)
+    # Grid tasks 0 and 1 start together. Task 0: scontrol requeue once it has finished its first
+    # epoch (a checkpoint) and not its last. Task 1: its time limit. Slurm checks limits every 30 s,
+    # so the run is paused (SIGSTOP) after its first epoch; its limit drops to 2 min, so the
+    # --signal=B:TERM@120 warning fires at the next check; the task script passes SIGTERM on, the
+    # run continues (SIGCONT) and stops.
+    requeued_task, timed_task = task_job_id(cluster, jobs["grid"], 0), task_job_id(cluster, jobs["grid"], 1)
+    requeued_run, timed_run = runs_root / runs[0].name, runs_root / runs[1].name
+    pid, requeued, deadline = 0, False, time.monotonic() + 180
+    try:
+        while not (pid and requeued):
+            assert time.monotonic() < deadline, f"grid tasks 0 and 1 did not start training\n{cluster.logs()}"
+            if not pid and epochs_done(timed_run) >= 1:
+                pid = run_process(runs_root, 1)
+                if pid:
+                    os.kill(pid, signal.SIGSTOP)
+                    assert epochs_done(timed_run) < 8
+            if not requeued and epochs_done(requeued_run) >= 1:
+                cluster.run("scontrol", "requeue", requeued_task)
+                requeued = True
+                assert epochs_done(requeued_run) < 8
+            time.sleep(0.1)
+        log = runs_root / "slurm" / f"grid_{jobs['grid']}_1.out"
+        cluster.run("scontrol", "update", f"JobId={timed_task}", "TimeLimit=2")
+        wait_for(lambda: "== SIGTERM" in log.read_text(), 90, "the time-limit signal", cluster)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+    release_requeued(cluster, requeued_task)
+    release_requeued(cluster, timed_task, time_limit="10")
 
-    # the time limit: once the slow run is past its first epoch, its limit drops to 2 min, so the
-    # --signal=B:TERM@120 warning fires at Slurm's next 30 s check; then the limit goes back up
-    slow_task = task_job_id(cluster, slow_jobs["grid"], 0)
-    wait_for(lambda: epochs_done(slow_run) >= 1, 180, "the slow run's first epoch", cluster)
-    cluster.run("scontrol", "update", f"JobId={slow_task}", "TimeLimit=2")
-    release_requeued(cluster, slow_task, timeout=90, time_limit="10")
-
-    wait_for(lambda: job_field(cluster, main_jobs["report"], "JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
+    wait_for(lambda: job_field(cluster, jobs["report"], "JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
              600, "the report job", cluster)
-    wait_for(lambda: job_field(cluster, f"{slow_jobs['grid']}_0", "JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
-             300, "the slow study's run", cluster)
-    logs = tmp_path / "tiny" / "slurm"
-    for jobs, root in ((main_jobs, tmp_path / "tiny"), (slow_jobs, tmp_path / "slow")):
-        for stage, job in jobs.items():
-            tasks = [f"{job}_{i}" for i in range(4)] if stage == "grid" and root.name == "tiny" else \
-                [f"{job}_0"] if stage == "grid" else [f"{job}_4"] if stage == "war" else [job]
-            for task in tasks:
-                assert job_field(cluster, task, "JobState") == "COMPLETED", (task, sorted((root / "slurm").iterdir()))
-
-    # dependencies: each stage started after the previous one ended
-    def times(job, field):
-        return sorted(job_field(cluster, f"{job}_{i}" if stage in ("grid", "war") else job, field) or ""
-                      for i in (range(4) if stage == "grid" else [4] if stage == "war" else [None]))
-    order = []
-    for stage in ("grid", "war", "attacks", "report"):
-        order.append((times(main_jobs[stage], "StartTime")[0], times(main_jobs[stage], "EndTime")[-1]))
-    for (_, end), (start, _) in zip(order, order[1:]):
+    tasks = {"grid": [f"{jobs['grid']}_{i}" for i in range(4)], "war": [f"{jobs['war']}_4"],
+             "attacks": [jobs["attacks"]], "report": [jobs["report"]]}
+    logs = runs_root / "slurm"
+    for stage, ids in tasks.items():
+        for task_id in ids:
+            assert job_field(cluster, task_id, "JobState") == "COMPLETED", (task_id, sorted(logs.iterdir()))
+    # dependencies: each stage started after every task of the one before it ended
+    spans = [(min(job_field(cluster, t, "StartTime") for t in ids), max(job_field(cluster, t, "EndTime") for t in ids))
+             for ids in tasks.values()]
+    for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end
 
-    # per-attempt logs: one file per array task (%A_%a), the requeued task's two attempts appended to it
-    names = sorted(p.name for p in logs.glob("*.out"))
-    grid, war = main_jobs["grid"], main_jobs["war"]
-    assert names == sorted([f"grid_{grid}_{i}.out" for i in range(4)] + [f"war_{war}_4.out",
-                            f"attacks_{main_jobs['attacks']}.out", f"report_{main_jobs['report']}.out"])
-    requeued_log = (logs / f"grid_{grid}_1.out").read_text()
-    assert "attempt 1 on" in requeued_log and "attempt 2 on" in requeued_log
-    assert "resuming" in requeued_log
-    slow_log = next((tmp_path / "slow" / "slurm").glob("grid_*_0.out")).read_text()
-    assert "== SIGTERM: passing it to the run" in slow_log and "requeueing job" in slow_log
-    assert "attempt 2 on" in slow_log and "resuming" in slow_log
-
+    # per-attempt logs: one file per array task (%A_%a), a requeued task's attempts appended to it
+    grid, war = jobs["grid"], jobs["war"]
+    assert sorted(p.name for p in logs.glob("*.out")) == sorted(
+        [f"grid_{grid}_{i}.out" for i in range(4)] + [f"war_{war}_4.out", f"attacks_{jobs['attacks']}.out",
+                                                       f"report_{jobs['report']}.out"])
+    for i in (0, 1):
+        text = (logs / f"grid_{grid}_{i}.out").read_text()
+        assert "attempt 1 on" in text and "attempt 2 on" in text and "resuming" in text
+    timed_log = log.read_text()
+    assert "== SIGTERM: passing it to the run" in timed_log and "requeueing job" in timed_log
+    assert "stopped by SIGTERM" in timed_log
     assert (tmp_path / "figures" / "tiny" / "report.md").exists()
 
     # exact resumption: the interrupted runs equal runs nobody interrupted
-    for spec, index, run_dir in ((main_spec, 1, requeued_run), (slow_spec, 0, slow_run)):
-        reference_root = tmp_path / "reference" / spec.stem
+    reference_root = tmp_path / "reference"
+    for index, run_dir in ((0, requeued_run), (1, timed_run)):
         subprocess.run([str(tmp_path / "nt-robust"), "study", str(spec), "--runs-root", str(reference_root),
                         "--index", str(index)], check=True, capture_output=True, cwd=tmp_path)
         assert_same_run(run_dir, reference_root / run_dir.name)
