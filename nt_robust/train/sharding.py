@@ -56,8 +56,9 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                     process_id=process_id).items() if v is not None}
     timeout = coordinator_timeout()
     where = coordinator or "the auto-detected coordinator"
-    logging.getLogger("nt_robust.train").info("joining the job at %s (process %s of %s; waiting up to %d s)",
-                                              where, process_id, num_processes, timeout)
+    which = "auto-detected" if process_id is None else f"{process_id} of {num_processes}"
+    logging.getLogger("nt_robust.train").info("joining the job at %s (process %s; waiting up to %d s)",
+                                              where, which, timeout)
     if coordinator and process_id:  # XLA aborts the process (SIGABRT) when its own wait runs out
         _wait_for_coordinator(coordinator, timeout)
     try:

@@ -3,7 +3,9 @@ slurmctld, slurmd as root, config written here) runs a tiny synthetic study's sc
 dependencies grid -> WAR -> attacks -> report, per-attempt logs (``%A_%a``, appended), a grid
 task requeued mid-run (``scontrol requeue``) and a task whose time limit fires Slurm's
 ``--signal=B:TERM`` both resume exactly (their metrics and per-example predictions equal those
-of runs nobody interrupted), and the report at the end. Daemons are stopped even on failure.
+of runs nobody interrupted), the report at the end, and the multi-node form's launch (``srun``,
+one task per node, ``--distributed`` joining through JAX's Slurm detection) on the one node.
+Daemons are stopped even on failure.
 
 Runs when ``NT_ROBUST_SLURM_TEST=1`` and the machine has Debian's slurm-wlm and munge
 (``apt-get install -y slurm-wlm munge``) and the test runs as root; otherwise skipped, saying
@@ -334,4 +336,12 @@ def test_study_on_a_real_slurm_requeues_and_resumes_exactly(cluster, tmp_path):
         subprocess.run([str(tmp_path / "nt-robust"), "study", str(spec), "--runs-root", str(reference_root),
                         "--index", str(index)], check=True, capture_output=True, cwd=tmp_path)
         assert_same_run(run_dir, reference_root / run_dir.name)
+    # the multi-node form's launch on this one node: srun, one task per node, JAX finding the job
+    # from Slurm's environment (the run is finished: it is skipped once the process has joined)
+    out = tmp_path / "srun_%A_%a.out"
+    cluster.run("sbatch", "--wait", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--array=0-0",
+                f"--output={out}", str(logs / "task.sh"), "--srun", str(tmp_path / "nt-robust"), "study", str(spec),
+                "--runs-root", str(runs_root), "--distributed")
+    text = next(tmp_path.glob("srun_*_0.out")).read_text()
+    assert "joining the job at the auto-detected coordinator" in text and "finished, skipped" in text
     print(f"\n{version}: the real-Slurm test took {time.monotonic() - started:.0f} s")
