@@ -15,11 +15,11 @@ run's λ comes from the finished grid), the attack check (``--stage attacks``) a
 and the report last. Array task ids *are* the study's run indices (``--list``).
 
 Preemption and time limits: every job has ``--requeue`` and ``--signal=B:TERM@S`` (S =
-``--signal-margin``, default 120 s): Slurm sends SIGTERM to the task script S seconds (give or
-take Slurm's 30-60 s timer) before ``--time``; the script passes it to the run, which stops and
-exits 143 with its progress in its checkpoint; the script then calls ``scontrol requeue`` on
-its own job and exits 0. A requeued job goes back to the queue under the same id, so
-``afterok`` waits for the attempt that finishes instead of failing (a task that *reaches*
+``--signal-margin``, default 120 s): Slurm sends SIGTERM to the task script S seconds before
+``--time`` (up to 60 s earlier: Slurm checks limits on a timer); the script passes it to the
+run, which stops and exits 143 with its progress in its checkpoint; the script then calls
+``scontrol requeue`` on its own job and exits 0. A requeued job goes back to the queue under
+the same id (Slurm 22.05 holds it about 2 minutes before its next attempt), so ``afterok`` waits for the attempt that finishes instead of failing (a task that *reaches*
 ``--time`` is TIMEOUT, which ``afterok`` counts as failure: S must cover the time a step and a
 checkpoint take). Logs: ``STAGE_%A_%a.out`` with ``--open-mode=append``: one file per task of
 a submission, every attempt appended below a ``== … attempt N`` line; a resubmission (a new

@@ -212,7 +212,8 @@ def test_k8s_indexed_jobs_map_to_the_study_indices_and_pass_the_schema(study):
         assert "activeDeadlineSeconds" not in spec and pod["activeDeadlineSeconds"] == 3600  # per pod
         assert container["command"] == ["bash", "-c"] and container["args"][0].startswith("set -euo pipefail; exec ")
         assert container["resources"]["limits"]["memory"] == "32Gi"
-        assert ("nvidia.com/gpu" in container["resources"]["limits"]) == (document["metadata"]["name"] != "quick-fmnist-report")
+        is_report = document["metadata"]["name"] == "quick-fmnist-report"
+        assert ("nvidia.com/gpu" in container["resources"]["limits"]) == (not is_report)
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "work"
         assert {"action": "Ignore", "onExitCodes": {"containerName": "nt-robust", "operator": "In",
                                                     "values": [143]}} in spec["podFailurePolicy"]["rules"]
@@ -333,7 +334,8 @@ def test_bad_tpu_input_is_refused_before_anything_is_emitted(tmp_path, capsys):
         gke_slice("tpu-v9/2x2")
     with pytest.raises(ConfigError, match="topology must be like 4x4"):
         gke_slice("tpu-v5-lite-podslice/4by4")
-    assert cli.main(["study", str(study.spec_path), "--emit", "k8s", "--image", "i", "--tpu", "tpu-v4-podslice/2x4x4"]) == 2
+    assert cli.main(["study", str(study.spec_path), "--emit", "k8s", "--image", "i",
+                     "--tpu", "tpu-v4-podslice/2x4x4"]) == 2
     err = capsys.readouterr()
     assert "batch_size = 48 does not divide over tpu-v4-podslice/2x4x4's 32 chips" in err.err and not err.out
 

@@ -183,7 +183,8 @@ examples = 16
 def executable(root: Path) -> Path:
     """What the jobs run: this checkout's CLI under this interpreter (nice: a shared machine)."""
     path = root / "nt-robust"
-    path.write_text(f"#!/bin/bash\nexport PYTHONPATH={ROOT}\nexec nice -n 10 {sys.executable} -m nt_robust.cli \"$@\"\n")
+    path.write_text(f"#!/bin/bash\nexport PYTHONPATH={ROOT}\n"
+                    f"exec nice -n 10 {sys.executable} -m nt_robust.cli \"$@\"\n")
     path.chmod(0o755)
     return path
 
