@@ -68,7 +68,7 @@ launch=()
 if [ "${1:-}" = --srun ]; then shift; launch=(srun --ntasks-per-node=1 --kill-on-bad-exit=1); fi
 echo "== $(date -u +%FT%TZ) job ${SLURM_JOB_ID:-none} (${SLURM_ARRAY_JOB_ID:-}_${SLURM_ARRAY_TASK_ID:-})" \
      "attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on $(hostname)"
-"${launch[@]}" "$@" ${SLURM_ARRAY_TASK_ID:+--index "$SLURM_ARRAY_TASK_ID"} &
+${launch[@]+"${launch[@]}"} "$@" ${SLURM_ARRAY_TASK_ID:+--index "$SLURM_ARRAY_TASK_ID"} &  # the + form: an empty array under set -u, bash < 4.4
 child=$!
 trap 'echo "== SIGTERM: passing it to the run"; kill -TERM "$child" 2>/dev/null' TERM
 while :; do  # wait returns early when the trap runs: wait again until the run has exited
