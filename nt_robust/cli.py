@@ -284,18 +284,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--report", action="store_true", help="only aggregate, draw figures and write the report")
     study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
     study.add_argument("--figures-dir", help="where figures and report.md go (default figures/<name>)")
-    cluster = study.add_argument_group("cluster jobs (--emit; see nt_robust/studies/cluster.py)")
-    cluster.add_argument("--emit", choices=["slurm", "k8s"],
-                         help="print a Slurm submission script (job arrays: grid, then WAR afterok, then report) "
-                              "or a Kubernetes Indexed Job manifest, and stop")
-    cluster.add_argument("--partition", help="Slurm partition")
-    cluster.add_argument("--gpus-per-task", type=int, metavar="N", help="GPUs per run")
-    cluster.add_argument("--cpus-per-task", type=int, metavar="N", help="CPU cores per run")
-    cluster.add_argument("--time", metavar="HH:MM:SS", help="time limit per run")
-    cluster.add_argument("--mem", metavar="M", help="memory per run, e.g. 32G")
-    cluster.add_argument("--image", default="python:3.11", help="k8s: container image with the environment")
-    cluster.add_argument("--volume-claim", metavar="PVC",
-                         help="k8s: PersistentVolumeClaim holding the repository, data and runs")
+    from nt_robust.studies.cluster import add_emit_arguments
+    add_emit_arguments(study)  # --emit and its options, --distributed
 
     regime_map = command("map", "the regime map: slopes vs log width and claim verdicts across studies")
     regime_map.add_argument("specs", nargs="*", metavar="SPEC", help="study specs (experiments/regime_*.toml, ...)")
@@ -679,13 +669,13 @@ def _study(args: argparse.Namespace) -> int:
                           f"{spec}`? (a study spec names a base_config and a [grid]; see experiments/study_*.toml)")
     study = getattr(args, "loaded_study", None) or load_study(spec, args.runs_root)  # see _models_to_train
     if args.emit:
-        from nt_robust.studies.cluster import Resources, emit
+        from nt_robust.studies.cluster import emit_from_args
 
-        resources = Resources(partition=args.partition, gpus_per_task=args.gpus_per_task,
-                              cpus_per_task=args.cpus_per_task, time=args.time, mem=args.mem,
-                              image=args.image, volume_claim=args.volume_claim)
-        print(emit(study, args.emit, resources), end="")
+        print(emit_from_args(study, args), end="")
         return 0
+    if args.distributed:  # a multi-host run (the jobs --emit writes for --nodes N, TPU slices)
+        from nt_robust.train.sharding import initialize_distributed
+        initialize_distributed()
     if args.list:
         rows = [[r.index, r.stage, r.name, "finished" if study.is_finished(r) else
                  ("started" if study.run_dir(r).exists() else "pending")] for r in study.runs()]

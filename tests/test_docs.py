@@ -32,7 +32,9 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w])")  # --xla_cpu_... (XLA'
 SET_KEY = re.compile(r"--set[ =]+['\"]?([a-z_]+\.[\w.]*)=")
 # Flags of other tools that the docs show (pip, sbatch, XLA_FLAGS=--help).
 EXTERNAL_FLAGS = {"--no-deps", "--upgrade", "--quiet", "--help", "--index-url", "--dependency",
-                  "--signal", "--requeue"}
+                  "--signal", "--requeue",
+                  # sbatch's and gcloud's, in the README's "On a cluster"
+                  "--ntasks-per-node", "--kill-on-invalid-dep", "--open-mode", "--worker", "--command", "--version"}
 FILE_SUFFIXES = ("py", "md", "toml", "json", "jsonl", "npz", "png", "pdf", "csv", "txt", "log")
 
 

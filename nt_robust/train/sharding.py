@@ -56,12 +56,22 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
                                     process_id=process_id).items() if v is not None}
     timeout = coordinator_timeout()
     where = coordinator or "the auto-detected coordinator"
-    logging.getLogger("nt_robust.train").info("joining the job at %s (process %s of %s; waiting up to %d s)",
-                                              where, process_id, num_processes, timeout)
+    which = "auto-detected" if process_id is None else f"{process_id} of {num_processes}"
+    logging.getLogger("nt_robust.train").info("joining the job at %s (process %s; waiting up to %d s)",
+                                              where, which, timeout)
     if coordinator and process_id:  # XLA aborts the process (SIGABRT) when its own wait runs out
         _wait_for_coordinator(coordinator, timeout)
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
+    except ValueError as error:
+        if coordinator or "coordinator_address" not in str(error):
+            raise DistributedSetupError(f"could not join the multi-process job at {where}: {error}") from None
+        raise DistributedSetupError(
+            "--distributed found no cluster to join: JAX detects one only inside a Slurm job step (srun), an "
+            "Open MPI launch, a Cloud TPU pod slice or a GKE TPU pod. Run the command there (for a study: the jobs "
+            "`nt-robust study SPEC --emit slurm --nodes N` or `--emit tpu-vm` write), give the cluster "
+            "explicitly (--coordinator HOST:PORT --num-processes N --process-id I), or drop --distributed to "
+            "train in one process") from None
     except Exception as error:  # noqa: BLE001 - XLA raises bare RuntimeErrors/XlaRuntimeErrors here
         raise DistributedSetupError(
             f"could not join the multi-process job at {where} within {timeout} s ({type(error).__name__}: "
