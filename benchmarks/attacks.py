@@ -53,7 +53,7 @@ def _torchattacks_parts(model, variables, x, y, eps, pgd20, args) -> dict:
     import torch
     import torchattacks
 
-    from nt_robust.attacks.torchattacks_check import torchattacks_attack
+    from nt_robust.export.torchattacks_check import torchattacks_attack
     from nt_robust.export import nhwc_to_nchw, to_torch
 
     torch.set_num_threads(args.torch_threads)

@@ -44,6 +44,7 @@ from nt_robust.train.optim import make_optimizer, make_schedule
 from nt_robust.train.precision import precision_record
 from nt_robust.train.progress import progress_bar
 from nt_robust.train.records import check_record, rows_at, warn_if_other_device_count
+from nt_robust.train.restore import restore_run
 from nt_robust.train.run_dir import (RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock,
                                      config_hash)
 from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
@@ -137,15 +138,8 @@ class Trainer:
 
     def restore(self, kind: str = "latest") -> tuple[TrainState, dict[str, Any]]:
         """The state saved in checkpoint ``kind`` ("latest", "best_val" or "best_test")."""
-        checkpoints = Checkpointer(self.run.checkpoint_dir, keep=self.config.train.keep_checkpoints, writer=False)
-        try:
-            restored = checkpoints.restore(kind, self.initial_state())
-        finally:
-            checkpoints.close()
-        if restored is None:
-            raise FileNotFoundError(f"{self.run.checkpoint_dir / kind} holds no checkpoint yet "
-                                    "(best_val needs data.val_size > 0; best_test needs eval.test_examples > 0)")
-        return restored
+        restored = restore_run(self.run.root, kind, self.config, replicated_sharding(self.mesh))
+        return restored.state, restored.record
 
     def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
         """Train to the end (or until ``stop_after_steps`` optimizer steps, for tests).

@@ -20,7 +20,8 @@ from nt_robust.models import ModelConfig, create_model, init_variables, make_log
 from nt_robust.models.conv import shifted_matmul_conv
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.optim import make_optimizer
-from nt_robust.train.precision import attack_correct, binomial_tail, precision_gap_flag, precision_record
+from nt_robust.attacks.sanity import attack_correct, binomial_tail, precision_gap_flag
+from nt_robust.train.precision import precision_record
 from nt_robust.train.run_dir import ADDED_FIELDS, RunDirectory
 from nt_robust.train.state import create_train_state, init_key
 from nt_robust.train.step import make_train_step
