@@ -45,7 +45,7 @@ from nt_robust.export.run import restore_variables
 from nt_robust.io import read_json, write_json
 from nt_robust.metrics import LipschitzConfig, evaluate_model
 from nt_robust.models.registry import init_variables
-from nt_robust.studies.analysis import slope_weights
+from nt_robust.studies.contrasts import slope_weights
 from nt_robust.studies.sweep import load_study
 from nt_robust.studies.uncertainty import contrast_interval, verdict
 from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_arch

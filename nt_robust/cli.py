@@ -528,7 +528,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nt_robust.train.evaluate_run import describe_result, evaluate_run
+    from nt_robust.evaluate import describe_result, evaluate_run
 
     if args.readings:
         from nt_robust.train.readings import fill_readings, missing_readings

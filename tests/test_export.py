@@ -416,8 +416,8 @@ def test_export_of_a_run_trained_on_two_devices(tmp_path):
     import sys
 
     from nt_robust.export.run import restore_variables
-    from nt_robust.train import evaluate_run as evaluate_module
     from nt_robust.train.loop import Trainer
+    from nt_robust.train.restore import load_run_config
     from nt_robust.train.state import model_variables
 
     run_dir = tmp_path / "two_devices"
@@ -434,7 +434,7 @@ def test_export_of_a_run_trained_on_two_devices(tmp_path):
     from nt_robust.cli import main
     assert main(["export", str(run_dir), "--checkpoint", "latest"]) == 0
     state_dict = torch.load(run_dir / "export" / "latest_torch.pt", weights_only=True)
-    trainer = Trainer(evaluate_module.load_run_config(run_dir), run_dir)
+    trainer = Trainer(load_run_config(run_dir), run_dir)
     state, _ = trainer.restore("latest")
     params = jax.device_get(model_variables(state, use_ema=False))["params"]
     np.testing.assert_array_equal(state_dict["dense.0.weight"].numpy(), np.asarray(params["hidden1"]["kernel"]).T)

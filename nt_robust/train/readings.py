@@ -61,7 +61,7 @@ def fill_readings(run_dir: str | Path) -> list[Path]:
     """Compute the missing readings of a finished run from its checkpoints; returns the
     files written ([] when nothing was missing)."""
     from nt_robust.metrics import summarize
-    from nt_robust.train.evaluate_run import load_run_config
+    from nt_robust.train.restore import load_run_config
     from nt_robust.train.loop import Trainer
 
     run_dir = Path(run_dir)
