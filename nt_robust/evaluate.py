@@ -242,7 +242,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         raise ConfigError(f"--examples must be at least 1 (an accuracy of no examples is undefined), got {examples}")
     parsed = _parse_overrides(overrides, protocol)
     written = read_run_config(run_dir)   # read once: the run's own config, then with the overrides
-    run_config = build(ExperimentConfig, written)
+    run_config = build(ExperimentConfig, apply_overrides(written, []))
     config = build(ExperimentConfig, apply_overrides(written, list(overrides)))  # validates every override
     attack_config, eps_source = _resolve_attack(run_config.eval.attack, attack, parsed, eps)
     eval_config = dataclasses.replace(config.eval, attack=attack_config)

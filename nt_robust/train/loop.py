@@ -336,15 +336,8 @@ class Trainer:
                 "its config, so a resume with another lr is refused).")
 
     def _evaluate(self, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
-        c = self.config.eval
-        variables = model_variables(state, use_ema=self.config.optim.ema_decay is not None)
-        results = {}
-        for split, images, labels, limit in (("val", self.splits.val_images, self.splits.val_labels, c.val_examples),
-                                             ("test", self.splits.test_images, self.splits.test_labels,
-                                              c.test_examples)):
-            if len(images) and (limit is None or limit > 0):
-                results[split] = self.evaluator(variables, images, labels, limit)
-        return results
+        return self.evaluator.splits(model_variables(state, use_ema=self.config.optim.ema_decay is not None),
+                                     self.splits)
 
     def _end_of_epoch(self, state: TrainState, progress: Progress, rows: list[dict[str, Any]],
                       checkpoints: Checkpointer, train_seconds: float) -> dict[str, Any]:
