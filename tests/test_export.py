@@ -287,10 +287,10 @@ def test_small_models_logits_match(model, shape):
 # --- nt-robust export RUN: a run directory with a checkpoint (no training: random weights) --------
 
 def make_run(tmp_path: Path, overrides: list[str], checkpoint="best_val", step=12) -> Path:
-    from nt_robust.export.run import _abstract_state
     from nt_robust.models import create_model
     from nt_robust.train import Checkpointer, ExperimentConfig
     from nt_robust.train.config import DATASET_SHAPES
+    from nt_robust.train.restore import abstract_state
 
     config = load_config(ExperimentConfig, None, ["name=exported", "train.epochs=4", *overrides])
     run_dir = tmp_path / "run"
@@ -298,7 +298,7 @@ def make_run(tmp_path: Path, overrides: list[str], checkpoint="best_val", step=1
     (run_dir / "config.json").write_text(json.dumps(to_dict(config)))
     shape, classes = DATASET_SHAPES[config.data.dataset]
     model = create_model(config.model, classes)
-    abstract = _abstract_state(config, model, shape)
+    abstract = abstract_state(config, model, shape)
     x = np.random.default_rng(0).uniform(size=(2, *shape)).astype(np.float32)
     variables = random_variables(model, x)
     state = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)

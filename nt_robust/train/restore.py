@@ -57,9 +57,11 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
 
 
 def abstract_state(config: ExperimentConfig, model: nn.Module, image_shape: tuple[int, int, int],
-                   sharding: jax.sharding.Sharding) -> TrainState:
+                   sharding: jax.sharding.Sharding | None = None) -> TrainState:
     """The training state's structure, shapes and dtypes (nothing allocated), each array placed
-    on ``sharding``: what a checkpoint is restored into."""
+    on ``sharding`` (default: this process's first device): what a checkpoint is restored into."""
+    # Without a target sharding orbax would ask for the writer's topology and refuse on another one.
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shapes = jax.eval_shape(lambda: initial_state(config, model, image_shape))
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -103,8 +105,6 @@ def restore_run(run_dir: str | Path, checkpoint: str = "best_val", config: Exper
     config = config or load_run_config(run_dir)
     image_shape, num_classes = input_shape(config.data)
     model = create_model(config.model, num_classes)
-    # Without a target sharding orbax would ask for the writer's topology and refuse on another one.
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     directory = Path(run_dir) / "checkpoints"
     checkpoints = Checkpointer(directory, keep=config.train.keep_checkpoints, writer=False)
     try:
