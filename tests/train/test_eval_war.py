@@ -11,11 +11,11 @@ from nt_robust.evaluate import evaluate_run
 from nt_robust.train import ExperimentConfig, Trainer, train
 
 
-def test_eval_of_a_war_run_reads_nothing_of_its_reference(tmp_path, tiny_run_overrides):
+def test_eval_of_a_war_run_reads_nothing_of_its_reference(tmp_path, tiny_run, tiny_run_overrides):
     trades = [o for o in tiny_run_overrides if not o.startswith("objective.kind")]
     trades += ["objective.kind=trades", "train_attack.num_steps=1", "train_attack.step_size=0.1"]
     reference, war = tmp_path / "reference", tmp_path / "war"
-    train(load_config(ExperimentConfig, None, trades), reference)
+    shutil.copytree(tiny_run, reference)   # any finished run gives WAR a ratio to read
     config = load_config(ExperimentConfig, None, trades + ["name=war", "war.enabled=true",
                                                            f"war.reference_run={reference}"])
     train(config, war)
