@@ -53,7 +53,7 @@ def _torchattacks_parts(model, variables, x, y, eps, pgd20, args) -> dict:
     import torch
     import torchattacks
 
-    from nt_robust.attacks.torchattacks_check import torchattacks_attack
+    from nt_robust.export.torchattacks_check import torchattacks_attack
     from nt_robust.export import nhwc_to_nchw, to_torch
 
     torch.set_num_threads(args.torch_threads)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from nt_robust.models.conv import resolve_conv_impl
     from nt_robust.models.dense import resolve_dense_impl
     from nt_robust.attacks.apgd import APGDConfig
-    from nt_robust.train.evaluate_run import load_run_config
+    from nt_robust.train.restore import load_run_config
     from nt_robust.train.loop import Trainer
     from nt_robust.train.state import model_variables
 

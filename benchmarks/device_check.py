@@ -32,7 +32,7 @@ a part stops starting new items when its budget is spent and says what it skippe
                   ``nt-robust study`` (a spec written under the output directory; the synthetic
                   dataset, with a note, when Fashion-MNIST is not on the machine).
 
-FLOPs: :mod:`nt_robust.flops` — XLA's count of the step with the attack unrolled, at the
+FLOPs: :mod:`nt_robust.train.cost` — XLA's count of the step with the attack unrolled, at the
 smallest batch, scaled linearly in the batch (the compiled count of the real step is kept
 too: with the attack in a ``fori`` loop, the GPU default, XLA counts the loop body once).
 """
@@ -146,7 +146,8 @@ def build_step(config, settings: dict[str, Any], batch: int, mesh=None):
     from nt_robust.models import create_model, init_variables
     from nt_robust.train.optim import make_optimizer
     from nt_robust.train.state import create_train_state
-    from nt_robust.train.step import init_key, make_train_step
+    from nt_robust.train.state import init_key
+    from nt_robust.train.step import make_train_step
 
     shape, classes = tuple(settings["input"]), settings["classes"]
     model = create_model(config.model, classes)
@@ -199,10 +200,10 @@ def time_compiled(compiled, state, args, min_steps: int, min_seconds: float) -> 
 
 def count_flops(settings: dict[str, Any], model: dict | None = None, objective: str = "trades") -> dict[str, Any]:
     """FLOPs per image of the step (float32, attack unrolled, lowered) at the smallest batch."""
-    from nt_robust import flops
+    from nt_robust.train import cost as step_cost
     batch = min(settings["batches"])
     config = make_config(settings, batch, "tf32", model, objective)
-    return flops.train_step_flops(config, tuple(settings["input"]), settings["classes"], batch)
+    return step_cost.train_step_flops(config, tuple(settings["input"]), settings["classes"], batch)
 
 
 # --------------------------------------------------------------------------- parts
@@ -229,7 +230,8 @@ def part_tests(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
 def part_trades_step(settings: dict[str, Any], budget: Budget, state_out: dict[str, Any]) -> dict[str, Any]:
     import jax
 
-    from nt_robust import flops
+    from nt_robust import accelerators
+    from nt_robust.train import cost as step_cost
 
     device = jax.devices()[0]
     counted = count_flops(settings)
@@ -259,12 +261,12 @@ def part_trades_step(settings: dict[str, Any], budget: Budget, state_out: dict[s
             state, timing = time_compiled(compiled, state, (images, labels), settings["min_steps"],
                                           settings["min_seconds"])
             rate = per_image * batch / timing["seconds_per_step"] if per_image else None
-            klass = flops.precision_class(*flops.config_precision(config), device.platform)
+            klass = accelerators.precision_class(*step_cost.config_precision(config), device.platform)
             entry.update(timing, trace_lower_s=round(t1 - t0, 2), compile_s=round(t2 - t1, 2),
                          images_per_s=batch / timing["seconds_per_step"], flops_per_s=rate,
-                         peak_class=klass, mfu=flops.mfu(rate, device.device_kind, klass),
-                         compiled_flops_per_step=flops.cost_flops(compiled),
-                         xla_memory=flops.memory_bytes(compiled), peak_bytes_in_use=peak_bytes_in_use())
+                         peak_class=klass, mfu=accelerators.mfu(rate, device.device_kind, klass),
+                         compiled_flops_per_step=step_cost.cost_flops(compiled),
+                         xla_memory=step_cost.memory_bytes(compiled), peak_bytes_in_use=peak_bytes_in_use())
             if precision == "bfloat16" and batch == min(settings["batches"]) or "step" not in state_out:
                 state_out.update(step=compiled, state=state, batch=batch, precision=precision, config=config)
             else:
@@ -279,9 +281,10 @@ def part_trades_step(settings: dict[str, Any], budget: Budget, state_out: dict[s
 
 
 def part_width_memory(settings: dict[str, Any], budget: Budget) -> dict[str, Any]:
-    from nt_robust import flops
+    from nt_robust import accelerators
+    from nt_robust.train import cost as step_cost
 
-    capacity = flops.device_memory_bytes()
+    capacity = accelerators.device_memory_bytes()
     results, skipped, last = [], [], 0.0
     for width in settings["widths"]:
         if not budget.allows(last):
@@ -292,10 +295,10 @@ def part_width_memory(settings: dict[str, Any], budget: Budget) -> dict[str, Any
         try:
             t0 = time.perf_counter()
             config = make_config(settings, settings["width_batch"], "tf32", model)
-            step, state, images, labels = flops.abstract_step(config, tuple(settings["input"]), settings["classes"])
+            step, state, images, labels = step_cost.abstract_step(config, tuple(settings["input"]), settings["classes"])
             compiled = step.lower(state, images, labels).compile()
             last = time.perf_counter() - t0
-            memory = flops.memory_bytes(compiled)
+            memory = step_cost.memory_bytes(compiled)
             entry.update(seconds=round(last, 2), xla_memory=memory,
                          fits=None if memory is None or capacity is None else memory["peak_bytes"] <= capacity)
         except Exception as error:

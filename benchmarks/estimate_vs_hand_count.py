@@ -1,7 +1,7 @@
 """`nt-robust study SPEC --estimate --device D` against a hand computation, and its wall time.
 
 The hand computation counts multiply-adds from the architecture's definition
-(tests/test_flops.py's ``wrn_count``, written without nt_robust.flops): a TRADES step with K
+(tests/test_flops.py's ``wrn_count``, written without nt_robust.train.cost): a TRADES step with K
 attack steps is 2 × ((2K + 7)·M − 2·M₁) FLOPs per image (M multiply-adds per forward pass,
 M₁ in the first layer), and a run costs
 ``epochs × FLOPs / (mfu × peak) × (steps per epoch + eval points × (eval steps + 12) / (K + 2) / batch)``
@@ -40,7 +40,8 @@ def main() -> int:
 
     from test_flops import wrn_count
 
-    from nt_robust import flops
+    from nt_robust import accelerators
+    from nt_robust.train import cost as step_cost
     from nt_robust.environment import describe_cpu
     from nt_robust.studies import cost
     from nt_robust.studies.sweep import load_study
@@ -53,7 +54,7 @@ def main() -> int:
         rows = cost.estimate_cost(study, device=args.device, mfu=args.mfu)
         timings[f"{label}_wall_s"] = round(time.perf_counter() - start, 1)
     splits = cost._estimate_splits(cost._configs_by_width(study)[0][1])
-    target = flops.find_device(args.device)
+    target = accelerators.find_device(args.device)
     out = []
     for (width, config, runs), row in zip(cost._configs_by_width(study), rows):
         if config.model.arch != "wrn" or config.objective.kind != "trades":
@@ -61,8 +62,8 @@ def main() -> int:
         counts = wrn_count(config.model.depth, width, *splits.image_shape, splits.num_classes)
         k, batch = config.train_attack.num_steps, config.train.batch_size
         hand_flops = 2 * ((2 * k + 7) * counts["macs"] - 2 * counts["stem_macs"]) * batch
-        dtype, matmul = flops.config_precision(config)
-        peak = flops.peak_flops(target.name, flops.precision_class(dtype, matmul, "gpu"))
+        dtype, matmul = step_cost.config_precision(config)
+        peak = accelerators.peak_flops(target.name, accelerators.precision_class(dtype, matmul, "gpu"))
         hand_hours = runs * cost._run_hours(config, splits, hand_flops / (args.mfu * peak))
         out.append({"model": row["model"], "estimate_gflop_per_step": round(row["flops_per_step"] / 1e9, 1),
                     "hand_gflop_per_step": round(hand_flops / 1e9, 1), "estimate_hours": round(row["hours"], 2),

@@ -244,7 +244,8 @@ def jax_step(spec: dict[str, Any], config):
     from nt_robust.models import create_model, init_variables
     from nt_robust.train.optim import make_optimizer
     from nt_robust.train.state import create_train_state
-    from nt_robust.train.step import init_key, make_train_step
+    from nt_robust.train.state import init_key
+    from nt_robust.train.step import make_train_step
 
     shape = tuple(spec["input"])
     model = create_model(config.model, num_classes=NUM_CLASSES)

@@ -1,6 +1,6 @@
 """FLOPs per image of the benchmarked training steps, for every convolution / dense-layer
 implementation: one JSON row per (model, objective), with the count under each
-implementation (they must agree: nt_robust.flops counts the step with XLA's own
+implementation (they must agree: nt_robust.train.cost counts the step with XLA's own
 convolutions and products) and, beside it, what XLA's cost analysis sees when the step is
 lowered the way the native CPU kernels run it (custom calls it cannot count)::
 
@@ -34,7 +34,7 @@ IMPLS = {"mlp": [("dense_impl", "xla"), ("dense_impl", "native")],
 
 
 def rows(models: list[str], batch: int, shape=(32, 32, 3), classes: int = 10):
-    from nt_robust import flops
+    from nt_robust.train import cost as step_cost
     from nt_robust.config import load_config
     from nt_robust.train import ExperimentConfig
 
@@ -47,12 +47,12 @@ def rows(models: list[str], batch: int, shape=(32, 32, 3), classes: int = 10):
                 config = load_config(ExperimentConfig, None, [
                     *overrides, f"model.{field}={impl!r}", f"objective.kind={objective}", "data.crop_padding=0",
                     "data.flip=false", f"train.batch_size={batch}"])
-                counts[impl] = flops.train_step_flops(config, shape, classes)["flops_per_step"] / batch
+                counts[impl] = step_cost.train_step_flops(config, shape, classes)["flops_per_step"] / batch
                 if impl == "native" and shutil.which("g++"):
                     unrolled = dataclasses.replace(
                         config, train_attack=dataclasses.replace(config.train_attack, loop="unroll"))
-                    step, state, images, labels = flops.abstract_step(unrolled, shape, classes, batch)
-                    raw = flops.cost_flops(step.lower(state, images, labels)) / batch
+                    step, state, images, labels = step_cost.abstract_step(unrolled, shape, classes, batch)
+                    raw = step_cost.cost_flops(step.lower(state, images, labels)) / batch
             yield {"model": name, "objective": objective, "batch": batch,
                    "gflop_per_image": {impl: round(c / 1e9, 6) for impl, c in counts.items()},
                    "all_equal": len(set(counts.values())) == 1,

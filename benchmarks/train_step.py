@@ -45,7 +45,7 @@ Output: one JSON line per model as it finishes (``--quiet`` drops them), then on
 object with everything. ``images_per_s`` = batch × timed steps / wall time of those steps
 (each step ends with ``block_until_ready``, as a training loop reading metrics would);
 ``compile_s`` = XLA compile of the lowered step, ``trace_lower_s`` = tracing + lowering,
-``first_step_s`` = the first call after compiling (not timed). FLOPs (JAX only; nt_robust.flops):
+``first_step_s`` = the first call after compiling (not timed). FLOPs (JAX only; nt_robust.train.cost):
 ``gflop_per_image`` from XLA's cost analysis of the step, ``tflop_per_s`` = that × images/s,
 ``mfu`` = that over the device's dense peak (None on CPU: no peak). Memory: on CPU, the
 process's peak resident set (VmHWM from /proc/self/status, reset with
@@ -126,12 +126,12 @@ def jax_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _step_flops(compiled, spec, config, jitted, state, images, labels) -> dict[str, Any]:
-    """FLOPs of one global step (nt_robust.flops.train_step_flops): the step lowered with XLA's
+    """FLOPs of one global step (nt_robust.train.cost.train_step_flops): the step lowered with XLA's
     convolutions and products and the attack unrolled, so every conv_impl / dense_impl, the
     native kernels included (custom calls XLA's cost analysis cannot see), counts the same work."""
-    from nt_robust import flops
+    from nt_robust.train import cost as step_cost
 
-    counted = flops.train_step_flops(config, tuple(spec["input"]), NUM_CLASSES, spec["batch"])
+    counted = step_cost.train_step_flops(config, tuple(spec["input"]), NUM_CLASSES, spec["batch"])
     return {"flops_per_step": counted["flops_per_step"],
             "flops_source": "lowered with XLA's convolutions and products, attack unrolled"}
 
@@ -140,16 +140,17 @@ def _flop_rate(counted: dict[str, Any], images_per_s: float, batch: int, config)
     """``gflop_per_image``, achieved ``tflop_per_s`` and ``mfu`` (None without a peak, e.g. CPU)."""
     import jax
 
-    from nt_robust import flops
+    from nt_robust import accelerators
+    from nt_robust.train import cost as step_cost
 
     per_step = counted.get("flops_per_step")
     if per_step is None:
         return {"gflop_per_image": None, "tflop_per_s": None, "mfu": None, **counted}
     rate = per_step / batch * images_per_s
     device = jax.devices()[0]
-    klass = flops.precision_class(*flops.config_precision(config), device.platform)
+    klass = accelerators.precision_class(*step_cost.config_precision(config), device.platform)
     return {"gflop_per_image": round(per_step / batch / 1e9, 4), "tflop_per_s": round(rate / 1e12, 5),
-            "mfu": flops.mfu(rate, device.device_kind, klass, jax.device_count()), "peak_class": klass, **counted}
+            "mfu": accelerators.mfu(rate, device.device_kind, klass, jax.device_count()), "peak_class": klass, **counted}
 
 
 def _devices(setting: str, model: str, batch: int) -> int:

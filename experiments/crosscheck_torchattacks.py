@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from nt_robust.attacks import protocols as P
-    from nt_robust.attacks.torchattacks_check import torchattacks_correct
+    from nt_robust.export.torchattacks_check import torchattacks_correct
     from nt_robust.export import nhwc_to_nchw, to_torch
-    from nt_robust.train.evaluate_run import load_run_config
+    from nt_robust.train.restore import load_run_config
     from nt_robust.train.loop import Trainer
     from nt_robust.train.state import model_variables
 

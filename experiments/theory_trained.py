@@ -45,14 +45,14 @@ from nt_robust.export.run import restore_variables
 from nt_robust.io import read_json, write_json
 from nt_robust.metrics import LipschitzConfig, evaluate_model
 from nt_robust.models.registry import init_variables
-from nt_robust.studies.analysis import slope_weights
+from nt_robust.studies.contrasts import slope_weights
 from nt_robust.studies.sweep import load_study
 from nt_robust.studies.uncertainty import contrast_interval, verdict
 from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_arch
 from nt_robust.theory.scaling import save_figure
 from nt_robust.theory.trained import lipschitz_measures, mlp_arch, predicted_grad_l1
 from nt_robust.train.data import prepare_splits
-from nt_robust.train.step import init_key
+from nt_robust.train.state import init_key
 
 MEASURES = ("yang", "trades_grad", "sum_l1", "max_l1")
 

@@ -279,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--no-estimate", action="store_true", help="skip the cost estimate before running")
     study.add_argument("--device", default=None,
                        help="estimate for this accelerator from FLOPs and its peak (h100, h200, a100, v100, tpu-v4, "
-                            "tpu-v5e, tpu-v5p; nt_robust/flops.py) instead of timing this machine")
+                            "tpu-v5e, tpu-v5p; nt_robust/accelerators.py) instead of timing this machine")
     study.add_argument("--mfu", type=float, default=0.4, help="with --device: the utilization assumed (default 0.4)")
     study.add_argument("--report", action="store_true", help="only aggregate, draw figures and write the report")
     study.add_argument("--runs-root", help="where run directories go (default runs/studies/<name>)")
@@ -523,7 +523,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nt_robust.train.evaluate_run import describe_result, evaluate_run
+    from nt_robust.evaluate import describe_result, evaluate_run
 
     if args.readings:
         from nt_robust.train.readings import fill_readings, missing_readings

@@ -14,7 +14,7 @@ rows of each batch (``docs/design.md``, "Per-host data").
 
 Accelerator types are Cloud TPU's names: ``v4-N`` and ``v5p-N`` count TensorCores (2 per
 chip), ``v5litepod-N`` (also ``v5e-N``) counts chips; hosts have 4 chips in multi-host
-slices (:data:`TPU_TYPES`). Peaks and memory per chip come from ``nt_robust.flops.PEAKS``.
+slices (:data:`TPU_TYPES`). Peaks and memory per chip come from ``nt_robust.accelerators.PEAKS``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from nt_robust.config import ConfigError
 class TpuType:
     """How a Cloud TPU accelerator type's number counts chips, and its hosts' chips."""
 
-    device: str             # the nt_robust.flops.PEAKS entry
+    device: str             # the nt_robust.accelerators.PEAKS entry
     prefixes: tuple[str, ...]
     cores_per_chip: int     # what the type's number counts per chip (2: TensorCores)
     chips_per_host: int     # in a multi-host slice
@@ -87,7 +87,7 @@ def add_topology_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--topology", metavar="TYPE", help="a Cloud TPU accelerator type, e.g. v5litepod-16, v4-32, v5p-8")
     group.add_argument("--hosts", type=int, metavar="H", help="hosts (processes), with --chips-per-host")
     group.add_argument("--chips-per-host", type=int, metavar="C", help="accelerator chips (devices) per host")
-    group.add_argument("--device", metavar="KIND", help="with --hosts: the chip, a name of nt_robust.flops.PEAKS "
+    group.add_argument("--device", metavar="KIND", help="with --hosts: the chip, a name of nt_robust.accelerators.PEAKS "
                                                          "(tpu-v4, tpu-v5e, tpu-v5p, h100, a100, ...)")
 
 
@@ -108,7 +108,7 @@ def topology_from_args(args: argparse.Namespace) -> Topology | None:
         raise ConfigError(f"--hosts and --chips-per-host must both be given, whole numbers >= 1 (got --hosts {hosts}, "
                           f"--chips-per-host {chips})")
     if device is not None:
-        from nt_robust.flops import PEAKS, find_device
+        from nt_robust.accelerators import PEAKS, find_device
         if find_device(device) is None:
             raise ConfigError(f"--device {device!r} is not a chip known here: one of "
                               f"{', '.join(p.name for p in PEAKS)}")
@@ -130,7 +130,7 @@ def plan_topology(config: Any, topology: Topology) -> dict[str, Any]:
     """What ``config`` (an ExperimentConfig) runs as on ``topology``: batches per host and chip,
     the mesh, precision, and memory per chip against the chip's (ConfigError if a batch does
     not divide)."""
-    from nt_robust.flops import find_device, precision_class
+    from nt_robust.accelerators import find_device, precision_class
     from nt_robust.train.config import estimate_training_memory
     from nt_robust.train.precision import float32_matmul
 
@@ -197,7 +197,7 @@ def describe_topology(config: Any, args: argparse.Namespace) -> str | None:
 
 def tpu_defaults_markdown() -> str:
     """README's "TPU defaults" table, from the code (tests/test_topology.py keeps them equal)."""
-    from nt_robust.flops import find_device, precision_class
+    from nt_robust.accelerators import find_device, precision_class
     from nt_robust.models import ModelConfig
     from nt_robust.train.precision import float32_matmul
 

@@ -370,7 +370,7 @@ def test_readme_commands_parse():
 
 def test_readme_eval_presets_and_protocols_exist():
     from nt_robust.attacks.protocols import PROTOCOLS
-    from nt_robust.train.evaluate_run import ATTACKS
+    from nt_robust.evaluate import ATTACKS
 
     for argv in _readme_commands():
         args = cli._parser().parse_args(argv)

@@ -287,10 +287,10 @@ def test_small_models_logits_match(model, shape):
 # --- nt-robust export RUN: a run directory with a checkpoint (no training: random weights) --------
 
 def make_run(tmp_path: Path, overrides: list[str], checkpoint="best_val", step=12) -> Path:
-    from nt_robust.export.run import _abstract_state
     from nt_robust.models import create_model
     from nt_robust.train import Checkpointer, ExperimentConfig
     from nt_robust.train.config import DATASET_SHAPES
+    from nt_robust.train.restore import abstract_state
 
     config = load_config(ExperimentConfig, None, ["name=exported", "train.epochs=4", *overrides])
     run_dir = tmp_path / "run"
@@ -298,7 +298,7 @@ def make_run(tmp_path: Path, overrides: list[str], checkpoint="best_val", step=1
     (run_dir / "config.json").write_text(json.dumps(to_dict(config)))
     shape, classes = DATASET_SHAPES[config.data.dataset]
     model = create_model(config.model, classes)
-    abstract = _abstract_state(config, model, shape)
+    abstract = abstract_state(config, model, shape)
     x = np.random.default_rng(0).uniform(size=(2, *shape)).astype(np.float32)
     variables = random_variables(model, x)
     state = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
@@ -416,8 +416,8 @@ def test_export_of_a_run_trained_on_two_devices(tmp_path):
     import sys
 
     from nt_robust.export.run import restore_variables
-    from nt_robust.train import evaluate_run as evaluate_module
     from nt_robust.train.loop import Trainer
+    from nt_robust.train.restore import load_run_config
     from nt_robust.train.state import model_variables
 
     run_dir = tmp_path / "two_devices"
@@ -434,7 +434,7 @@ def test_export_of_a_run_trained_on_two_devices(tmp_path):
     from nt_robust.cli import main
     assert main(["export", str(run_dir), "--checkpoint", "latest"]) == 0
     state_dict = torch.load(run_dir / "export" / "latest_torch.pt", weights_only=True)
-    trainer = Trainer(evaluate_module.load_run_config(run_dir), run_dir)
+    trainer = Trainer(load_run_config(run_dir), run_dir)
     state, _ = trainer.restore("latest")
     params = jax.device_get(model_variables(state, use_ema=False))["params"]
     np.testing.assert_array_equal(state_dict["dense.0.weight"].numpy(), np.asarray(params["hidden1"]["kernel"]).T)

@@ -1,7 +1,7 @@
-"""FLOPs from XLA's cost analysis against hand counts of multiply-adds, and the peak table.
+"""FLOPs from XLA's cost analysis (nt_robust.train.cost) against hand counts of multiply-adds.
 
 The hand counts below are written from the architectures' definitions (docs and
-nt_robust/models/*), not from nt_robust.flops. What XLA's HloCostAnalysis counts, and
+nt_robust/models/*), not from nt_robust.train.cost. What XLA's HloCostAnalysis counts, and
 what the bands below therefore allow:
 
 * 2 FLOPs per multiply-add of a dot or convolution; for a convolution only the kernel
@@ -14,13 +14,12 @@ what the bands below therefore allow:
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from nt_robust import flops
+from nt_robust.train import cost as step_cost
 from nt_robust.config import load_config
 from nt_robust.models import count_parameters, create_model, init_variables
 from nt_robust.train import ExperimentConfig
@@ -71,6 +70,12 @@ def _config(*overrides: str) -> ExperimentConfig:
     return load_config(ExperimentConfig, None, ["data.crop_padding=0", "data.flip=false", *overrides])
 
 
+def test_config_precision_reads_the_model_section():
+    assert step_cost.config_precision(_config()) == ("float32", "default")
+    assert step_cost.config_precision(_config("model.dtype=bfloat16", "model.matmul_precision=highest")) == \
+        ("bfloat16", "highest")
+
+
 def test_valid_taps_by_hand():
     # 3x3, pad 1 on 8: outputs 0 and 7 lose one tap each; stride 2 on 8 -> 4 outputs, only
     # output 0 overhangs (rows -1, 0, 1); stride 2 on 4 -> 2 outputs (rows -1..1, 1..3).
@@ -91,7 +96,7 @@ def test_wrn_forward_flops_match_hand_count():
                                  "model.conv_impl=xla").model, 10)
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), (8, 8, 3)))  # shapes only
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    counted = flops.cost_flops(forward.lower(variables, jax.ShapeDtypeStruct((batch, 8, 8, 3), jnp.float32)))
+    counted = step_cost.cost_flops(forward.lower(variables, jax.ShapeDtypeStruct((batch, 8, 8, 3), jnp.float32)))
     expected = 2 * counts["macs"] * batch
     upper = expected + 8 * counts["bn_elements"] * batch
     assert expected <= counted <= upper, (counted, expected, upper)
@@ -127,7 +132,7 @@ def test_wrn_natural_step_flops_within_band():
                                                                     (8, 8, 3)))["params"])
     lower, upper = _step_band(config, (8, 8, 3), counts["macs"], counts["stem_macs"],
                               48 * counts["bn_elements"] + 10 * params / batch)
-    counted = flops.train_step_flops(config, (8, 8, 3), 10)
+    counted = step_cost.train_step_flops(config, (8, 8, 3), 10)
     assert counted["source"] == "lowered" and counted["batch_size"] == batch
     assert lower <= counted["flops_per_image"] <= upper, (counted, lower, upper)
 
@@ -147,7 +152,7 @@ def test_mlp_step_flops_within_band(kind):
     passes = 2 * config.train_attack.num_steps + 7 if kind == "trades" else 3
     elementwise = 4 * 2 * width * passes + 40 * classes * passes + 64 * inputs + 10 * params / batch
     lower, upper = _step_band(config, (16, 16, 1), macs, first, elementwise)
-    counted = flops.train_step_flops(config, (16, 16, 1), classes, compile=kind == "natural")
+    counted = step_cost.train_step_flops(config, (16, 16, 1), classes, compile=kind == "natural")
     assert lower <= counted["flops_per_image"] <= upper, (counted, lower, upper)
     if kind == "natural":  # the compiled count and XLA's buffer plan
         assert counted["source"] == "compiled"
@@ -155,39 +160,6 @@ def test_mlp_step_flops_within_band(kind):
         # The donated state (params + momentum, float32) is aliased, so it is counted once.
         assert memory["argument"] >= 2 * 4 * params and memory["alias"] >= 2 * 4 * params
         assert memory["peak_bytes"] >= memory["argument"]
-
-
-def test_peak_table_entries_and_lookup():
-    for entry in flops.PEAKS:
-        assert entry.source.startswith("https://"), entry
-        values = [v for v in (entry.fp32, entry.tf32, entry.bf16) if v is not None]
-        assert values and values == sorted(values), entry   # bf16 >= tf32 >= fp32 where given
-        assert entry.memory_gib > 0
-    kinds = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA H200": "h200",
-             "NVIDIA A100-SXM4-80GB": "a100", "Tesla V100-SXM2-16GB": "v100", "TPU v4": "tpu-v4",
-             "TPU v5 lite": "tpu-v5e", "TPU v5p": "tpu-v5p", "TPU v5": "tpu-v5p", "h100": "h100",
-             "tpu-v5e": "tpu-v5e"}
-    for kind, name in kinds.items():
-        assert flops.find_device(kind).name == name, kind
-    assert flops.find_device("cpu") is None and flops.peak_flops("cpu", "fp32") is None
-    assert flops.mfu(1e12, "cpu", "fp32") is None
-    assert flops.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.5e12
-    assert math.isclose(flops.mfu(0.5 * 989.5e12 * 2, "h100", "bf16", devices=2), 0.5)
-    assert flops.peak_flops("v100", "bf16") is None
-    with pytest.raises(ValueError, match="precision"):
-        flops.peak_flops("h100", "fp16")
-
-
-def test_precision_class():
-    assert flops.precision_class("bfloat16", None, "gpu") == "bf16"
-    assert flops.precision_class("float32", None, "gpu") == "tf32"
-    assert flops.precision_class("float32", "high", "gpu") == "tf32"
-    assert flops.precision_class("float32", "highest", "gpu") == "fp32"
-    assert flops.precision_class("float32", None, "tpu") == "bf16"
-    assert flops.precision_class("float32", "highest", "cpu") == "fp32"
-    assert flops.config_precision(_config())[0] == "float32"
-    with pytest.raises(ValueError, match="dtype"):
-        flops.precision_class("float16")
 
 
 # --------------------------------------------------------------------------- one count, any kernels
@@ -212,21 +184,21 @@ def test_step_flops_are_the_same_for_every_implementation(arch, kind):
         config = _config(*ARCH_SETTINGS[arch], f"model.{field}={impl}", f"objective.kind={kind}",
                          "train_attack.num_steps=2", f"train.batch_size={batch}")
         args = (None, jax.ShapeDtypeStruct((batch, *shape), jnp.uint8), None)
-        counts.add(flops.jitted_step_flops(None, args, config, shape, 10)["flops_per_step"])
+        counts.add(step_cost.jitted_step_flops(None, args, config, shape, 10)["flops_per_step"])
     assert len(counts) == 1 and None not in counts, counts
 
 
 def test_native_kernels_hide_flops_from_a_raw_count():
     """Negative control for the test above: lowering the step as the native kernels run it
-    counts a fraction of the work (what flops.py did before it counted XLA's step)."""
+    counts a fraction of the work (what step_cost.py did before it counted XLA's step)."""
     import shutil
 
     if shutil.which("g++") is None:
         pytest.skip("the native kernels need g++")
     config = _config(*ARCH_SETTINGS["wrn"], "model.conv_impl=native", "objective.kind=natural", "train.batch_size=8")
-    step, state, images, labels = flops.abstract_step(config, (16, 16, 1), 10)
-    raw = flops.cost_flops(step.lower(state, images, labels))
-    assert raw < 0.2 * flops.train_step_flops(config, (16, 16, 1), 10)["flops_per_step"]
+    step, state, images, labels = step_cost.abstract_step(config, (16, 16, 1), 10)
+    raw = step_cost.cost_flops(step.lower(state, images, labels))
+    assert raw < 0.2 * step_cost.train_step_flops(config, (16, 16, 1), 10)["flops_per_step"]
 
 
 def test_wrn34_10_trades_step_at_batch_128_matches_the_hand_count():
@@ -243,7 +215,7 @@ def test_wrn34_10_trades_step_at_batch_128_matches_the_hand_count():
     passes = 2 * k + 7
     elementwise = 16 * counts["bn_elements"] * passes + 64 * 32 * 32 * 3 * k + 40 * 10 * passes + 10 * params / batch
     lower, upper = _step_band(config, (32, 32, 3), counts["macs"], counts["stem_macs"], elementwise)
-    counted = flops.train_step_flops(config, (32, 32, 3), 10)
+    counted = step_cost.train_step_flops(config, (32, 32, 3), 10)
     assert counted["batch_size"] == batch
     assert lower <= counted["flops_per_image"] <= upper, (counted["flops_per_image"], lower, upper)
     assert upper / lower < 1.02   # the band is tight: the multiply-adds are the count

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from nt_robust import cli, flops
+from nt_robust import accelerators, cli
 from nt_robust.config import ConfigError, load_config
 from nt_robust.topology import Topology, plan_topology, tpu_defaults_markdown
 from nt_robust.train import ExperimentConfig
@@ -52,7 +52,7 @@ def test_the_plan_is_what_each_host_of_the_slice_would_feed(monkeypatch):
     # precision and peak: the defaults on a TPU run float32 matmuls as one bf16 pass: the bf16 peak
     assert (plan["compute_dtype"], plan["peak_class"]) == ("float32", "bf16")
     assert plan["float32_matmul_runs_as"] == "bfloat16 (1 pass)"
-    assert plan["peak_tflops_per_chip"] == flops.find_device("tpu-v4").bf16 == 275.0
+    assert plan["peak_tflops_per_chip"] == accelerators.find_device("tpu-v4").bf16 == 275.0
     estimate = estimate_training_memory(config)
     assert plan["memory_per_chip_bytes"] == estimate["weights_bytes"] + estimate["activation_bytes"] // 16
     assert plan["chip_memory_bytes"] == 32 * 2**30

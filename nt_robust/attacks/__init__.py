@@ -15,8 +15,7 @@ AutoAttack's attacks and the evaluation protocols built from them::
                               images, labels)
 
 (:mod:`.apgd`, :mod:`.fab`, :mod:`.square`, :mod:`.protocols`, :mod:`.sanity`; the
-torchattacks cross-check is :mod:`.torchattacks_check`, not imported here; the PyTorch
-export of models is :mod:`nt_robust.export`.)
+torchattacks cross-check goes through the PyTorch export: :mod:`nt_robust.export.torchattacks_check`.)
 """
 
 from nt_robust.attacks.config import (CW20, FGSM, PGD20, PGD_AT_TRAIN, PRESETS, TRADES_TRAIN,

@@ -27,6 +27,12 @@ Checks (each cheap, on a subset ``x`` of a few dozen points):
                             The reported attack is weaker than a plain PGD (given ``reported``).
 ``step_budget_below_eps``   a fixed-step attack's ``num_steps · step_size`` is below ε: it
                             cannot reach the ball's boundary (given ``attacks``).
+``attack_precision_weaker`` the same attack run in bfloat16 left robust significantly more
+                            points than in float32 (gradient masking by rounding), a paired
+                            sign test; asked for separately when bfloat16 took part::
+
+    flag = attack_precision_flag(config.model, num_classes, variables, x, y, key, attack, "eval")
+    flag = precision_gap_flag(correct_float32, correct_bfloat16)   # from paired per-example results
 
 Every check attacks in the evaluation's norm (``norm``: "linf" or "l2").
 """
@@ -35,16 +41,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust.attacks.config import step_budget_short
+from nt_robust.attacks.config import AttackConfig, step_budget_short
 from nt_robust.attacks.losses import cross_entropy
 from nt_robust.attacks.parts import PROJECTIONS, make_start
-from nt_robust.attacks.pgd import projected_ascent
+from nt_robust.attacks.pgd import pgd, projected_ascent
+from nt_robust.models import ModelConfig, create_model, make_logits_fn
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -192,3 +200,65 @@ def format_flags(flags: list[Flag]) -> str:
     """One line per check, raised flags first."""
     ordered = sorted(flags, key=lambda f: not f.raised)
     return "\n".join(f"{'FLAG' if f.raised else 'ok  '} {f.name}: {f.detail}" for f in ordered)
+
+
+# --------------------------------------------------------------------------- low precision
+
+def paired_gap(correct_reference: np.ndarray, correct_other: np.ndarray) -> tuple[int, int]:
+    """(b, c): points the reference attack broke but the other left robust, and the reverse."""
+    a, b = np.asarray(correct_reference, bool), np.asarray(correct_other, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired results must have the same shape, got {a.shape} and {b.shape}")
+    return int(np.sum(~a & b)), int(np.sum(a & ~b))
+
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, 1/2): the exact one-sided sign (McNemar) test."""
+    if k <= 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0 ** n
+
+
+def precision_gap_flag(correct_float32: np.ndarray, correct_low: np.ndarray, alpha: float = 0.01,
+                       low: str = "bfloat16") -> Flag:
+    """``attack_precision_weaker``: the same attack (same points, same random starts) run in
+    ``low`` precision left robust significantly more points than in float32.
+
+    Paired: of the points the two disagree on, b were broken only in float32 and c only in
+    ``low``. If the two attacks are equally strong, each disagreement goes either way with
+    probability 1/2, so b ~ Binomial(b + c, 1/2); the flag is raised when b > c and the
+    one-sided tail P(X ≥ b) < ``alpha``. Low precision that masks gradients shows up as b ≫ c."""
+    b, c = paired_gap(correct_float32, correct_low)
+    n = len(np.asarray(correct_float32))
+    p = binomial_tail(b, b + c)
+    raised = b > c and p < alpha
+    acc32 = float(np.mean(correct_float32)) if n else float("nan")
+    acc_low = float(np.mean(correct_low)) if n else float("nan")
+    return Flag("attack_precision_weaker", bool(raised),
+                f"robust accuracy under the attack in float32 {acc32:.3f}, in {low} {acc_low:.3f} on {n} points; "
+                f"broken only in float32: {b}, only in {low}: {c} (one-sided sign test p = {p:.3g}, "
+                f"flag below {alpha:g})")
+
+
+def attack_correct(model_config: ModelConfig, num_classes: int, dtype: str, variables: Any, x: jax.Array,
+                   y: jax.Array, key: jax.Array, attack: AttackConfig, bn_mode: str = "eval") -> np.ndarray:
+    """Per point: is it still classified correctly after ``attack``, with the model (its
+    attack and its final prediction) computed in ``dtype``?"""
+    model = create_model(model_config, num_classes, dtype=dtype)
+
+    @jax.jit
+    def run(variables, x, y, key):
+        logits_fn = make_logits_fn(model, variables, bn_mode)
+        x_adv = pgd(logits_fn, x, y, key, attack)
+        return logits_fn(x_adv).argmax(-1) == y
+
+    return np.asarray(run(variables, x, y, key))
+
+
+def attack_precision_flag(model_config: ModelConfig, num_classes: int, variables: Any, x: jax.Array, y: jax.Array,
+                          key: jax.Array, attack: AttackConfig, bn_mode: str = "eval", alpha: float = 0.01) -> Flag:
+    """:func:`precision_gap_flag` for ``attack`` run on (x, y) in float32 and in bfloat16,
+    with the same random start (``key``)."""
+    reference = attack_correct(model_config, num_classes, "float32", variables, x, y, key, attack, bn_mode)
+    low = attack_correct(model_config, num_classes, "bfloat16", variables, x, y, key, attack, bn_mode)
+    return precision_gap_flag(reference, low, alpha)

@@ -5,7 +5,8 @@ RobustBench's WideResNet layout (or our own), and RobustBench-style ``model_info
     export_run("runs/wrn", checkpoint="best_val")        # nt-robust export runs/wrn
 
 :mod:`.pytorch` has the layouts and modules (``torch`` imported only when a module is
-built), :mod:`.run` the run-directory side (checkpoint, model_info).
+built), :mod:`.run` the run-directory side (checkpoint, model_info), :mod:`.torchattacks_check`
+torchattacks on our exported models (a cross-check of our attacks; not imported here).
 """
 
 from nt_robust.export.pytorch import (FORMATS, ExportError, check_robustbench, default_format, nhwc_to_nchw,

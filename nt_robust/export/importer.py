@@ -203,10 +203,10 @@ def import_state_dict(source: str | Path, out: str | Path, dataset: str = "cifar
     except ImportError:
         raise ImportError_('nt-robust import reads PyTorch files and needs torch: pip install -e ".[torch]"') from None
     from nt_robust.config import load_config, to_dict
-    from nt_robust.export.run import _abstract_state
     from nt_robust.models import create_model
     from nt_robust.train import Checkpointer, ExperimentConfig
     from nt_robust.train.config import input_shape
+    from nt_robust.train.restore import abstract_state
 
     source, out = Path(source), Path(out)
     if not source.is_file():
@@ -240,7 +240,7 @@ def import_state_dict(source: str | Path, out: str | Path, dataset: str = "cifar
     model = create_model(config.model, classes)
     variables = to_variables(arrays, arch["depth"])
     batches = int(arrays["bn1.num_batches_tracked"])
-    abstract = _abstract_state(config, model, image_shape)
+    abstract = abstract_state(config, model, image_shape)
     state = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
     state = state.replace(step=np.asarray(batches, abstract.step.dtype), params=variables["params"],
                           batch_stats=variables["batch_stats"])

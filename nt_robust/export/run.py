@@ -44,47 +44,17 @@ from nt_robust.export.pytorch import ExportError, default_format, state_arrays, 
 AUTOATTACK = "autoattack-standard"
 
 
-def _abstract_state(config: Any, model: Any, image_shape: tuple[int, int, int]) -> Any:
-    from nt_robust.models import init_variables
-    from nt_robust.train.optim import make_optimizer
-    from nt_robust.train.state import create_train_state
-    from nt_robust.train.step import init_key
-
-    optimizer = make_optimizer(config.optim, config.train.epochs, 1)   # the state's structure, not its values
-    shapes = jax.eval_shape(lambda: create_train_state(
-        init_variables(model, init_key(config.train.seed), image_shape), optimizer, config.objective.lam,
-        use_ema=config.optim.ema_decay is not None, seed=config.train.seed))
-    # Restore every array onto this process's first device, whatever devices the run trained on
-    # (without a target sharding, orbax would ask for the writer's topology and refuse).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
-
-
 def restore_variables(run_dir: str | Path, checkpoint: str = "best_val") -> dict[str, Any]:
     """``{config, model, variables, image_shape, num_classes, step, record}`` of checkpoint
-    ``checkpoint`` of ``run_dir``, without loading the dataset."""
-    from nt_robust.models import create_model
-    from nt_robust.train.checkpoints import Checkpointer
-    from nt_robust.train.config import input_shape
-    from nt_robust.train.evaluate_run import SELECTION_RULES, load_run_config
-    from nt_robust.train.state import model_variables
+    ``checkpoint`` of ``run_dir``, without loading the dataset
+    (:func:`nt_robust.train.restore.restore_run`, on this process's first device)."""
+    from nt_robust.train.restore import SELECTION_RULES, restore_run
 
     if checkpoint not in SELECTION_RULES:
         raise ExportError(f"unknown checkpoint {checkpoint!r}; choose one of {sorted(SELECTION_RULES)}")
-    config = load_run_config(run_dir)
-    image_shape, num_classes = input_shape(config.data)
-    model = create_model(config.model, num_classes)
-    checkpoints = Checkpointer(Path(run_dir) / "checkpoints", keep=config.train.keep_checkpoints, writer=False)
-    try:
-        restored = checkpoints.restore(checkpoint, _abstract_state(config, model, image_shape))
-    finally:
-        checkpoints.close()
-    if restored is None:
-        raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints' / checkpoint} holds no checkpoint yet")
-    state, record = restored
-    variables = jax.device_get(model_variables(state, use_ema=config.optim.ema_decay is not None))
-    return {"config": config, "model": model, "variables": variables, "image_shape": tuple(image_shape),
-            "num_classes": num_classes, "step": int(state.step), "record": record}
+    run = restore_run(run_dir, checkpoint)
+    return {"config": run.config, "model": run.model, "variables": jax.device_get(run.variables),
+            "image_shape": run.image_shape, "num_classes": run.num_classes, "step": run.step, "record": run.record}
 
 
 def max_logit_difference(model: Any, variables: Any, image_shape: tuple[int, int, int], examples: int = 4,
@@ -170,7 +140,7 @@ def model_info(run_dir: str | Path, restored: dict[str, Any], format: str,
     behind ``autoattack_acc``, at the top level; the norm, checkpoint and files).
     ``autoattack_acc`` comes only from an autoattack-standard result on at least
     :data:`MIN_AUTOATTACK_POINTS` test points unless ``allow_few_points``."""
-    from nt_robust.train.evaluate_run import selection_rule
+    from nt_robust.train.restore import selection_rule
 
     run_dir = Path(run_dir)
     config, checkpoint = restored["config"], restored["checkpoint"]

@@ -12,7 +12,7 @@ images, for the listed seeds)::
 
     run_attack_check(study)              # resumable: finished evaluations are not recomputed
     rows = collect_attack_check(study)   # one row per run and protocol
-    claim = attack_agreement_claim(rows, plan.protocols[0])
+    claim = attack_agreement_claim(rows, plan.protocols[0])   # nt_robust.studies.claims
 
 Agreement is Kendall's τ-b between the reference protocol's and each other protocol's
 seed-mean robust accuracies over the (width, λ) configurations. Uncertainty counts seeds as
@@ -39,8 +39,6 @@ import numpy as np
 from nt_robust import io
 from nt_robust.attacks.protocols import PROTOCOLS
 from nt_robust.config import ConfigError
-# Claim 8's verdict lives beside the other claims; named here too, where the check's rows come from.
-from nt_robust.studies.analysis import attack_agreement_claim, kendall_tau_b, kendall_tau_b_rows  # noqa: F401
 
 log = logging.getLogger("nt_robust.studies")
 
@@ -78,7 +76,7 @@ def _checked_runs(study) -> list:
 
 def run_attack_check(study) -> None:
     """Evaluate every checked grid run with every protocol (skips what is already done)."""
-    from nt_robust.train.evaluate_run import evaluate_run
+    from nt_robust.evaluate import evaluate_run
 
     plan = study.attack_check
     runs = _checked_runs(study)
@@ -104,7 +102,7 @@ def _result_stem(study, run, protocol: str) -> Path | None:
     run_dir = study.run_dir(run)
     if not (run_dir / "config.json").exists():
         return None
-    from nt_robust.train.evaluate_run import protocol_result_stem
+    from nt_robust.evaluate import protocol_result_stem
 
     eps = io.read_json(run_dir / "config.json")["eval"]["attack"]["eps"]
     return protocol_result_stem(run_dir, CHECKPOINT, "test", protocol, eps, study.attack_check.examples)

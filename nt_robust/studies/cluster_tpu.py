@@ -54,7 +54,7 @@ class Generation:
 
     vm_prefix: str          # "v5litepod" in "v5litepod-16"
     gke: str                # cloud.google.com/gke-tpu-accelerator
-    peak: str               # nt_robust.flops.PEAKS name (memory per chip)
+    peak: str               # nt_robust.accelerators.PEAKS name (memory per chip)
     cores_per_chip: int     # what the number in a TPU VM accelerator type counts per chip
     single_host_chips: tuple[int, ...]  # slices of this many chips have one host
 

@@ -5,7 +5,7 @@ training step fits in memory::
     print(format_estimate(estimate_cost(study)))                  # this machine: compiled and timed
     print(format_estimate(estimate_cost(study, device="h100")))   # an accelerator: FLOPs and its peak
 
-FLOPs per step always come from ``nt_robust.flops.train_step_flops``: the step lowered with
+FLOPs per step always come from ``nt_robust.train.cost.train_step_flops``: the step lowered with
 XLA's own convolutions and products and the attack unrolled, the same count whatever
 ``conv_impl``/``dense_impl`` this machine would run. A run costs
 ``seconds per step × (epochs × steps per epoch + evaluations × evaluation points × f / batch)``,
@@ -21,7 +21,7 @@ take at most ``step_seconds_limit``; wider models get the narrowest measured mod
 scaled by their FLOPs. Memory is XLA's buffer plan of that compile (temporaries scaled by the
 batch ratio when compiled smaller).
 
-**An accelerator** (``device``: a ``nt_robust.flops.PEAKS`` name such as "h100", "a100",
+**An accelerator** (``device``: a ``nt_robust.accelerators.PEAKS`` name such as "h100", "a100",
 "tpu-v5e"). Nothing is timed, nothing of this host's CPU machinery is used, and the step is
 lowered as the device would run it: XLA's convolutions and products, the configured dtype and
 matmul precision. Seconds per step = FLOPs / (``mfu`` × the chip's dense peak at that
@@ -67,14 +67,14 @@ def estimate_cost(study: Study, timed_steps: int = 2, device: str | None = None,
     ``runs``, ``epochs``, ``steps_per_epoch``, ``batch_size``, ``flops_per_step``,
     ``seconds_per_step`` and ``how``, ``peak_bytes``, ``memory_bytes`` and ``fits`` (None when
     unknown), ``memory_how``, ``device``, ``hours_per_run`` and ``hours``."""
-    from nt_robust import flops
+    from nt_robust import accelerators
 
     target = None
     if device is not None:
-        target = flops.find_device(device)
+        target = accelerators.find_device(device)
         if target is None:
             raise ConfigError(f"--device {device!r} is not in the peak table; choose one of "
-                              f"{', '.join(p.name for p in flops.PEAKS)} (nt_robust/flops.py)")
+                              f"{', '.join(p.name for p in accelerators.PEAKS)} (nt_robust/step_cost.py)")
     widths = _configs_by_width(study)
     if not widths:
         return []
@@ -86,14 +86,14 @@ def estimate_cost(study: Study, timed_steps: int = 2, device: str | None = None,
 
 
 def flops_by_width(configs: list[ExperimentConfig], splits) -> list[dict[str, Any]]:
-    """``nt_robust.flops.train_step_flops`` of each config (with ``state_bytes``), lowered one
+    """``nt_robust.train.cost.train_step_flops`` of each config (with ``state_bytes``), lowered one
     by one, or read from :func:`cached` where this exact step was counted before."""
-    from nt_robust import flops
+    from nt_robust.train import cost as step_cost
 
     def count(config):
-        return flops.train_step_flops(config, splits.image_shape, splits.num_classes)
+        return step_cost.train_step_flops(config, splits.image_shape, splits.num_classes)
 
-    return [{**cached("flops", (flops.counting_config(c), splits.image_shape, splits.num_classes), lambda c=c: count(c)),
+    return [{**cached("flops", (step_cost.counting_config(c), splits.image_shape, splits.num_classes), lambda c=c: count(c)),
              "how": "lowered"} for c in configs]
 
 
@@ -182,21 +182,22 @@ def _row(width: int, config: ExperimentConfig, runs: int, splits, flops_per_step
 
 
 def _device_estimates(widths, counts, splits, target, mfu: float) -> list[dict[str, Any]]:
-    from nt_robust import flops
+    from nt_robust import accelerators
+    from nt_robust.train import cost as step_cost
 
     capacity = int(target.memory_gib * 2**30)
     platform = "tpu" if target.name.startswith("tpu") else "gpu"
     plan = None
     rows = []
     for (width, config, runs), counted in zip(widths, counts):
-        config = flops.xla_implementations(config)
-        dtype, matmul = flops.config_precision(config)
-        klass = flops.precision_class(dtype, matmul, platform)
-        peak_rate = flops.peak_flops(target.name, klass)
+        config = step_cost.xla_implementations(config)
+        dtype, matmul = step_cost.config_precision(config)
+        klass = accelerators.precision_class(dtype, matmul, platform)
+        peak_rate = accelerators.peak_flops(target.name, klass)
         if peak_rate is None or counted["flops_per_step"] is None:
             raise ConfigError(f"{target.name} has no published {klass} peak for model.dtype = {dtype!r}: "
                               "estimate on the machine itself, or pick another --device")
-        plan = plan or cached("memory_plan", (flops.xla_implementations(config), splits.image_shape,
+        plan = plan or cached("memory_plan", (step_cost.xla_implementations(config), splits.image_shape,
                                               splits.num_classes), lambda: memory_plan(config, splits))
         peak = scaled_peak(plan, config, splits, counted["state_bytes"])
         rows.append(_row(width, config, runs, splits, counted["flops_per_step"],
@@ -210,15 +211,15 @@ def _device_estimates(widths, counts, splits, target, mfu: float) -> list[dict[s
 def memory_plan(config: ExperimentConfig, splits) -> dict[str, Any]:
     """XLA's buffer plan on this host of ``config``'s step with XLA's implementations, in float32,
     at batch ``min(MEMORY_PLAN_BATCH, train.batch_size)``: the base of :func:`scaled_peak`."""
-    from nt_robust import flops
+    from nt_robust.train import cost as step_cost
 
-    config = flops.xla_implementations(config)
+    config = step_cost.xla_implementations(config)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float32"))
     batch = min(MEMORY_PLAN_BATCH, config.train.batch_size)
-    step, state, images, labels = flops.abstract_step(config, splits.image_shape, splits.num_classes, batch)
-    memory = flops.memory_bytes(step.lower(state, images, labels).compile())
+    step, state, images, labels = step_cost.abstract_step(config, splits.image_shape, splits.num_classes, batch)
+    memory = step_cost.memory_bytes(step.lower(state, images, labels).compile())
     return {"model": config.model.label, "batch": batch, "temp_bytes": None if memory is None else memory["temp"],
-            "state_bytes": flops.state_bytes(state), "activations_per_example": activations_per_example(config, splits)}
+            "state_bytes": step_cost.state_bytes(state), "activations_per_example": activations_per_example(config, splits)}
 
 
 def activations_per_example(config: ExperimentConfig, splits) -> int:
@@ -247,10 +248,11 @@ def scaled_peak(plan: dict[str, Any], config: ExperimentConfig, splits, state: i
 def _local_estimates(widths, counts, splits, timed_steps: int, step_seconds_limit: float) -> list[dict[str, Any]]:
     import numpy as np
 
-    from nt_robust import flops
+    from nt_robust import accelerators
+    from nt_robust.train import cost as step_cost
 
     local = jax.devices()[0]
-    capacity = flops.device_memory_bytes(local)
+    capacity = accelerators.device_memory_bytes(local)
     device = f"{jax.device_count()} x {local.device_kind}"
     rate, rows = None, []
     for (width, config, runs), counted in zip(widths, counts):
@@ -258,11 +260,11 @@ def _local_estimates(widths, counts, splits, timed_steps: int, step_seconds_limi
         flops_per_step = counted["flops_per_step"]
         small = local.platform == "cpu" and (flops_per_step or 0) > CPU_SMALL_BATCH_FLOPS
         run_batch = jax.device_count() if small else batch
-        step, abstract, images, labels = flops.abstract_step(config, splits.image_shape, splits.num_classes, run_batch)
+        step, abstract, images, labels = step_cost.abstract_step(config, splits.image_shape, splits.num_classes, run_batch)
         start = time.time()
         compiled = step.lower(abstract, images, labels).compile()
         compile_seconds = time.time() - start
-        memory = flops.memory_bytes(compiled)
+        memory = step_cost.memory_bytes(compiled)
         peak = None if memory is None else memory["peak_bytes"] + memory["temp"] * (batch / run_batch - 1)
         predicted = None if rate is None or flops_per_step is None else flops_per_step * run_batch / batch / rate
         if predicted is None or predicted <= step_seconds_limit:
@@ -322,20 +324,11 @@ def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
 
 
 def _real_state(config: ExperimentConfig, splits, batch: int):
-    from nt_robust.models import create_model, init_variables
-    from nt_robust.train.optim import make_optimizer
-    from nt_robust.train.state import create_train_state
-    from nt_robust.train.step import init_key
+    from nt_robust.models import create_model
+    from nt_robust.train.state import initial_state
 
     model = create_model(config.model, splits.num_classes)
-    optimizer = make_optimizer(config.optim, config.train.epochs, max(1, splits.train // batch))
-
-    def init():
-        variables = init_variables(model, init_key(config.train.seed), splits.image_shape)
-        return create_train_state(variables, optimizer, config.objective.lam,
-                                  use_ema=config.optim.ema_decay is not None, seed=config.train.seed)
-
-    return jax.jit(init)()
+    return jax.jit(lambda: initial_state(config, model, splits.image_shape, max(1, splits.train // batch)))()
 
 
 def format_estimate(estimates: list[dict[str, Any]]) -> str:

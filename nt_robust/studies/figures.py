@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nt_robust import io  # noqa: E402
-from nt_robust.studies.analysis import WAR_READINGS, best_lam_by_width, grid_rows, group_stats, select, stats_of  # noqa: E402
+from nt_robust.studies.claims import WAR_READINGS  # noqa: E402
+from nt_robust.studies.contrasts import best_lam_by_width, grid_rows, group_stats, select, stats_of  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,

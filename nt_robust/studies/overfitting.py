@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nt_robust.studies.analysis import grid_rows
+from nt_robust.studies.contrasts import grid_rows
 from nt_robust.studies.uncertainty import Interval, contrast_interval, holm, no_interval
 
 __all__ = ["OVERFITTING_TEST", "robust_overfitting", "overfitting_lines", "overfitting_json"]

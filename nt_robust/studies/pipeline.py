@@ -17,7 +17,7 @@ from nt_robust import io
 from nt_robust.config import ConfigError, load_config
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import collect_curves, collect_examples, collect_runs, write_table
-from nt_robust.studies.analysis import evaluate_claims
+from nt_robust.studies.claims import evaluate_claims
 from nt_robust.studies.attack_check import collect_attack_check, collect_attack_examples, run_attack_check
 from nt_robust.studies.figures import make_all_figures
 from nt_robust.studies.overfitting import overfitting_json, robust_overfitting
@@ -128,7 +128,7 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
 def reading_extras(rows: list[dict], examples: dict, reading: str) -> dict:
     """Stability split, margins vs Lipschitz and tuned-λ robust accuracy of one reading
     (:mod:`nt_robust.studies.readings`), and where its numbers come from."""
-    from nt_robust.studies.analysis import grid_rows
+    from nt_robust.studies.contrasts import grid_rows
     from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
 
     grid = grid_rows(rows, reading)
@@ -146,7 +146,7 @@ def reading_extras(rows: list[dict], examples: dict, reading: str) -> dict:
 def declaration_check(path: Path) -> str | None:
     """Store the declared primary tests' hash with the results the first time; afterwards a
     note when the declaration differs from the stored one (docs/paper.md §9)."""
-    from nt_robust.studies.analysis import PRIMARY_TESTS, primary_tests_hash
+    from nt_robust.studies.verdicts import PRIMARY_TESTS, primary_tests_hash
 
     now = primary_tests_hash()
     if not path.exists():

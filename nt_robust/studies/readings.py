@@ -5,7 +5,7 @@
     margins = margin_slopes(rows, examples)         # clean logit margin vs local Lipschitz, per λ
     tuned = tuned_robust(rows, examples)            # robust accuracy at each width's own best λ
 
-``rows`` are grid rows of one checkpoint reading (analysis.grid_rows(rows, "best_val") or
+``rows`` are grid rows of one checkpoint reading (contrasts.grid_rows(rows, "best_val") or
 "final") and ``examples`` that reading's arrays (aggregate.collect_examples(dirs, selection)).
 
 *Why the split.* Stability mixes two populations: a wrong prediction is "stable" when the
@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nt_robust.studies.analysis import Examples, best_lam_by_width, linear_contrast, select, slope_weights, width_slope
+from nt_robust.studies.contrasts import Examples, best_lam_by_width, linear_contrast, select, slope_weights, width_slope
 from nt_robust.studies.uncertainty import Interval, contrast_interval, no_interval
 
 __all__ = ["stability_split", "stability_split_table", "margin_slopes", "tuned_robust"]

@@ -8,9 +8,9 @@
 architecture, a training-set size, a training length, the rest shared. For each regime and
 λ the map gives the least-squares slope of natural accuracy, robust accuracy, perturbation
 stability and local Lipschitzness against log2 width (the change per doubling of width),
-with the 95% interval over seeds and test images of :func:`analysis.width_slope` and its
+with the 95% interval over seeds and test images of :func:`contrasts.width_slope` and its
 Benjamini–Hochberg q-value over all the map's slopes, and each claim's verdict from its
-primary test (:func:`analysis.evaluate_claims`, docs/paper.md §9) with Holm across the
+primary test (:func:`claims.evaluate_claims`, docs/paper.md §9) with Holm across the
 regimes. Every regime is read twice, side by side: at the best held-out checkpoint
 ("best_val") and at the final epoch ("final"); each reading says where its numbers come from
 (per-example arrays ``eval/{best_val,final}_test.npz``, else the summary's test metrics of
@@ -32,14 +32,15 @@ from typing import Any, Sequence
 from nt_robust import io
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import METRICS, collect_examples, collect_runs
-from nt_robust.studies.analysis import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, Claim, HypothesisTest,
-                                        decide, evaluate_claims, grid_rows, primary_tests_hash, select,
-                                        width_slope)
+from nt_robust.studies.claims import evaluate_claims
+from nt_robust.studies.contrasts import grid_rows, select, width_slope
 from nt_robust.studies.map_report import readings_of
 from nt_robust.studies.overfitting import overfitting_json, robust_overfitting
 from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
-from nt_robust.studies.uncertainty import benjamini_hochberg, holm
 from nt_robust.studies.sweep import Study
+from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, benjamini_hochberg,
+                                           holm)
+from nt_robust.studies.verdicts import Claim, HypothesisTest, decide, primary_tests_hash
 
 # For each metric, the direction the paper predicts with width at fixed λ (claims 1, 2, 4;
 # robust accuracy: claim 3 says it does not rise much, so no direction is predicted).
@@ -250,7 +251,7 @@ def _adjust_across_regimes(results: list[dict[str, Any]]) -> None:
 
 
 class _Interval:
-    """Just the estimate, which :func:`analysis.decide` reads besides the adjusted p."""
+    """Just the estimate, which :func:`verdicts.decide` reads besides the adjusted p."""
 
     def __init__(self, estimate: float):
         self.estimate = estimate

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nt_robust.studies.analysis import grid_rows, group_stats, primary_tests_hash, select
+from nt_robust.studies.contrasts import grid_rows, group_stats, select
+from nt_robust.studies.verdicts import primary_tests_hash
 from nt_robust.studies.overfitting import overfitting_lines
 from nt_robust.studies.tables import format_table
 
@@ -77,7 +78,7 @@ def render_report(name: str, rows: list[dict[str, Any]], readings: dict[str, dic
         + "; ".join(f"{READING_NAMES[k]}: {rd.get('source', '-')}" for k, rd in readings.items()) + ". "
         "Table cells are mean ± standard deviation over seeds.",
         "",
-        "How the verdicts are reached (`nt_robust/studies/uncertainty.py`, `analysis.py`): every comparison "
+        "How the verdicts are reached (`nt_robust/studies/uncertainty.py`, `claims.py`): every comparison "
         "is a contrast of configurations, paired by seed and by test image, given as `estimate [95% interval]`. "
         "Its standard error counts the spread over seeds *and* over test points (a two-way random-effects "
         "decomposition, V_seed + V_test), and the interval is √(t²_{n−1}·V_seed + z²·V_test): the seed part "

@@ -388,3 +388,39 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
         running = min(running, m * p[index] / (rank + 1))
         out[index] = running
     return out
+
+
+# --------------------------------------------------------------------------- rank agreement
+
+def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's τ-b of two equally long sequences (ties in either count against neither)."""
+    if len(a) != len(b):
+        raise ValueError(f"kendall_tau_b needs sequences of equal length, got {len(a)} and {len(b)}")
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return (concordant - discordant) / denominator if denominator else math.nan
+
+
+def kendall_tau_b_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`kendall_tau_b` of every row of ``a`` (k, m) with the same row of ``b`` (vectorised)."""
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    i, j = np.triu_indices(a.shape[1], 1)
+    sa, sb = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+    both = (sa != 0) & (sb != 0)
+    score = np.sum(sa * sb * both, axis=1)
+    n_a, n_b = np.sum(sa != 0, axis=1), np.sum(sb != 0, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_a > 0) & (n_b > 0), score / np.sqrt(n_a * n_b), np.nan)

@@ -2,6 +2,7 @@
 
     evaluator = Evaluator(model, config.eval, mesh, seed=0)
     per_example = evaluator(variables, images, labels)        # dict of numpy arrays
+    results = evaluator.splits(variables, splits)   # {"val": …, "test": …}: what an epoch evaluates
     summarize(per_example)                                     # accuracy, robustness, ...
 
 Batch ``i`` of a split always uses the same key, so evaluations at different epochs
@@ -72,3 +73,14 @@ class Evaluator:
         if not chunks:
             return {}
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    def splits(self, variables: Any, splits: Any) -> dict[str, dict[str, np.ndarray]]:
+        """The first ``eval.val_examples`` / ``eval.test_examples`` of a run's validation and
+        test splits (:class:`nt_robust.train.data.Splits`), as every epoch of training
+        evaluates them; a split without examples (or with a limit of 0) is left out."""
+        results = {}
+        for split, limit in (("val", self.config.val_examples), ("test", self.config.test_examples)):
+            images, labels = getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels")
+            if len(images) and (limit is None or limit > 0):
+                results[split] = self(variables, images, labels, limit)
+        return results

@@ -30,24 +30,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from nt_robust import io
+from nt_robust.accelerators import mfu, precision_class
 from nt_robust.config import to_dict
 from nt_robust.environment import environment_info
 from nt_robust.metrics import summarize
-from nt_robust.models import count_parameters, create_model, init_variables
+from nt_robust.models import count_parameters, create_model
 from nt_robust.train.checkpoints import Checkpointer, raise_terminated
 from nt_robust.train.config import ExperimentConfig
+from nt_robust.train.cost import config_precision, jitted_step_flops
 from nt_robust.train.data import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
 from nt_robust.train.precision import precision_record
 from nt_robust.train.progress import progress_bar
 from nt_robust.train.records import check_record, rows_at, warn_if_other_device_count
+from nt_robust.train.restore import restore_run
 from nt_robust.train.run_dir import (RunDirectory, RunDirectoryLockedError, RunDirectoryNotWritableError, RunLock,
                                      config_hash)
 from nt_robust.train.sharding import (batch_sharding, check_divisible, data_mesh, global_batch, process_rows,
                                       replicate, replicated_sharding)
-from nt_robust.train.state import TrainState, create_train_state, model_variables
-from nt_robust.train.step import init_key, make_train_step
+from nt_robust.train.state import TrainState, initial_state, model_variables
+from nt_robust.train.step import make_train_step
 from nt_robust.train.tracking import Trackers, check_available, open_trackers
 from nt_robust.train.war import WarController, epoch_ratio, reference_ratio
 
@@ -100,7 +103,7 @@ WALL_CLOCK_FIELDS = ("train_seconds", "eval_seconds", "epoch_seconds", "train_fl
 class Trainer:
     """Holds what one run needs; :func:`train` is the usual entry point."""
 
-    step_flops: dict[str, Any] | None = None   # nt_robust.flops.jitted_step_flops, after the first step
+    step_flops: dict[str, Any] | None = None   # train.cost.jitted_step_flops, after the first step
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path):
         self.config = config
@@ -133,22 +136,13 @@ class Trainer:
             self.war = WarController(config.war, base_lam=config.objective.lam, target_ratio=ratio)
 
     def initial_state(self) -> TrainState:
-        variables = init_variables(self.model, init_key(self.config.train.seed), self.splits.image_shape)
-        state = create_train_state(variables, self.optimizer, self.config.objective.lam,
-                                   use_ema=self.config.optim.ema_decay is not None, seed=self.config.train.seed)
-        return replicate(state, self.mesh)
+        return replicate(initial_state(self.config, self.model, self.splits.image_shape, optimizer=self.optimizer),
+                         self.mesh)
 
     def restore(self, kind: str = "latest") -> tuple[TrainState, dict[str, Any]]:
         """The state saved in checkpoint ``kind`` ("latest", "best_val" or "best_test")."""
-        checkpoints = Checkpointer(self.run.checkpoint_dir, keep=self.config.train.keep_checkpoints, writer=False)
-        try:
-            restored = checkpoints.restore(kind, self.initial_state())
-        finally:
-            checkpoints.close()
-        if restored is None:
-            raise FileNotFoundError(f"{self.run.checkpoint_dir / kind} holds no checkpoint yet "
-                                    "(best_val needs data.val_size > 0; best_test needs eval.test_examples > 0)")
-        return restored
+        restored = restore_run(self.run.root, kind, self.config, replicated_sharding(self.mesh))
+        return restored.state, restored.record
 
     def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
         """Train to the end (or until ``stop_after_steps`` optimizer steps, for tests).
@@ -349,15 +343,8 @@ class Trainer:
                 "its config, so a resume with another lr is refused).")
 
     def _evaluate(self, state: TrainState) -> dict[str, dict[str, np.ndarray]]:
-        c = self.config.eval
-        variables = model_variables(state, use_ema=self.config.optim.ema_decay is not None)
-        results = {}
-        for split, images, labels, limit in (("val", self.splits.val_images, self.splits.val_labels, c.val_examples),
-                                             ("test", self.splits.test_images, self.splits.test_labels,
-                                              c.test_examples)):
-            if len(images) and (limit is None or limit > 0):
-                results[split] = self.evaluator(variables, images, labels, limit)
-        return results
+        return self.evaluator.splits(model_variables(state, use_ema=self.config.optim.ema_decay is not None),
+                                     self.splits)
 
     def _end_of_epoch(self, state: TrainState, progress: Progress, rows: list[dict[str, Any]],
                       checkpoints: Checkpointer, train_seconds: float) -> dict[str, Any]:
@@ -393,11 +380,10 @@ class Trainer:
         return row
 
     def _count_step_flops(self, state: TrainState, batch: tuple[jax.Array, jax.Array]) -> dict[str, Any]:
-        """FLOPs of one global step from XLA's cost analysis (nt_robust.flops); never fails a run."""
-        from nt_robust import flops
+        """FLOPs of one global step from XLA's cost analysis (nt_robust.train.cost); never fails a run."""
         try:
-            return flops.jitted_step_flops(self.train_step, (state, *batch), self.config,
-                                           self.splits.image_shape, self.splits.num_classes)
+            return jitted_step_flops(self.train_step, (state, *batch), self.config,
+                                     self.splits.image_shape, self.splits.num_classes)
         except Exception as error:  # accounting only
             log.warning("no FLOP count for the training step: %s", error)
             return {"flops_per_step": None}
@@ -405,15 +391,14 @@ class Trainer:
     def _flop_rate(self, train_seconds: float) -> dict[str, Any]:
         """``train_flops_per_s`` (step FLOPs × steps per epoch / the epoch's training seconds) and
         ``train_mfu`` (over the devices' dense peak at the configured precision; None on CPU)."""
-        from nt_robust import flops
         per_step = (self.step_flops or {}).get("flops_per_step")
         if per_step is None or train_seconds <= 0:
             return {"train_flops_per_s": None, "train_mfu": None}
         rate = per_step * self.steps_per_epoch / train_seconds
         device = jax.devices()[0]
-        precision = flops.precision_class(*flops.config_precision(self.config), device.platform)
+        precision = precision_class(*config_precision(self.config), device.platform)
         return {"train_flops_per_s": rate,
-                "train_mfu": flops.mfu(rate, device.device_kind, precision, jax.device_count())}
+                "train_mfu": mfu(rate, device.device_kind, precision, jax.device_count())}
 
     @staticmethod
     def _describe(row: dict[str, Any]) -> str:

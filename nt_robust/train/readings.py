@@ -61,26 +61,33 @@ def fill_readings(run_dir: str | Path) -> list[Path]:
     """Compute the missing readings of a finished run from its checkpoints; returns the
     files written ([] when nothing was missing)."""
     from nt_robust.metrics import summarize
-    from nt_robust.train.evaluate_run import load_run_config
-    from nt_robust.train.loop import Trainer
+    from nt_robust.train.data import prepare_splits
+    from nt_robust.train.evaluation import Evaluator
+    from nt_robust.train.restore import load_run_config, restore_run
+    from nt_robust.train.run_dir import RunDirectory
+    from nt_robust.train.sharding import data_mesh, replicated_sharding
 
     run_dir = Path(run_dir)
     missing = missing_readings(run_dir)
     if not missing:
         return []
     config = load_run_config(run_dir)
-    trainer = Trainer(config, run_dir)
+    mesh = data_mesh()
+    splits = prepare_splits(config.data, sample_seed=config.train.seed)
     summary = io.read_json(run_dir / "summary.json")
-    run, written, changed = trainer.run, [], False
+    run, written, changed, evaluator = RunDirectory(run_dir), [], False, None
     for reading in dict.fromkeys(r for r, _ in missing):
         checkpoint, key = READINGS[reading]
-        state, record = trainer.restore(checkpoint)
-        progress = record["progress"]
+        restored = restore_run(run_dir, checkpoint, config, replicated_sharding(mesh))
+        progress = restored.record["progress"]
         if reading == "final" and progress["epoch"] != config.train.epochs:
             raise RuntimeError(f"{run_dir / 'checkpoints' / checkpoint} holds the state after epoch "
                                f"{progress['epoch']}, not the final epoch {config.train.epochs}: the final reading "
                                "cannot be computed from it")
-        results = trainer._evaluate(state)
+        # the evaluator the training loop evaluates every epoch with: same images, attack, seeds, keys
+        evaluator = evaluator or Evaluator(restored.eval_model, config.eval, mesh, seed=config.train.seed,
+                                           num_classes=restored.num_classes)
+        results = evaluator.splits(restored.variables, splits)
         stored = summary.get(key) or ({"epoch": config.train.epochs} if reading == "final"
                                       else {"epoch": (progress.get("best_val") or {}).get("epoch")})
         for split in (s for r, s in missing if r == reading):

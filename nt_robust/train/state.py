@@ -1,4 +1,8 @@
-"""The complete training state: everything an exact resume needs, as one pytree.
+"""The complete training state: everything an exact resume needs, as one pytree, and the
+one function that builds it at step 0::
+
+    state = initial_state(config, model, image_shape=(32, 32, 3), steps_per_epoch=391)
+    shapes = jax.eval_shape(lambda: initial_state(config, model, (32, 32, 3)))   # no allocation
 
 Data order and per-step randomness are functions of (seed, step), so the state carries
 no RNG stream: ``seed`` and ``step`` are enough to reproduce the rest of the run. The seed
@@ -8,12 +12,17 @@ one compiled program (and the persistent compilation cache).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from nt_robust.models import init_variables
+from nt_robust.train.config import ExperimentConfig
+from nt_robust.train.optim import make_optimizer
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -38,6 +47,25 @@ def create_train_state(variables: Any, optimizer: optax.GradientTransformation, 
         lam=jnp.asarray(lam, jnp.float32),
         seed=jnp.asarray(seed, jnp.int32),
     )
+
+
+def init_key(seed: int) -> jax.Array:
+    """The key that initializes the model's parameters."""
+    return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def initial_state(config: ExperimentConfig, model: nn.Module, image_shape: Sequence[int],
+                  steps_per_epoch: int = 1, optimizer: optax.GradientTransformation | None = None) -> TrainState:
+    """The training state of ``config`` at step 0: ``model``'s parameters drawn from
+    :func:`init_key` of ``train.seed``, the optimizer's state, EMA weights when
+    ``optim.ema_decay`` is set, λ = ``objective.lam``. ``optimizer`` defaults to
+    ``make_optimizer(config.optim, train.epochs, steps_per_epoch)``; the state's structure
+    does not depend on ``steps_per_epoch`` (only the schedule's values do), so 1 serves
+    where only shapes are needed (restoring a checkpoint, counting FLOPs)."""
+    optimizer = optimizer or make_optimizer(config.optim, config.train.epochs, steps_per_epoch)
+    variables = init_variables(model, init_key(config.train.seed), tuple(image_shape))
+    return create_train_state(variables, optimizer, config.objective.lam,
+                              use_ema=config.optim.ema_decay is not None, seed=config.train.seed)
 
 
 def model_variables(state: TrainState, use_ema: bool = False) -> dict[str, Any]:

@@ -76,11 +76,6 @@ def training_passes(model: nn.Module, params: Any, batch_stats: Any, x: jax.Arra
     return logits["clean"], logits.get("adversarial"), batch_stats
 
 
-def init_key(seed: int) -> jax.Array:
-    """The key that initializes the model's parameters."""
-    return jax.random.fold_in(jax.random.key(seed), 0)
-
-
 def step_key_root(seed: int | jax.Array) -> jax.Array:
     """Step ``s`` draws its augmentation and attack randomness from ``fold_in(root, s)``."""
     return jax.random.fold_in(jax.random.key(seed), 1)

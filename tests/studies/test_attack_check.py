@@ -8,9 +8,10 @@ import pytest
 
 from nt_robust import io
 from nt_robust.config import ConfigError
-from nt_robust.studies.analysis import CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED
-from nt_robust.studies.attack_check import (AttackCheckPlan, attack_agreement_claim, collect_attack_check,
-                                            kendall_tau_b, kendall_tau_b_rows)
+from nt_robust.studies.attack_check import AttackCheckPlan, collect_attack_check
+from nt_robust.studies.claims import attack_agreement_claim
+from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, kendall_tau_b,
+                                           kendall_tau_b_rows)
 from nt_robust.studies.sweep import load_study
 
 from test_studies import write_spec  # noqa: E402 (pytest puts this folder on sys.path)

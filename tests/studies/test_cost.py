@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_flops import _step_band, wrn_count  # noqa: E402 (the hand counts live beside the FLOP tests)
 
-from nt_robust import flops  # noqa: E402
+from nt_robust.train import cost as step_cost  # noqa: E402
 from nt_robust.config import ConfigError, load_config  # noqa: E402
 from nt_robust.models.registry import estimate_model_size  # noqa: E402
 from nt_robust.studies import cost  # noqa: E402
@@ -132,14 +132,14 @@ def test_scaled_memory_plan_against_real_compiles(tmp_path):
     exact = cost.scaled_peak(plan, one, splits, plan["state_bytes"])
     assert exact == plan["state_bytes"] + plan["temp_bytes"]
     two = _config("model.arch=wrn", "model.depth=10", "model.width=2", "objective.kind=trades", "train.batch_size=16")
-    step, state, images, labels = flops.abstract_step(flops.xla_implementations(two), (8, 8, 1), 4, 16)
-    compiled = flops.memory_bytes(step.lower(state, images, labels).compile())
-    predicted = cost.scaled_peak(plan, two, splits, flops.state_bytes(state))
-    real = flops.state_bytes(state) + compiled["temp"]
+    step, state, images, labels = step_cost.abstract_step(step_cost.xla_implementations(two), (8, 8, 1), 4, 16)
+    compiled = step_cost.memory_bytes(step.lower(state, images, labels).compile())
+    predicted = cost.scaled_peak(plan, two, splits, step_cost.state_bytes(state))
+    real = step_cost.state_bytes(state) + compiled["temp"]
     assert 0.5 <= predicted / real <= 2.0, (predicted, real)
     half = dataclasses.replace(two, model=dataclasses.replace(two.model, dtype="bfloat16"))
-    assert cost.scaled_peak(plan, half, splits, flops.state_bytes(state)) - flops.state_bytes(state) == \
-        pytest.approx((predicted - flops.state_bytes(state)) / 2)
+    assert cost.scaled_peak(plan, half, splits, step_cost.state_bytes(state)) - step_cost.state_bytes(state) == \
+        pytest.approx((predicted - step_cost.state_bytes(state)) / 2)
 
 
 def test_unknown_device_names_the_known_ones(tmp_path):

@@ -8,10 +8,10 @@ import pytest
 
 from nt_robust import io
 from nt_robust.cli import main
-from nt_robust.studies.analysis import SUPPORTED, contrast, linear_contrast, slope_weights, width_slope
+from nt_robust.studies.contrasts import contrast, linear_contrast, slope_weights, width_slope
 from nt_robust.studies.regime_map import build_map, load_regime, write_map
 from nt_robust.studies.sweep import load_study
-from nt_robust.studies.uncertainty import contrast_interval, t_quantile
+from nt_robust.studies.uncertainty import SUPPORTED, contrast_interval, t_quantile
 
 from test_studies import fabricate_run, write_spec  # noqa: E402 (pytest puts this folder on sys.path)
 

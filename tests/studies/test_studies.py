@@ -8,7 +8,9 @@ import pytest
 from nt_robust import io
 from nt_robust.config import ConfigError, load_config, to_dict
 from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
-from nt_robust.studies.analysis import SUPPORTED, contrast, evaluate_claims
+from nt_robust.studies.claims import evaluate_claims
+from nt_robust.studies.contrasts import contrast
+from nt_robust.studies.uncertainty import SUPPORTED
 from nt_robust.studies.figures import make_all_figures
 from nt_robust.studies.sweep import load_study, resolve_overrides, run_index
 from nt_robust.train import ExperimentConfig

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from nt_robust.studies.analysis import contrast, evaluate_claims
+from nt_robust.studies.claims import evaluate_claims
+from nt_robust.studies.contrasts import contrast
 from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, benjamini_hochberg,
                                            bootstrap_interval, bootstrap_weights, contrast_interval,
                                            example_mean_variance, holm, minimum_detectable_effect, normal_cdf,

@@ -47,8 +47,8 @@ from nt_robust.train.data import prepare_splits  # noqa: E402
 from nt_robust.train.optim import make_optimizer  # noqa: E402
 from nt_robust.train.sharding import (batch_sharding, data_mesh, global_batch, process_rows,  # noqa: E402
                                       replicate, replicated_sharding, to_host)
-from nt_robust.train.state import create_train_state  # noqa: E402
-from nt_robust.train.step import init_key, make_train_step  # noqa: E402
+from nt_robust.train.state import create_train_state, init_key  # noqa: E402
+from nt_robust.train.step import make_train_step  # noqa: E402
 
 # A WRN-10-1 (BatchNorm: statistics over the global batch) on the 8x8 synthetic set.
 BASE = ["data.dataset=synthetic", "data.val_size=64", "data.crop_padding=1", "model.arch=wrn",

@@ -10,8 +10,8 @@ import pytest
 from nt_robust import io
 from nt_robust.attacks.protocols import PROTOCOLS, ProtocolResult
 from nt_robust.cli import main
-from nt_robust.train import evaluate_run as evaluate_module
-from nt_robust.train.evaluate_run import ATTACKS, STEP_FRACTIONS
+from nt_robust import evaluate as evaluate_module
+from nt_robust.evaluate import ATTACKS, STEP_FRACTIONS
 
 RUN_EPS = 0.1  # tiny_run's eval.attack.eps (tests/train/conftest.py)
 

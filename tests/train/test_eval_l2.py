@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from nt_robust import evaluate as evaluate_module
 from nt_robust import io
 from nt_robust.attacks import PGD20
 from nt_robust.attacks.config import RELATIVE_STEP, AttackConfig, step_budget_short
@@ -20,7 +21,7 @@ from nt_robust.attacks.sanity import pgd_noise, reported_above_pgd_flag, step_bu
 from nt_robust.cli import main
 from nt_robust.config import load_config
 from nt_robust.train import ExperimentConfig, train
-from nt_robust.train import evaluate_run as evaluate_module
+from nt_robust.train.restore import load_run_config
 
 L2_EPS = 1.0
 
@@ -69,7 +70,7 @@ def test_the_evaluation_is_the_hand_built_l2_attack(l2_run, capsys):
     result = json.loads(out.out)
     per_example = io.load_arrays(result["result_file"].replace(".json", ".npz"))
     assert AttackConfig(**result["attack"]) == AttackConfig(norm="l2", eps=1.0, step_size=0.25, num_steps=20)
-    trainer = Trainer(evaluate_module.load_run_config(l2_run), l2_run)
+    trainer = Trainer(load_run_config(l2_run), l2_run)
     state, _ = trainer.restore("latest")
     variables = model_variables(state, use_ema=False)
     x = np.asarray(trainer.splits.test_images[:16], np.float32)

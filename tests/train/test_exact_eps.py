@@ -77,7 +77,7 @@ def test_eval_eps_fraction_recorded(tiny_run, tmp_path):
     import shutil
 
     from nt_robust.cli import _parser
-    from nt_robust.train.evaluate_run import evaluate_run
+    from nt_robust.evaluate import evaluate_run
 
     assert _parser().parse_args(["eval", "r", "--eps", "8/255"]).eps.text == "8/255"
     with pytest.raises(SystemExit):

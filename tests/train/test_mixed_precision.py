@@ -20,10 +20,11 @@ from nt_robust.models import ModelConfig, create_model, init_variables, make_log
 from nt_robust.models.conv import shifted_matmul_conv
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.optim import make_optimizer
-from nt_robust.train.precision import attack_correct, binomial_tail, precision_gap_flag, precision_record
+from nt_robust.attacks.sanity import attack_correct, binomial_tail, precision_gap_flag
+from nt_robust.train.precision import precision_record
 from nt_robust.train.run_dir import ADDED_FIELDS, RunDirectory
-from nt_robust.train.state import create_train_state
-from nt_robust.train.step import init_key, make_train_step
+from nt_robust.train.state import create_train_state, init_key
+from nt_robust.train.step import make_train_step
 
 U = 2.0 ** -8
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -2,7 +2,7 @@
 models, for cross-checking our JAX attacks::
 
     from nt_robust.export import to_torch
-    from nt_robust.attacks.torchattacks_check import torchattacks_correct
+    from nt_robust.export.torchattacks_check import torchattacks_correct
 
     correct = torchattacks_correct(to_torch(model, variables), "apgd-ce", x_nhwc, y, eps=8 / 255)
 

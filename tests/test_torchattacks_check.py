@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchattacks")
 
 from nt_robust.attacks import protocols as P  # noqa: E402
-from nt_robust.attacks.torchattacks_check import torchattacks_correct  # noqa: E402
+from nt_robust.export.torchattacks_check import torchattacks_correct  # noqa: E402
 from nt_robust.export import to_torch  # noqa: E402
 from nt_robust.models import MLP  # noqa: E402
 

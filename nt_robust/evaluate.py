@@ -26,8 +26,10 @@ finished batch is saved under ``….partial/``, so an interrupted evaluation res
 stopped, and a finished one with the same settings is returned without recomputing.
 Sanity flags (:mod:`nt_robust.attacks.sanity`) are computed on the first 64 points,
 printed, and stored; when bfloat16 took part (``model.dtype`` or ``eval.dtype``), so is
-``attack_precision_weaker`` (:mod:`nt_robust.train.precision`). The model is attacked in
-``eval.dtype`` (float32 unless set).
+``attack_precision_weaker``. The model is attacked in ``eval.dtype`` (float32 unless set).
+
+The checkpoint is restored by :func:`nt_robust.train.restore.restore_run`: no Trainer, no
+optimizer step, and a WAR run's reference run is never read.
 """
 
 from __future__ import annotations
@@ -39,20 +41,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nt_robust import io
 import jax
 import numpy as np
 
+from nt_robust import io
 from nt_robust.attacks import CW20, FGSM, PGD20, TRADES_TRAIN, AttackConfig
 from nt_robust.attacks.config import RELATIVE_STEP, at_threat_model
 from nt_robust.attacks.protocols import ROBUST, BatchStore, ModelFn, get_protocol, run_protocol
-from nt_robust.attacks.sanity import format_flags, sanity_flags
+from nt_robust.attacks.sanity import attack_precision_flag, format_flags, sanity_flags
 from nt_robust.config import ConfigError, ExactFloat, apply_overrides, build, parse_override
 from nt_robust.metrics import summarize
 from nt_robust.train.config import ExperimentConfig
-from nt_robust.train.loop import Trainer
-from nt_robust.train.precision import attack_precision_flag
-from nt_robust.train.state import model_variables
+from nt_robust.train.data import prepare_splits
+from nt_robust.train.evaluation import Evaluator
+from nt_robust.train.restore import SELECTION_RULES, RestoredRun, read_run_config, restore_run, selection_rule
+from nt_robust.train.sharding import data_mesh, replicated_sharding
 
 # Attack presets: the steps, loss and start of each; their ε (0.031 here) is a placeholder:
 # evaluate_run always replaces it with the run's eval.attack.eps (or --eps) and the norm with
@@ -70,20 +73,6 @@ ATTACKS: dict[str, AttackConfig] = {
 }
 STEP_FRACTIONS: dict[str, float] = {"pgd20": RELATIVE_STEP, "cw20": RELATIVE_STEP, "fgsm": 1.0}
 """Presets whose step is a fraction of ε; the others keep their absolute step and are ℓ∞ only."""
-
-# How each checkpoint was chosen; printed and recorded next to every number.
-SELECTION_RULES = {
-    "best_val": "epoch with the highest validation robust accuracy (held-out selection)",
-    "best_test": "epoch with the highest test robust accuracy (the paper's protocol; optimistic on the test split)",
-    "latest": "last saved checkpoint (no selection)",
-}
-IMPORTED_RULE = "imported weights (nt-robust import; every checkpoint name holds them, no selection)"
-
-
-def selection_rule(run_dir: str | Path, checkpoint: str) -> str:
-    """How ``checkpoint`` of ``run_dir`` was chosen (an imported directory: not chosen)."""
-    return IMPORTED_RULE if (Path(run_dir) / "imported.json").exists() else SELECTION_RULES[checkpoint]
-
 
 # eval.* settings that only steer per-epoch evaluation during training (never evaluate_run).
 _TRAINING_ONLY = {"eval.val_examples": "use --examples N", "eval.test_examples": "use --examples N",
@@ -131,30 +120,22 @@ def _variant(settings: list[tuple[list[str], Any]]) -> str:
     return "_set-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
-                                "`nt-robust train`")
-    return build(ExperimentConfig, apply_overrides(io.read_json(path), list(overrides)))
-
-
 SANITY_POINTS = 64
 
 
-def _sanity(trainer: Trainer, variables: Any, images: np.ndarray, labels: np.ndarray, eps: float, seed: int,
+def _sanity(run: RestoredRun, variables: Any, images: np.ndarray, labels: np.ndarray, eps: float, seed: int,
             bn_mode: str, result: Any = None, show: bool = True, norm: str = "linf",
             reported: np.ndarray | None = None, attacks: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     """The sanity flags on the first SANITY_POINTS points; ``reported``: the evaluation's
     per-point robust (bool) over all its points (compared with the sanity PGD on the first ones)."""
     x = images[:SANITY_POINTS]
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    flags = sanity_flags(ModelFn(trainer.eval_model, bn_mode), variables, x, labels[:SANITY_POINTS],
+    flags = sanity_flags(ModelFn(run.eval_model, bn_mode), variables, x, labels[:SANITY_POINTS],
                          jax.random.key(seed), eps, bn_mode=bn_mode, result=result, norm=norm,
                          reported=None if reported is None else np.asarray(reported)[:SANITY_POINTS],
                          attacks=attacks)
-    if "bfloat16" in (trainer.config.model.dtype, trainer.config.eval.dtype):  # low precision took part
-        flags.append(attack_precision_flag(trainer.config.model, trainer.splits.num_classes, variables, x,
+    if "bfloat16" in (run.config.model.dtype, run.config.eval.dtype):  # low precision took part
+        flags.append(attack_precision_flag(run.config.model, run.num_classes, variables, x,
                                            labels[:SANITY_POINTS], jax.random.key(seed),
                                            at_threat_model(PGD20, eps, norm, RELATIVE_STEP), bn_mode))
     if show:
@@ -260,8 +241,9 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
     if examples is not None and (isinstance(examples, bool) or examples < 1):
         raise ConfigError(f"--examples must be at least 1 (an accuracy of no examples is undefined), got {examples}")
     parsed = _parse_overrides(overrides, protocol)
-    run_config = load_run_config(run_dir)
-    config = load_run_config(run_dir, overrides)  # validates every override against the config
+    written = read_run_config(run_dir)   # read once: the run's own config, then with the overrides
+    run_config = build(ExperimentConfig, apply_overrides(written, []))
+    config = build(ExperimentConfig, apply_overrides(written, list(overrides)))  # validates every override
     attack_config, eps_source = _resolve_attack(run_config.eval.attack, attack, parsed, eps)
     eval_config = dataclasses.replace(config.eval, attack=attack_config)
     if batch_size is not None:
@@ -273,10 +255,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         except ValueError as error:
             raise ConfigError(f"{error} (the run's eval.attack.norm is {run_config.eval.attack.norm!r})") from None
     io.check_writable(Path(run_dir) / "eval", "eval stores its results")  # before, not after, the attack
-    trainer = Trainer(config, run_dir)
-    state, record = trainer.restore(checkpoint)
-    variables = model_variables(state, use_ema=config.optim.ema_decay is not None)
-    splits = trainer.splits
+    mesh = data_mesh()
+    run = restore_run(run_dir, checkpoint, config, replicated_sharding(mesh))
+    variables, record = run.variables, run.record
+    splits = prepare_splits(config.data, sample_seed=config.train.seed)
     images, labels = ((splits.test_images, splits.test_labels) if split == "test"
                       else (splits.val_images, splits.val_labels))
     count = _clip_examples(examples, len(labels), split, progress)
@@ -299,26 +281,27 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         variant = "" if config.eval.bn_mode == run_config.eval.bn_mode else f"_bn-{config.eval.bn_mode}"
         variant += "" if config.eval.dtype == "float32" else f"_{config.eval.dtype}"
         variant += "" if config.eval.attack.norm == "linf" else f"_{config.eval.attack.norm}"
-        return _evaluate_protocol(trainer, variables, int(state.step), images, labels, run_dir, checkpoint,
+        return _evaluate_protocol(run, variables, run.step, images, labels, run_dir, checkpoint,
                                   split, protocol, config.eval.batch_size, progress, common, variant)
-    per_example = trainer.evaluator(variables, images, labels, progress=progress)
+    evaluator = Evaluator(run.eval_model, config.eval, mesh, seed=config.train.seed, num_classes=run.num_classes)
+    per_example = evaluator(variables, images, labels, progress=progress)
     attack_name = attack or "config"
     result = {
         **summarize(per_example),
         "run_dir": str(run_dir),
         "checkpoint": checkpoint,
         **common,
-        "step": int(state.step),
+        "step": run.step,
         "split": split,
         "attack_name": attack_name,
         "attack": config.eval.attack.to_dict(),
         "overrides": list(overrides),
-        "lipschitz": None if trainer.evaluator.lipschitz is None else trainer.evaluator.lipschitz.to_dict(),
+        "lipschitz": None if evaluator.lipschitz is None else evaluator.lipschitz.to_dict(),
         "bn_mode": config.eval.bn_mode,
         "eval_dtype": config.eval.dtype,
         "batch_size": config.eval.batch_size,
         "seed": config.train.seed,
-        "sanity_flags": _sanity(trainer, variables, images, labels, config.eval.attack.eps,
+        "sanity_flags": _sanity(run, variables, images, labels, config.eval.attack.eps,
                                 config.train.seed, config.eval.bn_mode, show=progress,
                                 norm=config.eval.attack.norm,
                                 reported=np.asarray(per_example["adv_pred"]) == np.asarray(per_example["labels"]),
@@ -334,10 +317,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
     return {**result, "result_file": f"{stem}.json"}
 
 
-def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.ndarray, labels: np.ndarray,
+def _evaluate_protocol(run: RestoredRun, variables: Any, step: int, images: np.ndarray, labels: np.ndarray,
                        run_dir: str | Path, checkpoint: str, split: str, name: str, batch_size: int,
                        progress: bool, common: dict[str, Any], variant: str = "") -> dict[str, Any]:
-    config = trainer.config
+    config = run.config
     protocol = get_protocol(name, config.eval.attack.eps, config.eval.attack.norm)
     fingerprint = {"protocol": protocol.to_dict(), "checkpoint": checkpoint, "step": step, "split": split,
                    "num_examples": int(len(labels)), "seed": config.train.seed, "batch_size": batch_size,
@@ -360,7 +343,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         def report(done: int, total: int) -> None:
             print(f"{name} (eps={protocol.eps!r}): batch {done}/{total}", file=sys.stderr, flush=True)
 
-    result = run_protocol(protocol, ModelFn(trainer.eval_model, config.eval.bn_mode), variables, images, labels,
+    result = run_protocol(protocol, ModelFn(run.eval_model, config.eval.bn_mode), variables, images, labels,
                           seed=config.train.seed, batch_size=batch_size, store=store, progress=report)
     summary = {
         **result.summary(),
@@ -372,7 +355,7 @@ def _evaluate_protocol(trainer: Trainer, variables: Any, step: int, images: np.n
         "bn_mode": config.eval.bn_mode,
         "eval_dtype": config.eval.dtype,
         "fingerprint": store.fingerprint,
-        "sanity_flags": _sanity(trainer, variables, images, labels, protocol.eps, config.train.seed,
+        "sanity_flags": _sanity(run, variables, images, labels, protocol.eps, config.train.seed,
                                 config.eval.bn_mode, result=result, show=progress, norm=protocol.norm,
                                 reported=result.per_example["broken_by"] == ROBUST,
                                 attacks=tuple(s.config for s in protocol.stages)),

@@ -1,20 +1,19 @@
-"""Seed statistics and the claim-by-claim verdicts of docs/paper.md §7, from the tidy table and
-the runs' per-example arrays::
+"""The claim-by-claim verdicts of docs/paper.md §7, from the tidy table and the runs'
+per-example arrays::
 
-    stats = group_stats(rows, ("width", "lam"), "test_robust_accuracy")   # seed mean ± std
     examples = collect_examples(run_dirs)   # aggregate.py: per-example arrays by run and split
     claims = evaluate_claims(rows, examples=examples)   # list of Claim(number, text, verdict, evidence)
     claims = evaluate_claims(rows, attack_rows, "pgd20-0.007", examples, attack_examples)  # + claim 8
-    iv = contrast(rows_a, rows_b, "robust_accuracy", examples)   # Interval of B − A on the test set
-    iv = width_slope(select(rows, lam=6.0), "robust_accuracy", examples)   # slope per doubling of width
 
-Every comparison is an interval from :mod:`nt_robust.studies.uncertainty`: the difference of
-two configurations, paired by seed and by test example, with the spread over seeds *and*
-over test points counted and a t quantile with Welch–Satterthwaite degrees of freedom.
-A verdict is *supported* or *contradicted* only when its 95% interval excludes zero (or the
-stated margin); otherwise *inconclusive*, with the smallest effect the study could have
-detected (80% power). With one seed every verdict is inconclusive. Checkpoints are those
-with the best *held-out* robust accuracy; metrics are on the test set.
+Every comparison is an interval of :mod:`nt_robust.studies.contrasts` (statistics from
+:mod:`nt_robust.studies.uncertainty`): the difference of two configurations, paired by seed
+and by test example, with the spread over seeds *and* over test points counted and a t
+quantile with Welch–Satterthwaite degrees of freedom. A verdict
+(:mod:`nt_robust.studies.verdicts`: the declared primary tests, Holm, :class:`Claim`) is
+*supported* or *contradicted* only when its 95% interval excludes zero (or the stated
+margin); otherwise *inconclusive*, with the smallest effect the study could have detected
+(80% power). With one seed every verdict is inconclusive. Checkpoints are those with the
+best *held-out* robust accuracy; metrics are on the test set.
 
 Per claim (the paper gives no thresholds; these are ours):
 
@@ -40,284 +39,22 @@ Per claim (the paper gives no thresholds; these are ours):
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, LEVEL, NOT_EVALUATED, SUPPORTED, Interval,
-                                           contrast_interval, holm, no_interval, verdict)
+from nt_robust.studies.contrasts import (Examples, best_lam_by_width, contrast, grid_rows, group_stats,
+                                         lam_averaged_slope, linear_contrast, select, stats_of, width_slope)
+from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, bootstrap_interval,
+                                           contrast_interval, kendall_tau_b, kendall_tau_b_rows, verdict)
+from nt_robust.studies.verdicts import Claim, HypothesisTest, finish_claim
 
-__all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_EVALUATED", "Stats", "stats_of", "select",
-           "group_stats", "contrast", "linear_contrast", "slope_weights", "width_slope", "lam_averaged_slope", "Claim", "HypothesisTest",
-           "PRIMARY_TESTS", "primary_tests_hash", "decide", "evaluate_claims", "best_lam_by_width", "grid_rows",
-           "war_costs", "war_moved"]
+__all__ = ["attack_agreement_claim", "evaluate_claims", "war_costs", "war_moved"]
 
 WAR_MARGIN = 0.01  # claim 7: "reaches" = not more than this below the tuned robust accuracy
 
-# run name -> split ("test", "val") -> metric ("robust_accuracy", …, "labels") -> (N,) array
-Examples = Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-    mean: float
-    std: float
-    n: int
-
-    @property
-    def sem(self) -> float:
-        return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
-
-    def __str__(self) -> str:
-        if self.n > 1:
-            return f"{self.mean:.4f} ± {self.std:.4f} (n={self.n})"
-        return f"{self.mean:.4f} (n=1)"
-
-
-def stats_of(values: Sequence[float]) -> Stats:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return Stats(math.nan, math.nan, 0)
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return Stats(mean, math.sqrt(var), len(values))
-
-
-def select(rows: Iterable[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
-    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
-
-
-def group_stats(rows: Iterable[dict[str, Any]], keys: Sequence[str], metric: str) -> dict[tuple, Stats]:
-    groups: dict[tuple, list[float]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row.get(metric))
-    return {k: stats_of(v) for k, v in sorted(groups.items())}
-
-
-def contrast(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], terms: str | Mapping[str, float],
-             examples: Examples | None = None, split: str = "test") -> Interval:
-    """Interval for the seed mean of Σ coef · (metric of B − metric of A) on ``split``, pairing
-    the runs of A and B by seed, and by test example where ``examples`` holds every run's
-    per-example arrays (else from the seed spread alone, which the interval's note says)."""
-    return linear_contrast([(-1.0, rows_a), (1.0, rows_b)], terms, examples, split)
-
-
-def linear_contrast(groups: Sequence[tuple[float, Sequence[dict[str, Any]]]], terms: str | Mapping[str, float],
-                    examples: Examples | None = None, split: str = "test") -> Interval:
-    """Interval for the seed mean of Σ_g weight_g · Σ_m coef_m · (metric m of group g), the
-    runs of every group paired by seed (only seeds all groups have) and by test example, as
-    in :func:`contrast` (which is the two-group case with weights −1, +1)::
-
-        linear_contrast([(-1, narrow), (1, wide)], "robust_accuracy", examples)   # wide − narrow
-        linear_contrast(list(zip(slope_weights(widths), rows_by_width)), "robust_accuracy")
-    """
-    terms = {terms: 1.0} if isinstance(terms, str) else dict(terms)
-    by_seed = [(weight, {r["seed"]: r for r in rows}) for weight, rows in groups]
-    seeds = sorted(set.intersection(*(set(runs) for _, runs in by_seed))) if by_seed else []
-    if not seeds:
-        return no_interval(math.nan, 0, 0, "no seed in common")
-    table = [[(weight, runs[s]) for weight, runs in by_seed] for s in seeds]
-    rows_used = [row for per_seed in table for _, row in per_seed]
-    if examples is not None and all(r["run"] in examples and split in examples[r["run"]]
-                                    and all(m in examples[r["run"]][split] for m in terms) for r in rows_used):
-        first = rows_used[0]
-        for row in rows_used[1:]:
-            if not np.array_equal(examples[first["run"]][split]["labels"], examples[row["run"]][split]["labels"]):
-                raise ValueError(f"{first['run']} and {row['run']} were evaluated on different {split} examples: "
-                                 "per-example pairing needs the same images in the same order")
-        d = np.stack([sum(weight * coef * _per_example(row, examples, split, m)
-                          for weight, row in per_seed for m, coef in terms.items())
-                      for per_seed in table])
-        return contrast_interval(d)
-    values = [sum(weight * coef * row[f"{split}_{m}"] for weight, row in per_seed for m, coef in terms.items())
-              for per_seed in table]
-    return contrast_interval(np.asarray(values, dtype=np.float64))
-
-
-def slope_weights(widths: Sequence[float]) -> np.ndarray:
-    """Weights c_w with Σ_w c_w · y_w = the least-squares slope of y against log2(width):
-    c_w = (x_w − x̄) / Σ (x − x̄)², x = log2 width. The slope is a linear contrast, so its
-    interval over seeds and test points is :func:`linear_contrast`'s."""
-    x = np.log2(np.asarray(widths, dtype=np.float64))
-    if x.size < 2 or np.ptp(x) == 0:
-        raise ValueError(f"a slope needs at least two distinct widths, got {list(widths)}")
-    centred = x - x.mean()
-    return centred / float(np.sum(centred ** 2))
-
-
-def width_slope(rows: Sequence[dict[str, Any]], metric: str, examples: Examples | None = None,
-                split: str = "test") -> Interval:
-    """Interval for the least-squares slope of ``metric`` against log2 width (change per
-    doubling of width) over the widths of ``rows`` (one λ, grid runs), per seed and test
-    example: every width's runs are paired by seed and by example."""
-    widths = sorted({r["width"] for r in rows})
-    weights = slope_weights(widths)
-    return linear_contrast([(float(c), select(rows, width=w)) for c, w in zip(weights, widths)], metric,
-                           examples, split)
-
-
-def _per_example(row: dict[str, Any], examples: Examples, split: str, metric: str) -> np.ndarray:
-    values = np.asarray(examples[row["run"]][split][metric], dtype=np.float64)
-    summary = row.get(f"{split}_{metric}")
-    if summary is not None and abs(float(values.mean()) - summary) > 1e-5 * max(1.0, abs(summary)):
-        raise ValueError(f"{row['run']}: the per-example {split} {metric} averages to {values.mean():.6f} but "
-                         f"the summary says {summary:.6f} (arrays from another checkpoint?)")
-    return values
-
-
-# ---------------------------------------------------------------- declared primary tests
-# One primary test (or, for claim 3, one family) per claim and regime, declared in
-# docs/paper.md §9 with exactly these words (tests/studies/test_analysis.py checks); their
-# hash is stored with every report and map, which say so when it changes.
-PRIMARY_TESTS: dict[int, str] = {
-    1: "natural accuracy: the least-squares slope against log2 width, averaged over the grid's λ (one contrast); "
-       "supported if its 95% interval lies above 0, contradicted if below",
-    2: "perturbation stability: the least-squares slope against log2 width, averaged over λ; supported if its "
-       "interval lies below 0, contradicted if above",
-    3: "one Holm family: the slope of robust − ½·natural accuracy against log2 width averaged over λ, and the "
-       "robust-accuracy difference of every pair of neighbouring widths averaged over λ; supported if the slope "
-       "lies below 0 or some step below 0 (Holm-adjusted), contradicted if the slope lies above 0 and no step "
-       "below 0",
-    4: "local Lipschitzness (lipschitz_mean): the slope against log2 width, averaged over λ; supported if above 0, "
-       "contradicted if below",
-    5: "at the widest width, stability at the largest minus at the smallest λ; supported if above 0, contradicted "
-       "if below",
-    6: "λ_s, λ* = the narrowest and the widest width's best λ on validation robust accuracy; at the widest width, "
-       "test robust accuracy at λ_up minus at λ_s, where λ_up = λ* if λ* > λ_s, else the next grid λ above λ_s; "
-       "supported if above 0, contradicted if below; no verdict (grid edge) when λ_s is the grid's largest λ",
-    7: "WAR (the study's primary reading) minus the fixed λ_s (the reference width's best λ) at the same width, "
-       "averaged over the WAR widths whose λ moved (superiority); supported if above 0, contradicted if below; "
-       "'not exercised' when no WAR run moved λ",
-    8: "AutoAttack − reference robust accuracy, mean over the checked runs, with an interval over seeds and "
-       "test images; and Kendall τ-b of the rankings with a bootstrap over seeds and images; supported if the gap "
-       "lies below 0 and every τ at or above 0.7",
-}
-MAP_FAMILY = "Holm across the map's regimes, per claim (claim 3: all its tests in all regimes)"
-
-
-def primary_tests_hash() -> str:
-    """A short hash of :data:`PRIMARY_TESTS` (stored with reports and maps)."""
-    import hashlib
-    import json
-
-    text = json.dumps({str(k): v for k, v in sorted(PRIMARY_TESTS.items())}, ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-@dataclasses.dataclass(frozen=True)
-class HypothesisTest:
-    """One hypothesis test of a claim: its contrast's interval and the direction the claim
-    predicts (``expect_increase``); ``role`` is "primary" or "secondary"."""
-    label: str
-    interval: Interval
-    expect_increase: bool
-    role: str = "primary"
-    kind: str = "main"        # claim 3: "main" (the g slope) or "step"
-
-    @property
-    def p(self) -> float:
-        return self.interval.p_value
-
-
-def _direction_verdict(test: HypothesisTest, adjusted_p: float, alpha: float = 1 - LEVEL) -> str:
-    if math.isnan(adjusted_p) or adjusted_p >= alpha:
-        return INCONCLUSIVE
-    return SUPPORTED if (test.interval.estimate > 0) == test.expect_increase else CONTRADICTED
-
-
-def decide(number: int, tests: Sequence[HypothesisTest], adjusted: Sequence[float]) -> str:
-    """A claim's verdict from its primary family and their (Holm-)adjusted p-values."""
-    if not tests:
-        return NOT_EVALUATED
-    verdicts = [_direction_verdict(t, p) for t, p in zip(tests, adjusted)]
-    if number == 3:
-        main = [v for t, v in zip(tests, verdicts) if t.kind == "main"]
-        drops = [t for t, v in zip(tests, verdicts) if t.kind == "step" and v == CONTRADICTED]
-        if SUPPORTED in main or drops:
-            return SUPPORTED
-        return CONTRADICTED if CONTRADICTED in main else INCONCLUSIVE
-    return verdicts[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    number: int
-    text: str
-    verdict: str
-    evidence: list[str]
-    tests: list[HypothesisTest] = dataclasses.field(default_factory=list)       # the primary family
-    secondary: list[HypothesisTest] = dataclasses.field(default_factory=list)   # per λ / per width; Holm within
-    notes: list[str] = dataclasses.field(default_factory=list)        # what is missing, edges, …
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (claims.json, map.json)."""
-        return {"number": self.number, "text": self.text, "verdict": self.verdict, "evidence": self.evidence,
-                "notes": self.notes, "tests": [_test_dict(t) for t in self.tests],
-                "secondary": [_test_dict(t) for t in self.secondary]}
-
-
-def _test_dict(test: HypothesisTest) -> dict[str, Any]:
-    iv = test.interval
-    return {"label": test.label, "role": test.role, "kind": test.kind, "expect_increase": test.expect_increase,
-            "estimate": iv.estimate, "low": iv.low, "high": iv.high, "se": iv.se, "se_seed": iv.se_seed,
-            "se_test": iv.se_test, "df": iv.df, "seeds": iv.seeds, "examples": iv.examples, "p": test.p,
-            "text": iv.describe()}
-
-
-def _finish_claim(number: int, text: str, tests: list[HypothesisTest], secondary: list[HypothesisTest], notes: list[str],
-                  lines: list[str] | None = None) -> Claim:
-    """Holm within the primary family and within the secondary one; evidence lines."""
-    adjusted = list(holm([t.p for t in tests])) if tests else []
-    verdict = decide(number, tests, adjusted)
-    evidence = []
-    for test, p in zip(tests, adjusted):
-        evidence.append(f"primary: {test.label}: {test.interval.describe()}; p {_p(test.p)}"
-                        + (f", Holm {_p(p)}" if len(tests) > 1 else "") + f" → {_direction_verdict(test, p)}")
-    sec_adjusted = holm([t.p for t in secondary]) if secondary else []
-    for test, p in zip(secondary, sec_adjusted):
-        evidence.append(f"secondary: {test.label}: {test.interval.describe(mde=False)}; p {_p(test.p)}, "
-                        f"Holm over {len(secondary)}: {_p(p)} → {_direction_verdict(test, p)}")
-    evidence += list(lines or []) + [f"note: {n}" for n in notes]
-    return Claim(number, text, verdict, evidence, tests, secondary, notes)
-
-
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 1e-4 else "<0.0001"
-
 
 # ---------------------------------------------------------------- claims
-def grid_rows(rows: list[dict[str, Any]], selection: str = "best_val") -> list[dict[str, Any]]:
-    return [r for r in rows if r["selection"] == selection and not r["war"]]
-
-
-def best_lam_by_width(rows: list[dict[str, Any]]) -> dict[int, float]:
-    """Per width, the λ with the highest mean *held-out* robust accuracy (ties: the smaller λ)."""
-    best = {}
-    for width in sorted({r["width"] for r in rows}):
-        stats = group_stats(select(rows, width=width), ("lam",), "val_robust_accuracy")
-        stats = {k: s for k, s in stats.items() if not math.isnan(s.mean)}
-        if stats:
-            best[width] = max(stats, key=lambda k: (stats[k].mean, -k[0]))[0]
-    return best
-
-
-def lam_averaged_slope(rows: Sequence[dict[str, Any]], terms: str | Mapping[str, float],
-                       examples: Examples | None = None, split: str = "test") -> Interval:
-    """The least-squares slope against log2 width at every λ of ``rows``, averaged over λ:
-    one linear contrast over every (width, λ) cell, paired by seed and test example."""
-    lams = [lam for lam in sorted({r["lam"] for r in rows}) if len({r["width"] for r in select(rows, lam=lam)}) > 1]
-    groups = []
-    for lam in lams:
-        at_lam = select(rows, lam=lam)
-        widths = sorted({r["width"] for r in at_lam})
-        groups += [(float(c) / len(lams), select(at_lam, width=w)) for c, w in zip(slope_weights(widths), widths)]
-    if not groups:
-        return no_interval(math.nan, 0, 0, "needs two widths at some λ")
-    return linear_contrast(groups, terms, examples, split)
-
 
 def _has(rows: Sequence[dict[str, Any]], metric: str, split: str = "test") -> bool:
     return bool(rows) and all(r.get(f"{split}_{metric}") is not None for r in rows)
@@ -368,7 +105,7 @@ def _claim_width_trend(number: int, text: str, rows, metric: str, up: bool, exam
         stats = group_stats(at_lam, ("width",), f"test_{metric}")
         secondary.append(HypothesisTest(f"λ={lam:g} slope", width_slope(at_lam, metric, examples), up, "secondary"))
         lines.append(f"λ={lam:g}: " + ", ".join(f"width {w}: {s.mean:.4f}" for (w,), s in stats.items()))
-    return _finish_claim(number, text, primary, secondary, [], lines)
+    return finish_claim(number, text, primary, secondary, [], lines)
 
 
 def _claim_robust_vs_natural(rows, examples: Examples | None) -> Claim:
@@ -394,7 +131,7 @@ def _claim_robust_vs_natural(rows, examples: Examples | None) -> Claim:
                               "secondary"))
         lines.append(f"λ={lam:g}: slopes per doubling: robust {width_slope(at_lam, 'robust_accuracy', examples).short()}, "
                      f"natural {width_slope(at_lam, 'natural_accuracy', examples).short()}")
-    return _finish_claim(3, text, tests, secondary, [], lines)
+    return finish_claim(3, text, tests, secondary, [], lines)
 
 
 def _claim_stability_vs_lam(rows, examples: Examples | None) -> Claim:
@@ -409,7 +146,7 @@ def _claim_stability_vs_lam(rows, examples: Examples | None) -> Claim:
     lams = sorted(lam for (lam,) in stats)
     iv = contrast(select(at_width, lam=lams[0]), select(at_width, lam=lams[-1]), "perturbation_stability", examples)
     series = ", ".join(f"{lam:g}: {stats[(lam,)].mean:.4f}" for lam in lams)
-    return _finish_claim(5, text, [HypothesisTest(f"width {widest}: stability λ {lams[0]:g}→{lams[-1]:g}", iv, True)], [], [],
+    return finish_claim(5, text, [HypothesisTest(f"width {widest}: stability λ {lams[0]:g}→{lams[-1]:g}", iv, True)], [], [],
                          [f"width {widest}, stability by λ: {series}"])
 
 
@@ -438,11 +175,11 @@ def _claim_best_lam(rows, examples: Examples | None) -> Claim:
         if lam_s == lams[-1]:
             notes.append(f"λ_s={lam_s:g}, the narrowest width's best λ, is the grid's largest λ: whether the best λ "
                          f"grows with width cannot be read from this grid (it needs λ above {lam_s:g}); no verdict")
-            claim = _finish_claim(6, text, [], secondary, notes, lines)
+            claim = finish_claim(6, text, [], secondary, notes, lines)
             return dataclasses.replace(claim, verdict=f"{INCONCLUSIVE} (grid edge)")
         notes.append(f"no run with λ above λ_s={lam_s:g} has finished at the widest width {wide}: claim 6 is not "
                      "evaluated until it has")
-        claim = _finish_claim(6, text, [], secondary, notes, lines)
+        claim = finish_claim(6, text, [], secondary, notes, lines)
         return dataclasses.replace(claim, verdict=NOT_EVALUATED)
     lam_up = lam_star if lam_star > lam_s else above[0]
     if lam_star == lams[-1] and lam_star > lam_s:
@@ -452,7 +189,7 @@ def _claim_best_lam(rows, examples: Examples | None) -> Claim:
     role = "its own best λ*" if lam_up == lam_star else "the next larger λ (λ* = λ_s)" if lam_star == lam_s else \
         "the next larger λ (λ* < λ_s)"
     test = HypothesisTest(f"width {wide}: test robust accuracy at λ_up={lam_up:g} ({role}) minus at λ_s={lam_s:g}", iv, True)
-    return _finish_claim(6, text, [test], secondary, notes, lines)
+    return finish_claim(6, text, [test], secondary, notes, lines)
 
 
 def war_costs(all_rows: list[dict[str, Any]], width: int, reference_width: int,
@@ -539,12 +276,12 @@ def _claim_war(all_rows, examples: Examples | None, modes: Sequence[str] | None 
                                   contrast(fixed, war, "robust_accuracy", examples), True, "secondary"))
     if not groups:
         reason = NOT_EXERCISED if any(NOT_EXERCISED in n for n in notes) else NOT_EVALUATED
-        claim = _finish_claim(7, text, [], secondary, notes, lines)
+        claim = finish_claim(7, text, [], secondary, notes, lines)
         return dataclasses.replace(claim, verdict=reason)
     k = len(exercised_widths)
     iv = linear_contrast([(w / k, g) for w, g in groups], "robust_accuracy", examples)
     test = HypothesisTest(f"WAR {primary_mode} − fixed λ_s, averaged over widths {exercised_widths}", iv, True)
-    return _finish_claim(7, text, [test], secondary, notes, lines)
+    return finish_claim(7, text, [test], secondary, notes, lines)
 
 
 # --------------------------------------------------------------------------- claim 8
@@ -555,48 +292,12 @@ TAU_SUPPORTED = 0.7             # claim 8: "rankings agree" means Kendall τ-b �
 N_BOOT, BOOT_SEED = 2000, 0     # bootstrap over test examples: resamples, seed (deterministic)
 
 
-def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's τ-b of two equally long sequences (ties in either count against neither)."""
-    if len(a) != len(b):
-        raise ValueError(f"kendall_tau_b needs sequences of equal length, got {len(a)} and {len(b)}")
-    concordant = discordant = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    return (concordant - discordant) / denominator if denominator else math.nan
-
-
-def kendall_tau_b_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`kendall_tau_b` of every row of ``a`` (k, m) with the same row of ``b`` (vectorised)."""
-    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
-    i, j = np.triu_indices(a.shape[1], 1)
-    sa, sb = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
-    both = (sa != 0) & (sb != 0)
-    score = np.sum(sa * sb * both, axis=1)
-    n_a, n_b = np.sum(sa != 0, axis=1), np.sum(sb != 0, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_a > 0) & (n_b > 0), score / np.sqrt(n_a * n_b), np.nan)
-
-
 def attack_agreement_claim(rows: list[dict[str, Any]], reference: str,
                            examples: dict[tuple[str, str], np.ndarray] | None = None, n_boot: int = N_BOOT):
     """Claim 8's verdict and evidence from :func:`collect_attack_check` rows and the
     per-example results of :func:`collect_attack_examples` (without them: no interval, so
     inconclusive). The intervals count seeds as well as test images (module docstring); with
     one checked seed they cannot, and the verdict is inconclusive with a note saying so."""
-    from nt_robust.studies.uncertainty import bootstrap_interval, contrast_interval
-
     text = "Rankings agree across PGD-20, CW-20 and AutoAttack; AutoAttack ≤ PGD accuracy."
     protocols = list(dict.fromkeys(r["protocol"] for r in rows))
     means = {p: {k: s.mean for k, s in group_stats(select(rows, protocol=p), ("width", "lam"),

@@ -1,4 +1,4 @@
-"""FLOPs of the training step from XLA's cost analysis, achieved FLOP/s, and MFU.
+"""FLOPs of the training step from XLA's cost analysis, and its memory plan.
 
 A FLOP here is what XLA's ``HloCostAnalysis`` counts: 2 per multiply-add of a dot or a
 convolution — for a convolution only the kernel taps that land on the input, not on its
@@ -6,11 +6,12 @@ zero padding — plus about 1 per output element of each elementwise op. For the
 this project the dots and convolutions are all but a few percent of it
 (tests/test_flops.py checks it against a hand count of WRN-d-k and MLP multiply-adds)::
 
-    from nt_robust import flops
-    per_step = flops.train_step_flops(config, image_shape=(32, 32, 3), num_classes=10)
+    from nt_robust import accelerators
+    from nt_robust.train import cost
+    per_step = cost.train_step_flops(config, image_shape=(32, 32, 3), num_classes=10)
     per_step["flops_per_image"]                       # ~ 27 forward passes for TRADES-10
-    peak = flops.peak_flops("NVIDIA H100 80GB HBM3", "bf16")   # 9.895e14 FLOP/s
-    flops.mfu(achieved_flops_per_s, "NVIDIA H100 80GB HBM3", "bf16")
+    klass = accelerators.precision_class(*cost.config_precision(config), "gpu")
+    accelerators.mfu(achieved_flops_per_s, "NVIDIA H100 80GB HBM3", klass)
 
 Which count, and why — one count per step, whatever runs it:
 
@@ -27,127 +28,30 @@ Which count, and why — one count per step, whatever runs it:
   compiled or run. Lowered and compiled counts differ by the fusion's small rewrites (1.4 %
   for that WRN-10-1 step).
 
-Peak FLOP/s: :data:`PEAKS`, dense (no 2:4 sparsity) vendor numbers per chip, each with its
-source. CPUs have no entry: their MFU is None.
+Chip peaks and MFU: :mod:`nt_robust.accelerators`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
-PRECISIONS = ("bf16", "tf32", "fp32")
+from nt_robust.models import create_model
+from nt_robust.train.config import ExperimentConfig
+from nt_robust.train.optim import make_optimizer
+from nt_robust.train.state import initial_state
+from nt_robust.train.step import make_train_step
 
 
-@dataclasses.dataclass(frozen=True)
-class DevicePeak:
-    """Dense peak TFLOP/s of one accelerator chip per precision class (None: not published
-    or not supported), its memory, the substrings of ``jax.Device.device_kind`` (lower case)
-    that identify it and the vendor page the numbers come from."""
-
-    name: str
-    match: tuple[str, ...]
-    bf16: float | None
-    tf32: float | None
-    fp32: float | None
-    memory_gib: float
-    source: str
-
-    def tflops(self, precision: str) -> float | None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        return getattr(self, precision)
-
-
-# More specific entries first: "h100 pcie" before "h100".
-PEAKS: tuple[DevicePeak, ...] = (
-    DevicePeak("v100", ("v100",), bf16=None, tf32=None, fp32=15.7, memory_gib=32,
-               source="https://images.nvidia.com/content/technologies/volta/pdf/"
-                      "volta-v100-datasheet-update-us-1165301-r5.pdf (V100 SXM2; no bf16/TF32 tensor cores)"),
-    DevicePeak("a100", ("a100",), bf16=312.0, tf32=156.0, fp32=19.5, memory_gib=80,
-               source="https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
-                      "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf (A100 SXM, dense)"),
-    DevicePeak("h100-pcie", ("h100 pcie", "h100-pcie"), bf16=756.0, tf32=378.0, fp32=51.0, memory_gib=80,
-               source="https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet "
-                      "(H100 PCIe; the datasheet's sparse numbers halved)"),
-    DevicePeak("h100", ("h100",), bf16=989.5, tf32=494.5, fp32=67.0, memory_gib=80,
-               source="https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet "
-                      "(H100 SXM; the datasheet's sparse numbers halved)"),
-    DevicePeak("h200", ("h200",), bf16=989.5, tf32=494.5, fp32=67.0, memory_gib=141,
-               source="https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM; sparse numbers halved)"),
-    DevicePeak("tpu-v4", ("tpu v4",), bf16=275.0, tf32=None, fp32=None, memory_gib=32,
-               source="https://cloud.google.com/tpu/docs/v4"),
-    DevicePeak("tpu-v5e", ("tpu v5 lite", "tpu v5e", "v5litepod"), bf16=197.0, tf32=None, fp32=None,
-               memory_gib=16, source="https://cloud.google.com/tpu/docs/v5e"),
-    DevicePeak("tpu-v5p", ("tpu v5p", "tpu v5"), bf16=459.0, tf32=None, fp32=None, memory_gib=95,
-               source="https://cloud.google.com/tpu/docs/v5p"),
-)
-
-
-def find_device(kind: str) -> DevicePeak | None:
-    """The :data:`PEAKS` entry for a ``device_kind`` ("NVIDIA H100 80GB HBM3") or a short
-    name ("h100", "tpu-v5e"); None for CPUs and unknown chips."""
-    text = kind.strip().lower()
-    for peak in PEAKS:
-        if text == peak.name:
-            return peak
-    for peak in PEAKS:
-        if any(m in text for m in peak.match):
-            return peak
-    return None
-
-
-def precision_class(dtype: str = "float32", matmul_precision: str | None = None,
-                    platform: str = "gpu") -> str:
-    """Which peak applies: "bf16" for ``model.dtype = bfloat16``; for float32 on a GPU
-    "tf32" unless the matmul precision is "highest" (XLA:GPU uses TF32 for float32 dots and
-    convolutions at "default" and "high"), else "fp32"; on a TPU float32 at "default" runs
-    single bf16 passes ("bf16"), at "high"/"highest" several ("fp32", no published peak)."""
-    if dtype in ("bfloat16", "bf16"):
-        return "bf16"
-    if dtype not in ("float32", "fp32"):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-    precision = (matmul_precision or "default").lower()
-    if platform == "tpu":
-        return "bf16" if precision in ("default", "bfloat16", "fastest") else "fp32"
-    if platform == "gpu":
-        return "fp32" if precision in ("highest", "float32") else "tf32"
-    return "fp32"
-
-
-def peak_flops(kind: str, precision: str) -> float | None:
-    """Dense peak FLOP/s of one chip of ``kind`` at ``precision`` (None if unknown)."""
-    entry = find_device(kind)
-    tflops = None if entry is None else entry.tflops(precision)
-    return None if tflops is None else tflops * 1e12
-
-
-def mfu(flops_per_s: float | None, kind: str, precision: str, devices: int = 1) -> float | None:
-    """Model FLOP utilization: achieved FLOP/s over ``devices`` × the chip's peak."""
-    peak = peak_flops(kind, precision)
-    if peak is None or flops_per_s is None:
-        return None
-    return flops_per_s / (peak * devices)
-
-
-def config_precision(config: Any) -> tuple[str, str | None]:
-    """(compute dtype, matmul precision) of an ExperimentConfig: ``model.dtype`` (float32 when
-    the config has no such field) and the first ``matmul_precision`` field found on the
-    config or one of its sections (None: XLA's default)."""
-    dtype = str(getattr(config.model, "dtype", "float32"))
-    precision = getattr(config, "matmul_precision", None)
-    if precision is None and dataclasses.is_dataclass(config):
-        for field in dataclasses.fields(config):
-            section = getattr(config, field.name)
-            if dataclasses.is_dataclass(section) and getattr(section, "matmul_precision", None) is not None:
-                precision = section.matmul_precision
-                break
-    return dtype, None if precision is None else str(precision)
+def config_precision(config: ExperimentConfig) -> tuple[str, str]:
+    """(compute dtype, matmul precision) of ``config``: ``model.dtype`` and
+    ``model.matmul_precision``, the arguments of
+    :func:`nt_robust.accelerators.precision_class`."""
+    return str(config.model.dtype), str(config.model.matmul_precision)
 
 
 # --------------------------------------------------------------------------- cost analysis
@@ -205,21 +109,10 @@ def abstract_step(config: Any, image_shape: Sequence[int], num_classes: int, bat
                   steps_per_epoch: int = 1):
     """``(jitted step, abstract state, abstract images, abstract labels)`` for ``config``:
     shapes only (``jax.eval_shape``), so lowering or compiling it allocates no parameters."""
-    from nt_robust.models import create_model, init_variables
-    from nt_robust.train.optim import make_optimizer
-    from nt_robust.train.state import create_train_state
-    from nt_robust.train.step import init_key, make_train_step
-
     batch = batch_size or config.train.batch_size
     model = create_model(config.model, num_classes)
     optimizer = make_optimizer(config.optim, config.train.epochs, steps_per_epoch)
-
-    def init():
-        variables = init_variables(model, init_key(config.train.seed), tuple(image_shape))
-        return create_train_state(variables, optimizer, config.objective.lam,
-                                  use_ema=config.optim.ema_decay is not None, seed=config.train.seed)
-
-    state = jax.eval_shape(init)
+    state = jax.eval_shape(lambda: initial_state(config, model, image_shape, optimizer=optimizer))
     images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
     labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
     step = jax.jit(make_train_step(model, config, optimizer), donate_argnums=0)
@@ -265,19 +158,3 @@ def jitted_step_flops(jitted: Any, args: Sequence[Any], config: Any, image_shape
             "source": "lowered (XLA's convolutions and products, attack unrolled)", "batch_size": batch}
 
 
-# --------------------------------------------------------------------------- devices
-
-def device_memory_bytes(device: Any | None = None) -> int | None:
-    """Memory one device can hold: ``memory_stats()['bytes_limit']`` on accelerators, the
-    host's physical memory on CPU (None when neither is known)."""
-    device = device or jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(stats["bytes_limit"])
-        entry = find_device(device.device_kind)
-        return None if entry is None else int(entry.memory_gib * 2**30)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
