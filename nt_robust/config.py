@@ -18,7 +18,7 @@ import re
 import tomllib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Collection, Mapping, TypeVar
 
 T = TypeVar("T")
 NONE_STRINGS = ("none", "None", "null")
@@ -167,6 +167,24 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
     return build(cls, apply_overrides(data, overrides or []))
+
+
+def toml_kind(path: str | os.PathLike, kinds: Mapping[str, Collection[str]]) -> str | None:
+    """Which kind of TOML file ``path`` is, from its top-level keys: ``kinds`` maps each kind
+    to the keys it knows, and a file is the one kind whose own keys (known to no other kind)
+    it uses. None for an unreadable file, or one that uses no kind's own keys, or several's::
+
+        toml_kind("experiments/quick_fmnist.toml",
+                  {"study": ["name", "base_config", "grid"], "train": ["name", "model", "train"]})  # "train"
+    """
+    try:
+        with open(path, "rb") as handle:
+            keys = set(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    used = [kind for kind, known in kinds.items()
+            if keys & (set(known) - set().union(*(set(k) for other, k in kinds.items() if other != kind)))]
+    return used[0] if len(used) == 1 else None
 
 
 def _join(path: str, key: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nt_robust import cli
+from nt_robust.cli_parser import build_parser
 from nt_robust.studies.cluster import Resources, k8s_manifest, slurm_script, stage_ranges
 from nt_robust.studies.sweep import load_study
 
@@ -67,7 +68,7 @@ def test_slurm_script_submits_arrays_with_dependencies(study, tmp_path):
                                      env={"SLURM_ARRAY_TASK_ID": str(task), "NT_ROBUST": "nt-robust"}).stdout
             argv = shlex.split(command)
             assert argv[0] == "nt-robust"
-            args = cli._parser().parse_args(argv[1:])
+            args = build_parser().parse_args(argv[1:])
             assert args.index == task and runs[task].stage == stage and Path(args.spec) == SPEC
             covered.append(task)
     assert sorted(covered) == [r.index for r in runs]       # every run exactly once
