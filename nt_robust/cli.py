@@ -211,7 +211,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from nt_robust.studies.cost import estimate_cost, format_estimate
-    from nt_robust.studies.pieces import check_piece, format_pieces, piece_runs
+    from nt_robust.studies.pieces import check_piece, format_pieces, run_piece
     from nt_robust.studies.pipeline import build_report, run_study, study_summary
     from nt_robust.studies.sweep import load_study, run_index
     from nt_robust.studies.tables import format_table
@@ -250,24 +250,10 @@ def _study(args: argparse.Namespace) -> int:
         if args.estimate:
             return 0
     if args.piece is not None:
-        stages = (args.stage,) if args.stage else None
-        from nt_robust.train.loop import TrainingDivergedError
-        from nt_robust.train.run_dir import RunDirectoryLockedError
-
-        diverged, busy = [], []
-        for run in piece_runs(study, args.pieces, args.piece, stages):
-            try:
-                run_index(study, run.index)
-            except TrainingDivergedError as error:   # one run's fate; the piece goes on
-                print(f"{run.name} (index {run.index}) diverged, the piece goes on: {error}", file=sys.stderr)
-                diverged.append(run.name)
-            except RunDirectoryLockedError as error:  # another sitting trains it (e.g. --index): leave it
-                print(f"{run.name} (index {run.index}) skipped: {error}", file=sys.stderr)
-                busy.append(run.name)
-        if diverged or busy:
+        skipped = run_piece(study, args.pieces, args.piece, (args.stage,) if args.stage else None)
+        if skipped:
             print(f"piece {args.piece} of {args.pieces}: "
-                  + "; ".join(f"{len(names)} run(s) {what}: {', '.join(names)}" for what, names in
-                              (("diverged", diverged), ("trained by another process, skipped", busy)) if names))
+                  + "; ".join(f"{len(names)} run(s) {what}: {', '.join(names)}" for what, names in skipped.items()))
             return 1
         left = [r.name for r in study.runs() if r.stage != "attacks" and not study.is_finished(r)]
         if left:
