@@ -26,13 +26,13 @@ is the same). The loop is a ``lax.while_loop`` that ends early when every point 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nt_robust.attacks.losses import best_other_logit
-from nt_robust.config import check_choice, check_int, check_real
 from nt_robust.models.apply import LogitsFn
 
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -51,11 +51,16 @@ class SquareConfig:
     rescale_schedule: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("norm", self.norm, ("linf",), "Square is implemented for the l-inf norm only")
-        check_real("p_init", self.p_init, above=0, maximum=1)
+        if self.norm != "linf":
+            raise ValueError(f"Square is implemented for norm='linf' only, got {self.norm!r}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be finite and >= 0, got {self.eps!r}")
+        if not 0 < self.p_init <= 1:
+            raise ValueError(f"p_init must be in (0, 1], got {self.p_init!r}")
         for name in ("num_queries", "restarts"):
-            check_int(name, getattr(self, name), minimum=1)
-        object.__setattr__(self, "eps", check_real("eps", self.eps, minimum=0))
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        object.__setattr__(self, "eps", float(self.eps))
 
 
 class SquareResult(NamedTuple):
