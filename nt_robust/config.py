@@ -6,6 +6,14 @@ unknown keys and types and naming the offending field in every error::
     config = load_config(ExperimentConfig, "experiments/quick_fmnist.toml",
                          overrides=["objective.lam=12", "model.width=4"])
     to_dict(config)        # plain nested dict, saved as the run's config.json
+
+Every config dataclass validates itself in ``__post_init__`` with the same few checks, each
+naming the field and what it must be (ConfigError)::
+
+    check_choice("optim.schedule", self.schedule, SCHEDULES)
+    check_real("optim.momentum", self.momentum, minimum=0, below=1)
+    check_int("train.epochs", self.epochs, minimum=1)
+    require(self.max_lam >= self.min_lam, "war.max_lam", "must be >= war.min_lam")   # fields together
 """
 
 from __future__ import annotations
@@ -13,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fractions
+import math
+import numbers
 import os
 import re
 import tomllib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Collection, Mapping, TypeVar
 
 T = TypeVar("T")
 NONE_STRINGS = ("none", "None", "null")
@@ -26,6 +36,10 @@ NONE_STRINGS = ("none", "None", "null")
 
 class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong type (a string where a number goes): a ConfigError and a TypeError."""
 
 
 class ExactFloat(float):
@@ -78,6 +92,74 @@ def exact_text(value: Any, text: str | None = None) -> str:
     return getattr(value, "text", None) or repr(value if isinstance(value, (int, str)) else float(value))
 
 
+# The one validation idiom of every config's __post_init__: each check names the field by
+# ``path`` and says what it must be, raising ConfigError (ConfigTypeError for a wrong type);
+# :func:`build` adds where the config sits (``eval.attack: eps must be ...``).
+
+def require(condition: bool, path: str, message: str) -> None:
+    """ConfigError ``"{path} {message}"`` unless ``condition``: the rules that tie fields together::
+
+        require(self.max_lam >= self.min_lam, "war.max_lam", f"must be >= war.min_lam, got {self.max_lam}")
+    """
+    if not condition:
+        raise ConfigError(f"{path} {message}")
+
+
+def check_choice(path: str, value: T, choices: Collection[Any], why: str = "") -> T:
+    """``value`` if it is one of ``choices``, else ConfigError (``why`` explains the choices)::
+
+        check_choice("optim.schedule", "cosine", ("piecewise", "cosine"))   # "cosine"
+    """
+    if value not in choices:
+        raise ConfigError(f"{path} must be one of {tuple(choices)}{f' ({why})' if why else ''}, got {value!r}")
+    return value
+
+
+def _bounds(minimum: float | None, above: float | None, maximum: float | None, below: float | None) -> str:
+    low = f"[{minimum:g}" if minimum is not None else f"({above:g}" if above is not None else None
+    high = f"{maximum:g}]" if maximum is not None else f"{below:g})" if below is not None else None
+    if low and high:
+        return f" in {low}, {high}"
+    if low:
+        return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
+    return f" {'<=' if high[-1] == ']' else '<'} {high[:-1]}" if high else ""
+
+
+def check_real(path: str, value: Any, *, minimum: float | None = None, above: float | None = None,
+               maximum: float | None = None, below: float | None = None, optional: bool = False) -> float | None:
+    """``float(value)`` if it is a finite real number within the bounds (``minimum <= value``,
+    ``above < value``, ``value <= maximum``, ``value < below``; None where ``optional``), else
+    ConfigError naming the field and the range::
+
+        check_real("optim.momentum", 0.9, minimum=0, below=1)   # 0.9
+        check_real("optim.momentum", 1.0, minimum=0, below=1)   # optim.momentum must be a finite number in [0, 1), got 1.0
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigTypeError(f"{path} must be a real number{' or none' if optional else ''}, got {value!r}")
+    if not (math.isfinite(value) and (minimum is None or value >= minimum) and (above is None or value > above)
+            and (maximum is None or value <= maximum) and (below is None or value < below)):
+        raise ConfigError(f"{path} must be a finite number{_bounds(minimum, above, maximum, below)}"
+                          f"{' or none' if optional else ''}, got {value!r}")
+    return float(value)
+
+
+def check_int(path: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> int | None:
+    """``int(value)`` if it is an integer (not a bool) >= ``minimum`` (None where ``optional``),
+    else ConfigError naming the field::
+
+        check_int("train.epochs", 0, minimum=1)   # train.epochs must be an integer >= 1, got 0
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigTypeError(f"{path} must be an integer{' or none' if optional else ''}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{path} must be an integer >= {minimum}{' or none' if optional else ''}, got {value!r}")
+    return int(value)
+
+
 def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Construct dataclass ``cls`` from ``data``; missing keys take the defaults."""
     data = {} if data is None else data
@@ -103,12 +185,13 @@ def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         kwargs[name] = _coerce(hints[name], value, _join(path, name))
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError) as error:  # ConfigError included: say where a nested config sits
         message = str(error)
-        prefix = f"{path}: " if path and not message.startswith(path) else ""
-        raise ConfigError(f"{prefix}{message}") from None
+        if not path or message.startswith(path):
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(message) from None
+        raise ConfigError(f"{path}: {message}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -167,6 +250,24 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
     return build(cls, apply_overrides(data, overrides or []))
+
+
+def toml_kind(path: str | os.PathLike, kinds: Mapping[str, Collection[str]]) -> str | None:
+    """Which kind of TOML file ``path`` is, from its top-level keys: ``kinds`` maps each kind
+    to the keys it knows, and a file is the one kind whose own keys (known to no other kind)
+    it uses. None for an unreadable file, or one that uses no kind's own keys, or several's::
+
+        toml_kind("experiments/quick_fmnist.toml",
+                  {"study": ["name", "base_config", "grid"], "train": ["name", "model", "train"]})  # "train"
+    """
+    try:
+        with open(path, "rb") as handle:
+            keys = set(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    used = [kind for kind, known in kinds.items()
+            if keys & (set(known) - set().union(*(set(k) for other, k in kinds.items() if other != kind)))]
+    return used[0] if len(used) == 1 else None
 
 
 def _join(path: str, key: str) -> str:

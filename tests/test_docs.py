@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nt_robust import cli
+from nt_robust.cli_parser import build_parser
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.config import DATASETS
 
@@ -76,7 +76,7 @@ def _snippets(text: str) -> list[str]:
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = cli._parser()
+    parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(action.choices)
 
@@ -199,7 +199,7 @@ def test_nt_robust_command_lines_use_existing_subcommands_and_flags():
 
 def test_every_flag_the_docs_mention_exists():
     subparsers = _subparsers()
-    ours = set().union(*(_options(p) for p in subparsers.values())) | _options(cli._parser())
+    ours = set().union(*(_options(p) for p in subparsers.values())) | _options(build_parser())
     scripts = _script_sources()
     problems = []
     for path in DOC_FILES:
@@ -361,7 +361,7 @@ def _command_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_readme_commands_parse():
-    parser = cli._parser()
+    parser = build_parser()
     commands = _readme_commands()
     assert {"train", "eval", "study", "info"} <= {c[0] for c in commands}
     for argv in commands:
@@ -373,7 +373,7 @@ def test_readme_eval_presets_and_protocols_exist():
     from nt_robust.evaluate import ATTACKS
 
     for argv in _readme_commands():
-        args = cli._parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
         if argv[0] == "eval":
             assert args.protocol is None or args.protocol in PROTOCOLS, argv
             assert args.attack is None or args.attack in ATTACKS or args.attack == "fgsm", argv

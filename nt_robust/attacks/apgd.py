@@ -32,7 +32,6 @@ all examples; a later run replaces an earlier one only where the earlier one fai
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -42,6 +41,7 @@ import numpy as np
 from nt_robust.attacks.losses import cross_entropy, dlr, targeted_dlr
 from nt_robust.attacks.loops import LOOPS, run_loop
 from nt_robust.attacks.parts import NORMS, PROJECTIONS, normalized_l2_step
+from nt_robust.config import check_choice, check_int, check_real
 from nt_robust.models.apply import LogitsFn
 
 APGD_LOSSES: tuple[str, ...] = ("ce", "dlr", "targeted_dlr")
@@ -69,18 +69,12 @@ class APGDConfig:
     loop: str = "fori"
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.loss not in APGD_LOSSES:
-            raise ValueError(f"loss must be one of {APGD_LOSSES}, got {self.loss!r}")
-        if self.loop not in LOOPS:
-            raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be finite and >= 0, got {self.eps!r}")
+        check_choice("norm", self.norm, NORMS)
+        check_choice("loss", self.loss, APGD_LOSSES)
+        check_choice("loop", self.loop, LOOPS)
         for name in ("num_steps", "restarts", "num_targets"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        object.__setattr__(self, "eps", float(self.eps))
+            check_int(name, getattr(self, name), minimum=1)
+        object.__setattr__(self, "eps", check_real("eps", self.eps, minimum=0))
 
     @property
     def runs(self) -> int:

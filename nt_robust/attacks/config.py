@@ -22,35 +22,13 @@ text in ``eps_text`` (same for ``step_size``); reports print the text::
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from typing import Any
 
 from nt_robust.attacks.loops import LOOPS
-from nt_robust.config import ExactFloat, parse_exact
+from nt_robust.config import ExactFloat, check_choice, check_int, check_real, parse_exact, require
 from nt_robust.attacks.losses import LOSSES
 from nt_robust.attacks.parts import NORMS, STARTS
-
-
-def _check_real(name: str, value: Any, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be finite and >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,19 +68,18 @@ class AttackConfig:
                                            and float(parse_exact(text, f"{name}_text")) == float(value)):
                 text = None   # describes another number (the field was replaced)
             object.__setattr__(self, f"{name}_text", None if text is None or text == repr(float(value)) else text)
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("loss", self.loss, tuple(LOSSES))
-        _check_choice("start", self.start, STARTS)
-        _check_choice("loop", self.loop, LOOPS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("loss", self.loss, tuple(LOSSES))
+        check_choice("start", self.start, STARTS)
+        check_choice("loop", self.loop, LOOPS)
         # Normalize numeric types (e.g. numpy scalars) so configs hash and serialize alike.
-        object.__setattr__(self, "eps", _check_real("eps", self.eps, 0.0))
-        object.__setattr__(self, "step_size", _check_real("step_size", self.step_size, 0.0))
-        object.__setattr__(self, "start_std", _check_real("start_std", self.start_std, 0.0))
-        object.__setattr__(self, "num_steps", _check_int("num_steps", self.num_steps, 0))
-        object.__setattr__(self, "restarts", _check_int("restarts", self.restarts, 1))
-        if self.restarts > 1 and self.start == "none":
-            raise ValueError("restarts > 1 needs a random start: with start='none' every "
-                             "restart is the same attack")
+        object.__setattr__(self, "eps", check_real("eps", self.eps, minimum=0))
+        object.__setattr__(self, "step_size", check_real("step_size", self.step_size, minimum=0))
+        object.__setattr__(self, "start_std", check_real("start_std", self.start_std, minimum=0))
+        object.__setattr__(self, "num_steps", check_int("num_steps", self.num_steps, minimum=0))
+        object.__setattr__(self, "restarts", check_int("restarts", self.restarts, minimum=1))
+        require(self.restarts == 1 or self.start != "none", "restarts",
+                "> 1 needs a random start: with start='none' every restart is the same attack")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON; ``AttackConfig(**config.to_dict())`` round-trips."""

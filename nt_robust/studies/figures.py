@@ -1,6 +1,7 @@
 """The study's figures, one function each, all in one style, saved as PNG and PDF::
 
     paths = make_all_figures(rows, curves, Path("figures/quick_fmnist"))
+    plot_runs(["runs/a", "runs/b"], Path("a_vs_b.png"))    # what `nt-robust plot` draws
 
 ``rows`` is the tidy table of :mod:`nt_robust.studies.aggregate` (checkpoint chosen by
 held-out robust accuracy), ``curves`` its per-epoch companion. Every point is a mean over
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import io as _io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 from nt_robust import io  # noqa: E402
 from nt_robust.studies.claims import WAR_READINGS  # noqa: E402
 from nt_robust.studies.contrasts import best_lam_by_width, grid_rows, group_stats, select, stats_of  # noqa: E402
+from nt_robust.studies.tables import read_run, run_label  # noqa: E402
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
@@ -234,3 +236,46 @@ def make_all_figures(rows: list[dict[str, Any]], curves: list[dict[str, Any]], d
         paths += plot_lipschitz_vs_width(rows, directory / "lipschitz_vs_width")
     paths += plot_war(rows, directory / "war") or []
     return paths
+
+
+def plot_run_curves(curves: dict[str, list[dict[str, Any]]], out: Path, split: str = "test") -> Path:
+    """One line per run of per-epoch natural and robust accuracy, perturbation stability
+    (on ``split``) and training loss; written atomically to ``out`` (format from its suffix)."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [(f"{split}_natural_accuracy", f"{split} {METRIC_LABELS['natural_accuracy']}"),
+              (f"{split}_robust_accuracy", f"{split} {METRIC_LABELS['robust_accuracy']}"),
+              (f"{split}_perturbation_stability", f"{split} {METRIC_LABELS['perturbation_stability']}"),
+              ("train_loss", "training loss")]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), layout="constrained")
+        for label, rows in curves.items():
+            for (key, title), ax in zip(panels, axes):
+                points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
+                ax.set(xlabel="epoch", ylabel=title)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(3, len(curves)))
+        buffer = _io.BytesIO()
+        fig.savefig(buffer, format=out.suffix.lstrip(".") or "png", bbox_inches="tight")
+        plt.close(fig)
+    io.write_bytes(out, buffer.getvalue())
+    return out
+
+
+def plot_runs(runs: Sequence[str | Path], out: Path, split: str = "test") -> Path:
+    """:func:`plot_run_curves` of run directories, each labelled with its name, model, λ and ε;
+    FileNotFoundError for a directory that is no run or has no finished epoch."""
+    curves, labels = {}, []
+    for path in runs:
+        run_dir, config = read_run(path)
+        label = run_label(run_dir, config, labels)
+        labels.append(label)
+        metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+        if not metrics:
+            raise FileNotFoundError(f"{run_dir} has no finished epoch yet (no metrics.jsonl rows)")
+        eps = config["eval"]["attack"].get("eps_text") or format(config["eval"]["attack"]["eps"], "g")
+        curves[f"{label} ({config['model']['arch']} w{config['model']['width']}, "
+               f"λ={config['objective']['lam']:g}, ε={eps})"] = metrics
+    return plot_run_curves(curves, out, split)

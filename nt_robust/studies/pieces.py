@@ -1,6 +1,7 @@
 """A study split into K pieces that can run in separate sittings (``--pieces K --piece i``)::
 
     runs = piece_runs(study, pieces=5, piece=0)        # every 5th run, from index 0
+    skipped = run_piece(study, pieces=5, piece=0)      # train them; {} when every run trained
     print(format_pieces(study, 5, estimate_cost(study)))  # estimated hours of each piece
 
 Piece ``i`` holds the runs whose position in the study's run list (of the stages asked for)
@@ -13,10 +14,11 @@ study) can be rerun to resume.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from nt_robust.config import ConfigError
-from nt_robust.studies.sweep import RunSpec, Study
+from nt_robust.studies.sweep import RunSpec, Study, run_index
 
 
 def check_piece(pieces: int | None, piece: int | None, need_piece: bool = True) -> None:
@@ -35,6 +37,27 @@ def piece_runs(study: Study, pieces: int, piece: int, stages: tuple[str, ...] | 
     check_piece(pieces, piece)
     runs = [r for r in study.runs() if stages is None or r.stage in stages]
     return runs[piece::pieces]
+
+
+def run_piece(study: Study, pieces: int, piece: int, stages: tuple[str, ...] | None = None) -> dict[str, list[str]]:
+    """Train the runs of piece ``piece`` of ``pieces`` one after another. A run that diverges,
+    or that another process is training (``--index``), is named on stderr and the piece goes
+    on; returns the names of such runs by what happened to them (empty: every run trained)."""
+    from nt_robust.train.loop import TrainingDivergedError
+    from nt_robust.train.run_dir import RunDirectoryLockedError
+
+    diverged, busy = [], []
+    for run in piece_runs(study, pieces, piece, stages):
+        try:
+            run_index(study, run.index)
+        except TrainingDivergedError as error:   # one run's fate; the piece goes on
+            print(f"{run.name} (index {run.index}) diverged, the piece goes on: {error}", file=sys.stderr)
+            diverged.append(run.name)
+        except RunDirectoryLockedError as error:  # another sitting trains it (e.g. --index): leave it
+            print(f"{run.name} (index {run.index}) skipped: {error}", file=sys.stderr)
+            busy.append(run.name)
+    return {what: names for what, names in (("diverged", diverged), ("trained by another process, skipped", busy))
+            if names}
 
 
 def piece_hours(study: Study, pieces: int, estimates: list[dict[str, Any]]) -> list[float]:

@@ -55,6 +55,9 @@ log = logging.getLogger("nt_robust.studies")
 GRID_STAGE, WAR_STAGE, ATTACK_STAGE = "grid", "war", "attacks"
 
 
+STUDY_KEYS = ("name", "base_config", "runs_root", "seeds", "set", "grid", "war", "attack_check")  # a spec's top level
+
+
 @dataclasses.dataclass(frozen=True)
 class WarPlan:
     """WAR runs: for each mode in ``modes`` (``war.mode``: the readings of WAR, see
@@ -185,10 +188,9 @@ def load_study(path: str | os.PathLike, runs_root: str | os.PathLike | None = No
         raise ConfigError(f"study spec {path} does not exist (the ready-made ones are experiments/study_*.toml)") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"study spec {path} is not valid TOML ({error})") from None
-    known = {"name", "base_config", "runs_root", "seeds", "set", "grid", "war", "attack_check"}
-    unknown = set(spec) - known
+    unknown = set(spec) - set(STUDY_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown study keys {sorted(unknown)} (known: {sorted(known)})")
+        raise ConfigError(f"{path}: unknown study keys {sorted(unknown)} (known: {sorted(STUDY_KEYS)})")
     for key in ("name", "base_config", "grid"):
         if key not in spec:
             raise ConfigError(f"{path}: missing '{key}'")

@@ -1,11 +1,15 @@
-"""Plain-text tables of run summaries::
+"""Plain-text tables of run summaries, and the comparison of run directories::
 
     print(format_run_table([summary_a, summary_b]))
+    print(compare_runs(["runs/a", "runs/b"], split="val"))   # what `nt-robust compare` prints
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
+
+from nt_robust import io
 
 COLUMNS = (("natural", "natural_accuracy"), ("robust", "robust_accuracy"),
            ("stability", "perturbation_stability"), ("lipschitz", "lipschitz_mean"))
@@ -43,3 +47,70 @@ def format_run_table(summaries: Sequence[dict[str, Any]], split: str = "test") -
                          *(record.get(f"{split}_{metric}") for _, metric in COLUMNS)])
     header = ["model", "objective", "lam", "checkpoint", "epoch", *(f"{split} {name}" for name, _ in COLUMNS)]
     return format_table(header, rows)
+
+
+CHECKPOINT_LEGEND = ("checkpoint: final = last epoch; best_val = highest validation robust accuracy; best_test = "
+                     "highest test robust accuracy (the paper's protocol, optimistic on test)")
+
+
+def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(run directory, its config.json); FileNotFoundError, saying how runs are made, if it is none."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
+                                "`nt-robust train`")
+    return run_dir, io.read_json(run_dir / "config.json")
+
+
+def run_label(run_dir: Path, config: dict[str, Any], labels: Sequence[str]) -> str:
+    """The run's name, or its path where an earlier run in ``labels`` has that name."""
+    name = config.get("name") or run_dir.name
+    return name if name not in labels else str(run_dir)
+
+
+def _checkpoint_records(run_dir: Path, config: dict[str, Any], split: str) -> list[tuple[str, Any]]:
+    """(checkpoint rule, its metrics record) of a finished run; the latest evaluated epoch of an unfinished one."""
+    rules = (("final", "final"), ("best_val", "selected_by_val_robust_accuracy"),
+             ("best_test (paper)", "selected_by_test_robust_accuracy_paper_protocol"))
+    if (run_dir / "summary.json").exists():
+        summary = io.read_json(run_dir / "summary.json")
+        return [(name, summary.get(key)) for name, key in rules]
+    metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    evaluated = [r for r in metrics if f"{split}_robust_accuracy" in r]
+    return [(f"latest of {config['train']['epochs']} (unfinished)", evaluated[-1] if evaluated else None)]
+
+
+def compare_runs(runs: Sequence[str | Path], split: str = "test") -> str:
+    """The runs side by side: one row per run and checkpoint rule (metrics on ``split``), then
+    one per stored evaluation (RUN_DIR/eval/*.json), then what the checkpoint rules mean.
+    FileNotFoundError when no run has evaluated an epoch on ``split`` and none has an evaluation."""
+    rows, evaluations, labels = [], [], []
+    for path in runs:
+        run_dir, config = read_run(path)
+        label = run_label(run_dir, config, labels)
+        labels.append(label)
+        fields = [label, config["model"]["arch"], config["model"]["width"], config["objective"]["kind"],
+                  f"{config['objective']['lam']:g}",
+                  config["eval"]["attack"].get("eps_text") or repr(config["eval"]["attack"]["eps"])]  # ε exactly
+        for name, record in _checkpoint_records(run_dir, config, split):
+            if record and f"{split}_natural_accuracy" in record:
+                rows.append([*fields, name, record["epoch"], *(record.get(f"{split}_{m}") for _, m in COLUMNS)])
+        for result_path in sorted((run_dir / "eval").glob("*.json")):
+            result = io.read_json(result_path)
+            if not isinstance(result, dict) or "robust_accuracy" not in result or "checkpoint" not in result:
+                continue
+            evaluations.append([label, result.get("protocol") or result.get("attack_name"), repr(result.get("eps")),
+                                result["checkpoint"], result.get("split"), result.get("num_examples"),
+                                result.get("natural_accuracy"), result["robust_accuracy"]])
+    if not rows and not evaluations:
+        raise FileNotFoundError(f"none of {', '.join(map(str, runs))} has evaluated an epoch on the "
+                                f"{split} split yet")
+    header = ["run", "arch", "width", "objective", "lam", "eval eps", "checkpoint", "epoch",
+              *(f"{split} {name}" for name, _ in COLUMNS)]
+    parts = [format_table(header, rows)]
+    if evaluations:
+        parts.append("\nevaluations (nt-robust eval; RUN_DIR/eval/*.json):\n"
+                     + format_table(["run", "attack", "eps", "checkpoint", "split", "examples", "natural", "robust"],
+                                    evaluations))
+    parts.append("\n" + CHECKPOINT_LEGEND)
+    return "\n".join(parts)

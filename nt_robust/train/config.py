@@ -11,9 +11,9 @@ where a field says otherwise. Load one from a file with overrides::
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from nt_robust.attacks import PGD20, TRADES_TRAIN, AttackConfig
+from nt_robust.config import check_choice, check_int, check_real, require
 from nt_robust.models import BN_MODES, ModelConfig
 from nt_robust.models.layers import COMPUTE_DTYPES
 
@@ -25,11 +25,6 @@ BN_PASSES = ("authors", "trades")
 LIPSCHITZ_METHODS = ("yang", "trades_grad", "none")
 TRAIN_SAMPLES = ("first", "seed")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic")
-
-
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"{field} {message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,20 +57,16 @@ class DataConfig:
     downsample: int = 1
 
     def __post_init__(self) -> None:
-        _require(self.dataset in DATASETS, "data.dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
-        _require(self.val_size >= 0, "data.val_size", f"must be >= 0, got {self.val_size}")
-        _require(self.crop_padding >= 0, "data.crop_padding", f"must be >= 0, got {self.crop_padding}")
-        _require(self.train_subset is None or self.train_subset >= 1, "data.train_subset",
-                 f"must be >= 1 or none, got {self.train_subset}")
-        _require(self.train_sample in TRAIN_SAMPLES, "data.train_sample",
-                 f"must be one of {TRAIN_SAMPLES} (\"first\": the first data.train_subset images; \"seed\": a "
-                 f"class-balanced draw seeded by train.seed), got {self.train_sample!r}")
-        _require(self.train_sample == "first" or self.train_subset is not None, "data.train_sample",
-                 "= 'seed' draws data.train_subset images, but data.train_subset is none (all images, the same "
-                 "for every seed): set data.train_subset = N, or data.train_sample = \"first\"")
-        _require(isinstance(self.downsample, int) and not isinstance(self.downsample, bool) and self.downsample >= 1,
-                 "data.downsample",
-                 f"must be an integer >= 1 (1: full size), got {self.downsample!r}")
+        check_choice("data.dataset", self.dataset, DATASETS)
+        check_int("data.val_size", self.val_size, minimum=0)
+        check_int("data.crop_padding", self.crop_padding, minimum=0)
+        check_int("data.train_subset", self.train_subset, minimum=1, optional=True)
+        check_choice("data.train_sample", self.train_sample, TRAIN_SAMPLES, "\"first\": the first data.train_subset "
+                     "images; \"seed\": a class-balanced draw seeded by train.seed")
+        require(self.train_sample == "first" or self.train_subset is not None, "data.train_sample",
+                "= 'seed' draws data.train_subset images, but data.train_subset is none (all images, the same "
+                "for every seed): set data.train_subset = N, or data.train_sample = \"first\"")
+        check_int("data.downsample", self.downsample, minimum=1)  # 1: full size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,15 +104,12 @@ class ObjectiveConfig:
     bn_passes: str = "authors"
 
     def __post_init__(self) -> None:
-        _require(self.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {self.kind!r}")
-        _require(self.lam >= 0 and self.lam == self.lam and self.lam != float("inf"),
-                 "objective.lam", f"must be a finite number >= 0, got {self.lam}")
-        _require(self.attack_bn_mode in BN_MODES, "objective.attack_bn_mode",
-                 f"must be one of {BN_MODES}, got {self.attack_bn_mode!r}")
-        _require(not self.clip_regularizer or self.kind == "pgd_at", "objective.clip_regularizer",
-                 "only applies to kind = 'pgd_at'")
-        _require(self.bn_passes in BN_PASSES, "objective.bn_passes",
-                 f"must be one of {BN_PASSES} (whose code's BatchNorm pass order to follow), got {self.bn_passes!r}")
+        check_choice("objective.kind", self.kind, OBJECTIVES)
+        check_real("objective.lam", self.lam, minimum=0)
+        check_choice("objective.attack_bn_mode", self.attack_bn_mode, BN_MODES)
+        require(not self.clip_regularizer or self.kind == "pgd_at", "objective.clip_regularizer",
+                "only applies to kind = 'pgd_at'")
+        check_choice("objective.bn_passes", self.bn_passes, BN_PASSES, "whose code's BatchNorm pass order to follow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,24 +151,19 @@ class OptimConfig:
     ema_decay: float | None = None
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0 and math.isfinite(self.lr), "optim.lr", f"must be a finite number > 0, got {self.lr}")
-        _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "optim.weight_decay",
-                 f"must be a finite number >= 0, got {self.weight_decay}")
-        _require(self.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
-        _require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
-                 "optim.milestones", f"must be increasing positive epochs, got {list(self.milestones)}")
-        _require(0 < self.decay <= 1, "optim.decay", f"must be in (0, 1], got {self.decay}")
-        _require(0 <= self.late_halving_start <= 1, "optim.late_halving_start",
-                 f"must be a fraction of training in [0, 1], got {self.late_halving_start}")
-        _require(self.milestone_convention in MILESTONE_CONVENTIONS, "optim.milestone_convention",
-                 f"must be one of {MILESTONE_CONVENTIONS} (\"trades\": milestone m decays from 1-based epoch m on; "
-                 f"\"legacy\": after m full epochs), got {self.milestone_convention!r}")
-        _require(self.late_halving_rule in LATE_HALVING_RULES, "optim.late_halving_rule",
-                 f"must be one of {LATE_HALVING_RULES} (\"authors\": their lr_early_stop formula; \"legacy\": "
-                 f"this code's rule before issue 11), got {self.late_halving_rule!r}")
-        _require(self.ema_decay is None or 0 < self.ema_decay < 1, "optim.ema_decay",
-                 f"must be in (0, 1) or none, got {self.ema_decay}")
+        check_real("optim.lr", self.lr, above=0)
+        check_real("optim.momentum", self.momentum, minimum=0, below=1)
+        check_real("optim.weight_decay", self.weight_decay, minimum=0)
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        require(list(self.milestones) == sorted(self.milestones) and all(m > 0 for m in self.milestones),
+                "optim.milestones", f"must be increasing positive epochs, got {list(self.milestones)}")
+        check_real("optim.decay", self.decay, above=0, maximum=1)
+        check_real("optim.late_halving_start", self.late_halving_start, minimum=0, maximum=1)  # a fraction of training
+        check_choice("optim.milestone_convention", self.milestone_convention, MILESTONE_CONVENTIONS,
+                     "\"trades\": milestone m decays from 1-based epoch m on; \"legacy\": after m full epochs")
+        check_choice("optim.late_halving_rule", self.late_halving_rule, LATE_HALVING_RULES,
+                     "\"authors\": their lr_early_stop formula; \"legacy\": this code's rule before issue 11")
+        check_real("optim.ema_decay", self.ema_decay, above=0, below=1, optional=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,23 +189,18 @@ class EvalConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        _require(self.lipschitz in LIPSCHITZ_METHODS, "eval.lipschitz",
-                 f"must be one of {LIPSCHITZ_METHODS}, got {self.lipschitz!r}")
-        _require(self.lipschitz_eps is None or (self.lipschitz_eps > 0 and math.isfinite(self.lipschitz_eps)),
-                 "eval.lipschitz_eps", f"must be a finite number > 0 or none, got {self.lipschitz_eps}")
-        _require(self.lipschitz_direction in ("ascend", "published"), "eval.lipschitz_direction",
-                 f"must be 'ascend' or 'published', got {self.lipschitz_direction!r}")
-        _require(self.lipschitz_direction == "ascend" or self.lipschitz == "yang", "eval.lipschitz_direction",
-                 f"'published' applies to eval.lipschitz = 'yang' only, got {self.lipschitz!r}")
+        check_choice("eval.lipschitz", self.lipschitz, LIPSCHITZ_METHODS)
+        check_real("eval.lipschitz_eps", self.lipschitz_eps, above=0, optional=True)
+        check_choice("eval.lipschitz_direction", self.lipschitz_direction, ("ascend", "published"))
+        require(self.lipschitz_direction == "ascend" or self.lipschitz == "yang", "eval.lipschitz_direction",
+                f"'published' applies to eval.lipschitz = 'yang' only, got {self.lipschitz!r}")
         for name in ("val_examples", "test_examples"):
-            value = getattr(self, name)
-            _require(value is None or value >= 0, f"eval.{name}", f"must be >= 0 or none, got {value}")
-        _require(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.every_epochs >= 1, "eval.every_epochs", f"must be >= 1, got {self.every_epochs}")
-        _require(self.bn_mode in BN_MODES, "eval.bn_mode", f"must be one of {BN_MODES}, got {self.bn_mode!r}")
-        _require(self.dtype in COMPUTE_DTYPES, "eval.dtype",
-                 f"must be one of {COMPUTE_DTYPES} (the compute dtype attacks and evaluation run the model in, "
-                 f"whatever model.dtype trained it), got {self.dtype!r}")
+            check_int(f"eval.{name}", getattr(self, name), minimum=0, optional=True)
+        check_int("eval.batch_size", self.batch_size, minimum=1)
+        check_int("eval.every_epochs", self.every_epochs, minimum=1)
+        check_choice("eval.bn_mode", self.bn_mode, BN_MODES)
+        check_choice("eval.dtype", self.dtype, COMPUTE_DTYPES, "the compute dtype attacks and evaluation run the "
+                     "model in, whatever model.dtype trained it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,11 +224,10 @@ class LoopConfig:
     wandb: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
-        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
-                 f"must be >= 0, got {self.checkpoint_every_steps}")
-        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        check_int("train.epochs", self.epochs, minimum=1)
+        check_int("train.batch_size", self.batch_size, minimum=1)
+        check_int("train.checkpoint_every_steps", self.checkpoint_every_steps, minimum=0)
+        check_int("train.keep_checkpoints", self.keep_checkpoints, minimum=1)
 
 
 WAR_MODES = ("weighted_ratio", "unweighted_ratio")
@@ -290,19 +267,17 @@ class WarConfig:
     max_lam: float = 100.0
 
     def __post_init__(self) -> None:
-        _require(self.mode in WAR_MODES, "war.mode", f"must be one of {WAR_MODES}, got {self.mode!r}")
+        check_choice("war.mode", self.mode, WAR_MODES)
         if self.enabled:
-            _require((self.target_ratio is None) != (self.reference_run is None), "war.target_ratio",
-                     "or war.reference_run must be set (exactly one) when war.enabled = true")
-        _require(self.target_ratio is None or self.target_ratio > 0, "war.target_ratio",
-                 f"must be > 0, got {self.target_ratio}")
-        _require(0 <= self.momentum < 1, "war.momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(self.warmup_epochs >= 1, "war.warmup_epochs", f"must be >= 1, got {self.warmup_epochs}")
-        _require(0 < self.gain <= 4 and self.gain == self.gain, "war.gain",
-                 f"must be in (0, 4] (the exponent of the unweighted_ratio update), got {self.gain}")
-        _require(self.min_lam is None or self.min_lam >= 0, "war.min_lam", f"must be >= 0, got {self.min_lam}")
-        _require(self.max_lam > 0 and (self.min_lam is None or self.max_lam >= self.min_lam), "war.max_lam",
-                 f"must be > 0 and >= war.min_lam, got {self.max_lam}")
+            require((self.target_ratio is None) != (self.reference_run is None), "war.target_ratio",
+                    "or war.reference_run must be set (exactly one) when war.enabled = true")
+        check_real("war.target_ratio", self.target_ratio, above=0, optional=True)
+        check_real("war.momentum", self.momentum, minimum=0, below=1)
+        check_int("war.warmup_epochs", self.warmup_epochs, minimum=1)
+        check_real("war.gain", self.gain, above=0, maximum=4)  # the exponent of the unweighted_ratio update
+        check_real("war.min_lam", self.min_lam, minimum=0, optional=True)
+        require(self.max_lam > 0 and (self.min_lam is None or self.max_lam >= self.min_lam), "war.max_lam",
+                f"must be > 0 and >= war.min_lam, got {self.max_lam}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,16 +297,15 @@ class ExperimentConfig:
     war: WarConfig = WarConfig()
 
     def __post_init__(self) -> None:
-        _require(not self.war.enabled or self.objective.kind != "natural", "war.enabled",
-                 "needs a robust objective (objective.kind = 'trades' or 'pgd_at')")
-        _require(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
-                 "name", f"must be a non-empty name without '/' and not '.' or '..' (it names the run directory "
-                 f"runs/<name>), got {self.name!r}")
+        require(not self.war.enabled or self.objective.kind != "natural", "war.enabled",
+                "needs a robust objective (objective.kind = 'trades' or 'pgd_at')")
+        require(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+                "name", f"must be a non-empty name without '/' and not '.' or '..' (it names the run directory "
+                f"runs/<name>), got {self.name!r}")
         expected_loss = {"trades": "kl", "pgd_at": "ce"}.get(self.objective.kind)
-        if expected_loss and self.train_attack.loss != expected_loss:
-            raise ValueError(f"train_attack.loss is {self.train_attack.loss!r} but objective.kind "
-                             f"{self.objective.kind!r} maximizes {expected_loss!r}: set "
-                             f"train_attack.loss = \"{expected_loss}\"")
+        require(not expected_loss or self.train_attack.loss == expected_loss, "train_attack.loss",
+                f"is {self.train_attack.loss!r} but objective.kind {self.objective.kind!r} maximizes "
+                f"{expected_loss!r}: set train_attack.loss = \"{expected_loss}\"")
 
 
 def config_warnings(config: ExperimentConfig) -> list[str]:

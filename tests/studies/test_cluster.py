@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nt_robust import cli
+from nt_robust.cli_parser import build_parser
 from nt_robust.config import ConfigError
 from nt_robust.studies import cluster_base, sweep
 from nt_robust.studies.cluster import TASK_SCRIPT, Resources, slurm_script, stage_ranges
@@ -100,7 +101,7 @@ def test_slurm_script_submits_arrays_with_dependencies(study, tmp_path):
         assert task_argv[0] == ".venv/bin/nt-robust"
         for task in range(first, last + 1):  # what the task script runs, given Slurm's task id
             argv = _run_task(tmp_path, task_argv[1:], {"SLURM_ARRAY_TASK_ID": str(task)})
-            args = cli._parser().parse_args(argv)
+            args = build_parser().parse_args(argv)
             assert args.index == task and runs[task].stage == stage and Path(args.spec) == SPEC
             assert Path(args.runs_root) == (ROOT / study.runs_root).resolve()
             covered.append(task)

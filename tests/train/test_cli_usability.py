@@ -14,6 +14,7 @@ from nt_robust.config import ConfigError, load_config
 from nt_robust.models import ModelConfig, count_parameters, create_model, init_variables
 from nt_robust.models.registry import estimate_model_size
 from nt_robust.train import ExperimentConfig
+from nt_robust.train import memory_budget
 from nt_robust.train.config import config_warnings
 
 QUICK = "experiments/quick_fmnist.toml"
@@ -99,7 +100,7 @@ def test_parameter_estimate_is_exact_without_building_the_model():
 
 
 def test_a_cnn_with_an_mlps_width_is_refused_with_the_numbers_and_the_likely_mistake(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_available_memory", lambda: (16 * 2**30, "this host's available memory", True))
+    monkeypatch.setattr(memory_budget, "available_memory", lambda: (16 * 2**30, "this host's available memory", True))
     run_dir = tmp_path / "cnn"
     args = ["train", "--config", QUICK, "--set", "model.arch=cnn", "--run-dir", str(run_dir)]
     assert main(args) == 2 and not run_dir.exists()  # refused before the run directory or any array

@@ -76,12 +76,12 @@ def test_resume_check(tmp_path):
 def test_eval_eps_fraction_recorded(tiny_run, tmp_path):
     import shutil
 
-    from nt_robust.cli import _parser
+    from nt_robust.cli_parser import build_parser
     from nt_robust.evaluate import evaluate_run
 
-    assert _parser().parse_args(["eval", "r", "--eps", "8/255"]).eps.text == "8/255"
+    assert build_parser().parse_args(["eval", "r", "--eps", "8/255"]).eps.text == "8/255"
     with pytest.raises(SystemExit):
-        _parser().parse_args(["eval", "r", "--eps", "8/0"])
+        build_parser().parse_args(["eval", "r", "--eps", "8/0"])
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     result = evaluate_run(run, attack="fgsm", eps=parse_exact("8/255"), examples=8)
