@@ -44,15 +44,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     args = parser.parse_args()
-    from nt_robust.environment import configure_xla_cpu
+    from nt_robust.cpu.setup import configure_xla_cpu
     configure_xla_cpu()
     import jax
     jax.config.update("jax_num_cpu_devices", 2)  # the kernel's two-device column
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     import jax.numpy as jnp
     import numpy as np
-    from nt_robust.models import conv
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import conv
+    from nt_robust.cpu import native as native_conv
 
     torch = train_step.optional_torch()
 

@@ -47,8 +47,8 @@ def use_weight_gradient(which: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    import nt_robust.models.conv as conv
-    from nt_robust.models import native_conv
+    import nt_robust.cpu.conv as conv
+    from nt_robust.cpu import native as native_conv
 
     def backward(strides, padding, precision, residuals, g):
         x, kernel = residuals
@@ -68,7 +68,7 @@ def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import native as native_conv
 
     train_step._configure_jax(spec)
     try:
@@ -187,7 +187,7 @@ def main() -> None:
             "dtype": "float32", "steps": args.steps, "min_seconds": args.min_seconds, "warmup": 1,
             "rounds": args.rounds, "library_xla_flags": True, "library_malloc": True}
     started = time.perf_counter()
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import native as native_conv
     native_conv.build()  # once, before the workers (which load it from the cache)
     if args.layers:
         results: Any = _child(dict(base, what="layers", devices=1), args.timeout)

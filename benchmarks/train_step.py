@@ -125,7 +125,7 @@ class PeakMemory:
 
 
 def _malloc_note() -> str:
-    from nt_robust.host_memory import malloc_settings
+    from nt_robust.cpu.malloc import malloc_settings
     return "tuned (nt_robust.host_memory)" if malloc_settings()["tuned"] else "glibc defaults"
 
 
@@ -253,10 +253,10 @@ def _configure_jax(spec: dict[str, Any]):
     if spec.get("matmul_precision"):
         jax.config.update("jax_default_matmul_precision", spec["matmul_precision"])
     if spec.get("library_xla_flags", True):  # what nt-robust's CLI does before the backend starts
-        from nt_robust.environment import configure_xla_cpu
+        from nt_robust.cpu.setup import configure_xla_cpu
         configure_xla_cpu()
     if spec.get("library_malloc", True):  # so does its glibc malloc tuning
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.malloc import tune_malloc
         tune_malloc()
     if spec.get("cache_dir"):
         jax.config.update("jax_compilation_cache_dir", spec["cache_dir"])
@@ -397,17 +397,17 @@ def _devices(setting: str, model: str, batch: int) -> int:
     """--devices for ``model``: the number given, or (auto) the CLI's choice for it."""
     if setting != "auto":
         return int(setting)
-    from nt_robust.environment import auto_cpu_devices
+    from nt_robust.cpu.devices import auto_cpu_devices
     return auto_cpu_devices([(MODELS[model]["arch"], batch, batch)])
 
 
 def _resolved_conv_impl(name: str) -> str:
-    from nt_robust.models.conv import resolve_conv_impl
+    from nt_robust.cpu.ops import resolve_conv_impl
     return resolve_conv_impl(name)
 
 
 def _resolved_dense_impl(name: str) -> str:
-    from nt_robust.models.dense import resolve_dense_impl
+    from nt_robust.cpu.ops import resolve_dense_impl
     return resolve_dense_impl(name)
 
 
@@ -522,7 +522,7 @@ def _torch_augment(x, pad: int = 4):
 
 def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("torch_malloc"):  # the same glibc tuning as the JAX side: a like-for-like comparison
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.malloc import tune_malloc
         tune_malloc()
     try:
         import torch
@@ -670,7 +670,7 @@ def probe_conv_grads(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models.conv import shifted_matmul_conv
+    from nt_robust.cpu.conv import shifted_matmul_conv
 
     _configure_jax(spec)
     numbers = ("NHWC", "HWIO", "NHWC")
@@ -863,7 +863,7 @@ def probe_loop_input_gradient(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models.conv import conv_function
+    from nt_robust.cpu.ops import conv_function
 
     _configure_jax(spec)
     rng = np.random.default_rng(0)

@@ -814,7 +814,7 @@ def _set_cpu_devices(args: argparse.Namespace, own_process: bool) -> None:
     started with). A caller of ``main(argv)`` in its own process keeps that process's devices."""
     import os
 
-    from nt_robust.environment import auto_cpu_devices, set_cpu_devices
+    from nt_robust.cpu.devices import auto_cpu_devices, set_cpu_devices
 
     if getattr(args, "cpu_devices", None) is not None:
         set_cpu_devices(args.cpu_devices, source="--cpu-devices")
@@ -880,8 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  sys.argv[1:] if argv is None else argv))
     setup_logging(args.verbose)
     try:
-        from nt_robust.environment import configure_xla_cpu, enable_compilation_cache
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.malloc import tune_malloc
+        from nt_robust.cpu.setup import configure_xla_cpu
+        from nt_robust.environment import enable_compilation_cache
 
         if argv is None:
             tune_malloc()       # before XLA's threads exist (nt_robust.host_memory)

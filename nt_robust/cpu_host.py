@@ -2,8 +2,8 @@
 machinery runs.
 
 The CPU machinery is everything that exists only to make XLA:CPU fast: the XLA:CPU flags
-(``environment.configure_xla_cpu``), splitting the CPU into several XLA devices
-(``environment.set_cpu_devices``), glibc's malloc tuning (``host_memory.tune_malloc``), and
+(``nt_robust.cpu.setup.configure_xla_cpu``), splitting the CPU into several XLA devices
+(``nt_robust.cpu.devices.set_cpu_devices``), glibc's malloc tuning (``nt_robust.cpu.malloc.tune_malloc``), and
 ``conv_impl`` / ``dense_impl`` = "auto" or "native" (the per-machine timing, its subprocess, and
 the g++ build of the native kernels). On a GPU or TPU host none of it runs: "auto" and
 "native" mean XLA's convolutions and products, nothing is built or timed, no flag is added::

@@ -1,6 +1,5 @@
 """Import loops in nt_robust, function-local imports included (the README's "data flows one
-way"). One loop is known and waits for the redesign of issue 35 (the CPU engine in its own
-package): nothing else may appear, and when that loop is gone this test says to drop it."""
+way"): there must be none."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nt_robust"
-KNOWN = {frozenset({"nt_robust.environment", "nt_robust.models.conv", "nt_robust.models.conv_choice",
-                    "nt_robust.models.dense", "nt_robust.models.native_conv"})}
 
 
 def _modules() -> dict[str, Path]:
@@ -72,9 +69,6 @@ def test_the_scan_finds_a_loop_it_is_shown():
     assert _loops({"a": {"b"}, "b": set()}) == set()
 
 
-def test_no_import_loop_but_the_known_one():
-    loops = _loops(_edges(_modules()))
-    new = [sorted(loop) for loop in loops - KNOWN]
-    assert not new, f"import loops: {new} (move the shared piece down, or import one way only)"
-    gone = [sorted(loop) for loop in KNOWN - loops]
-    assert not gone, f"the known loop {gone} is gone: remove it from KNOWN"
+def test_no_import_loop():
+    loops = [sorted(loop) for loop in _loops(_edges(_modules()))]
+    assert not loops, f"import loops: {loops} (move the shared piece down, or import one way only)"

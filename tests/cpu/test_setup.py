@@ -10,21 +10,23 @@ import jax
 import numpy as np
 import pytest
 
-from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_ELTWISE_FLAG, YNN_FUSION_FLAG, _jaxlib_version,
-                                   auto_cpu_devices, backend_started, configure_xla_cpu, elementwise_fusions_pay,
-                                   set_cpu_devices)
-from nt_robust.models import conv_choice
+from nt_robust.cpu import choice
+from nt_robust.cpu.devices import auto_cpu_devices, set_cpu_devices
+from nt_robust.cpu.setup import configure_xla_cpu, elementwise_fusions_pay
+from nt_robust.cpu.xla_flags import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_ELTWISE_FLAG, YNN_FUSION_FLAG,
+                                     jaxlib_version)
+from nt_robust.cpu_host import backend_started
 
 
 @pytest.fixture
 def before_the_backend(monkeypatch):
     """configure_xla_cpu as at the start of a fresh process (this one may have run JAX already)."""
-    monkeypatch.setattr("nt_robust.environment.backend_started", lambda: False)
+    monkeypatch.setattr("nt_robust.cpu.setup.backend_started", lambda: False)
 
 
 def test_flags_are_appended_to_existing_flags_once(monkeypatch, before_the_backend):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert configure_xla_cpu() is True
     # conftest fixes conv_impl "auto" to shifted matmuls: XLA's convolutions, so the elementwise fusions pay
@@ -39,7 +41,7 @@ def test_flags_are_appended_to_existing_flags_once(monkeypatch, before_the_backe
                                               ((0, 11, 2), CPU_SCHEDULER_FLAG)])
 def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, before_the_backend, version, expected):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: version)
+    monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: version)
     monkeypatch.setenv("XLA_FLAGS", "")
     assert configure_xla_cpu() is bool(expected)
     assert os.environ["XLA_FLAGS"] == expected
@@ -47,7 +49,7 @@ def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, 
 
 def test_users_choice_and_opt_out_are_respected(monkeypatch, before_the_backend):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: (0, 10, 2))
     own = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --xla_cpu_experimental_ynn_fusion_type=individual_dot"
     monkeypatch.setenv("XLA_FLAGS", own)
     assert configure_xla_cpu() is False
@@ -60,7 +62,7 @@ def test_users_choice_and_opt_out_are_respected(monkeypatch, before_the_backend)
 def test_elementwise_fusions_are_left_out_where_auto_runs_the_native_kernels(monkeypatch, before_the_backend,
                                                                             tmp_path):
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for forced, flag in (("native", YNN_FUSION_FLAG), ("xla", YNN_ELTWISE_FLAG), ("shifted_matmul", YNN_ELTWISE_FLAG)):
         monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", forced)
@@ -75,29 +77,29 @@ def test_elementwise_fusions_are_left_out_where_auto_runs_the_native_kernels(mon
         seen.append(os.environ["XLA_FLAGS"])
         return "native"
 
-    monkeypatch.setattr(conv_choice, "measure_in_subprocess", measure)
+    monkeypatch.setattr(choice, "measure_in_subprocess", measure)
     monkeypatch.setenv("XLA_FLAGS", "")
     assert configure_xla_cpu() and os.environ["XLA_FLAGS"] == f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"
     assert seen == [f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"]
-    monkeypatch.setattr(conv_choice, "cached_impl", lambda: "xla")
+    monkeypatch.setattr(choice, "cached_impl", lambda: "xla")
     assert elementwise_fusions_pay() and len(seen) == 1
-    monkeypatch.setattr(conv_choice, "cached_impl", lambda: None)
-    monkeypatch.setattr(conv_choice, "measure_in_subprocess", lambda timeout=600.0: None)  # it failed
+    monkeypatch.setattr(choice, "cached_impl", lambda: None)
+    monkeypatch.setattr(choice, "measure_in_subprocess", lambda timeout=600.0: None)  # it failed
     assert elementwise_fusions_pay()  # as before the choice existed
 
 
 def test_the_cached_choice_is_found_under_the_flags_it_was_measured_with(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("XLA_FLAGS", f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}")
-    assert conv_choice.cached_impl() is None
-    key = conv_choice.machine_key()
-    conv_choice.cache_path().parent.mkdir(parents=True)
-    conv_choice.cache_path().write_text(json.dumps({key: {"impl": "native", "xla_ms": 1.0}}))
-    assert conv_choice.cached_impl() == "native"
+    assert choice.cached_impl() is None
+    key = choice.machine_key()
+    choice.cache_path().parent.mkdir(parents=True)
+    choice.cache_path().write_text(json.dumps({key: {"impl": "native", "xla_ms": 1.0}}))
+    assert choice.cached_impl() == "native"
     monkeypatch.setenv("XLA_FLAGS", f"{CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}")  # a process that added them
-    assert conv_choice.machine_key() == key and conv_choice.cached_impl() == "native"
-    conv_choice.cache_path().write_text("{not json")
-    assert conv_choice.cached_impl() is None
+    assert choice.machine_key() == key and choice.cached_impl() == "native"
+    choice.cache_path().write_text("{not json")
+    assert choice.cached_impl() is None
 
 
 def test_no_flag_is_added_once_the_backend_runs_so_children_compile_like_their_parent(monkeypatch):
@@ -107,7 +109,7 @@ def test_no_flag_is_added_once_the_backend_runs_so_children_compile_like_their_p
     from nt_robust.cli import main
 
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
+    monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     jax.devices()
     assert backend_started()
@@ -127,45 +129,6 @@ def test_cpu_device_count_is_validated_and_refused_once_the_backend_runs(monkeyp
     jax.devices()  # the backend is running now
     with pytest.raises(RuntimeError, match="already started its backend"):
         set_cpu_devices(3)
-
-
-SAPPHIRE_RAPIDS = """processor\t: 0
-vendor_id\t: GenuineIntel
-cpu family\t: 6
-model\t\t: 143
-model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
-flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
-
-processor\t: 1
-vendor_id\t: GenuineIntel
-model name\t: a second processor that must not be read
-flags\t\t: fpu
-"""
-GRAVITON = """processor\t: 0
-BogoMIPS\t: 243.75
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics sve sve2
-CPU implementer\t: 0x41
-"""
-
-
-def test_cpu_info_names_the_model_and_the_isa_features_that_pick_float_kernels(tmp_path):
-    from nt_robust.environment import cpu_info, describe_cpu, environment_info
-    path = tmp_path / "cpuinfo"
-    path.write_text(SAPPHIRE_RAPIDS)
-    info = cpu_info(path)
-    assert info["model"] == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz" and info["vendor"] == "GenuineIntel"
-    assert info["isa"] == ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
-                           "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]
-    assert "amx_tile" in describe_cpu(info) and "Xeon" in describe_cpu(info)
-    assert (info["family"], info["model_number"]) == ("6", "143") and "family 6 model 143" in describe_cpu(info)
-    assert "family" not in describe_cpu({k: v for k, v in info.items() if k not in ("family", "model_number")})
-    path.write_text(GRAVITON)
-    arm = cpu_info(path)
-    assert arm["isa"] == ["asimd", "sve", "sve2"] and arm["vendor"] == "0x41"
-    missing = cpu_info(tmp_path / "absent")
-    assert missing["isa"] == [] and missing["model"]  # falls back to what platform knows
-    recorded = environment_info()["cpu"]  # what every run's environment.json carries
-    assert set(recorded) == {"model", "vendor", "isa", "cores", "family", "model_number"} and recorded["cores"] >= 1
 
 
 @pytest.mark.parametrize("models,cores,expected", [
@@ -211,7 +174,7 @@ def test_the_cli_splits_the_cpu_for_conv_nets_only_and_records_why(tmp_path):
 _FLAGGED_MATH = r"""
 import json, sys
 import numpy as np
-from nt_robust.environment import configure_xla_cpu
+from nt_robust.cpu.setup import configure_xla_cpu
 configure_xla_cpu()
 import jax, jax.numpy as jnp
 rng = np.random.default_rng(0)
@@ -236,7 +199,7 @@ def test_the_library_flags_keep_elementwise_math_at_float32_accuracy():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    version = _jaxlib_version()
+    version = jaxlib_version()
     if version is not None and (0, 10, 2) <= version < (0, 11, 0):
         assert result["ynn"], "the elementwise fusion did not run through YNNPACK with the library's flags"
     rng = np.random.default_rng(0)
