@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc()
     from nt_robust.attacks import protocols as P
     from nt_robust.cpu.malloc import malloc_settings
-    from nt_robust.cpu.ops import resolve_conv_impl
-    from nt_robust.cpu.ops import resolve_dense_impl
+    from nt_robust.cpu.ops import resolve_conv_impl, resolve_dense_impl
     from nt_robust.attacks.apgd import APGDConfig
     from nt_robust.train.evaluate_run import load_run_config
     from nt_robust.train.loop import Trainer
