@@ -28,8 +28,8 @@ def test_flags_are_appended_to_existing_flags_once(monkeypatch, before_the_backe
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: (0, 10, 2))
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", "shifted_matmul")  # XLA's convolutions: the elementwise fusions pay
     assert configure_xla_cpu() is True
-    # conftest fixes conv_impl "auto" to shifted matmuls: XLA's convolutions, so the elementwise fusions pay
     assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}"
     assert configure_xla_cpu() is False  # a second call adds nothing
     for _, option, _, _ in CPU_FLAGS:
@@ -43,6 +43,7 @@ def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, 
     monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
     monkeypatch.setattr("nt_robust.cpu.xla_flags.jaxlib_version", lambda: version)
     monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", "shifted_matmul")  # XLA's convolutions: the elementwise fusions pay
     assert configure_xla_cpu() is bool(expected)
     assert os.environ["XLA_FLAGS"] == expected
 
