@@ -111,14 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--attacks takes pgd20, apgd_ce and cascade, got {args.attacks!r}")
 
     if not args.no_library_setup:  # before the backend starts, as the CLI does
-        from nt_robust.environment import configure_xla_cpu
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.setup import configure_xla_cpu
+        from nt_robust.cpu.malloc import tune_malloc
         configure_xla_cpu()
         tune_malloc()
     from nt_robust.attacks import protocols as P
-    from nt_robust.host_memory import malloc_settings
-    from nt_robust.models.conv import resolve_conv_impl
-    from nt_robust.models.dense import resolve_dense_impl
+    from nt_robust.cpu.malloc import malloc_settings
+    from nt_robust.cpu.ops import resolve_conv_impl, resolve_dense_impl
     from nt_robust.attacks.apgd import APGDConfig
     from nt_robust.train.restore import load_run_config
     from nt_robust.train.loop import Trainer

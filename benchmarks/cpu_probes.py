@@ -97,7 +97,7 @@ def probe_conv_grads(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models.conv import shifted_matmul_conv
+    from nt_robust.cpu.conv import shifted_matmul_conv
 
     configure_jax(spec)
     numbers = ("NHWC", "HWIO", "NHWC")
@@ -290,7 +290,7 @@ def probe_loop_input_gradient(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models.conv import conv_function
+    from nt_robust.cpu.ops import conv_function
 
     configure_jax(spec)
     rng = np.random.default_rng(0)

@@ -516,7 +516,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["parts"]["tests"] = _guard(lambda: part_tests(settings, Budget(budgets["tests"])))
     import jax  # after the tests' subprocess: the benchmarks own the device from here on
 
-    from nt_robust.environment import configure_xla_cpu, enable_compilation_cache
+    from nt_robust.cpu.setup import configure_xla_cpu
+    from nt_robust.environment import enable_compilation_cache
     configure_xla_cpu()
     enable_compilation_cache()
     report["environment"] = environment()

@@ -86,8 +86,8 @@ class PeakMemory:
 
 
 def malloc_note() -> str:
-    from nt_robust.host_memory import malloc_settings
-    return "tuned (nt_robust.host_memory)" if malloc_settings()["tuned"] else "glibc defaults"
+    from nt_robust.cpu.malloc import malloc_settings
+    return "tuned (nt_robust.cpu.malloc)" if malloc_settings()["tuned"] else "glibc defaults"
 
 
 def _cpu_seconds() -> float:
@@ -204,10 +204,10 @@ def configure_jax(spec: dict[str, Any]):
     if spec.get("matmul_precision"):
         jax.config.update("jax_default_matmul_precision", spec["matmul_precision"])
     if spec.get("library_xla_flags", True):  # what nt-robust's CLI does before the backend starts
-        from nt_robust.environment import configure_xla_cpu
+        from nt_robust.cpu.setup import configure_xla_cpu
         configure_xla_cpu()
     if spec.get("library_malloc", True):  # so does its glibc malloc tuning
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.malloc import tune_malloc
         tune_malloc()
     if spec.get("cache_dir"):
         jax.config.update("jax_compilation_cache_dir", spec["cache_dir"])

@@ -1,11 +1,11 @@
-"""The direct-convolution kernel of ``conv_impl = "native"`` (``nt_robust.models.native_conv``,
+"""The direct-convolution kernel of ``conv_impl = "native"`` (``nt_robust.cpu.native``,
 ``kernels/conv_fwd.cc``) against XLA:CPU's and PyTorch's convolutions, per layer: the forward
 pass, and the input gradient of the strided layers.
 
 A conv net's attack step (PGD, APGD, the TRADES inner maximization) is a forward pass and an
 input gradient; the input gradient of a convolution is itself a forward convolution of the
 flipped kernel over the (for strided layers, dilated) output gradient
-(``nt_robust.models.conv``), so this kernel runs both. (The weight-gradient kernel, per layer:
+(``nt_robust.cpu.conv``), so this kernel runs both. (The weight-gradient kernel, per layer:
 ``benchmarks/native_dw.py --layers``.)::
 
     .venv/bin/python benchmarks/native_conv_fwd.py --steps 7     # prints one JSON object
@@ -44,15 +44,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     args = parser.parse_args()
-    from nt_robust.environment import configure_xla_cpu
+    from nt_robust.cpu.setup import configure_xla_cpu
     configure_xla_cpu()
     import jax
     jax.config.update("jax_num_cpu_devices", 2)  # the kernel's two-device column
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     import jax.numpy as jnp
     import numpy as np
-    from nt_robust.models import conv
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import conv
+    from nt_robust.cpu import native as native_conv
 
     torch = harness.optional_torch()
 

@@ -1,6 +1,6 @@
 """Convolution kernels against XLA:CPU's, per layer and inside the project's training step:
 the weight-gradient kernel alone, and everything ``model.conv_impl = "native"`` does
-(``nt_robust.models.native_conv``: the weight-gradient kernel, and a direct convolution for
+(``nt_robust.cpu.native``: the weight-gradient kernel, and a direct convolution for
 forward passes and stride-1 input gradients; C++ built with g++ on first use)::
 
     .venv/bin/python benchmarks/native_dw.py --layers             # weight gradient ms per layer: XLA, kernel, torch
@@ -42,13 +42,13 @@ VARIANTS = ("xla", "kernel", "all")
 def use_weight_gradient(which: str) -> None:
     """Make ``model.conv_impl = "shifted_matmul"`` convolutions run XLA's forward pass and
     autodiff's input gradient with XLA's weight gradient ("xla") or the library's
-    weight-gradient kernel ("kernel", float32; ``nt_robust.models.native_conv``). The "all"
+    weight-gradient kernel ("kernel", float32; ``nt_robust.cpu.native``). The "all"
     variant is ``model.conv_impl = "native"`` itself and needs no patch."""
     import jax
     import jax.numpy as jnp
 
-    import nt_robust.models.conv as conv
-    from nt_robust.models import native_conv
+    import nt_robust.cpu.conv as conv
+    from nt_robust.cpu import native as native_conv
 
     def backward(strides, padding, precision, residuals, g):
         x, kernel = residuals
@@ -68,7 +68,7 @@ def layer_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import native as native_conv
 
     harness.configure_jax(spec)
     try:
@@ -187,7 +187,7 @@ def main() -> None:
             "dtype": "float32", "steps": args.steps, "min_seconds": args.min_seconds, "warmup": 1,
             "rounds": args.rounds, "library_xla_flags": True, "library_malloc": True}
     started = time.perf_counter()
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import native as native_conv
     native_conv.build()  # once, before the workers (which load it from the cache)
     if args.layers:
         results: Any = _child(dict(base, what="layers", devices=1), args.timeout)

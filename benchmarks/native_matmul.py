@@ -1,4 +1,4 @@
-"""The matrix-product kernel of ``dense_impl = "native"`` (``nt_robust.models.dense``,
+"""The matrix-product kernel of ``dense_impl = "native"`` (``nt_robust.cpu.dense``,
 ``kernels/matmul.cc``) against XLA:CPU's and PyTorch's products, per dense layer: the three
 products a training step asks of it (the forward pass ``x W``, the input gradient ``g W^T``,
 the weight gradient ``x^T g``), each alone, and the layer's forward pass with both gradients
@@ -37,15 +37,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     args = parser.parse_args()
-    from nt_robust.environment import configure_xla_cpu
+    from nt_robust.cpu.setup import configure_xla_cpu
     configure_xla_cpu()
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jax import lax
 
-    from nt_robust.models import native_conv
-    from nt_robust.models.dense import native_dot_general
+    from nt_robust.cpu import native as native_conv
+    from nt_robust.cpu.dense import native_dot_general
 
     torch = harness.optional_torch()
 

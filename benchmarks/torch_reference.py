@@ -123,7 +123,7 @@ def torch_augment(x, pad: int = 4):
 
 def torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("torch_malloc"):  # the same glibc tuning as the JAX side: a like-for-like comparison
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.malloc import tune_malloc
         tune_malloc()
     try:
         import torch

@@ -157,17 +157,17 @@ def _devices(setting: str, model: str, batch: int) -> int:
     """--devices for ``model``: the number given, or (auto) the CLI's choice for it."""
     if setting != "auto":
         return int(setting)
-    from nt_robust.environment import auto_cpu_devices
+    from nt_robust.cpu.devices import auto_cpu_devices
     return auto_cpu_devices([(MODELS[model]["arch"], batch, batch)])
 
 
 def _resolved_conv_impl(name: str) -> str:
-    from nt_robust.models.conv import resolve_conv_impl
+    from nt_robust.cpu.ops import resolve_conv_impl
     return resolve_conv_impl(name)
 
 
 def _resolved_dense_impl(name: str) -> str:
-    from nt_robust.models.dense import resolve_dense_impl
+    from nt_robust.cpu.ops import resolve_dense_impl
     return resolve_dense_impl(name)
 
 
@@ -214,15 +214,15 @@ def main() -> None:
     parser.add_argument("--matmul-precision", default=None, help="jax_default_matmul_precision")
     parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache directory")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "flipped_dx", "shifted_matmul", "native"),
-                        help="model.conv_impl of the JAX models (auto: measured per machine, nt_robust.models.conv)")
+                        help="model.conv_impl of the JAX models (auto: measured per machine, nt_robust.cpu.conv)")
     parser.add_argument("--dense-impl", default="auto", choices=("auto", "xla", "native"),
-                        help="model.dense_impl of the JAX models (auto: measured per machine, nt_robust.models.dense)")
+                        help="model.dense_impl of the JAX models (auto: measured per machine, nt_robust.cpu.dense)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model.dtype (compute dtype) of the JAX models; PyTorch stays float32")
     parser.add_argument("--no-library-xla-flags", action="store_true",
                         help="do not add the XLA:CPU flags nt-robust's CLI adds (configure_xla_cpu)")
     parser.add_argument("--no-library-malloc", action="store_true",
-                        help="JAX with glibc's malloc defaults, not the CLI's tuning (nt_robust.host_memory)")
+                        help="JAX with glibc's malloc defaults, not the CLI's tuning (nt_robust.cpu.malloc)")
     parser.add_argument("--torch-malloc", action="store_true",
                         help="PyTorch with the same glibc malloc tuning as nt-robust (default: as shipped)")
     parser.add_argument("--devices", default="auto",

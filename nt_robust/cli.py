@@ -363,11 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         from nt_robust.cli_devices import set_cpu_devices_for
-        from nt_robust.environment import configure_xla_cpu, enable_compilation_cache
-        from nt_robust.host_memory import tune_malloc
+        from nt_robust.cpu.malloc import tune_malloc
+        from nt_robust.cpu.setup import configure_xla_cpu
+        from nt_robust.environment import enable_compilation_cache
 
         if argv is None:
-            tune_malloc()       # before XLA's threads exist (nt_robust.host_memory)
+            tune_malloc()       # before XLA's threads exist (nt_robust.cpu.malloc)
         set_cpu_devices_for(args, own_process=argv is None)  # both before anything starts the backend
         configure_xla_cpu()     # (info too, so that it shows the flags train uses)
         if args.command != "info":

@@ -4,7 +4,7 @@
     set_cpu_devices_for(args, own_process=True)   # one device per core for a conv net, else 1
 
 --cpu-devices N wins, else $NT_ROBUST_CPU_DEVICES, else, for ``train`` and ``study`` on the
-command line, the automatic choice (:func:`nt_robust.environment.auto_cpu_devices`); a
+command line, the automatic choice (:func:`nt_robust.cpu.devices.auto_cpu_devices`); a
 resumed run keeps the count it started with.
 """
 
@@ -20,7 +20,7 @@ from nt_robust.config import load_config
 def set_cpu_devices_for(args: argparse.Namespace, own_process: bool) -> None:
     """Set the CPU device count for the command ``args`` (see the module docstring). A caller
     of ``cli.main(argv)`` in its own process (``own_process`` False) keeps that process's devices."""
-    from nt_robust.environment import auto_cpu_devices, set_cpu_devices
+    from nt_robust.cpu.devices import auto_cpu_devices, set_cpu_devices
 
     if getattr(args, "cpu_devices", None) is not None:
         set_cpu_devices(args.cpu_devices, source="--cpu-devices")

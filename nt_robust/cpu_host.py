@@ -1,9 +1,9 @@
 """Whether this process is a CPU host: the one place that decides whether nt_robust's CPU
 machinery runs.
 
-The CPU machinery is everything that exists only to make XLA:CPU fast: the XLA:CPU flags
-(``environment.configure_xla_cpu``), splitting the CPU into several XLA devices
-(``environment.set_cpu_devices``), glibc's malloc tuning (``host_memory.tune_malloc``), and
+The CPU machinery is everything that exists only to make XLA:CPU fast (``nt_robust.cpu``):
+the XLA:CPU flags (``cpu.setup.configure_xla_cpu``), splitting the CPU into several XLA devices
+(``cpu.devices.set_cpu_devices``), glibc's malloc tuning (``cpu.malloc.tune_malloc``), and
 ``conv_impl`` / ``dense_impl`` = "auto" or "native" (the per-machine timing, its subprocess, and
 the g++ build of the native kernels). On a GPU or TPU host none of it runs: "auto" and
 "native" mean XLA's convolutions and products, nothing is built or timed, no flag is added::

@@ -12,13 +12,13 @@ if "NT_ROBUST_COMPILATION_CACHE" not in os.environ:
     os.environ["NT_ROBUST_COMPILATION_CACHE"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-# conv_impl = "auto" is measured once per machine (nt_robust.models.conv_choice); where the two
+# conv_impl = "auto" is measured once per machine (nt_robust.cpu.choice); where the two
 # weight gradients time alike, two fresh processes could choose differently, and tests that
-# compare processes bit for bit would flake. The suite fixes it (tests/models/test_conv.py
+# compare processes bit for bit would flake. The suite fixes it (tests/cpu/test_conv.py
 # tests the measurement and its cache themselves).
 os.environ.setdefault("NT_ROBUST_CONV_IMPL_AUTO", "shifted_matmul")
-# Likewise model.dense_impl = "auto" (nt_robust.models.conv_choice.cpu_dense_choice): XLA's
-# products; tests/models/test_native_dense.py tests the kernel and the measurement.
+# Likewise model.dense_impl = "auto" (nt_robust.cpu.choice.cpu_dense_choice): XLA's
+# products; tests/cpu/test_native_dense.py tests the kernel and the measurement.
 os.environ.setdefault("NT_ROBUST_DENSE_IMPL_AUTO", "xla")
 # The cost estimate's cache of FLOP counts and memory plans (nt_robust.studies.cost.cached) is
 # for users; tests count afresh (tests/studies/test_cost.py tests the cache in a temporary home).

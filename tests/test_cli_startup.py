@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from nt_robust.models import conv_choice
+from nt_robust.cpu import choice
 
 NO_JAX = r"""
 import sys
@@ -30,15 +30,15 @@ def test_help_and_version_do_not_import_jax():
 def test_a_first_use_measurement_is_announced_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("NT_ROBUST_DENSE_IMPL_AUTO", raising=False)
-    monkeypatch.setattr(conv_choice, "measure_dense", lambda: {"xla_ms": 2.0, "native_ms": 1.0, "native_over_xla": 0.5})
-    conv_choice._say_once.cache_clear()
-    conv_choice.cpu_dense_choice.cache_clear()
+    monkeypatch.setattr(choice, "measure_dense", lambda: {"xla_ms": 2.0, "native_ms": 1.0, "native_over_xla": 0.5})
+    choice._say_once.cache_clear()
+    choice.cpu_dense_choice.cache_clear()
     try:
-        assert conv_choice.cpu_dense_choice()["impl"] == "native"
-        conv_choice.cpu_dense_choice.cache_clear()
-        conv_choice.cpu_dense_choice()  # cached now: nothing measured, nothing said
+        assert choice.cpu_dense_choice()["impl"] == "native"
+        choice.cpu_dense_choice.cache_clear()
+        choice.cpu_dense_choice()  # cached now: nothing measured, nothing said
     finally:
-        conv_choice.cpu_dense_choice.cache_clear()
+        choice.cpu_dense_choice.cache_clear()
     err = capsys.readouterr().err
     assert err.count("nt-robust: first use on this machine: timing xla / native") == 1
     assert "dense_impl = 'auto'" in err and str(tmp_path) in err

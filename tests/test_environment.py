@@ -1,132 +1,38 @@
-"""XLA:CPU set-up: the library's flags are added once and never over a user's own choice;
-the CPU device count is validated and refused once the backend runs."""
+"""Provenance (nt_robust.environment): what environment.json records, under the key names old
+records have; the CPU described by model, numbers and ISA; and no import of the models."""
 
-import json
 import os
 import subprocess
 import sys
 
-import jax
-import numpy as np
-import pytest
+from nt_robust.cpu.machine import cpu_info, describe_cpu
+from nt_robust.environment import environment_info
 
-from nt_robust.environment import (CPU_FLAGS, CPU_SCHEDULER_FLAG, YNN_ELTWISE_FLAG, YNN_FUSION_FLAG, _jaxlib_version,
-                                   auto_cpu_devices, backend_started, configure_xla_cpu, elementwise_fusions_pay,
-                                   set_cpu_devices)
-from nt_robust.models import conv_choice
-
-
-@pytest.fixture
-def before_the_backend(monkeypatch):
-    """configure_xla_cpu as at the start of a fresh process (this one may have run JAX already)."""
-    monkeypatch.setattr("nt_robust.environment.backend_started", lambda: False)
+# environment.json's keys: runs of every version are compared by them (issue 35: unchanged)
+RECORD_KEYS = {"time_utc", "python", "platform", "host", "cpu", "packages", "git_commit", "backend", "device_count",
+               "local_device_count", "device_kinds", "process_count", "process_index", "xla_flags", "cpu_host",
+               "conv_impl_auto", "conv_impl_auto_choice", "native_conv", "dense_impl_auto", "dense_impl_auto_choice",
+               "native_dense", "cpu_devices", "malloc"}
 
 
-def test_flags_are_appended_to_existing_flags_once(monkeypatch, before_the_backend):
-    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    assert configure_xla_cpu() is True
-    # conftest fixes conv_impl "auto" to shifted matmuls: XLA's convolutions, so the elementwise fusions pay
-    assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}"
-    assert configure_xla_cpu() is False  # a second call adds nothing
-    for _, option, _, _ in CPU_FLAGS:
-        assert os.environ["XLA_FLAGS"].count(option) == 1
+def test_the_record_keeps_its_key_names_and_says_what_auto_means_here():
+    info = environment_info("xla", "xla")
+    assert set(info) == RECORD_KEYS
+    assert info["backend"] == "cpu" and info["cpu_host"]["cpu"] is True
+    # conftest pins "auto" (NT_ROBUST_CONV_IMPL_AUTO, NT_ROBUST_DENSE_IMPL_AUTO): the record says so
+    conv, dense = os.environ["NT_ROBUST_CONV_IMPL_AUTO"], os.environ["NT_ROBUST_DENSE_IMPL_AUTO"]
+    assert info["conv_impl_auto"] == {"xla": "flipped_dx"}.get(conv, conv) and info["dense_impl_auto"] == dense
+    assert info["conv_impl_auto_choice"] == {"impl": conv, "source": "NT_ROBUST_CONV_IMPL_AUTO"}
+    assert info["dense_impl_auto_choice"] == {"impl": dense, "source": "NT_ROBUST_DENSE_IMPL_AUTO"}
+    assert info["native_conv"] is None and info["native_dense"] is None  # the run uses XLA's
 
 
-@pytest.mark.parametrize("version,expected", [((0, 9, 9), ""), ((0, 10, 0), CPU_SCHEDULER_FLAG),
-                                              ((0, 10, 2), f"{CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}"),
-                                              ((0, 11, 2), CPU_SCHEDULER_FLAG)])
-def test_each_flag_is_added_only_for_the_jaxlibs_it_was_checked_on(monkeypatch, before_the_backend, version, expected):
-    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: version)
-    monkeypatch.setenv("XLA_FLAGS", "")
-    assert configure_xla_cpu() is bool(expected)
-    assert os.environ["XLA_FLAGS"] == expected
-
-
-def test_users_choice_and_opt_out_are_respected(monkeypatch, before_the_backend):
-    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
-    own = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --xla_cpu_experimental_ynn_fusion_type=individual_dot"
-    monkeypatch.setenv("XLA_FLAGS", own)
-    assert configure_xla_cpu() is False
-    assert os.environ["XLA_FLAGS"] == own
-    monkeypatch.setenv("XLA_FLAGS", "")
-    monkeypatch.setenv("NT_ROBUST_XLA_CPU_FLAGS", "off")
-    assert configure_xla_cpu() is False and os.environ["XLA_FLAGS"] == ""
-
-
-def test_elementwise_fusions_are_left_out_where_auto_runs_the_native_kernels(monkeypatch, before_the_backend,
-                                                                            tmp_path):
-    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    for forced, flag in (("native", YNN_FUSION_FLAG), ("xla", YNN_ELTWISE_FLAG), ("shifted_matmul", YNN_ELTWISE_FLAG)):
-        monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", forced)
-        monkeypatch.setenv("XLA_FLAGS", "")
-        assert configure_xla_cpu() and os.environ["XLA_FLAGS"] == f"{CPU_SCHEDULER_FLAG} {flag}"
-    # Not forced: measured once per machine in a subprocess, under the flags without the fusions
-    # (the key the choice is cached under), then read from the cache.
-    monkeypatch.delenv("NT_ROBUST_CONV_IMPL_AUTO")
-    seen = []
-
-    def measure(timeout=600.0):
-        seen.append(os.environ["XLA_FLAGS"])
-        return "native"
-
-    monkeypatch.setattr(conv_choice, "measure_in_subprocess", measure)
-    monkeypatch.setenv("XLA_FLAGS", "")
-    assert configure_xla_cpu() and os.environ["XLA_FLAGS"] == f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"
-    assert seen == [f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}"]
-    monkeypatch.setattr(conv_choice, "cached_impl", lambda: "xla")
-    assert elementwise_fusions_pay() and len(seen) == 1
-    monkeypatch.setattr(conv_choice, "cached_impl", lambda: None)
-    monkeypatch.setattr(conv_choice, "measure_in_subprocess", lambda timeout=600.0: None)  # it failed
-    assert elementwise_fusions_pay()  # as before the choice existed
-
-
-def test_the_cached_choice_is_found_under_the_flags_it_was_measured_with(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("XLA_FLAGS", f"{CPU_SCHEDULER_FLAG} {YNN_FUSION_FLAG}")
-    assert conv_choice.cached_impl() is None
-    key = conv_choice.machine_key()
-    conv_choice.cache_path().parent.mkdir(parents=True)
-    conv_choice.cache_path().write_text(json.dumps({key: {"impl": "native", "xla_ms": 1.0}}))
-    assert conv_choice.cached_impl() == "native"
-    monkeypatch.setenv("XLA_FLAGS", f"{CPU_SCHEDULER_FLAG} {YNN_ELTWISE_FLAG}")  # a process that added them
-    assert conv_choice.machine_key() == key and conv_choice.cached_impl() == "native"
-    conv_choice.cache_path().write_text("{not json")
-    assert conv_choice.cached_impl() is None
-
-
-def test_no_flag_is_added_once_the_backend_runs_so_children_compile_like_their_parent(monkeypatch):
-    # The flags would no longer reach this process's compiler, but environment.json would
-    # record them and subprocesses would inherit them: a SIGKILL-resume test compared a child's
-    # steps with this process's and found rounding differences (CI, Intel Xeon, jaxlib 0.10.2).
-    from nt_robust.cli import main
-
-    monkeypatch.delenv("NT_ROBUST_XLA_CPU_FLAGS", raising=False)
-    monkeypatch.setattr("nt_robust.environment._jaxlib_version", lambda: (0, 10, 2))
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-    jax.devices()
-    assert backend_started()
-    assert configure_xla_cpu() is False and os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
-    assert main(["info"]) == 0  # a caller of main(argv) in a process that already ran JAX
-    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
-
-
-def test_cpu_device_count_is_validated_and_refused_once_the_backend_runs(monkeypatch):
-    monkeypatch.delenv("NT_ROBUST_CPU_DEVICES", raising=False)
-    assert set_cpu_devices() is None  # nothing asked: JAX's default stands
-    monkeypatch.setenv("NT_ROBUST_CPU_DEVICES", "two")
-    with pytest.raises(ValueError, match="NT_ROBUST_CPU_DEVICES must be a positive integer"):
-        set_cpu_devices()
-    with pytest.raises(ValueError, match="integer >= 1"):
-        set_cpu_devices(0)
-    jax.devices()  # the backend is running now
-    with pytest.raises(RuntimeError, match="already started its backend"):
-        set_cpu_devices(3)
+def test_provenance_imports_no_model():
+    code = ("import sys, nt_robust.environment; "
+            "print(sorted(m for m in sys.modules if m.startswith('nt_robust.models')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "[]"
 
 
 SAPPHIRE_RAPIDS = """processor\t: 0
@@ -149,7 +55,6 @@ CPU implementer\t: 0x41
 
 
 def test_cpu_info_names_the_model_and_the_isa_features_that_pick_float_kernels(tmp_path):
-    from nt_robust.environment import cpu_info, describe_cpu, environment_info
     path = tmp_path / "cpuinfo"
     path.write_text(SAPPHIRE_RAPIDS)
     info = cpu_info(path)
@@ -166,87 +71,3 @@ def test_cpu_info_names_the_model_and_the_isa_features_that_pick_float_kernels(t
     assert missing["isa"] == [] and missing["model"]  # falls back to what platform knows
     recorded = environment_info()["cpu"]  # what every run's environment.json carries
     assert set(recorded) == {"model", "vendor", "isa", "cores", "family", "model_number"} and recorded["cores"] >= 1
-
-
-@pytest.mark.parametrize("models,cores,expected", [
-    ([("wrn", 128, 256)], 2, 2),                       # conv nets: one device per core
-    ([("cnn", 128, 256), ("wrn", 128, 256)], 4, 4),
-    ([("wrn", 128, 256)], 64, 8),                      # at most MAX_AUTO_CPU_DEVICES
-    ([("cnn", 96, 100)], 8, 4),                        # the largest count that divides every batch
-    ([("cnn", 128, 100)], 8, 4),
-    ([("mlp", 128, 256)], 2, 1),                       # MLP steps are slower split
-    ([("wrn", 128, 256), ("mlp", 128, 256)], 2, 1),   # one count per process: any MLP keeps one
-    ([], 2, 1),
-])
-def test_auto_cpu_devices(models, cores, expected):
-    assert auto_cpu_devices(models, cores=cores) == expected
-
-
-def _environment_after_cli_train(tmp_path, arch, *args):
-    overrides = ["data.dataset=synthetic", "data.val_size=64", f"model.arch={arch}", "model.width=1",
-                 "model.depth=10", "train.batch_size=64", "train.epochs=1", "objective.kind=natural",
-                 "eval.val_examples=64", "eval.test_examples=64", "eval.batch_size=64", "eval.attack.num_steps=1",
-                 "eval.lipschitz=none", "train.progress=false", "data.train_subset=128"]
-    env = {k: v for k, v in os.environ.items() if k != "NT_ROBUST_CPU_DEVICES"}
-    command = [sys.executable, "-m", "nt_robust.cli", "train", "--run-dir", str(tmp_path / arch), *args]
-    for override in overrides:
-        command += ["--set", override]
-    done = subprocess.run(command, env={**env, "JAX_PLATFORMS": "cpu", "NT_ROBUST_COMPILATION_CACHE": "off"},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((tmp_path / arch / "environment.json").read_text())
-
-
-def test_the_cli_splits_the_cpu_for_conv_nets_only_and_records_why(tmp_path):
-    conv = _environment_after_cli_train(tmp_path, "wrn")
-    expected = auto_cpu_devices([("wrn", 64, 64)])
-    assert conv["device_count"] == expected and conv["cpu_devices"]["count"] == expected
-    assert conv["cpu_devices"]["source"].startswith("auto")
-    mlp = _environment_after_cli_train(tmp_path, "mlp")
-    assert mlp["device_count"] == 1 and mlp["cpu_devices"]["source"].startswith("auto")
-    asked = _environment_after_cli_train(tmp_path / "asked", "wrn", "--cpu-devices", "1")
-    assert asked["device_count"] == 1 and asked["cpu_devices"]["source"] == "--cpu-devices"
-
-
-_FLAGGED_MATH = r"""
-import json, sys
-import numpy as np
-from nt_robust.environment import configure_xla_cpu
-configure_xla_cpu()
-import jax, jax.numpy as jnp
-rng = np.random.default_rng(0)
-a, b, c = (rng.standard_normal((64, 8, 8, 16)).astype(np.float32) for _ in range(3))
-def fused(a, b, c):  # the shape of a BatchNorm-backward fusion feeding a weight-gradient convolution
-    return jnp.transpose(a * b + c, (3, 1, 2, 0)), jnp.exp(a), jnp.tanh(b), jax.lax.rsqrt(jnp.abs(c) + 0.5)
-compiled = jax.jit(fused).lower(a, b, c).compile()
-outputs = [np.asarray(o, np.float64) for o in compiled(a, b, c)]
-json.dump({"ynn": "ynn" in compiled.as_text(), "outputs": [o.ravel().tolist() for o in outputs]}, sys.stdout)
-"""
-
-
-def test_the_library_flags_keep_elementwise_math_at_float32_accuracy():
-    """With the library's XLA flags, elementwise fusions run through YNNPACK (on the jaxlibs
-    the flag is for): their values must stay float32-accurate against float64 numpy. Bounds:
-    a*b + c rounds at most twice, so |error| <= 2 eps (|a b| + |c|); the transpose moves values
-    exactly; exp, tanh and rsqrt of libm quality are within a few ulps (8 allowed; a bfloat16
-    approximation is off by >= 2**15 ulps, a fast-math one by hundreds)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NT_ROBUST_XLA_CPU_FLAGS")}
-    env["NT_ROBUST_CONV_IMPL_AUTO"] = "xla"  # XLA's convolutions: the library adds the elementwise fusions
-    done = subprocess.run([sys.executable, "-c", _FLAGGED_MATH], env={**env, "JAX_PLATFORMS": "cpu"},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    version = _jaxlib_version()
-    if version is not None and (0, 10, 2) <= version < (0, 11, 0):
-        assert result["ynn"], "the elementwise fusion did not run through YNNPACK with the library's flags"
-    rng = np.random.default_rng(0)
-    a, b, c = (rng.standard_normal((64, 8, 8, 16)).astype(np.float32).astype(np.float64) for _ in range(3))
-    eps = float(np.finfo(np.float32).eps)
-    fused, exp, tanh, rsqrt = (np.asarray(o) for o in result["outputs"])
-    exact = np.transpose(a * b + c, (3, 1, 2, 0)).ravel()
-    bound = 2 * eps * np.transpose(np.abs(a * b) + np.abs(c), (3, 1, 2, 0)).ravel()
-    assert np.all(np.abs(fused - exact) <= bound)
-    for got, want in ((exp, np.exp(a)), (tanh, np.tanh(b)), (rsqrt, 1 / np.sqrt(np.abs(c) + 0.5))):
-        want = want.ravel()
-        spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
-        assert np.max(np.abs(got - want) / spacing) <= 8

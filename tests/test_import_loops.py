@@ -1,9 +1,8 @@
 """Import loops in nt_robust, function-local imports included (the README's "data flows one
 way"), between modules and between packages (a package: the first two dotted parts of a
 module's name, ``nt_robust.train``, ``nt_robust.evaluate``), and imports that climb: attacks
-never import the training or export code, models none of training, attacks or studies. One
-loop is known at each level and waits for the redesign of issue 35 (the CPU engine in its
-own package): nothing else may appear, and when that loop is gone this test says to drop it."""
+never import the training or export code, models none of training, attacks or studies.
+There must be none."""
 
 from __future__ import annotations
 
@@ -11,18 +10,14 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nt_robust"
-KNOWN = {frozenset({"nt_robust.environment", "nt_robust.models.conv", "nt_robust.models.conv_choice",
-                    "nt_robust.models.dense", "nt_robust.models.native_conv"})}
 
-# environment.py and the CPU kernels in models/ import each other (the module loop above,
-# seen from the packages); issue 35 moves the kernels to nt_robust/cpu/ and removes it.
-KNOWN_PACKAGE = {frozenset({"nt_robust.environment", "nt_robust.models"})}
 # package -> the packages it must never import (a lower layer reaching up).
 NEVER_IMPORTS = {
     "nt_robust.accelerators": {"*"},   # data about chips: no project imports at all
     "nt_robust.attacks": {"nt_robust.train", "nt_robust.export", "nt_robust.evaluate", "nt_robust.studies"},
     "nt_robust.models": {"nt_robust.train", "nt_robust.attacks", "nt_robust.studies", "nt_robust.export",
-                         "nt_robust.evaluate"},
+                         "nt_robust.evaluate", "nt_robust.environment"},
+    "nt_robust.environment": {"nt_robust.models"},
     "nt_robust.train": {"nt_robust.evaluate", "nt_robust.export", "nt_robust.studies"},
 }
 
@@ -106,12 +101,9 @@ def test_the_scan_finds_a_loop_it_is_shown():
     assert _loops({"a": {"b"}, "b": set()}) == set()
 
 
-def test_no_import_loop_but_the_known_one():
-    loops = _loops(_edges(_modules()))
-    new = [sorted(loop) for loop in loops - KNOWN]
-    assert not new, f"import loops: {new} (move the shared piece down, or import one way only)"
-    gone = [sorted(loop) for loop in KNOWN - loops]
-    assert not gone, f"the known loop {gone} is gone: remove it from KNOWN"
+def test_no_import_loop():
+    loops = [sorted(loop) for loop in _loops(_edges(_modules()))]
+    assert not loops, f"import loops: {loops} (move the shared piece down, or import one way only)"
 
 
 def test_the_package_scan_counts_faces_and_function_local_imports(tmp_path):
@@ -128,12 +120,9 @@ def test_the_package_scan_counts_faces_and_function_local_imports(tmp_path):
     assert _loops(_edges(modules)) == set()   # the same code has no module loop: a face is not a target
 
 
-def test_no_package_import_loop_but_the_known_one():
-    loops = _loops(_package_edges(_modules()))
-    new = [sorted(loop) for loop in loops - KNOWN_PACKAGE]
-    assert not new, f"package import loops: {new} (move the shared piece down, or import one way only)"
-    gone = [sorted(loop) for loop in KNOWN_PACKAGE - loops]
-    assert not gone, f"the known package loop {gone} is gone: remove it from KNOWN_PACKAGE"
+def test_no_package_import_loop():
+    loops = [sorted(loop) for loop in _loops(_package_edges(_modules()))]
+    assert not loops, f"package import loops: {loops} (move the shared piece down, or import one way only)"
 
 
 def test_no_upward_import():

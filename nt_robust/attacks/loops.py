@@ -5,7 +5,7 @@ step count. ``"unroll"`` writes every step into the graph (a Python loop at trac
 ``"auto"`` is fori on every backend. On CPU, unrolling used to be several times faster for
 conv nets, because autodiff's input-gradient convolution fell off XLA:CPU's fast path inside
 a ``while`` body; ``conv_impl = "auto"`` now writes that gradient in a form that stays fast
-there (``nt_robust.models.conv``), and on an Intel Xeon the fori loop was then as fast for
+there (``nt_robust.cpu.conv``), and on an Intel Xeon the fori loop was then as fast for
 the conv nets' TRADES steps and PGD-20 and faster for the MLP's (TRADES 33.5 against 45.5
 ms, PGD-20 on 500 points 53 against 75 ms: XLA fused each unrolled step's update into the
 next, recomputing the whole chain), and compiled in about half the time (docs/benchmarks.md;

@@ -15,8 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nt_robust.models.conv import CONV_IMPLS
-from nt_robust.models.dense import DENSE_IMPLS
 from nt_robust.models.layers import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.wide_resnet import WideResNet
@@ -42,14 +40,15 @@ class ModelConfig:
     ``input_std``: optional per-channel normalization applied inside the model.
     ``conv_impl``: how convolutions and their gradients are computed — "auto" (on the CPU
     backend whichever of "flipped_dx", "shifted_matmul" and "native" was measured fastest on
-    this machine, ``nt_robust.models.conv_choice``; plain XLA elsewhere), "xla",
+    this machine, ``nt_robust.cpu.choice``; plain XLA elsewhere), "xla",
     "flipped_dx", "shifted_matmul" or "native" (hand-written CPU kernels, built with g++ on
-    first use: ``nt_robust.models.native_conv``). Same function and gradients up to float
-    summation order; see ``nt_robust.models.conv`` (use "xla" for forward-mode autodiff
+    first use: ``nt_robust.cpu.native``). Same function and gradients up to float
+    summation order; see ``nt_robust.cpu.conv`` (use "xla" for forward-mode autodiff
     through the model). ``dense_impl``: how an MLP's dense layers multiply — "auto" (on the CPU
     backend XLA's products or a hand-written matrix-product kernel, whichever was measured
-    faster on this machine), "xla" or "native" (``nt_robust.models.dense``; the same function
-    up to float summation order; "xla" for forward-mode autodiff).
+    faster on this machine), "xla" or "native" (``nt_robust.cpu.dense``; the same function
+    up to float summation order; "xla" for forward-mode autodiff). :func:`create_model` turns
+    both into the model's ``conv`` / ``dot_general`` functions (``nt_robust.cpu.ops.layer_ops``).
 
     ``dtype``: the compute dtype of training, "float32" or "bfloat16" (mixed precision:
     docs/design.md). Parameters, optimizer state and BatchNorm statistics stay float32,
@@ -70,6 +69,8 @@ class ModelConfig:
     matmul_precision: str = "default"
 
     def __post_init__(self) -> None:
+        from nt_robust.cpu.ops import CONV_IMPLS, DENSE_IMPLS  # here: importing the models loads no CPU engine
+
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
         if self.conv_impl not in CONV_IMPLS:
@@ -101,18 +102,23 @@ class ModelConfig:
 def create_model(config: ModelConfig, num_classes: int, dtype: str | None = None) -> nn.Module:
     """The Flax module for ``config``; every model is called as ``model.apply(v, x, train=...)``.
     ``dtype`` overrides ``config.dtype`` (evaluation builds the same model in ``eval.dtype``:
-    the same parameters, another compute dtype)."""
+    the same parameters, another compute dtype). The one place where ``config.conv_impl`` and
+    ``config.dense_impl`` become functions (on a CPU host "auto" may measure them here, once
+    per machine), so no trace of the model measures or builds anything."""
+    from nt_robust.cpu.ops import layer_ops
+
     dtype = config.dtype if dtype is None else dtype
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(f"the compute dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
     norm = dict(input_mean=config.input_mean, input_std=config.input_std, dtype=jnp.dtype(dtype),
                 precision=MATMUL_PRECISIONS[config.matmul_precision])
+    ops = layer_ops(config)
     if config.arch == "wrn":
-        return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes,
-                          conv_impl=config.conv_impl, **norm)
+        return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes, conv=ops["conv"], **norm)
     if config.arch == "mlp":
-        return MLP(width=config.width, depth=config.depth, num_classes=num_classes, dense_impl=config.dense_impl, **norm)
-    return SmallCNN(width=config.width, num_classes=num_classes, conv_impl=config.conv_impl, **norm)
+        return MLP(width=config.width, depth=config.depth, num_classes=num_classes, dot_general=ops["dot_general"],
+                   **norm)
+    return SmallCNN(width=config.width, num_classes=num_classes, conv=ops["conv"], **norm)
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int, int]) -> Any:

@@ -12,12 +12,12 @@ that the forward pass does not use (the TRADES code builds one and never calls i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from nt_robust.models.conv import conv_function
 from nt_robust.models.layers import Normalize, conv_init, float32_logits, linear_init, to_compute_dtype
 
 
@@ -42,14 +42,14 @@ class BasicBlock(nn.Module):
 
     out_channels: int
     stride: int
-    conv_impl: str = "auto"
+    conv: Callable = lax.conv_general_dilated
     dtype: Any = jnp.float32
     precision: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool):
         equal_in_out = x.shape[-1] == self.out_channels and self.stride == 1
-        conv = dict(use_bias=False, kernel_init=conv_init, conv_general_dilated=conv_function(self.conv_impl),
+        conv = dict(use_bias=False, kernel_init=conv_init, conv_general_dilated=self.conv,
                     dtype=self.dtype, precision=self.precision)
         activated = nn.relu(_batch_norm(train, "bn1", self.dtype)(x))
         out = nn.Conv(self.out_channels, (3, 3), strides=self.stride, padding=1, name="conv1", **conv)(activated)
@@ -65,7 +65,8 @@ class BasicBlock(nn.Module):
 
 class WideResNet(nn.Module):
     """WRN-``depth``-``width``; ``depth`` must be 6n + 4 and ``width`` an integer ≥ 1.
-    ``conv_impl``: see ``nt_robust.models.conv`` (changes speed, not the function).
+    ``conv``: the ``lax.conv_general_dilated`` of every convolution (``create_model`` passes
+    the one ``model.conv_impl`` names, ``nt_robust.cpu.ops``; it changes speed, not the function).
     ``dtype``: the compute dtype of every convolution and the classifier (the input is cast
     to it after the float32 normalization; BatchNorm normalizes in float32 and returns it);
     ``precision``: every layer's matmul precision. Parameters and BatchNorm statistics are
@@ -76,7 +77,7 @@ class WideResNet(nn.Module):
     num_classes: int = 10
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
-    conv_impl: str = "auto"
+    conv: Callable = lax.conv_general_dilated
     dtype: Any = jnp.float32
     precision: Any = None
 
@@ -90,10 +91,10 @@ class WideResNet(nn.Module):
         compute = dict(dtype=self.dtype, precision=self.precision)
         x = to_compute_dtype(Normalize(self.input_mean, self.input_std)(x), self.dtype)
         x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
-                    conv_general_dilated=conv_function(self.conv_impl), name="stem", **compute)(x)
+                    conv_general_dilated=self.conv, name="stem", **compute)(x)
         for group, (channels, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
             for block in range(blocks_per_group):
-                x = BasicBlock(channels * self.width, stride if block == 0 else 1, self.conv_impl,
+                x = BasicBlock(channels * self.width, stride if block == 0 else 1, self.conv,
                                name=f"group{group + 1}_block{block + 1}", **compute)(x, train)
         x = nn.relu(_batch_norm(train, "final_bn", self.dtype)(x))
         x = jnp.mean(x, axis=(1, 2))

@@ -117,7 +117,7 @@ def cached(kind: str, what: Any, compute) -> dict[str, Any]:
     import os
 
     from nt_robust import io
-    from nt_robust.environment import cache_dir, package_version
+    from nt_robust.cpu.machine import cache_dir, package_version
 
     if os.environ.get("NT_ROBUST_ESTIMATE_CACHE", "").lower() in ("off", "0", "false", "no"):
         return compute()

@@ -132,20 +132,20 @@ def flax_empirical_ntk(model: nn.Module, variables: Any, x: jax.Array, implement
     ``implementation`` defaults to JACOBIAN_CONTRACTION (reverse mode). NTK_VECTOR_PRODUCTS
     is forward mode: it cannot go through the custom-VJP convolutions ("auto" on CPU), so it
     is refused for such a model with the fix."""
-    from nt_robust.models import conv, dense
+    from nt_robust.cpu.ops import supports_forward_mode
     from nt_robust.theory.nt_compat import NTK_IMPL, NTK_IMPL_VP, nt
 
     implementation = NTK_IMPL if implementation is None else implementation
-    conv_impl, dense_impl = getattr(model, "conv_impl", "xla"), getattr(model, "dense_impl", "xla")
-    if implementation == NTK_IMPL_VP and not conv.supports_forward_mode(conv_impl):
+    conv, dot_general = getattr(model, "conv", None), getattr(model, "dot_general", None)
+    if implementation == NTK_IMPL_VP and conv is not None and not supports_forward_mode(conv):
         raise ValueError(
-            f"NTK_VECTOR_PRODUCTS differentiates the model in forward mode, which the {conv.resolve_conv_impl(conv_impl)} "
-            f"convolution (conv_impl={conv_impl!r}; a jax.custom_vjp) does not support: build the "
+            f"NTK_VECTOR_PRODUCTS differentiates the model in forward mode, which its convolution "
+            f"({conv.__name__}, a jax.custom_vjp) does not support: build the "
             f"model with conv_impl='xla' (same function and parameters), or use JACOBIAN_CONTRACTION")
-    if implementation == NTK_IMPL_VP and not dense.supports_forward_mode(dense_impl):
+    if implementation == NTK_IMPL_VP and dot_general is not None and not supports_forward_mode(dot_general):
         raise ValueError(
             f"NTK_VECTOR_PRODUCTS differentiates the model in forward mode, which the native dense kernel "
-            f"(dense_impl={dense_impl!r}; a jax.custom_vjp) does not support: build the model with "
+            f"({dot_general.__name__}, a jax.custom_vjp) does not support: build the model with "
             f"dense_impl='xla' (same function and parameters), or use JACOBIAN_CONTRACTION")
     rest = {k: v for k, v in variables.items() if k != "params"}
     return _flax_ntk(model, variables["params"], rest, x, implementation, output)

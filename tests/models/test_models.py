@@ -1,5 +1,8 @@
 """Models: parameter counts derived by hand, shapes, normalization inside the model, BN modes."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +121,29 @@ def test_labels():
     assert ModelConfig("mlp", 256, 2).label == "MLP-2x256"
     assert ModelConfig("cnn", 4).label == "CNNx4"
     assert isinstance(create_model(ModelConfig("cnn", 4), 10), SmallCNN)
+
+
+def test_the_model_modules_import_nothing_from_the_cpu_engine():
+    """The models are pure Flax: importing them loads no part of nt_robust.cpu (the kernels, the
+    per-machine choice); only create_model reaches it, to resolve the config's functions."""
+    code = ("import sys, nt_robust.models.wide_resnet, nt_robust.models.small, nt_robust.models.layers; "
+            "print(sorted(m for m in sys.modules if m.startswith('nt_robust.cpu')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("arch,field,impl", [("wrn", "conv_impl", "shifted_matmul"), ("cnn", "conv_impl", "xla"),
+                                             ("cnn", "conv_impl", "flipped_dx"), ("mlp", "dense_impl", "xla")])
+def test_create_model_hands_the_config_s_function_to_the_layers(arch, field, impl):
+    from jax import lax
+
+    from nt_robust.cpu.conv import flipped_dx_conv, shifted_matmul_conv
+
+    model = create_model(ModelConfig(arch, depth=10, **{field: impl}), num_classes=10)
+    expected = {"shifted_matmul": shifted_matmul_conv, "flipped_dx": flipped_dx_conv,
+                "xla": lax.dot_general if arch == "mlp" else lax.conv_general_dilated}[impl]
+    assert (model.dot_general if arch == "mlp" else model.conv) is expected
+    # and the layers run it: the custom VJPs show in the program, XLA's convolution alone does not
+    jaxpr = str(jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x))(jnp.zeros((1, 8, 8, 3))))
+    assert ("custom_vjp" in jaxpr) == (impl in ("shifted_matmul", "flipped_dx"))

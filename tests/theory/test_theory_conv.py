@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nt_robust.cpu.ops import conv_function
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.wide_resnet import WideResNet
 from nt_robust.theory.conv import (abs_product_bound, flax_empirical_ntk, kernel_distance,
@@ -76,7 +77,7 @@ def test_flax_empirical_ntk_equals_jjt_and_is_symmetric_psd():
     """The WRN (BatchNorm in eval mode with statistics away from (0, 1)); the SmallCNN goes
     through the same flax_empirical_ntk code."""
     with jax.enable_x64(True):
-        model = WideResNet(depth=10, width=1, num_classes=3, conv_impl="xla", dtype=jnp.float64)
+        model = WideResNet(depth=10, width=1, num_classes=3, dtype=jnp.float64)  # XLA's convolutions
         x = jnp.asarray(_images(3, 4, 2), jnp.float64)
         variables = _generic_variables(model, x, 0, np.float64)  # BN statistics away from (0, 1), as after training
         theta = np.asarray(flax_empirical_ntk(model, variables, x))
@@ -89,7 +90,7 @@ def test_flax_empirical_ntk_equals_jjt_and_is_symmetric_psd():
 
 @pytest.mark.parametrize("conv_impl", ["shifted_matmul", "flipped_dx", "auto"])
 def test_forward_mode_ntk_is_refused_for_the_custom_vjp_convs_with_the_fix(conv_impl):
-    model = SmallCNN(width=1, num_classes=3, conv_impl=conv_impl)
+    model = SmallCNN(width=1, num_classes=3, conv=conv_function(conv_impl))
     x = _images(2, 4, 3)
     variables = _generic_variables(model, x, 0)
     with pytest.raises(ValueError, match="conv_impl='xla'"):

@@ -17,7 +17,9 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def start_jax(args: argparse.Namespace) -> None:
-    from nt_robust.environment import configure_xla_cpu, enable_compilation_cache, set_cpu_devices
+    from nt_robust.cpu.devices import set_cpu_devices
+    from nt_robust.cpu.setup import configure_xla_cpu
+    from nt_robust.environment import enable_compilation_cache
 
     set_cpu_devices()  # from NT_ROBUST_CPU_DEVICES, as the CLI does
     configure_xla_cpu()

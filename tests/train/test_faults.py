@@ -403,14 +403,14 @@ def test_eval_on_a_full_disk_is_refused_before_the_attack(tmp_path):
 
 
 def test_unwritable_kernel_cache_leaves_native_out_instead_of_stopping(tmp_path, monkeypatch):
-    from nt_robust.models import conv_choice, native_conv
+    from nt_robust.cpu import choice, native
 
-    if shutil.which(native_conv.COMPILER) is None:
+    if shutil.which(native.COMPILER) is None:
         pytest.skip("no C++ compiler: the kernels are unavailable for another reason")
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(native_conv, "register", native_conv.register.__wrapped__)  # not this process's build
-    reason = conv_choice.native_unavailable()
+    monkeypatch.setattr(native, "register", native.register.__wrapped__)  # not this process's build
+    reason = choice.native_unavailable()
     assert reason is not None and "cannot be built into the cache" in reason and str(tmp_path / "cache") in reason
 
 
@@ -549,23 +549,23 @@ def test_unreachable_coordinator_is_an_error_within_its_timeout(monkeypatch):
 
 
 def test_kernel_choice_made_without_the_native_kernels_is_measured_again_once_they_build(tmp_path, monkeypatch):
-    from nt_robust.models import conv_choice
+    from nt_robust.cpu import choice
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    io.write_json(conv_choice.cache_path(), {"key": {"impl": "xla", "xla_ms": 2.0, "shifted_matmul_ms": 3.0,
+    io.write_json(choice.cache_path(), {"key": {"impl": "xla", "xla_ms": 2.0, "shifted_matmul_ms": 3.0,
                                                      "native_unavailable": "g++ is not on PATH"}})
-    monkeypatch.setattr(conv_choice, "native_unavailable", lambda: None)  # g++ installed since
+    monkeypatch.setattr(choice, "native_unavailable", lambda: None)  # g++ installed since
     measured = []
 
     def measure_now():
         measured.append(True)
         return {"xla_ms": 2.0, "shifted_matmul_ms": 3.0, "native_ms": 1.0}
 
-    choice = conv_choice._cached_choice(conv_choice.CHOICES, "NT_ROBUST_TEST_UNSET", "key", measure_now,
-                                        lambda t: min(("xla", "shifted_matmul", "native"), key=lambda k: t[f"{k}_ms"]),
-                                        "a test layer")
-    assert measured and choice["impl"] == "native" and choice["source"] == "measured now"
-    assert io.read_json(conv_choice.cache_path())["key"]["impl"] == "native"
+    chosen = choice._cached_choice(choice.CHOICES, "NT_ROBUST_TEST_UNSET", "key", measure_now,
+                                   lambda t: min(("xla", "shifted_matmul", "native"), key=lambda k: t[f"{k}_ms"]),
+                                   "a test layer")
+    assert measured and chosen["impl"] == "native" and chosen["source"] == "measured now"
+    assert io.read_json(choice.cache_path())["key"]["impl"] == "native"
 
 
 def test_damaged_attack_check_result_is_left_out_of_the_report_naming_it(tmp_path, caplog):

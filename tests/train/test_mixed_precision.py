@@ -17,7 +17,7 @@ from nt_robust.attacks import PGD20, TRADES_TRAIN, pgd
 from nt_robust.config import load_config
 from nt_robust.data.synthetic import make_synthetic_dataset
 from nt_robust.models import ModelConfig, create_model, init_variables, make_logits_fn
-from nt_robust.models.conv import shifted_matmul_conv
+from nt_robust.cpu.conv import shifted_matmul_conv
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.optim import make_optimizer
 from nt_robust.attacks.sanity import attack_correct, binomial_tail, precision_gap_flag

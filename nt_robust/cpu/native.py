@@ -1,5 +1,5 @@
 """Hand-written CPU convolution kernels for ``model.conv_impl = "native"`` (which "auto" picks
-where it measured them fastest, ``nt_robust.models.conv_choice``).
+where it measured them fastest, ``nt_robust.cpu.choice``).
 
 XLA:CPU's convolutions at 16–64 channels are what keep WideResNet steps behind PyTorch's
 oneDNN on CPU (docs/benchmarks.md). Two small C++ kernels, called from XLA through its FFI,
@@ -10,9 +10,9 @@ XLA:CPU's own thread pool (``kernels/common.h``), so one device uses every core;
 parallelism over CPU devices (what ``nt-robust train`` does for conv nets)
 ``custom_partitioning`` gives each device its shard of the batch. The same library holds the
 matrix-product kernel of ``model.dense_impl = "native"`` (``kernels/matmul.cc``,
-``nt_robust.models.dense``)::
+``nt_robust.cpu.dense``)::
 
-    from nt_robust.models.native_conv import conv_forward, matmul, weight_gradient, native_status
+    from nt_robust.cpu.native import conv_forward, matmul, weight_gradient, native_status
 
     native_status()           # {"available": True, "library": ".../libnt_robust_conv.so", ...}
     y = conv_forward(x, w, strides=(1, 1), low_pads=(1, 1), out_hw=(32, 32))
@@ -27,9 +27,9 @@ and the CPU's model and ISA, so a home directory shared by different machines ke
 build per CPU. The vector width follows the target's ISA (16 floats with AVX-512, 8 with
 AVX2: ``kernels/common.h``). Without g++ (or when the build fails)
 :class:`NativeConvUnavailable` says so and names the fix. float32 only
-(``nt_robust.models.conv`` keeps XLA's convolutions for other dtypes); CPU backend only.
+(``nt_robust.cpu.conv`` keeps XLA's convolutions for other dtypes); CPU backend only.
 Under ``jax.vmap`` a kernel runs on the folded batch, or once per mapped element; a gradient
-of a gradient goes through XLA's derivatives (``nt_robust.models.conv``).
+of a gradient goes through XLA's derivatives (``nt_robust.cpu.conv``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
 SOURCES = (KERNELS / "conv_fwd.cc", KERNELS / "conv_dw.cc", KERNELS / "matmul.cc")
@@ -72,7 +72,7 @@ def march() -> str:
 def build_key() -> str:
     """What a build depends on: the sources, the target, the compiler, jaxlib and the CPU
     (``-march=native``: its model name and numbers, and the vector ISA features ``cpu_info`` reads)."""
-    from nt_robust.environment import cpu_info, package_version
+    from nt_robust.cpu.machine import cpu_info, package_version
 
     cpu = cpu_info()
     digest = hashlib.sha256()
@@ -91,7 +91,7 @@ def build(directory: Path | None = None) -> Path:
     a build killed midway, or two processes building at once, never leave a broken library."""
     import jax
 
-    from nt_robust.environment import cache_dir
+    from nt_robust.cpu.machine import cache_dir
 
     if shutil.which(COMPILER) is None:
         raise NativeConvUnavailable(
@@ -138,7 +138,7 @@ def register() -> Path:
 
 def unchecked_jaxlib() -> str | None:
     """Why "auto" must not pick the kernels on this jaxlib (None: it is one they were tested with)."""
-    from nt_robust.environment import package_version
+    from nt_robust.cpu.machine import package_version
 
     text = package_version("jaxlib") or "unknown"
     try:
@@ -284,3 +284,19 @@ def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
 
     rule = ("k m, " if transpose_a else "m k, ") + ("n k" if transpose_b else "k n") + " -> m n"
     return _batch_partitioned(call, rule, summed=transpose_a)(a, b)
+
+
+def with_xla_derivatives(native: Callable, xla: Callable) -> Callable:
+    """``native(a, b)`` (a kernel call), differentiated (for a gradient of a gradient) through
+    ``xla(a, b)``: the same function in XLA's ops, which, unlike a kernel call, have derivatives::
+
+        product = with_xla_derivatives(lambda a, b: matmul(a, b), lambda a, b: a @ b)
+    """
+    import jax
+
+    @jax.custom_vjp
+    def fn(a, b):
+        return native(a, b)
+
+    fn.defvjp(lambda a, b: (native(a, b), (a, b)), lambda operands, g: jax.vjp(xla, *operands)[1](g))
+    return fn

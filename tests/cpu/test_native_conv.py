@@ -1,4 +1,4 @@
-"""conv_impl = "native" (nt_robust.models.native_conv): the kernels' forward pass, input
+"""conv_impl = "native" (nt_robust.cpu.native): the kernels' forward pass, input
 gradient and weight gradient against float64 loops within the float32 summation bounds, on
 one device and split over two; the build's cache and its errors."""
 
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from test_conv import gamma, numpy_input_gradient, numpy_weight_gradient  # pytest puts this folder on sys.path
 
-from nt_robust.environment import cpu_info
-from nt_robust.models import native_conv
-from nt_robust.models.conv import NATIVE_MIN_OUT_CHANNELS, conv_function, resolve_conv_impl, supports_forward_mode
+from nt_robust.cpu import native
+from nt_robust.cpu.machine import cpu_info
+from nt_robust.cpu.conv import NATIVE_MIN_OUT_CHANNELS
+from nt_robust.cpu.ops import conv_function, resolve_conv_impl, supports_forward_mode
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernels are built with g++")
@@ -37,7 +38,7 @@ def run_script(script: str, tmp_path: Path, env: dict | None = None) -> tuple[st
 
 def run_avx2_script(script: str, tmp_path: Path) -> dict:
     """:func:`run_script` with the kernels built for AVX2 (``x86-64-v3``) into a cache of its own;
-    the script prints ``native_conv.register()``, the library it loaded, to show that it was that build."""
+    the script prints ``native.register()``, the library it loaded, to show that it was that build."""
     env = {**os.environ, "NT_ROBUST_NATIVE_MARCH": "x86-64-v3", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     stdout, arrays = run_script(script, tmp_path, env)
     assert str(tmp_path / "cache") in stdout  # its own build, not the native one
@@ -103,10 +104,10 @@ def test_native_convolution_and_its_gradients_match_float64_loops(kernel, stride
     dx, dw = vjp(jnp.asarray(g))
     check_against_loops(x, w, g, np.asarray(out), np.asarray(dx), np.asarray(dw), stride, padding)
     text = jax.jit(lambda x, w, g: jax.vjp(f, x, w)[1](g)).lower(x, w, g).compile().as_text()
-    assert native_conv.WEIGHT_GRADIENT_TARGET in text
+    assert native.WEIGHT_GRADIENT_TARGET in text
     # the input gradient runs the direct convolution for at least 16 input channels
-    assert (native_conv.FORWARD_TARGET in text) == (cin >= NATIVE_MIN_OUT_CHANNELS)
-    assert resolve_conv_impl("native") == "native" and not supports_forward_mode("native")
+    assert (native.FORWARD_TARGET in text) == (cin >= NATIVE_MIN_OUT_CHANNELS)
+    assert resolve_conv_impl("native") == "native" and not supports_forward_mode(conv)
 
 
 @needs_compiler
@@ -119,7 +120,7 @@ def test_split_over_two_devices_each_device_runs_its_shard_and_the_sums_are_exac
         jax.config.update("jax_num_cpu_devices", 2)
         import jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from nt_robust.models.conv import conv_function
+        from nt_robust.cpu.ops import conv_function
         rng = np.random.default_rng(0)
         x = rng.standard_normal((4, 8, 8, 16)).astype(np.float32)
         w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
@@ -143,21 +144,21 @@ def test_split_over_two_devices_each_device_runs_its_shard_and_the_sums_are_exac
 
 @needs_compiler
 def test_the_build_is_cached_and_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
-    library = native_conv.build(tmp_path / "ok")
+    library = native.build(tmp_path / "ok")
     stamp = library.stat().st_mtime_ns
-    assert native_conv.build(tmp_path / "ok") == library and library.stat().st_mtime_ns == stamp
+    assert native.build(tmp_path / "ok") == library and library.stat().st_mtime_ns == stamp
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
-    monkeypatch.setattr(native_conv, "SOURCES", (broken,))
-    with pytest.raises(native_conv.NativeConvUnavailable, match="building the native convolution kernels failed"):
-        native_conv.build(tmp_path / "bad")
+    monkeypatch.setattr(native, "SOURCES", (broken,))
+    with pytest.raises(native.NativeConvUnavailable, match="building the native convolution kernels failed"):
+        native.build(tmp_path / "bad")
     assert list((tmp_path / "bad").iterdir()) == []  # no partial library
 
 
 def test_without_a_compiler_the_error_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(native_conv, "COMPILER", "no-such-compiler-nt-robust")
-    with pytest.raises(native_conv.NativeConvUnavailable, match="apt-get install g\\+\\+.*conv_impl = 'auto'"):
-        native_conv.build(tmp_path)
+    monkeypatch.setattr(native, "COMPILER", "no-such-compiler-nt-robust")
+    with pytest.raises(native.NativeConvUnavailable, match="apt-get install g\\+\\+.*conv_impl = 'auto'"):
+        native.build(tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -178,8 +179,8 @@ def test_each_kernel_alone_matches_float64_loops_at_its_edge_cases(batch, size, 
     x = rng.standard_normal((batch, size, size, cin)).astype(np.float32)
     w = rng.standard_normal((kernel, kernel, cin, cout)).astype(np.float32)
     g = rng.standard_normal((batch, out, out, cout)).astype(np.float32)
-    forward = jax.jit(lambda x, w: native_conv.conv_forward(x, w, (stride, stride), (pad, pad), (out, out)))
-    dw = jax.jit(lambda x, g: native_conv.weight_gradient(x, g, w.shape, (stride, stride), (pad, pad)))
+    forward = jax.jit(lambda x, w: native.conv_forward(x, w, (stride, stride), (pad, pad), (out, out)))
+    dw = jax.jit(lambda x, g: native.weight_gradient(x, g, w.shape, (stride, stride), (pad, pad)))
     pads = ((pad, pad), (pad, pad))
     check_against_loops(x, w, g, np.asarray(forward(x, w)), None, np.asarray(dw(x, g)), stride, pads)
     # the bounds are tight enough to catch a kernel read flipped in space
@@ -220,7 +221,7 @@ def test_under_vmap_and_for_a_gradient_of_a_gradient_native_equals_float64_xla_e
 
     got = jax.jit(lambda x, w, c: quantities(conv_function("native"), x, w, c))(x, w, c)
     text = jax.jit(lambda x, w, c: quantities(conv_function("native"), x, w, c)).lower(x, w, c).as_text()
-    assert native_conv.FORWARD_TARGET in text and native_conv.WEIGHT_GRADIENT_TARGET in text
+    assert native.FORWARD_TARGET in text and native.WEIGHT_GRADIENT_TARGET in text
     with jax.enable_x64(True):
         want = quantities(jax.lax.conv_general_dilated, *(jnp.asarray(a, jnp.float64) for a in (x, w, c)))
         want = [np.asarray(a) for a in want]
@@ -252,7 +253,7 @@ def test_the_forward_kernel_on_a_dilated_input_matches_float64_loops(size, cin, 
     padding = ((pads[0], pads[0] + 1), (pads[1], pads[1]))
     want = numpy_forward(xd, w.astype(np.float64), 1, padding)
     bound = gamma(9 * cin) * numpy_forward(absd, np.abs(w).astype(np.float64), 1, padding)
-    got = jax.jit(lambda x, w: native_conv.conv_forward(x, w, (1, 1), pads, want.shape[1:3], dilation))(x, w)
+    got = jax.jit(lambda x, w: native.conv_forward(x, w, (1, 1), pads, want.shape[1:3], dilation))(x, w)
     assert got.shape == want.shape
     assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound), np.max(np.abs(got - want) / bound)
 
@@ -263,7 +264,7 @@ def test_environment_json_records_the_kernels_a_run_uses():
 
     record = environment_info("native")["native_conv"]
     assert record["available"] and Path(record["library"]).is_file()
-    assert record["build_key"] == native_conv.build_key() and record["build_key"] in record["library"]
+    assert record["build_key"] == native.build_key() and record["build_key"] in record["library"]
     assert environment_info("xla")["native_conv"] is None
 
 
@@ -276,9 +277,9 @@ def test_the_avx2_build_matches_float64_loops_too(tmp_path):
     script = textwrap.dedent("""
         import sys
         import jax, numpy as np
-        from nt_robust.models import native_conv
-        from nt_robust.models.conv import conv_function
-        assert native_conv.march() == "x86-64-v3"
+        from nt_robust.cpu import native
+        from nt_robust.cpu.ops import conv_function
+        assert native.march() == "x86-64-v3"
         rng = np.random.default_rng(0)
         results = {}
         for name, (size, cin, cout, stride) in {"a": (9, 16, 48, 1), "b": (14, 32, 40, 1), "c": (9, 24, 32, 2)}.items():
@@ -291,7 +292,7 @@ def test_the_avx2_build_matches_float64_loops_too(tmp_path):
             results.update({f"{name}_{key}": np.asarray(value) for key, value in
                             zip(("x", "w", "g", "out", "dx", "dw"), (x, w, g, out, *vjp(g)))})
         np.savez(sys.argv[1], **results)
-        print(native_conv.register())
+        print(native.register())
     """)
     arrays = run_avx2_script(script, tmp_path)
     for name, stride in (("a", 1), ("b", 1), ("c", 2)):

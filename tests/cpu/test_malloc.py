@@ -1,4 +1,4 @@
-"""glibc malloc tuning (nt_robust.host_memory): where it applies, and that after it a worker
+"""glibc malloc tuning (nt_robust.cpu.malloc): where it applies, and that after it a worker
 thread's large buffer is reused instead of re-mapped (counted in page faults, in a fresh
 interpreter that imports what the CLI imports first, as the CLI does)."""
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from nt_robust import host_memory
+from nt_robust.cpu import malloc
 
 # A worker thread mallocs, fills and frees a buffer larger than a glibc thread arena
 # (64 MB), twice; it prints the minor page faults of the second round and the page count.
 PROBE = r"""
 import ctypes, json, os, resource, sys, threading
 import nt_robust.cli  # the CLI's imports come first, as in `nt-robust`
-from nt_robust.host_memory import malloc_settings, tune_malloc
+from nt_robust.cpu.malloc import malloc_settings, tune_malloc
 tuned = tune_malloc() if sys.argv[1] == "tune" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -61,7 +61,7 @@ def _transparent_huge_pages_always() -> bool:
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs Linux with glibc")
 def test_tuned_malloc_reuses_a_worker_threads_large_buffer(tmp_path):
     tuned = _probe("tune", tmp_path)
-    assert tuned["tuned"] is True and tuned["settings"]["settings"] == host_memory.SETTINGS
+    assert tuned["tuned"] is True and tuned["settings"]["settings"] == malloc.SETTINGS
     # reused: the pages are already mapped (a few faults for Python's own allocations)
     assert tuned["second_round_faults"] < 0.05 * tuned["pages"]
     if not _transparent_huge_pages_always():  # with huge pages for every mapping, few faults either way
@@ -81,11 +81,11 @@ def test_opt_out_and_accelerator_hosts_keep_glibcs_defaults(monkeypatch):
             else:
                 monkeypatch.setenv(name, env[name])
         cpu_host.refresh()
-        return host_memory._skip_reason()
+        return malloc._skip_reason()
 
     monkeypatch.setattr(cpu_host, "installed_distributions", lambda: ["jax", "jaxlib"])
-    monkeypatch.setattr(host_memory.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(malloc.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
     try:
         assert skip_reason() is None
         monkeypatch.setattr(cpu_host, "installed_distributions",
@@ -94,7 +94,7 @@ def test_opt_out_and_accelerator_hosts_keep_glibcs_defaults(monkeypatch):
         assert skip_reason(JAX_PLATFORMS="cpu") is None  # asked for the CPU: tuned even beside a plugin
         assert "not the CPU backend" in skip_reason(JAX_PLATFORMS="cuda,cpu")
         assert "NT_ROBUST_MALLOC" in skip_reason(JAX_PLATFORMS="cpu", NT_ROBUST_MALLOC="default")
-        monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
+        monkeypatch.setattr(malloc.platform, "libc_ver", lambda: ("", ""))
         assert "glibc" in skip_reason(JAX_PLATFORMS="cpu")
     finally:
         monkeypatch.undo()
@@ -102,8 +102,8 @@ def test_opt_out_and_accelerator_hosts_keep_glibcs_defaults(monkeypatch):
 
 
 def test_tune_malloc_records_why_it_did_nothing(monkeypatch):
-    monkeypatch.setattr(host_memory, "_state", dict(host_memory._state, tuned=False))
+    monkeypatch.setattr(malloc, "_state", dict(malloc._state, tuned=False))
     monkeypatch.setenv("NT_ROBUST_MALLOC", "default")
-    assert host_memory.tune_malloc() is False
-    assert host_memory.malloc_settings() == {"tuned": False, "settings": None,
+    assert malloc.tune_malloc() is False
+    assert malloc.malloc_settings() == {"tuned": False, "settings": None,
                                              "note": "NT_ROBUST_MALLOC asks for glibc's defaults"}

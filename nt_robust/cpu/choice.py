@@ -6,7 +6,7 @@ uses on CPU, chosen by measuring the candidates on this machine once and caching
 
 The candidates are XLA's convolutions with XLA's weight gradient (``"xla"``, which "auto"
 runs as ``conv_impl = "flipped_dx"``), the same with shifted-matmul weight gradients
-(``"shifted_matmul"``) and the hand-written kernels (``"native"``, ``nt_robust.models.native_conv``;
+(``"shifted_matmul"``) and the hand-written kernels (``"native"``, ``nt_robust.cpu.native``;
 a candidate only where g++ can build them). Their ranking differs between CPUs: XLA's own weight
 gradient was 3.6x slower than shifted matmuls on one 2-core AMD EPYC and 2-3x faster on another
 (docs/benchmarks.md), so no rule by CPU name holds. The first time "auto" is resolved on a
@@ -17,7 +17,7 @@ jaxlib version and ``XLA_FLAGS``. A candidate other than XLA's must be clearly f
 ``NT_ROBUST_CONV_IMPL_AUTO=xla`` (or ``shifted_matmul``, ``native``) skips the measurement;
 environment.json records the choice and its timings.
 
-Dense layers (``nt_robust.models.dense``) are chosen the same way, between XLA's products and
+Dense layers (``nt_robust.cpu.dense``) are chosen the same way, between XLA's products and
 the matrix-product kernel, on one 128 x 3072 -> 256 layer (an MLP's first on CIFAR-10); the
 kernel must take under :data:`DENSE_MARGIN` of XLA's time. ``NT_ROBUST_DENSE_IMPL_AUTO=xla``
 (or ``native``) skips that measurement.
@@ -31,6 +31,10 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from nt_robust.cpu import native
+from nt_robust.cpu.machine import cache_dir, cpu_info, package_version
+from nt_robust.cpu.xla_flags import YNN_ELTWISE_FLAG, YNN_FUSION_FLAG
 
 MARGIN = 0.8  # a candidate other than XLA's must take under 80 % of the best time before it
 CHOICES = ("xla", "shifted_matmul", "native")  # in order of preference on a tie
@@ -55,8 +59,7 @@ def choose(timings: dict[str, float]) -> str:
 
 
 def cache_path() -> Path:
-    from nt_robust.environment import cache_dir
-
+    """Where the choices are kept: ``~/.cache/nt_robust/conv_impl.json``."""
     return cache_dir() / "conv_impl.json"
 
 
@@ -64,15 +67,12 @@ def machine_key() -> str:
     """What the measurement depends on: the CPU, the cores this process may use, jaxlib,
     XLA_FLAGS, and the target the native kernels are built for. The library's elementwise-fusion
     flag counts as its flag without them: whether it is added follows from this very choice
-    (``nt_robust.environment.elementwise_fusions_pay``), which is measured without it."""
-    from nt_robust.environment import YNN_ELTWISE_FLAG, YNN_FUSION_FLAG, cpu_info, package_version
-    from nt_robust.models.native_conv import march
-
+    (``nt_robust.cpu.setup.elementwise_fusions_pay``), which is measured without it."""
     cpu = cpu_info()
     jaxlib = package_version("jaxlib") or "unknown"
     flags = os.environ.get("XLA_FLAGS", "").replace(YNN_ELTWISE_FLAG, YNN_FUSION_FLAG)
     return (f"{cpu['model']} family {cpu['family']} model {cpu['model_number']} | {cpu['cores']} cores | "
-            f"jaxlib {jaxlib} | XLA_FLAGS={flags} | {SCHEME} | -march={march()}")
+            f"jaxlib {jaxlib} | XLA_FLAGS={flags} | {SCHEME} | -march={native.march()}")
 
 
 def _alternating_times(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
@@ -95,14 +95,12 @@ def _alternating_times(calls: dict[str, Callable[[], Any]], rounds: int) -> dict
 def native_unavailable() -> str | None:
     """Why the native kernels cannot be a candidate here (None: they can): a jaxlib they were
     not tested with (said once, on stderr: nothing is built then), or a failed build or load."""
-    from nt_robust.models.native_conv import native_status, unchecked_jaxlib
-
-    reason = unchecked_jaxlib()
+    reason = native.unchecked_jaxlib()
     if reason is not None:
         _say_once(f"nt-robust: note: {reason}")
         return reason
     try:
-        status = native_status()
+        status = native.native_status()
     except OSError as error:  # an unwritable kernel cache folder: a reason to leave native out, not to stop
         return f"the native kernels cannot be built into the cache ({error}); make that folder writable"
     return None if status["available"] else status["reason"]
@@ -123,7 +121,7 @@ def measure(rounds: int = 15) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from nt_robust.models.conv import flipped_dx_conv, native_conv, shifted_matmul_conv
+    from nt_robust.cpu.conv import flipped_dx_conv, native_conv, shifted_matmul_conv
 
     candidates = {"xla": flipped_dx_conv, "shifted_matmul": shifted_matmul_conv, "native": native_conv}
     timings: dict[str, Any] = {}
@@ -208,7 +206,7 @@ def measure_in_subprocess(timeout: float = 600.0) -> str | None:
     import sys
 
     command = [sys.executable, "-c",
-               "from nt_robust.models.conv_choice import cpu_conv_choice; print(cpu_conv_choice()['impl'])"]
+               "from nt_robust.cpu.choice import cpu_conv_choice; print(cpu_conv_choice()['impl'])"]
     _say_once(f"nt-robust: first start on this machine: timing the convolutions {' / '.join(CHOICES)} in a "
               f"subprocess to choose conv_impl = 'auto' and the XLA:CPU flags (under a minute, once; cached in "
               f"{cache_path()})")
@@ -229,7 +227,7 @@ def cpu_conv_choice() -> dict[str, Any]:
                           choose, "batch 64, 32x32, 32->32, 3x3")
 
 
-# model.dense_impl = "auto": XLA's matrix products or the kernel's (nt_robust.models.dense),
+# model.dense_impl = "auto": XLA's matrix products or the kernel's (nt_robust.cpu.dense),
 # timed on one dense layer as an MLP on CIFAR-10 has it.
 DENSE_CHOICES = ("xla", "native")
 DENSE_MARGIN = 0.95  # the kernel must take under 95 % of XLA's time (a median of paired ratios)
@@ -260,7 +258,7 @@ def measure_dense(rounds: int = 51) -> dict[str, Any]:
     import numpy as np
     from jax import lax
 
-    from nt_robust.models.dense import native_dot_general
+    from nt_robust.cpu.dense import native_dot_general
 
     candidates = {"xla": lax.dot_general, "native": native_dot_general}
     timings: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-// model.dense_impl = "native" (nt_robust/models/dense.py): a float32 matrix product as an XLA FFI
+// model.dense_impl = "native" (nt_robust/cpu/dense.py): a float32 matrix product as an XLA FFI
 // custom call,
 //   out[M, N] = A B,   A = a (M x K), or a^T with transpose_a;   B = b (K x N), or b^T with transpose_b,
 // for the three products of a dense layer: the forward pass x W, the input gradient g W^T

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from jax import lax
 
+from nt_robust.cpu import choice, native
+from nt_robust.cpu.conv import flipped_dx_conv, native_conv, shifted_matmul_conv
+from nt_robust.cpu.ops import conv_function, resolve_conv_impl, supports_forward_mode
 from nt_robust.models import ModelConfig, create_model, init_variables
-from nt_robust.models import conv_choice
-from nt_robust.models.conv import (conv_function, flipped_dx_conv, native_conv, resolve_conv_impl,
-                                   shifted_matmul_conv, supports_forward_mode)
-from nt_robust.models.conv_choice import cpu_conv_choice
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -173,13 +172,13 @@ def test_models_give_the_same_logits_and_parameter_gradients_with_either_impl(ar
 
 def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
     assert jax.default_backend() == "cpu"  # the suite runs on CPU, where auto is what was measured
-    measured = cpu_conv_choice()["impl"]  # the fastest: XLA's, shifted matmuls or the native kernels
+    measured = choice.cpu_conv_choice()["impl"]  # the fastest: XLA's, shifted matmuls or the native kernels
     expected = {"xla": "flipped_dx", "shifted_matmul": "shifted_matmul", "native": "native"}[measured]
     assert resolve_conv_impl("auto") == expected
     assert conv_function("auto") is {**IMPLS, "native": native_conv}[expected]
     assert conv_function("xla") is lax.conv_general_dilated
-    assert supports_forward_mode("xla") and not supports_forward_mode("auto")
-    assert not supports_forward_mode("flipped_dx") and not supports_forward_mode("shifted_matmul")
+    assert supports_forward_mode(conv_function("xla")) and not supports_forward_mode(conv_function("auto"))
+    assert not any(supports_forward_mode(conv_function(name)) for name in ("flipped_dx", "shifted_matmul", "native"))
     with pytest.raises(ValueError, match="model.conv_impl must be one of"):
         ModelConfig("cnn", conv_impl="oneDNN")
     with pytest.raises(ValueError, match="conv_impl must be one of"):
@@ -196,37 +195,37 @@ def test_auto_resolves_to_the_measured_choice_and_unknown_names_are_rejected():
     ({"xla_ms": 10.0, "shifted_matmul_ms": 30.0}, "xla"),  # native unavailable
 ])
 def test_a_candidate_is_chosen_only_when_clearly_faster_than_the_best_before_it(timings, expected):
-    assert conv_choice.choose(timings) == expected
+    assert choice.choose(timings) == expected
 
 
 def test_the_choice_is_measured_once_per_machine_and_can_be_forced(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("NT_ROBUST_CONV_IMPL_AUTO", raising=False)
     calls = []
-    monkeypatch.setattr(conv_choice, "measure", lambda: calls.append(1) or {"xla_ms": 30.0, "shifted_matmul_ms": 10.0})
-    conv_choice.cpu_conv_choice.cache_clear()
+    monkeypatch.setattr(choice, "measure", lambda: calls.append(1) or {"xla_ms": 30.0, "shifted_matmul_ms": 10.0})
+    choice.cpu_conv_choice.cache_clear()
     try:
-        first = conv_choice.cpu_conv_choice()
+        first = choice.cpu_conv_choice()
         assert first["impl"] == "shifted_matmul" and first["source"] == "measured now"
-        conv_choice.cpu_conv_choice.cache_clear()  # a new process: read from the cache, not measured again
-        again = conv_choice.cpu_conv_choice()
+        choice.cpu_conv_choice.cache_clear()  # a new process: read from the cache, not measured again
+        again = choice.cpu_conv_choice()
         assert again["impl"] == "shifted_matmul" and again["source"].startswith("measured earlier") and calls == [1]
         (tmp_path / "nt_robust" / "conv_impl.json").write_text("{not json")  # a corrupt cache: measured again
-        conv_choice.cpu_conv_choice.cache_clear()
-        assert conv_choice.cpu_conv_choice()["source"] == "measured now" and calls == [1, 1]
+        choice.cpu_conv_choice.cache_clear()
+        assert choice.cpu_conv_choice()["source"] == "measured now" and calls == [1, 1]
         monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", "xla")
-        conv_choice.cpu_conv_choice.cache_clear()
-        assert conv_choice.cpu_conv_choice() == {"impl": "xla", "source": "NT_ROBUST_CONV_IMPL_AUTO"}
+        choice.cpu_conv_choice.cache_clear()
+        assert choice.cpu_conv_choice() == {"impl": "xla", "source": "NT_ROBUST_CONV_IMPL_AUTO"}
         monkeypatch.setenv("NT_ROBUST_CONV_IMPL_AUTO", "fast")
-        conv_choice.cpu_conv_choice.cache_clear()
+        choice.cpu_conv_choice.cache_clear()
         with pytest.raises(ValueError, match="NT_ROBUST_CONV_IMPL_AUTO must be one of"):
-            conv_choice.cpu_conv_choice()
+            choice.cpu_conv_choice()
     finally:
-        conv_choice.cpu_conv_choice.cache_clear()  # the rest of the suite measures (or reads) for real
+        choice.cpu_conv_choice.cache_clear()  # the rest of the suite measures (or reads) for real
 
 
 def test_the_measurement_times_every_candidate():
-    timings = conv_choice.measure()
+    timings = choice.measure()
     names = {"xla_ms", "shifted_matmul_ms"} | ({"native_ms"} if shutil.which("g++") else {"native_unavailable"})
     assert set(timings) == names and all(timings[f"{name}_ms"] > 0 for name in ("xla", "shifted_matmul"))
 
@@ -234,17 +233,17 @@ def test_the_measurement_times_every_candidate():
 def test_a_cached_native_choice_falls_back_when_the_kernels_no_longer_build(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("NT_ROBUST_CONV_IMPL_AUTO", raising=False)
-    monkeypatch.setattr(conv_choice, "measure", lambda: {"xla_ms": 30.0, "shifted_matmul_ms": 20.0, "native_ms": 5.0})
-    monkeypatch.setattr(conv_choice, "native_unavailable", lambda: None)
-    conv_choice.cpu_conv_choice.cache_clear()
+    monkeypatch.setattr(choice, "measure", lambda: {"xla_ms": 30.0, "shifted_matmul_ms": 20.0, "native_ms": 5.0})
+    monkeypatch.setattr(choice, "native_unavailable", lambda: None)
+    choice.cpu_conv_choice.cache_clear()
     try:
-        assert conv_choice.cpu_conv_choice()["impl"] == "native"
-        monkeypatch.setattr(conv_choice, "native_unavailable", lambda: "g++ is not on PATH")
-        conv_choice.cpu_conv_choice.cache_clear()  # a later process, after g++ was removed
-        later = conv_choice.cpu_conv_choice()
+        assert choice.cpu_conv_choice()["impl"] == "native"
+        monkeypatch.setattr(choice, "native_unavailable", lambda: "g++ is not on PATH")
+        choice.cpu_conv_choice.cache_clear()  # a later process, after g++ was removed
+        later = choice.cpu_conv_choice()
         assert later["impl"] == "shifted_matmul" and later["native_unavailable"] == "g++ is not on PATH"
     finally:
-        conv_choice.cpu_conv_choice.cache_clear()
+        choice.cpu_conv_choice.cache_clear()
 
 
 @pytest.mark.parametrize("jaxlib, checked", [("0.10.2", True), ("0.10.9", True), ("0.10.1", False),
@@ -253,21 +252,20 @@ def test_on_a_jaxlib_the_kernels_were_not_tested_with_auto_falls_back_and_says_s
                                                                                 checked):
     """The kernels' FFI ABI comes with jaxlib: on another version "auto" never picks (or
     builds) them, one line on stderr says why, and "native" still forces them."""
-    from nt_robust import environment
-    from nt_robust.models import native_conv
+    from nt_robust.cpu import machine
 
-    monkeypatch.setattr(environment, "package_version", lambda name: jaxlib if name == "jaxlib" else "1.0")
-    monkeypatch.setattr(native_conv, "native_status", lambda: {"available": True, "library": "x.so"})
-    reason = native_conv.unchecked_jaxlib()
+    monkeypatch.setattr(machine, "package_version", lambda name: jaxlib if name == "jaxlib" else "1.0")
+    monkeypatch.setattr(native, "native_status", lambda: {"available": True, "library": "x.so"})
+    reason = native.unchecked_jaxlib()
     assert (reason is None) is checked
-    conv_choice._say_once.cache_clear()
+    choice._say_once.cache_clear()
     if checked:
-        assert conv_choice.native_unavailable() is None
+        assert choice.native_unavailable() is None
         return
     assert f"jaxlib {jaxlib or 'unknown'}" in reason and "0.10.2 <= jaxlib < 0.11.0" in reason
-    assert conv_choice.native_unavailable() == reason and conv_choice.native_unavailable() == reason
+    assert choice.native_unavailable() == reason and choice.native_unavailable() == reason
     assert capsys.readouterr().err.count("nt-robust: note: the native kernels were built and tested with") == 1
-    monkeypatch.setattr(conv_choice, "_alternating_times",
+    monkeypatch.setattr(choice, "_alternating_times",
                         lambda calls, rounds: {name: [1.0] for name in calls})
-    assert "native_ms" not in conv_choice.measure() and conv_choice.measure()["native_unavailable"] == reason
+    assert "native_ms" not in choice.measure() and choice.measure()["native_unavailable"] == reason
     assert resolve_conv_impl("native") == "native"   # forced: the user's call

@@ -69,5 +69,5 @@ def tune_malloc() -> bool:
         _state.update(tuned=False, settings=None, note=f"mallopt refused {failed}")
         return False
     _state.update(tuned=True, settings=dict(SETTINGS),
-                  note="glibc keeps freed memory for reuse (nt_robust.host_memory); NT_ROBUST_MALLOC=default turns it off")
+                  note="glibc keeps freed memory for reuse (nt_robust.cpu.malloc); NT_ROBUST_MALLOC=default turns it off")
     return True

@@ -18,24 +18,22 @@ stays fast in loops; they differ in the weight gradient and in who runs the conv
     dW[i, j] = sum_{n, h, w} x_pad[n, s*h + i, s*w + j, :]^T  g[n, h, w, :]
 
 * ``native_conv``: hand-written C++ kernels for the forward pass, the input gradients (with
-  at least 16 input channels) and the weight gradient (``nt_robust.models.native_conv``:
+  at least 16 input channels) and the weight gradient (``nt_robust.cpu.native``:
   built with g++ on first use and spread over XLA's thread pool). Its forward values are the
   kernel's, equal to XLA's up to float summation order.
 
-Models take ``conv_impl`` = "auto" (on the CPU backend whichever of ``flipped_dx``,
-``shifted_matmul`` and ``native`` was fastest when measured on this machine,
-``nt_robust.models.conv_choice``; XLA's plain convolution elsewhere), "xla" (plain
-``lax.conv_general_dilated``), "flipped_dx", "shifted_matmul" or "native" (XLA's plain
-convolution off the CPU backend)::
+Each is a drop-in ``lax.conv_general_dilated``, handed to the models by
+``nt_robust.cpu.ops.layer_ops`` for ``model.conv_impl`` = "flipped_dx", "shifted_matmul",
+"native" or "auto" (on a CPU host whichever of the three was fastest when measured on this
+machine, ``nt_robust.cpu.choice``; XLA's plain convolution elsewhere)::
 
-    conv = conv_function("auto")
-    y = nn.Conv(64, (3, 3), conv_general_dilated=conv)(x)
+    y = nn.Conv(64, (3, 3), conv_general_dilated=shifted_matmul_conv)(x)
 
 Except under "native", the forward values are XLA's, bit for bit; the gradients equal XLA's
 up to float summation order (~1e-6 relative). Gotcha: ``flipped_dx``, ``shifted_matmul`` and
 ``native`` are ``jax.custom_vjp``s, so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
 neural-tangents' NTK_VECTOR_PRODUCTS) through such a model raises; use
-``conv_impl = "xla"`` there (:func:`supports_forward_mode`).
+``conv_impl = "xla"`` there (``nt_robust.cpu.ops.supports_forward_mode``).
 
 Mixed precision (``model.dtype = "bfloat16"``): the forward pass and the input gradient
 are bfloat16 convolutions, as with ``conv_impl = "xla"``; each shifted-matmul weight-gradient
@@ -53,39 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nt_robust.cpu_host import cpu_host
-
-CONV_IMPLS = ("auto", "xla", "flipped_dx", "shifted_matmul", "native")
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def resolve_conv_impl(name: str) -> str:
-    """``"auto"`` -> on a CPU host the fastest convolution measured on this machine
-    (``nt_robust.models.conv_choice``: XLA's as ``"flipped_dx"``, ``"shifted_matmul"`` or
-    ``"native"``), ``"xla"`` elsewhere (``nt_robust.cpu_host``: nothing measured or built on a
-    GPU or TPU host); ``"native"`` -> ``"xla"`` off a CPU host."""
-    if name not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {name!r}")
-    if name in ("native", "auto") and not cpu_host():
-        return "xla"  # the kernels and the per-machine choice are CPU machinery (nt_robust.cpu_host)
-    if name == "auto":
-        from nt_robust.models.conv_choice import cpu_conv_choice
-
-        choice = cpu_conv_choice()["impl"]
-        return "flipped_dx" if choice == "xla" else choice
-    return name
-
-
-def supports_forward_mode(name: str) -> bool:
-    """Whether a model built with ``conv_impl = name`` can be differentiated in forward mode
-    (``jax.jvp``): only plain XLA convolutions can, the custom VJPs cannot."""
-    return resolve_conv_impl(name) == "xla"
-
-
-def conv_function(name: str) -> Callable:
-    """The ``conv_general_dilated`` to hand to ``flax.linen.Conv`` for ``conv_impl = name``."""
-    return {"xla": lax.conv_general_dilated, "flipped_dx": flipped_dx_conv,
-            "shifted_matmul": shifted_matmul_conv, "native": native_conv}[resolve_conv_impl(name)]
 
 
 def _plain(x, kernel, strides, padding, precision=None):
@@ -163,20 +129,8 @@ _conv = _custom_vjp_conv(_shifted_matmul_weight_gradient)
 NATIVE_MIN_OUT_CHANNELS = 16  # the direct convolution vectorizes over 16 output channels; fewer run scalar
 
 
-def _xla_derivatives(native: Callable, xla: Callable) -> Callable:
-    """``native(a, b)``, differentiated (for a gradient of a gradient) through ``xla(a, b)``:
-    the same function in XLA's ops, which, unlike a kernel call, have derivatives."""
-
-    @jax.custom_vjp
-    def fn(a, b):
-        return native(a, b)
-
-    fn.defvjp(lambda a, b: (native(a, b), (a, b)), lambda operands, g: jax.vjp(xla, *operands)[1](g))
-    return fn
-
-
 def _native_forward(x, kernel, strides, padding, precision=None, lhs_dilation=(1, 1)):
-    """The direct-convolution kernel (``nt_robust.models.native_conv``) for float32 with at
+    """The direct-convolution kernel (``nt_robust.cpu.native``) for float32 with at
     least 16 output channels; XLA's otherwise (e.g. the input gradient of a 3-channel stem)."""
     def xla(x, kernel):
         return lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation=lhs_dilation,
@@ -184,12 +138,12 @@ def _native_forward(x, kernel, strides, padding, precision=None, lhs_dilation=(1
 
     if not x.dtype == kernel.dtype == jnp.float32 or kernel.shape[3] < NATIVE_MIN_OUT_CHANNELS:
         return xla(x, kernel)
-    from nt_robust.models import native_conv as kernels
+    from nt_robust.cpu import native as kernels
 
     out_hw = tuple(((size - 1) * d + 1 + low + high - k) // s + 1  # d: the input's dilation
                    for size, d, k, s, (low, high)
                    in zip(x.shape[1:3], lhs_dilation, kernel.shape[:2], strides, padding))
-    return _xla_derivatives(
+    return kernels.with_xla_derivatives(
         lambda x, kernel: kernels.conv_forward(x, kernel, strides, (padding[0][0], padding[1][0]), out_hw,
                                                lhs_dilation),
         xla)(x, kernel)
@@ -210,9 +164,9 @@ def _native_weight_gradient(x, kernel, g, strides, padding, precision):
 
     if not x.dtype == kernel.dtype == g.dtype == jnp.float32:
         return xla(x, g)
-    from nt_robust.models import native_conv as kernels
+    from nt_robust.cpu import native as kernels
 
-    return _xla_derivatives(
+    return kernels.with_xla_derivatives(
         lambda x, g: kernels.weight_gradient(x, g, tuple(kernel.shape), strides, (padding[0][0], padding[1][0])),
         xla)(x, g)
 
@@ -271,7 +225,7 @@ shifted_matmul_conv = _drop_in(_conv, "shifted_matmul_conv", """Drop-in ``lax.co
 
 native_conv = _drop_in(_native, "native_conv", """Drop-in ``lax.conv_general_dilated``: 2-d NHWC/HWIO
     convolutions without dilation or groups run the hand-written kernels of
-    ``nt_robust.models.native_conv`` (float32: forward pass, weight gradients, and input
+    ``nt_robust.cpu.native`` (float32: forward pass, weight gradients, and input
     gradients with at least 16 input channels; other dtypes, and a few-channel stem's input
     gradient, as :func:`flipped_dx_conv`); any other call is passed to ``lax``.""")
 

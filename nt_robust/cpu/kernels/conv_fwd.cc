@@ -1,4 +1,4 @@
-// conv_impl = "native" (nt_robust/models/native_conv.py): the forward pass of a 2-d
+// conv_impl = "native" (nt_robust/cpu/native.py): the forward pass of a 2-d
 // NHWC/HWIO float32 convolution as an XLA FFI custom call,
 //   out[n, ho, wo, k] = sum_{i, j, c} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * w[i, j, c, k],
 // a direct convolution that keeps 8 (or 7) output pixels x 32 (or 16) output channels in

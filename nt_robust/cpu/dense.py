@@ -3,15 +3,15 @@
 XLA:CPU's float32 matrix products (YNNPACK) kept an MLP's TRADES step behind PyTorch's MKL
 on CPU: 1.03 against 0.67-0.78 ms for a 128 x 3072 by 3072 x 256 product on an Intel Xeon,
 0.85 ms with the kernel (docs/benchmarks.md). ``kernels/matmul.cc`` (built and loaded with the
-convolution kernels, ``nt_robust.models.native_conv``) computes all three products of a dense
+convolution kernels, ``nt_robust.cpu.native``) computes all three products of a dense
 layer: the forward pass ``x W``, the input gradient ``g W^T`` and the weight gradient ``x^T g``.
 
-Models take ``dense_impl`` = "auto" (on the CPU backend whichever of XLA's and the kernel was
-faster when measured on this machine, ``nt_robust.models.conv_choice.cpu_dense_choice``; XLA
-elsewhere), "xla" or "native" (XLA off the CPU backend)::
+:func:`native_dot_general` is a drop-in ``lax.dot_general``, handed to the models by
+``nt_robust.cpu.ops.layer_ops`` for ``model.dense_impl`` = "native" or "auto" (on a CPU host
+where the kernel was measured faster than XLA's products on this machine,
+``nt_robust.cpu.choice.cpu_dense_choice``; XLA's products elsewhere)::
 
-    dot_general = dot_general_function("auto")
-    y = nn.Dense(256, dot_general=dot_general)(x)
+    y = nn.Dense(256, dot_general=native_dot_general)(x)
 
 Under "native" the values are the kernel's, equal to XLA's up to float summation order; a
 gradient of a gradient goes through XLA's derivatives. Other dtypes, and products that are not
@@ -21,54 +21,23 @@ so forward-mode differentiation (``jax.jvp``) through such a layer raises; use "
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nt_robust.cpu_host import cpu_host
-from nt_robust.models.conv import _xla_derivatives
-
-DENSE_IMPLS = ("auto", "xla", "native")
 # The kernel computes 2 vectors of outputs at a time (32 floats with AVX-512): a classifier's
 # 10 would waste two thirds of it, and the layer was a tie with XLA's (docs/benchmarks.md).
 NATIVE_MIN_FEATURES = 16
 
 
-def resolve_dense_impl(name: str) -> str:
-    """``"auto"`` -> on a CPU host (``nt_robust.cpu_host``) the faster of ``"xla"`` and ``"native"`` measured on
-    this machine (``nt_robust.models.conv_choice.cpu_dense_choice``), ``"xla"`` elsewhere."""
-    if name not in DENSE_IMPLS:
-        raise ValueError(f"dense_impl must be one of {DENSE_IMPLS}, got {name!r}")
-    if not cpu_host():
-        return "xla"  # the kernel and the per-machine choice are CPU machinery (nt_robust.cpu_host)
-    if name == "auto":
-        from nt_robust.models.conv_choice import cpu_dense_choice
-
-        return cpu_dense_choice()["impl"]
-    return name
-
-
-def supports_forward_mode(name: str) -> bool:
-    """Whether a model built with ``dense_impl = name`` can be differentiated in forward mode
-    (``jax.jvp``): only XLA's products can, the kernel's custom VJP cannot."""
-    return resolve_dense_impl(name) == "xla"
-
-
-def dot_general_function(name: str) -> Callable:
-    """The ``dot_general`` to hand to ``flax.linen.Dense`` for ``dense_impl = name``."""
-    return {"xla": lax.dot_general, "native": native_dot_general}[resolve_dense_impl(name)]
-
-
 def _kernel_matmul(a, b, transpose_a=False, transpose_b=False):
     """``a @ b`` (``a.T``, ``b.T`` as asked) through the kernel, differentiable through XLA's product."""
-    from nt_robust.models import native_conv as kernels
+    from nt_robust.cpu import native as kernels
 
     def xla(a, b):
         return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
 
-    return _xla_derivatives(lambda a, b: kernels.matmul(a, b, transpose_a, transpose_b), xla)(a, b)
+    return kernels.with_xla_derivatives(lambda a, b: kernels.matmul(a, b, transpose_a, transpose_b), xla)(a, b)
 
 
 @jax.custom_vjp

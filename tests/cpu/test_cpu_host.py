@@ -23,20 +23,26 @@ def spy(command, *args, **kwargs):
     started.append(" ".join(map(str, command)))
     return real_run(command, *args, **kwargs)
 subprocess.run = spy
-from nt_robust.models import native_conv, conv_choice
+from nt_robust.cpu import choice, native
 def no_build(*args, **kwargs):
     raise AssertionError("the native kernels were built on an accelerator host")
-native_conv.build = no_build
-conv_choice.measure = conv_choice.measure_dense = no_build
-from nt_robust.environment import configure_xla_cpu, environment_info, set_cpu_devices
-from nt_robust.host_memory import tune_malloc
-from nt_robust.models.conv import resolve_conv_impl
-from nt_robust.models.dense import resolve_dense_impl
+native.build = no_build
+choice.measure = choice.measure_dense = no_build
+from jax import lax
+from nt_robust.cpu.devices import set_cpu_devices
+from nt_robust.cpu.malloc import tune_malloc
+from nt_robust.cpu.ops import resolve_conv_impl, resolve_dense_impl
+from nt_robust.cpu.setup import configure_xla_cpu
+from nt_robust.environment import environment_info
+from nt_robust.models import ModelConfig, create_model
 flags_before = os.environ.get("XLA_FLAGS", "")
 result = {"malloc_tuned": tune_malloc(), "devices_set": set_cpu_devices(2, source="--cpu-devices"),
           "flags_added": configure_xla_cpu(), "flags_unchanged": os.environ.get("XLA_FLAGS", "") == flags_before}
 result["resolved"] = [resolve_conv_impl("auto"), resolve_conv_impl("native"), resolve_dense_impl("auto"),
                       resolve_dense_impl("native")]
+result["models_take_xla"] = [
+    create_model(ModelConfig("wrn", conv_impl=impl), 10).conv is lax.conv_general_dilated
+    and create_model(ModelConfig("mlp", dense_impl=impl), 10).dot_general is lax.dot_general for impl in ("auto", "native")]
 info = environment_info(conv_impl="native", dense_impl="native")
 result["info"] = {k: info[k] for k in ("cpu_host", "conv_impl_auto", "conv_impl_auto_choice", "native_conv",
                                        "dense_impl_auto", "native_dense", "cpu_devices", "malloc", "device_count")}
@@ -56,6 +62,7 @@ def test_a_simulated_accelerator_host_runs_none_of_the_cpu_machinery(tmp_path):
     assert result["malloc_tuned"] is False and result["devices_set"] is None
     assert result["flags_added"] is False and result["flags_unchanged"] is True
     assert result["resolved"] == ["xla", "xla", "xla", "xla"]
+    assert result["models_take_xla"] == [True, True]
     assert result["subprocesses"] == []   # no compiler, no measuring Python process
     info = result["info"]
     assert info["cpu_host"]["cpu"] is False and "jax-cuda12-plugin" in info["cpu_host"]["reason"]

@@ -1,4 +1,4 @@
-// conv_impl = "native" (nt_robust/models/native_conv.py): the weight gradient of a 2-d
+// conv_impl = "native" (nt_robust/cpu/native.py): the weight gradient of a 2-d
 // NHWC/HWIO float32 convolution as an XLA FFI custom call,
 //   dw[i, j, c, k] = sum_{n, ho, wo} x[n, ho*sh + i - pt, wo*sw + j - pl, c] * g[n, ho, wo, k],
 // reading each image's activations and output gradient from cache once per (tap, block of 8
