@@ -341,6 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="more config settings for the directory, e.g. --set eval.batch_size=128")
 
+    __import__("nt_robust.studies.imported", fromlist=["_"]).add_imported_study_command(commands)
     command("info", "versions and devices", parents=[cpu])
     parser.commands = commands.choices  # for suggestions on unknown options
     return parser
@@ -905,6 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "import":
             return _import(args)
+        if args.command == "study-imported":
+            return __import__("nt_robust.studies.imported", fromlist=["_"]).imported_study_command(args)
         return _info()
     except Exception as error:  # noqa: BLE001 - the one CLI error handler (see _report_error)
         return _report_error(error, args.verbose, own_process=argv is None)
