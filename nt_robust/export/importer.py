@@ -89,6 +89,10 @@ def detect_layout(keys: set[str]) -> str:
     """``"torch"`` when the WideResNet keys come with ``mean`` / ``std``, ``"robustbench"``
     without; :class:`ImportError_` for keys of no WideResNet layout."""
     core = {"conv1.weight", "fc.weight", "fc.bias", "bn1.weight", "block1.layer.0.conv1.weight"}
+    if {"init_conv.weight", "logits.weight", "layer.0.block.0.conv_0.weight"} <= keys:
+        raise ImportError_("this is RobustBench's DMWideResNet layout (init_conv, layer.*.block.*, logits), which "
+                           "`nt-robust import` does not write as a directory yet; load it into our Flax model with "
+                           "nt_robust.export.dm_import.load_dm_state_dict (nothing was written)")
     if not core <= keys:
         raise ImportError_(f"not a WideResNet state_dict in RobustBench's layout: missing "
                            f"{sorted(core - keys)} (found e.g. {sorted(keys)[:6]}). Expected layout: {_EXPECTED}")
