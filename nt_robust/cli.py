@@ -797,7 +797,8 @@ def _import(args: argparse.Namespace) -> int:
     result = import_state_dict(args.source, args.out, dataset=args.dataset, eps=args.eps, norm=args.norm,
                                layout=args.layout, depth=args.depth, width=args.width, overrides=args.overrides)
     print(f"imported {args.source} (sha256 {result['sha256'][:12]}..., {result['layout']} layout, "
-          f"WideResNet-{result['depth']}-{result['width']}, {result['num_classes']} classes) into {args.out}; "
+          f"{'DMWideResNet' if result['layout'] == 'dm_wide_resnet' else 'WideResNet'}-{result['depth']}-"
+          f"{result['width']}, {result['num_classes']} classes) into {args.out}; "
           f"evaluate it with `nt-robust eval {args.out}`")
     return 0
 

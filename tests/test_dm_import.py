@@ -140,8 +140,38 @@ def test_bad_dm_state_dicts_are_refused_naming_keys_and_layout(tmp_path):
         with pytest.raises(ImportError_, match="Expected layout: mean, std") as error:
             load_dm_state_dict(arrays)
         assert expected.split()[0] in str(error.value), (expected, str(error.value))
-    # `nt-robust import` recognizes the layout and writes nothing
     torch.save(random_dm(10, 1).state_dict(), tmp_path / "dm.pt")
-    with pytest.raises(ImportError_, match="DMWideResNet layout"):
-        import_state_dict(tmp_path / "dm.pt", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(ImportError_, match="DMWideResNet-10-1.*not the asked width 2"):
+        import_state_dict(tmp_path / "dm.pt", tmp_path / "out", width=2)
+    assert not (tmp_path / "out").exists()                                   # nothing written
+
+
+def test_nt_robust_import_writes_a_dm_directory_that_eval_takes(tmp_path, capsys, monkeypatch):
+    import dataclasses
+    import json
+
+    import nt_robust.train.data as train_data
+    from nt_robust.cli import main
+    from nt_robust.data import make_synthetic_dataset
+    from nt_robust.export.run import restore_variables
+
+    data = dataclasses.replace(make_synthetic_dataset(num_train=256, num_test=8, image_shape=(32, 32, 3),
+                                                      num_classes=10), name="cifar10")
+    monkeypatch.setattr(train_data, "load_dataset", lambda name, data_dir=None: data)
+    module = random_dm(10, 1)
+    torch.save(module.state_dict(), tmp_path / "dm.pt")
+    assert main(["import", str(tmp_path / "dm.pt"), str(tmp_path / "dm"), "--set", "eval.lipschitz=none"]) == 0
+    record = json.loads((tmp_path / "dm" / "imported.json").read_text())
+    assert record["layout"] == "dm_wide_resnet" and (record["depth"], record["width"]) == (10, 1)
+    assert record["normalization"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+    restored = restore_variables(tmp_path / "dm", "best_val")
+    x = _images()
+    with torch.no_grad():
+        want = module(torch.from_numpy(nhwc_to_nchw(x))).numpy()
+    got = np.asarray(restored["model"].apply(restored["variables"], x, train=False))
+    assert np.max(np.abs(got - want)) <= TOLERANCE
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "dm"), "--attack", "pgd20", "--examples", "4",
+                 "--set", "eval.attack.num_steps=2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_examples"] == 4 and result["robust_accuracy"] <= result["natural_accuracy"]

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nt_robust.export.importer import ImportError_, sha256
+from nt_robust.export.state_dicts import ImportError_, as_numpy, sha256, unwrap
 from nt_robust.models.dm_wide_resnet import DMWideResNet
 
 DM_CORE = {"init_conv.weight", "logits.weight", "logits.bias", "batchnorm.weight", "layer.0.block.0.conv_0.weight"}
@@ -143,16 +143,14 @@ def load_dm_state_dict(source: str | Path | dict[str, Any], activation: str = "s
                        ) -> tuple[DMWideResNet, dict[str, Any], dict[str, Any]]:
     """``(model, variables, record)`` from a DMWideResNet state_dict (a ``.pt`` path, or the dict
     of tensors or arrays itself; ``{"state_dict": ...}`` and ``module.`` unwrapped)."""
-    from nt_robust.export.importer import _as_numpy, _unwrap
-
     record: dict[str, Any] = {"layout": "dm_wide_resnet", "activation": activation}
     if isinstance(source, (str, Path)):
         import torch
 
         record.update(source=str(Path(source).resolve()), sha256=sha256(source))
         source = torch.load(source, map_location="cpu", weights_only=True)
-    state_dict, notes = _unwrap(source)
-    arrays = _as_numpy(state_dict)
+    state_dict, notes = unwrap(source)
+    arrays = as_numpy(state_dict)
     model, arch = check_dm_layout(arrays, activation)
     record.update(arch, unwrapped=notes, normalization={"mean": list(model.input_mean), "std": list(model.input_std)})
     return model, dm_variables(arrays), record

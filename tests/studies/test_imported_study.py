@@ -124,7 +124,7 @@ def test_width_study_over_imported_state_dicts_end_to_end(zoo, capsys, monkeypat
 def test_the_example_spec_loads():
     from pathlib import Path
     study = load_imported_study(Path(__file__).parents[2] / "experiments" / "zoo_widths.toml")
-    assert [(m.depth, m.width) for m in study.models] == [(28, 10), (34, 20)] and study.examples == 1000
+    assert [(m.depth, m.width) for m in study.models] == [(28, 10), (70, 16)] and study.examples == 1000
 
 
 def test_bad_specs_and_files_are_refused_with_the_fix(zoo, capsys):
