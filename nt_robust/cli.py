@@ -316,9 +316,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--checkpoint", default="best_val", choices=["best_val", "best_test", "latest"],
                         help=CHECKPOINT_HELP)
-    export.add_argument("--format", choices=["robustbench", "torch"], default=None,
+    export.add_argument("--format", choices=["robustbench", "torch", "torchscript"], default=None,
                         help="key layout: robustbench (RobustBench's WideResNet; the default for a WideResNet) "
-                             "or torch (our exported module's; the default for the MLP and SmallCNN)")
+                             "or torch (our exported module's; the default for the MLP and SmallCNN); torchscript: "
+                             "a TorchScript file that loads without any class (torch.jit.load)")
     export.add_argument("--out", help="the .pt file (default RUN_DIR/export/<checkpoint>_<format>.pt); "
                                       "model_info goes next to it as .json")
     export.add_argument("--allow-few-points", action="store_true",
@@ -777,6 +778,12 @@ def _map(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nt_robust.export import export_run
 
+    if args.format == "torchscript":
+        from nt_robust.export.torchscript import export_torchscript
+        result = export_torchscript(args.run_dir, args.checkpoint, args.out, dry_run=args.dry_run)
+        print(f"wrote {result['torchscript']}: TorchScript (torch.jit.load; NCHW input in [0, 1]), logits match ours "
+              f"to {result['max_logit_difference']:.2g}")
+        return 0
     result = export_run(args.run_dir, checkpoint=args.checkpoint, format=args.format, out=args.out,
                         dry_run=args.dry_run, allow_few_points=args.allow_few_points)
     info, details = result["info"], result["details"]

@@ -13,8 +13,8 @@ from the shapes; the keys must be exactly these, float32 (``num_batches_tracked`
 is not in the file: RobustBench builds these entries with Swish (``activation="swish"``, the
 default here); pass ``"relu"`` for its ReLU ones.
 
-Not yet: an ``nt-robust import`` directory for this layout (the run config has no DM
-architecture yet), so ``eval`` and the studies cannot take it; call the model directly.
+``nt-robust import`` writes such a file as a directory with ``model.arch = "dm_wrn"``
+(:mod:`nt_robust.export.importer`), which ``eval`` and the studies take like a trained run.
 """
 
 from __future__ import annotations
