@@ -314,6 +314,13 @@ def _map(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from nt_robust.export import export_run
 
+    if args.format == "torchscript":
+        from nt_robust.export.torchscript import export_torchscript
+
+        result = export_torchscript(args.run_dir, args.checkpoint, args.out, dry_run=args.dry_run)
+        print(f"wrote {result['torchscript']}: TorchScript (torch.jit.load; NCHW input in [0, 1]), logits match ours "
+              f"to {result['max_logit_difference']:.2g}")
+        return 0
     result = export_run(args.run_dir, checkpoint=args.checkpoint, format=args.format, out=args.out,
                         dry_run=args.dry_run, allow_few_points=args.allow_few_points)
     info, details = result["info"], result["details"]
@@ -334,9 +341,16 @@ def _import(args: argparse.Namespace) -> int:
     result = import_state_dict(args.source, args.out, dataset=args.dataset, eps=args.eps, norm=args.norm,
                                layout=args.layout, depth=args.depth, width=args.width, overrides=args.overrides)
     print(f"imported {args.source} (sha256 {result['sha256'][:12]}..., {result['layout']} layout, "
-          f"WideResNet-{result['depth']}-{result['width']}, {result['num_classes']} classes) into {args.out}; "
+          f"{'DMWideResNet' if result['layout'] == 'dm_wide_resnet' else 'WideResNet'}-{result['depth']}-"
+          f"{result['width']}, {result['num_classes']} classes) into {args.out}; "
           f"evaluate it with `nt-robust eval {args.out}`")
     return 0
+
+
+def _study_imported(args: argparse.Namespace) -> int:
+    from nt_robust.studies.imported import imported_study_command
+
+    return imported_study_command(args)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -348,7 +362,7 @@ def _info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _train, "eval": _eval, "study": _study, "map": _map, "compare": _compare, "plot": _plot,
-    "export": _export, "import": _import, "info": _info,
+    "export": _export, "import": _import, "study-imported": _study_imported, "info": _info,
 }
 
 

@@ -86,6 +86,13 @@ a regime with unfinished runs is drawn from what has finished and marked partial
 Tensor-only state_dict: torch.load(path, weights_only=True). WideResNets default to RobustBench's
 WideResNet layout (load_state_dict(sd, strict=True)); the MLP and SmallCNN to their own (format
 torch). Needs torch (pip install -e ".[torch]").""",
+    "study-imported": """examples:
+  nt-robust study-imported experiments/zoo_widths.toml                 # runs/imported_studies/<name>/
+  nt-robust study-imported experiments/zoo_widths.toml --out runs/zoo   # report.md, claims.json, results.json
+
+The spec lists `nt-robust import` directories (or state_dicts) of several widths; each is
+evaluated on the same test images, and claims 1-4 are judged with intervals over those images
+(one checkpoint per width: no seed spread; the report says so).""",
     "info": """examples:
   nt-robust info
   nt-robust info --cpu-devices 2""",
@@ -236,9 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--checkpoint", default="best_val", choices=["best_val", "best_test", "latest"],
                         help=CHECKPOINT_HELP)
-    export.add_argument("--format", choices=["robustbench", "torch"], default=None,
+    export.add_argument("--format", choices=["robustbench", "torch", "torchscript"], default=None,
                         help="key layout: robustbench (RobustBench's WideResNet; the default for a WideResNet) "
-                             "or torch (our exported module's; the default for the MLP and SmallCNN)")
+                             "or torch (our exported module's; the default for the MLP and SmallCNN); torchscript: "
+                             "a TorchScript file that loads without any class (torch.jit.load)")
     export.add_argument("--out", help="the .pt file (default RUN_DIR/export/<checkpoint>_<format>.pt); "
                                       "model_info goes next to it as .json")
     export.add_argument("--allow-few-points", action="store_true",
@@ -260,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--width", type=int, default=None, help="check the width (default: read from the shapes)")
     imports.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="more config settings for the directory, e.g. --set eval.batch_size=128")
+
+    imported = command("study-imported", "a width study over imported checkpoints (nt-robust import directories "
+                                         "or state_dicts)")
+    imported.add_argument("spec", metavar="SPEC", help="the study's TOML spec ([study] and [[model]] tables)")
+    imported.add_argument("--out", default=None, help="the study directory (default runs/imported_studies/<name>)")
 
     command("info", "versions and devices", parents=[cpu])
     parser.commands = commands.choices  # for suggestions on unknown options

@@ -1,23 +1,29 @@
-"""FAB, the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), ℓ∞, in JAX.
+"""FAB, the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), ℓ∞ and ℓ2, in JAX.
 
     from nt_robust.attacks.fab import FABConfig, fab
 
     result = fab(logits_fn, x, y, key, FABConfig(eps=8 / 255))                  # FAB-T
     result = fab(logits_fn, x, y, key, FABConfig(eps=8 / 255, targeted=False))  # FAB
     result.x_adv, result.fooled, result.norm   # x_adv = x where no point within ε was found
+    result = fab(logits_fn, x, y, key, FABConfig(eps=0.5, norm="l2"))      # FAB-T in ℓ2
 
 FAB looks for the *smallest* perturbation that changes the decision. Each step
 linearizes the decision boundary towards one class (the target, or for the untargeted
 version the class whose linearized boundary is closest), projects both the current
 iterate and the original point onto that hyperplane within the box [0, 1]
-(:func:`project_onto_hyperplane_box`), and moves to a convex combination of the two,
+(:func:`project_onto_hyperplane_box`; in ℓ2 :func:`project_onto_hyperplane_box_l2`), and moves to a convex combination of the two,
 extrapolated by ``eta``, with the weight of the original point
 ``min(‖δ_iter‖ / (‖δ_iter‖ + ‖δ_orig‖), alpha_max)``. Whenever the iterate is
 misclassified it is recorded if it is the closest so far and pulled back towards the
 original point by ``beta``. A point counts as broken when its closest misclassified
-iterate lies within ε. Restarts after the first start from ``x + min(r, ε)·t/‖t‖∞/2``
-(``t ~ U(-1, 1)``, ``r`` the closest distance so far). Targeted runs aim at the classes
-ranked 2 … ``num_targets`` + 1 by the clean logits, one run each.
+iterate lies within ε. Restarts after the first start from ``x + min(r, ε)·t/‖t‖/2``
+(ℓ∞: ``t ~ U(-1, 1)``; ℓ2: ``t ~ N(0, I)``; ``r`` the closest distance so far). Targeted
+runs aim at the classes ranked 2 … ``num_targets`` + 1 by the clean logits, one run each.
+
+The ℓ2 version is the original's (AutoAttack's ``FABAttack`` with ``norm="L2"``): every
+distance and the weights of the convex combination are ℓ2 norms, the distance to a
+linearized boundary is ``|f| / ‖∇f‖₂`` (the dual norm; ℓ∞ uses ‖∇f‖₁), and each step
+projects onto hyperplane ∩ box in ℓ2.
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ class FABConfig:
     loop: str = "fori"
 
     def __post_init__(self) -> None:
-        if self.norm != "linf":
-            raise ValueError(f"FAB is implemented for norm='linf' only, got {self.norm!r}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"FAB is implemented for norm 'linf' and 'l2', got {self.norm!r}")
         if self.loop not in LOOPS:
             raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):
@@ -67,7 +73,7 @@ class FABConfig:
 class FABResult(NamedTuple):
     x_adv: jax.Array   # closest misclassified point if within ε, else x itself
     fooled: jax.Array  # (N,) bool: x_adv is misclassified and within ε
-    norm: jax.Array    # (N,) ℓ∞ distance of the closest misclassified point found (1e10: none)
+    norm: jax.Array    # (N,) distance (ℓ∞ or ℓ2) of the closest misclassified point found (1e10: none)
 
 
 BISECTION_STEPS = 32  # halvings of [0, max room]: the interval ends 2^-32 of the box apart
@@ -111,6 +117,52 @@ def project_onto_hyperplane_box(t: jax.Array, w: jax.Array, b: jax.Array) -> jax
     return jnp.where(w != 0, d, 0.0)
 
 
+BISECTION_STEPS_L2 = 64  # ℓ2 breakpoints room/|w| span more than [0, 1]: run to float32's resolution
+
+
+def project_onto_hyperplane_box_l2(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """``d`` of smallest ‖d‖₂ with ``w·(t + d) = b`` and ``t + d ∈ [0, 1]^D``, per row.
+
+    The minimizer is ``d_i = ±min(λ·|w_i|, p_i)`` (KKT: a multiple of ``w`` clipped at the
+    box), ``p_i`` the room left in the useful direction. ``w·d`` then changes by
+    ``R(λ) = Σ_i |w_i|·min(λ|w_i|, p_i)``, piecewise linear and increasing with breakpoints
+    ``p_i / |w_i|``: bisection (:data:`BISECTION_STEPS_L2` halvings) brackets the smallest λ
+    reaching the gap and λ is solved exactly on the linear piece there, as in
+    :func:`project_onto_hyperplane_box`. Where the box cannot close the gap, the box corner.
+    """
+    gap = jnp.sum(w * t, axis=1) - b
+    w = w * jnp.where(gap >= 0, 1.0, -1.0)[:, None]
+    gap = jnp.abs(gap)
+    limit = jnp.where(w < 0, 1.0 - t, -t)
+    room, weight = jnp.abs(limit), jnp.abs(w)
+    reachable = jnp.sum(weight * room, axis=1) >= gap
+    active = weight > 0
+    breakpoint = jnp.where(active, room / jnp.where(active, weight, 1.0), 0.0)
+
+    def halve(_, bracket):
+        low, high = bracket
+        middle = (low + high) / 2
+        reached = jnp.sum(weight * jnp.minimum(middle[:, None] * weight, room), axis=1) >= gap
+        return jnp.where(reached, low, middle), jnp.where(reached, middle, high)
+
+    low, high = jax.lax.fori_loop(0, BISECTION_STEPS_L2, halve,
+                                  (jnp.zeros_like(gap), jnp.max(breakpoint, axis=1)))
+    clipped = breakpoint <= low[:, None]
+    filled = jnp.sum(jnp.where(clipped, weight * room, 0.0), axis=1)
+    moving = jnp.sum(jnp.where(clipped, 0.0, weight * weight), axis=1)
+    lam = jnp.clip((gap - filled) / jnp.maximum(moving, 1e-30), low, high)
+    d = jnp.where(reachable[:, None], jnp.sign(limit) * jnp.minimum(lam[:, None] * weight, room), limit)
+    return jnp.where(active, d, 0.0)
+
+
+HYPERPLANE_PROJECTIONS = {"linf": project_onto_hyperplane_box, "l2": project_onto_hyperplane_box_l2}
+
+
+def _norm(v: jax.Array, norm: str) -> jax.Array:
+    """Per-row ℓ∞ or ℓ2 norm of ``(N, D)`` rows."""
+    return jnp.max(jnp.abs(v), axis=1) if norm == "linf" else jnp.sqrt(jnp.sum(v * v, axis=1))
+
+
 def _boundary(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array, target: jax.Array | None):
     """``(f, g)``: the linearized boundaries at ``x1`` (N, M) and their gradients (N, M, D)."""
     flat_shape = x1.shape
@@ -136,9 +188,10 @@ def _boundary(logits_fn: LogitsFn, x1: jax.Array, y: jax.Array, target: jax.Arra
 
 def fab_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, x_start: jax.Array,
             target: jax.Array | None, config: FABConfig) -> tuple[jax.Array, jax.Array]:
-    """One FAB run: ``(closest misclassified point, its ℓ∞ distance or 1e10)`` per example."""
+    """One FAB run: ``(closest misclassified point, its distance or 1e10)`` per example."""
     n = x.shape[0]
     x0 = x.reshape(n, -1)
+    project = HYPERPLANE_PROJECTIONS[config.norm]
 
     def predicts_wrong(z):
         return jnp.argmax(logits_fn(z), axis=-1) != y
@@ -146,20 +199,22 @@ def fab_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, x_start: jax.Array,
     def step(_, carry):
         x1, best, best_norm = carry
         diff, grad = _boundary(logits_fn, x1, y, target)
-        distance = jnp.abs(diff) / (1e-12 + jnp.sum(jnp.abs(grad), axis=-1))
+        dual = (jnp.sum(jnp.abs(grad), axis=-1) if config.norm == "linf"
+                else jnp.sqrt(jnp.sum(grad * grad, axis=-1)))        # the dual norm of the gradient
+        distance = jnp.abs(diff) / (1e-12 + dual)
         closest = jnp.argmin(distance, axis=1)
         w = jnp.take_along_axis(grad, closest[:, None, None], 1)[:, 0]
         b = jnp.sum(w * x1.reshape(n, -1), axis=1) - jnp.take_along_axis(diff, closest[:, None], 1)[:, 0]
         flat1 = x1.reshape(n, -1)
-        d1 = project_onto_hyperplane_box(flat1, w, b)
-        d2 = project_onto_hyperplane_box(x0, w, b)
-        a1 = jnp.maximum(jnp.max(jnp.abs(d1), axis=1), 1e-8)
-        a2 = jnp.maximum(jnp.max(jnp.abs(d2), axis=1), 1e-8)
+        d1 = project(flat1, w, b)
+        d2 = project(x0, w, b)
+        a1 = jnp.maximum(_norm(d1, config.norm), 1e-8)
+        a2 = jnp.maximum(_norm(d2, config.norm), 1e-8)
         alpha = jnp.clip(a1 / (a1 + a2), 0.0, config.alpha_max)[:, None]
         flat1 = jnp.clip((flat1 + config.eta * d1) * (1 - alpha) + (x0 + config.eta * d2) * alpha, 0.0, 1.0)
         x1 = flat1.reshape(x.shape)
         wrong = predicts_wrong(x1)
-        norm = jnp.max(jnp.abs(flat1 - x0), axis=1)
+        norm = _norm(flat1 - x0, config.norm)
         closer = wrong & (norm < best_norm)
         best = jnp.where(closer[:, None], flat1, best)
         best_norm = jnp.where(closer, norm, best_norm)
@@ -191,8 +246,12 @@ def fab(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, config:
     def one_run(run, carry):
         best, best_norm = carry
         target = None if ranked is None else jnp.take(ranked, 1 + run // config.restarts, axis=1)
-        t = jax.random.uniform(jax.random.fold_in(key, run), x.shape, x.dtype, -1.0, 1.0)
-        t = t / jnp.maximum(jnp.max(jnp.abs(t), axis=tuple(range(1, x.ndim)), keepdims=True), 1e-12)
+        run_key = jax.random.fold_in(key, run)
+        if config.norm == "linf":
+            t = jax.random.uniform(run_key, x.shape, x.dtype, -1.0, 1.0)
+        else:
+            t = jax.random.normal(run_key, x.shape, x.dtype)
+        t = t / jnp.maximum(_norm(t.reshape(x.shape[0], -1), config.norm)[expand], 1e-12)
         random_start = jnp.clip(x + (jnp.minimum(best_norm, config.eps)[expand] * t) / 2, 0.0, 1.0)
         x_start = jnp.where(run % config.restarts == 0, x, random_start)
         candidate, norm = fab_run(logits_fn, x, y, x_start, target, config)

@@ -18,7 +18,8 @@ Protocols (version 1 unless said otherwise):
 ``autoattack-standard``
     APGD-CE (100 steps, 1 restart), APGD-T (targeted DLR, 9 targets, 100 steps),
     FAB-T (9 targets, 100 steps), Square (5000 queries, p_init 0.8): AutoAttack's
-    "standard" version.
+    "standard" version, in ℓ∞ or ℓ2 (the original's L2 version: ℓ2 APGD steps, FAB's ℓ2
+    projection, Square's ℓ2 windows).
 ``autoattack-2020`` (version 2)
     The AutoAttack the paper's authors bundled and ran (``fraauto/autoattack.py`` with
     ``plus=False``, called from ``auto_cifar10.py``): APGD-CE (100 steps, 5 restarts),
@@ -36,8 +37,9 @@ Protocols (version 1 unless said otherwise):
     ``step_budget_below_eps`` says when 20 steps cannot reach the ball's boundary).
 
 Each protocol lists the norms it is defined for (``Protocol.norms``): ``at_eps(eps, norm)``
-refuses any other, naming the protocols that take it. The AutoAttack protocols are ℓ∞ only
-(this FAB and Square are ℓ∞ implementations); ``apgd`` and ``pgd20`` take ℓ2.
+refuses any other, naming the protocols that take it. ``autoattack-standard``, ``apgd`` and
+``pgd20`` take ℓ2; ``autoattack-2020`` (what the authors ran, in ℓ∞) and the absolute-step
+presets are ℓ∞ only.
 ``cw20``
     PGD-20 on the standard CW margin ``max_{j≠y} z_j − z_y``, step 0.007.
 ``cw20-authors``
@@ -137,7 +139,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         Stage("apgd-t", APGDConfig(eps=_UNSET, loss="targeted_dlr", num_targets=9)),
         Stage("fab-t", FABConfig(eps=_UNSET, targeted=True, num_targets=9)),
         Stage("square", SquareConfig(eps=_UNSET, num_queries=5000), white_box=False),
-    ), "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square 5000"),
+    ), "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square 5000", norms=("linf", "l2")),  # (description: ℓ∞ fingerprints)
     Protocol("autoattack-2020", 2, (
         Stage("apgd-ce", APGDConfig(eps=_UNSET, loss="ce", restarts=5)),
         Stage("apgd-dlr", APGDConfig(eps=_UNSET, loss="dlr", restarts=5)),

@@ -1,9 +1,10 @@
-"""Square Attack (Andriushchenko et al., ECCV 2020), ℓ∞: a score-based black-box attack.
+"""Square Attack (Andriushchenko et al., ECCV 2020), ℓ∞ and ℓ2: a score-based black-box attack.
 
     from nt_robust.attacks.square import SquareConfig, square
 
     result = square(logits_fn, x, y, key, SquareConfig(eps=8 / 255, num_queries=5000))
     result.x_adv, result.fooled, result.queries      # queries: model calls per example
+    result = square(logits_fn, x, y, key, SquareConfig(eps=0.5, norm="l2"))    # the ℓ2 version
 
 It never looks at gradients, so it is the check against gradient masking: a model that
 resists the white-box attacks but not this one has gradients that lie. Per example:
@@ -17,6 +18,9 @@ resists the white-box attacks but not this one has gradients that lie. Per examp
   from ``p_init = 0.8`` (with ``rescale_schedule`` those counts are scaled to the budget as
   if it were 10 000; AutoAttack keeps them as they are);
 - a point stops (and stops spending queries) as soon as it is misclassified.
+
+In ℓ2 the start and the proposals are the original's windows (:mod:`nt_robust.attacks.square_l2`),
+with the same schedule for ``p``, the same acceptance rule and early stop.
 
 The published code draws one square position and one sign pattern per iteration for the
 whole batch; here every example draws its own (the attack's distribution per example
@@ -33,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from nt_robust.attacks.losses import best_other_logit
+from nt_robust.attacks.square_l2 import l2_proposal, l2_start, start_tiles, window_side
 from nt_robust.models.apply import LogitsFn
 
 _P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -51,8 +56,8 @@ class SquareConfig:
     rescale_schedule: bool = False
 
     def __post_init__(self) -> None:
-        if self.norm != "linf":
-            raise ValueError(f"Square is implemented for norm='linf' only, got {self.norm!r}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"Square is implemented for norm 'linf' and 'l2', got {self.norm!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):
             raise ValueError(f"eps must be finite and >= 0, got {self.eps!r}")
         if not 0 < self.p_init <= 1:
@@ -64,7 +69,7 @@ class SquareConfig:
 
 
 class SquareResult(NamedTuple):
-    x_adv: jax.Array    # best point found, in B∞(x, ε) ∩ [0, 1]
+    x_adv: jax.Array    # best point found, in B(x, ε) ∩ [0, 1] (ℓ∞ or ℓ2)
     fooled: jax.Array   # (N,) bool
     queries: jax.Array  # (N,) model evaluations spent on each example
 
@@ -85,12 +90,18 @@ def margin(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 def square_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
                config: SquareConfig) -> SquareResult:
-    """One run of the attack (NHWC images)."""
+    """One run of the attack (NHWC images; ℓ2 needs at least 5 rows for its starting tiles)."""
     n, height, width, channels = x.shape
     eps = config.eps
     init_key, loop_key = jax.random.split(key)
-    stripes = jax.random.rademacher(init_key, (n, 1, width, channels), x.dtype)
-    x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
+    if config.norm == "linf":
+        stripes = jax.random.rademacher(init_key, (n, 1, width, channels), x.dtype)
+        x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
+    else:
+        _, _, tile_rows, tile_cols = start_tiles(height, width)
+        sign_key, flip_key = jax.random.split(init_key)
+        x_best = l2_start(x, eps, jax.random.rademacher(sign_key, (n, tile_rows * tile_cols, channels), x.dtype),
+                          jax.random.bernoulli(flip_key, 0.5, (n, tile_rows * tile_cols)))
     best_margin = margin(logits_fn(x_best), y)
     rows = jnp.arange(height)[None, :, None, None]
     cols = jnp.arange(width)[None, None, :, None]
@@ -103,15 +114,26 @@ def square_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
         i, x_best, best_margin, queries = carry
         active = best_margin > 0
         p = square_fraction(i, config)
-        side = jnp.clip(jnp.round(jnp.sqrt(p * height * width)), 1, min(height, width)).astype(jnp.int32)
-        pos_key, sign_key = jax.random.split(jax.random.fold_in(loop_key, i))
-        corner = jnp.floor(jax.random.uniform(pos_key, (2, n)) * jnp.stack([height - side, width - side])[:, None])
-        top = corner[0].astype(jnp.int32)[:, None, None, None]
-        left = corner[1].astype(jnp.int32)[:, None, None, None]
-        inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-        signs = jax.random.rademacher(sign_key, (n, 1, 1, channels), x.dtype)
-        candidate = jnp.where(inside, x_best + 2 * eps * signs, x_best)
-        candidate = jnp.clip(jnp.clip(candidate, x - eps, x + eps), 0.0, 1.0)
+        if config.norm == "linf":   # (the ℓ∞ stream of draws is the one it always was)
+            pos_key, sign_key = jax.random.split(jax.random.fold_in(loop_key, i))
+            side = jnp.clip(jnp.round(jnp.sqrt(p * height * width)), 1, min(height, width)).astype(jnp.int32)
+        else:
+            pos_key, sign_key, pos2_key, flip_key = jax.random.split(jax.random.fold_in(loop_key, i), 4)
+            side = window_side(p, height, width)
+        room = jnp.stack([height - side, width - side])[:, None]
+        corner = jnp.floor(jax.random.uniform(pos_key, (2, n)) * room).astype(jnp.int32)
+        if config.norm == "linf":
+            top = corner[0][:, None, None, None]
+            left = corner[1][:, None, None, None]
+            inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+            signs = jax.random.rademacher(sign_key, (n, 1, 1, channels), x.dtype)
+            candidate = jnp.where(inside, x_best + 2 * eps * signs, x_best)
+            candidate = jnp.clip(jnp.clip(candidate, x - eps, x + eps), 0.0, 1.0)
+        else:
+            corner2 = jnp.floor(jax.random.uniform(pos2_key, (2, n)) * room).astype(jnp.int32)
+            candidate = l2_proposal(x, x_best, eps, side, corner, corner2,
+                                    jax.random.rademacher(sign_key, (n, channels), x.dtype),
+                                    jax.random.bernoulli(flip_key, 0.5, (n,)))
         new_margin = margin(logits_fn(candidate), y)
         keep = active & ((new_margin < best_margin) | (new_margin <= 0))
         x_best = jnp.where(keep[:, None, None, None], candidate, x_best)

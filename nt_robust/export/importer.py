@@ -11,6 +11,9 @@ Layouts (``layout``, detected from the keys when None):
   depth (6n + 4) and width; no input normalization. What ``nt-robust export`` writes by default.
 * ``"torch"``: the same keys plus ``mean`` / ``std`` buffers (``nt-robust export --format
   torch`` of a WideResNet): the normalization becomes ``model.input_mean`` / ``input_std``.
+* ``"dm_wide_resnet"``: RobustBench's Swish ``DMWideResNet`` (``init_conv``,
+  ``layer.{g}.block.{i}.*``, ``batchnorm``, ``logits``, ``mean``/``std``), checked by
+  :mod:`nt_robust.export.dm_import`; the directory's ``model.arch`` is ``"dm_wrn"``.
 
 Depth, width, classes and input channels are read from the tensors' shapes (``depth`` /
 ``width`` given: checked against them). The keys must be exactly the layout's for that
@@ -30,7 +33,6 @@ and Lipschitz metrics and ``export`` take it like a trained run.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,56 +41,20 @@ import jax
 import numpy as np
 
 from nt_robust import io
-from nt_robust.export.pytorch import ExportError, state_arrays
+from nt_robust.export.dm_import import check_dm_layout, dm_variables, is_dm_layout
+from nt_robust.export.pytorch import state_arrays
+from nt_robust.export.state_dicts import ImportError_, as_numpy, sha256, unwrap
 from nt_robust.models.wide_resnet import WideResNet
 
-LAYOUTS = ("robustbench", "torch")
-
-
-class ImportError_(ExportError):  # noqa: N801 (not the builtin ImportError)
-    """The state_dict is not a WideResNet in a layout we read; nothing was written."""
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _unwrap(loaded: Any) -> tuple[dict[str, Any], list[str]]:
-    """The flat ``{key: tensor}`` inside ``loaded`` and what was done to reach it."""
-    notes = []
-    if isinstance(loaded, dict) and set(loaded) <= {"state_dict", "model_state_dict", "epoch", "optimizer"}:
-        for name in ("state_dict", "model_state_dict"):
-            if name in loaded:
-                loaded, notes = loaded[name], [f"took the checkpoint's {name!r} entry"]
-                break
-    if not isinstance(loaded, dict) or not loaded:
-        raise ImportError_(f"expected a state_dict (a dict of tensors), got {type(loaded).__name__}")
-    if all(isinstance(k, str) and k.startswith("module.") for k in loaded):
-        loaded = {k[len("module."):]: v for k, v in loaded.items()}
-        notes.append("removed nn.DataParallel's 'module.' prefix")
-    return dict(loaded), notes
-
-
-def _as_numpy(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in state_dict.items():
-        if hasattr(value, "detach"):
-            if str(value.dtype) == "torch.bfloat16":
-                raise ImportError_(f"tensor {key!r} is torch.bfloat16; the layout stores float32: convert with "
-                                   "{k: v.float() for k, v in sd.items()} (num_batches_tracked stays int64)")
-            value = value.detach().cpu().numpy()
-        out[key] = np.asarray(value)
-    return out
+LAYOUTS = ("robustbench", "torch", "dm_wide_resnet")
 
 
 def detect_layout(keys: set[str]) -> str:
     """``"torch"`` when the WideResNet keys come with ``mean`` / ``std``, ``"robustbench"``
     without; :class:`ImportError_` for keys of no WideResNet layout."""
     core = {"conv1.weight", "fc.weight", "fc.bias", "bn1.weight", "block1.layer.0.conv1.weight"}
+    if is_dm_layout(keys):
+        return "dm_wide_resnet"
     if not core <= keys:
         raise ImportError_(f"not a WideResNet state_dict in RobustBench's layout: missing "
                            f"{sorted(core - keys)} (found e.g. {sorted(keys)[:6]}). Expected layout: {_EXPECTED}")
@@ -156,6 +122,17 @@ def check_layout(arrays: dict[str, np.ndarray], layout: str, depth: int | None =
     return arch
 
 
+def _check_dm(arrays: dict[str, np.ndarray], depth: int | None, width: int | None) -> dict[str, int]:
+    """:func:`nt_robust.export.dm_import.check_dm_layout`, and the asked depth and width."""
+    _, arch = check_dm_layout(arrays)
+    wrong = {k: v for k, v in {"depth": depth, "width": width}.items() if v is not None and v != arch[k]}
+    if wrong:
+        raise ImportError_(f"the state_dict is a DMWideResNet-{arch['depth']}-{arch['width']} (from the "
+                           "layer.0.block.* entries and layer.0.block.0.conv_0.weight's channels), not the asked "
+                           + ", ".join(f"{k} {v}" for k, v in wrong.items()))
+    return arch
+
+
 def _conv(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.transpose(2, 3, 1, 0))   # (out, in, kh, kw) -> (kh, kw, in, out)
 
@@ -220,13 +197,20 @@ def import_state_dict(source: str | Path, out: str | Path, dataset: str = "cifar
     except Exception as error:  # noqa: BLE001 -- pickle, zip and torch errors alike
         raise ImportError_(f"{source} is not a tensor-only PyTorch file torch.load(weights_only=True) reads "
                            f"({type(error).__name__}: {str(error)[:200]})") from None
-    state_dict, notes = _unwrap(loaded)
-    arrays = _as_numpy(state_dict)
+    state_dict, notes = unwrap(loaded)
+    arrays = as_numpy(state_dict)
     detected = detect_layout(set(arrays))
     layout = layout or detected
-    arch = check_layout(arrays, layout, depth, width)
-    mean, std = _normalization(arrays)
-    settings = [f"name={out.name}", f"data.dataset={dataset}", "model.arch=wrn", f"model.depth={arch['depth']}",
+    if (layout == "dm_wide_resnet") != (detected == "dm_wide_resnet"):
+        raise ImportError_(f"--layout {layout} but the keys are the {detected} layout (nothing was written)")
+    if layout == "dm_wide_resnet":
+        arch = _check_dm(arrays, depth, width)
+        mean, std = (tuple(float(v) for v in arrays[k].reshape(-1)) for k in ("mean", "std"))
+    else:
+        arch = check_layout(arrays, layout, depth, width)
+        mean, std = _normalization(arrays)
+    arch_name = "dm_wrn" if layout == "dm_wide_resnet" else "wrn"
+    settings = [f"name={out.name}", f"data.dataset={dataset}", f"model.arch={arch_name}", f"model.depth={arch['depth']}",
                 f"model.width={arch['width']}", f"eval.attack.eps={eps}", f"eval.attack.norm={norm}",
                 f"train_attack.eps={eps}", f"train_attack.norm={norm}", "data.val_size=0", *overrides]
     if mean is not None:
@@ -238,8 +222,8 @@ def import_state_dict(source: str | Path, out: str | Path, dataset: str = "cifar
                            f"fc.weight has {arch['num_classes']} classes and conv1.weight {arch['in_channels']} "
                            "input channels: pass the dataset it was trained on (--dataset)")
     model = create_model(config.model, classes)
-    variables = to_variables(arrays, arch["depth"])
-    batches = int(arrays["bn1.num_batches_tracked"])
+    variables = dm_variables(arrays) if layout == "dm_wide_resnet" else to_variables(arrays, arch["depth"])
+    batches = int(arrays["batchnorm.num_batches_tracked" if layout == "dm_wide_resnet" else "bn1.num_batches_tracked"])
     abstract = abstract_state(config, model, image_shape)
     state = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
     state = state.replace(step=np.asarray(batches, abstract.step.dtype), params=variables["params"],

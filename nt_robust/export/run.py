@@ -197,7 +197,8 @@ def export_run(run_dir: str | Path, checkpoint: str = "best_val", format: str | 
     and our exact numbers as ``<out>.nt_robust.json``.
     Returns ``{state_dict, model_info, details_file, format, keys, max_logit_difference, info,
     details, written}``.
-    ``dry_run``: restore, check the layout and build model_info, write nothing (needs no torch)."""
+    ``dry_run``: restore, check the layout and build model_info, write nothing (needs no torch).
+    (A TorchScript file: :func:`nt_robust.export.torchscript.export_torchscript`.)"""
     try:
         import torch
     except ImportError:

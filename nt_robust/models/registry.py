@@ -17,9 +17,10 @@ import jax.numpy as jnp
 
 from nt_robust.models.layers import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from nt_robust.models.small import MLP, SmallCNN
+from nt_robust.models.dm_wide_resnet import DMWideResNet
 from nt_robust.models.wide_resnet import WideResNet
 
-ARCHITECTURES = ("wrn", "mlp", "cnn")
+ARCHITECTURES = ("wrn", "mlp", "cnn", "dm_wrn")   # dm_wrn: RobustBench's Swish DMWideResNet (imports)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +87,14 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
-        if self.arch == "wrn" and (self.depth - 4) % 6 != 0:
+        if self.arch in ("wrn", "dm_wrn") and (self.depth - 4) % 6 != 0:
             raise ValueError(f"model.depth for a WideResNet must be 6n+4 (10, 16, 22, 28, 34, ...), got {self.depth}")
 
     @property
     def label(self) -> str:
         """Short human-readable name, e.g. ``WRN-34-10``, ``MLP-2x256``, ``CNNx4``."""
-        if self.arch == "wrn":
-            return f"WRN-{self.depth}-{self.width}"
+        if self.arch in ("wrn", "dm_wrn"):
+            return f"{'DM-' if self.arch == 'dm_wrn' else ''}WRN-{self.depth}-{self.width}"
         if self.arch == "mlp":
             return f"MLP-{self.depth}x{self.width}"
         return f"CNNx{self.width}"
@@ -115,6 +116,10 @@ def create_model(config: ModelConfig, num_classes: int, dtype: str | None = None
     ops = layer_ops(config)
     if config.arch == "wrn":
         return WideResNet(depth=config.depth, width=config.width, num_classes=num_classes, conv=ops["conv"], **norm)
+    if config.arch == "dm_wrn":   # float32 only, plain convolutions (imported models: export/dm_import.py)
+        return DMWideResNet(depth=config.depth, width=config.width, num_classes=num_classes,
+                            **({} if config.input_mean is None else dict(input_mean=config.input_mean,
+                                                                         input_std=config.input_std)))
     if config.arch == "mlp":
         return MLP(width=config.width, depth=config.depth, num_classes=num_classes, dot_general=ops["dot_general"],
                    **norm)
@@ -131,7 +136,7 @@ def count_parameters(params: Any) -> int:
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
 
 
-TYPICAL_MAX_WIDTH = {"mlp": 8192, "cnn": 16, "wrn": 20}
+TYPICAL_MAX_WIDTH = {"mlp": 8192, "cnn": 16, "wrn": 20, "dm_wrn": 20}
 
 
 def estimate_model_size(config: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> dict[str, int]:
@@ -158,6 +163,7 @@ def width_hint(config: ModelConfig) -> str | None:
         return None
     meaning = {"cnn": "a multiplier of the SmallCNN's channels (32·width in the first conv)",
                "wrn": "the WideResNet widening factor (channels 16·width, 32·width, 64·width)",
+               "dm_wrn": "the WideResNet widening factor (channels 16·width, 32·width, 64·width)",
                "mlp": "units per hidden layer"}[config.arch]
     mistake = (f" width = {config.width} looks like an MLP's units per layer (kept when model.arch was switched?); "
                f"for arch = {config.arch!r} try 1 to {TYPICAL_MAX_WIDTH[config.arch]}") if config.arch != "mlp" else ""

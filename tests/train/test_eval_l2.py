@@ -85,10 +85,10 @@ def test_the_evaluation_is_the_hand_built_l2_attack(l2_run, capsys):
 
 def test_linf_only_presets_and_protocols_are_refused_for_an_l2_run(l2_run, capsys):
     before = sorted(p.name for p in (l2_run / "eval").glob("*")) if (l2_run / "eval").exists() else []
-    for args in (["--protocol", "autoattack-standard"], ["--protocol", "pgd20-0.007"], ["--attack", "pgd20-paper"]):
+    for args in (["--protocol", "autoattack-2020"], ["--protocol", "pgd20-0.007"], ["--attack", "pgd20-paper"]):
         code, out = _eval(capsys, l2_run, *args, "--examples", 4)
         assert code != 0 and "l2" in out.err and "Traceback" not in out.err, args
-    assert "apgd" in out.err or "pgd20" in out.err
+    assert "apgd" in out.err or "pgd20" in out.err or "autoattack-standard" in out.err
     after = sorted(p.name for p in (l2_run / "eval").glob("*")) if (l2_run / "eval").exists() else []
     assert after == before
 
@@ -103,13 +103,13 @@ def test_l2_protocols_get_the_runs_norm_and_record_it(l2_run, capsys, monkeypatc
 
     monkeypatch.setattr(evaluate_module, "run_protocol", fake_run_protocol)
     monkeypatch.setattr(evaluate_module, "_sanity", lambda *a, **k: [])
-    for name in ("apgd", "pgd20"):
+    for name in ("apgd", "pgd20", "autoattack-standard"):
         code, out = _eval(capsys, l2_run, "--protocol", name, "--examples", 4)
         assert code == 0, out.err
         result = json.loads(out.out)
         assert result["norm"] == "l2" and result["result_file"].endswith("_l2.json")
         assert io.read_json(result["result_file"])["fingerprint"]["protocol"]["norm"] == "l2"
-    assert seen == {"apgd": {("l2", L2_EPS)}, "pgd20": {("l2", L2_EPS)}}
+    assert seen == {"apgd": {("l2", L2_EPS)}, "pgd20": {("l2", L2_EPS)}, "autoattack-standard": {("l2", L2_EPS)}}
     assert get_protocol("pgd20", L2_EPS, "l2").stages[0].config.step_size == RELATIVE_STEP * L2_EPS
 
 
