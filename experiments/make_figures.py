@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nt_robust.environment import describe_cpu, environment_info  # noqa: E402
-from nt_robust.io import file_lock, read_json, write_json  # noqa: E402
+from nt_robust.storage import file_lock, read_json, write_json  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

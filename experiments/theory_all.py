@@ -28,7 +28,7 @@ import theory_ntk_convergence  # noqa: E402
 import theory_report  # noqa: E402
 import theory_trades  # noqa: E402
 
-from nt_robust.io import read_json, write_json  # noqa: E402
+from nt_robust.storage import read_json, write_json  # noqa: E402
 
 STAGES = {module.EXPERIMENT.name: module.EXPERIMENT
           for module in (theory_init_gradients, theory_ntk_convergence, theory_bound_growth, theory_lazy,

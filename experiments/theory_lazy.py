@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust.io import write_json
+from nt_robust.storage import write_json
 from nt_robust.metrics import yang_local_lipschitz
 from nt_robust.theory import lazy_training as lt
 from nt_robust.theory.data import sphere_binary_subset
@@ -254,7 +254,7 @@ def finalize_partial(preset_name: str, out_dir: str) -> dict:
     """summarize and plot what an interrupted run left in lazy.partial.json
 
     Its rows become lazy.json (marked partial) with fits and figures."""
-    from nt_robust.io import read_json
+    from nt_robust.storage import read_json
 
     preset = get_preset(preset_name)
     partial = read_json(f"{out_dir}/lazy.partial.json")

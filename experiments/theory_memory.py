@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 
-from nt_robust.io import write_json
+from nt_robust.storage import write_json
 from nt_robust.theory.experiment import TheoryExperiment
 from nt_robust.theory.presets import get_preset
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from nt_robust.io import read_json, write_text
+from nt_robust.storage import read_json, write_text
 
 
 FIT_NOTE = ("Exponents: OLS slope of log(mean over seeds) on log(width); 95% interval: the wider of a "

@@ -42,7 +42,7 @@ import numpy as np
 from nt_robust.data import to_float
 from nt_robust.environment import describe_cpu
 from nt_robust.export.run import restore_variables
-from nt_robust.io import read_json, write_json
+from nt_robust.storage import read_json, write_json
 from nt_robust.metrics import LipschitzConfig, evaluate_model
 from nt_robust.models.registry import init_variables
 from nt_robust.studies.contrasts import slope_weights

@@ -272,7 +272,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _map(args: argparse.Namespace) -> int:
-    from nt_robust import io
+    from nt_robust import storage
     from nt_robust.studies.map_report import render_results_block, replace_block
     from nt_robust.studies.regime_map import build_map, load_regime, write_map
     from nt_robust.studies.sweep import load_study
@@ -283,7 +283,7 @@ def _map(args: argparse.Namespace) -> int:
         if not args.results_doc:
             raise ConfigError("--from-json only rewrites a document: add --results-doc docs/results.md")
         doc = Path(args.results_doc)
-        io.write_text(doc, replace_block(doc.read_text(), render_results_block(io.read_json(Path(args.from_json)))))
+        storage.write_text(doc, replace_block(doc.read_text(), render_results_block(storage.read_json(Path(args.from_json)))))
         print(f"rewrote the generated block of {doc} from {args.from_json}")
         return 0
     if not args.specs:
@@ -304,7 +304,7 @@ def _map(args: argparse.Namespace) -> int:
     paths = write_map(result, Path(args.out))
     if args.results_doc:
         doc = Path(args.results_doc)
-        io.write_text(doc, replace_block(doc.read_text(), render_results_block(result)))
+        storage.write_text(doc, replace_block(doc.read_text(), render_results_block(result)))
     for regime in result["regimes"]:
         print(f"{regime['label']:<32} {regime['status']:<9} {regime['runs_finished']}/{regime['runs_total']} runs")
     print(f"map: {paths[1]}")

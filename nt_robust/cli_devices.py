@@ -40,13 +40,13 @@ def set_cpu_devices_for(args: argparse.Namespace, own_process: bool) -> None:
 
 def started_run_devices(args: argparse.Namespace) -> int | None:
     """The CPU device count a resumed run (train RUN_DIR) was started with, where recorded."""
-    from nt_robust import io
+    from nt_robust import storage
     from nt_robust.train.run_dir import RunDirectory
 
     if args.command != "train" or args.run is None:
         return None
     try:
-        environment = io.read_json(RunDirectory(args.run).environment_path)
+        environment = storage.read_json(RunDirectory(args.run).environment_path)
     except (OSError, ValueError):
         return None
     count = environment.get("device_count") if environment.get("backend") == "cpu" else None

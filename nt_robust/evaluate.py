@@ -44,7 +44,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.attacks import CW20, FGSM, PGD20, TRADES_TRAIN, AttackConfig
 from nt_robust.attacks.config import RELATIVE_STEP, at_threat_model
 from nt_robust.attacks.protocols import ROBUST, BatchStore, ModelFn, get_protocol, run_protocol
@@ -254,7 +254,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
             get_protocol(protocol, attack_config.eps, attack_config.norm)
         except ValueError as error:
             raise ConfigError(f"{error} (the run's eval.attack.norm is {run_config.eval.attack.norm!r})") from None
-    io.check_writable(Path(run_dir) / "eval", "eval stores its results")  # before, not after, the attack
+    storage.check_writable(Path(run_dir) / "eval", "eval stores its results")  # before, not after, the attack
     mesh = data_mesh()
     run = restore_run(run_dir, checkpoint, config, replicated_sharding(mesh))
     variables, record = run.variables, run.record
@@ -312,8 +312,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best_val", attack: str 
         changed.append((["eval", "batch_size"], batch_size))
     stem = attack_result_stem(run_dir, checkpoint, split, attack_name, config.eval.attack.eps, count,
                               _variant(changed))
-    io.save_arrays(Path(f"{stem}.npz"), per_example)   # not with_suffix: "pgd20-0.003" has a dot
-    io.write_json(Path(f"{stem}.json"), result)
+    storage.save_arrays(Path(f"{stem}.npz"), per_example)   # not with_suffix: "pgd20-0.003" has a dot
+    storage.write_json(Path(f"{stem}.json"), result)
     return {**result, "result_file": f"{stem}.json"}
 
 
@@ -330,7 +330,7 @@ def _evaluate_protocol(run: RestoredRun, variables: Any, step: int, images: np.n
     json_path, npz_path = Path(f"{stem}.json"), Path(f"{stem}.npz")
     store = BatchStore(Path(f"{stem}.partial"), fingerprint)
     if json_path.exists() and npz_path.exists():
-        previous = io.read_json(json_path)
+        previous = storage.read_json(json_path)
         if previous.get("fingerprint") == store.fingerprint:
             if progress:
                 print(f"{json_path} is finished with these settings: not recomputed", file=sys.stderr, flush=True)
@@ -360,7 +360,7 @@ def _evaluate_protocol(run: RestoredRun, variables: Any, step: int, images: np.n
                                 reported=result.per_example["broken_by"] == ROBUST,
                                 attacks=tuple(s.config for s in protocol.stages)),
     }
-    io.save_arrays(npz_path, result.per_example)
-    io.write_json(json_path, summary)
+    storage.save_arrays(npz_path, result.per_example)
+    storage.write_json(json_path, summary)
     store.clear()
     return {**summary, "result_file": str(json_path)}

@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.data.checks import check_images_and_labels
 from nt_robust.attacks.apgd import APGDConfig, apgd
 from nt_robust.attacks.config import CW20, CW20_AUTHORS, PGD20, RELATIVE_STEP, AttackConfig
@@ -370,23 +370,23 @@ class BatchStore:
         self.done: set[int] = set()
         index_path = self.directory / "index.json"
         if index_path.exists():
-            index = io.read_json(index_path)
+            index = storage.read_json(index_path)
             if index.get("fingerprint") == self.fingerprint:
                 self.done = set(index.get("batches", []))
             else:
                 shutil.rmtree(self.directory)
 
     def _write_index(self) -> None:
-        io.write_json(self.directory / "index.json",
+        storage.write_json(self.directory / "index.json",
                             {"fingerprint": self.fingerprint, "batches": sorted(self.done)})
 
     def load(self, index: int) -> dict[str, np.ndarray] | None:
         if index not in self.done:
             return None
-        return io.load_arrays(self.directory / f"batch_{index:05d}.npz")
+        return storage.load_arrays(self.directory / f"batch_{index:05d}.npz")
 
     def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        io.save_arrays(self.directory / f"batch_{index:05d}.npz", arrays)
+        storage.save_arrays(self.directory / f"batch_{index:05d}.npz", arrays)
         self.done.add(index)
         self._write_index()
 

@@ -152,7 +152,7 @@ def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_no
                    choose_now: Callable[[dict], str], layer: str) -> dict[str, Any]:
     """The implementation "auto" uses on CPU (one of ``choices``): forced by ``$variable``, else
     the cache file's entry under ``key``, else measured now (``layer`` says on what) and cached."""
-    from nt_robust import io
+    from nt_robust import storage
 
     forced = os.environ.get(variable, "").strip()
     if forced:
@@ -161,7 +161,7 @@ def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_no
         return {"impl": forced, "source": variable}
     path = cache_path()
     try:
-        cached = io.read_json(path)
+        cached = storage.read_json(path)
     except (OSError, ValueError):
         cached = {}
     entry = cached.get(key) if isinstance(cached, dict) else None
@@ -180,7 +180,7 @@ def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_no
     entry["impl"] = choose_now(entry)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        io.write_json(path, {**(cached if isinstance(cached, dict) else {}), key: entry})
+        storage.write_json(path, {**(cached if isinstance(cached, dict) else {}), key: entry})
     except OSError:
         pass  # a read-only home: measure again next time
     return {**entry, "source": "measured now"}
@@ -189,10 +189,10 @@ def _cached_choice(choices: tuple[str, ...], variable: str, key: str, measure_no
 def cached_impl() -> str | None:
     """The convolution "auto" chose when it was measured on this machine under the current
     ``XLA_FLAGS`` (None: not yet). Starts no JAX backend, so it can inform XLA's flags."""
-    from nt_robust import io
+    from nt_robust import storage
 
     try:
-        entry = io.read_json(cache_path()).get(machine_key())
+        entry = storage.read_json(cache_path()).get(machine_key())
     except (OSError, ValueError, AttributeError):
         return None
     return entry["impl"] if isinstance(entry, dict) and entry.get("impl") in CHOICES else None

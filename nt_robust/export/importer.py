@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.export.dm_import import check_dm_layout, dm_variables, is_dm_layout
 from nt_robust.export.pytorch import state_arrays
 from nt_robust.export.state_dicts import ImportError_, as_numpy, sha256, unwrap
@@ -232,14 +232,14 @@ def import_state_dict(source: str | Path, out: str | Path, dataset: str = "cifar
               "normalization": {"mean": mean, "std": std}, **arch, "num_batches_tracked": batches,
               "torch_version": torch.__version__}
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "config.json", to_dict(config))
+    storage.write_json(out / "config.json", to_dict(config))
     checkpoints = Checkpointer(out / "checkpoints", keep=1)
     try:
         for kind in ("latest", "best_val", "best_test"):
             checkpoints.save(kind, state, {"progress": {"epoch": None, "imported": True}})
     finally:
         checkpoints.close()
-    io.write_json(out / "imported.json", record)
+    storage.write_json(out / "imported.json", record)
     if progress:
         print(f"imported {source} ({layout} layout, WRN-{arch['depth']}-{arch['width']}, {arch['num_classes']} "
               f"classes) into {out}", file=sys.stderr)

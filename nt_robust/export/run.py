@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.export.pytorch import ExportError, default_format, state_arrays, to_tensors, to_torch
 
 AUTOATTACK = "autoattack-standard"
@@ -85,7 +85,7 @@ def _autoattack_result(run_dir: Path, checkpoint: str, step: int, eps: float,
     on the ones passed over."""
     notes, best = [], None
     for path in sorted((run_dir / "eval").glob(f"{checkpoint}_test_{AUTOATTACK}_eps*.json")):
-        result = io.read_json(path)
+        result = storage.read_json(path)
         if result.get("protocol") != AUTOATTACK or result.get("split") != "test":
             continue
         if result.get("norm", "linf") != norm:
@@ -110,7 +110,7 @@ def _epoch_row(run_dir: Path, record: dict[str, Any], checkpoint: str, step: int
     if isinstance(best, dict):
         return best
     path = run_dir / "metrics.jsonl"
-    rows = [r for r in io.read_jsonl(path) if r.get("step") == step] if path.exists() else []
+    rows = [r for r in storage.read_jsonl(path) if r.get("step") == step] if path.exists() else []
     return rows[-1] if rows else {}
 
 
@@ -144,7 +144,7 @@ def model_info(run_dir: str | Path, restored: dict[str, Any], format: str,
 
     run_dir = Path(run_dir)
     config, checkpoint = restored["config"], restored["checkpoint"]
-    config_json = io.read_json(run_dir / "config.json")
+    config_json = storage.read_json(run_dir / "config.json")
     eps = config.eval.attack.eps
     norm = config.eval.attack.norm
     autoattack, notes = _autoattack_result(run_dir, checkpoint, restored["step"], eps, norm)
@@ -237,8 +237,8 @@ def export_run(run_dir: str | Path, checkpoint: str = "best_val", format: str | 
     temporary = out.with_name(out.name + ".tmp")
     torch.save(to_tensors(arrays), temporary)
     temporary.replace(out)
-    io.write_json(info_path, info)
-    io.write_json(details_path, details)
+    storage.write_json(info_path, info)
+    storage.write_json(details_path, details)
     if progress:
         print(f"wrote {out} ({len(arrays)} tensors, {format} layout) and {info_path}", file=sys.stderr)
     return {**result, "written": True}

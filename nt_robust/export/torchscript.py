@@ -49,7 +49,7 @@ def export_torchscript(run_dir: str | Path, checkpoint: str = "best_val", out: s
         import torch
     except ImportError:
         raise ExportError('a TorchScript export needs torch: pip install -e ".[torch]"') from None
-    from nt_robust import io
+    from nt_robust import storage
     from nt_robust.export.run import restore_variables
 
     restored = restore_variables(run_dir, checkpoint)
@@ -76,7 +76,7 @@ def export_torchscript(run_dir: str | Path, checkpoint: str = "best_val", out: s
     details = {"torchscript": str(out), "run_dir": str(run_dir), "checkpoint": checkpoint,
                "image_shape": list(image_shape), "input": "NCHW float32 in [0, 1]",
                "max_logit_difference": difference, "logit_scale": scale, "torch_version": torch.__version__}
-    io.write_json(out.with_suffix(".nt_robust.json"), details)
+    storage.write_json(out.with_suffix(".nt_robust.json"), details)
     if progress:
         print(f"wrote {out} (TorchScript, input NCHW {image_shape[2]}x{image_shape[0]}x{image_shape[1]})",
               file=sys.stderr)

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 
 log = logging.getLogger("nt_robust.studies")
 
@@ -72,9 +72,9 @@ def finished_run_dirs(paths: Iterable[Path]) -> list[Path]:
     for run_dir in finished:
         try:
             for name in ("config.json", "summary.json"):
-                if not isinstance(io.read_json(run_dir / name), dict):
-                    raise io.DamagedFileError(f"{run_dir / name} is damaged (not a JSON object)")
-            io.read_jsonl(run_dir / "metrics.jsonl")
+                if not isinstance(storage.read_json(run_dir / name), dict):
+                    raise storage.DamagedFileError(f"{run_dir / name} is damaged (not a JSON object)")
+            storage.read_jsonl(run_dir / "metrics.jsonl")
         except (OSError, ValueError) as error:
             log.warning("skipping the damaged run %s: %s", run_dir, error)
             continue
@@ -86,7 +86,7 @@ def collect_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Rows for every finished run directory among ``paths`` (others are ignored)."""
     rows = []
     for run_dir in finished_run_dirs(paths):
-        config, summary = io.read_json(run_dir / "config.json"), io.read_json(run_dir / "summary.json")
+        config, summary = storage.read_json(run_dir / "config.json"), storage.read_json(run_dir / "summary.json")
         fields = _run_fields(config, summary)
         for selection, key in SELECTIONS.items():
             record = summary.get(key)
@@ -104,9 +104,9 @@ def collect_curves(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """One row per run and epoch, from metrics.jsonl (for per-epoch figures)."""
     rows = []
     for run_dir in finished_run_dirs(paths):
-        config, summary = io.read_json(run_dir / "config.json"), io.read_json(run_dir / "summary.json")
+        config, summary = storage.read_json(run_dir / "config.json"), storage.read_json(run_dir / "summary.json")
         fields = _run_fields(config, summary)
-        for record in io.read_jsonl(run_dir / "metrics.jsonl"):
+        for record in storage.read_jsonl(run_dir / "metrics.jsonl"):
             rows.append({**fields, **record})
     return rows
 
@@ -129,12 +129,12 @@ def collect_examples(paths: Iterable[Path], selection: str = "best_val") -> dict
     checkpoint, from ``RUN_DIR/eval/{selection}_{split}.npz`` (runs without them are left out)."""
     examples: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for run_dir in finished_run_dirs(paths):
-        name = io.read_json(Path(run_dir) / "config.json")["name"]
+        name = storage.read_json(Path(run_dir) / "config.json")["name"]
         for split in ("val", "test"):
             path = Path(run_dir) / "eval" / f"{selection}_{split}.npz"
             if path.exists():
                 try:
-                    arrays = io.load_arrays(path)
+                    arrays = storage.load_arrays(path)
                 except (OSError, ValueError) as error:
                     log.warning("skipping the per-example results of %s: %s", run_dir, error)
                     continue
@@ -144,7 +144,7 @@ def collect_examples(paths: Iterable[Path], selection: str = "best_val") -> dict
 
 def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
     """``stem.csv`` and ``stem.json``, atomically."""
-    io.write_json(stem.with_suffix(".json"), rows)
+    storage.write_json(stem.with_suffix(".json"), rows)
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -152,4 +152,4 @@ def write_table(rows: list[dict[str, Any]], stem: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    io.write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    storage.write_text(stem.with_suffix(".csv"), buffer.getvalue())

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.attacks.protocols import PROTOCOLS
 from nt_robust.config import ConfigError
 
@@ -104,7 +104,7 @@ def _result_stem(study, run, protocol: str) -> Path | None:
         return None
     from nt_robust.evaluate import protocol_result_stem
 
-    eps = io.read_json(run_dir / "config.json")["eval"]["attack"]["eps"]
+    eps = storage.read_json(run_dir / "config.json")["eval"]["attack"]["eps"]
     return protocol_result_stem(run_dir, CHECKPOINT, "test", protocol, eps, study.attack_check.examples)
 
 
@@ -118,7 +118,7 @@ def _finished_result(study, run, protocol: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        result = io.read_json(path)
+        result = storage.read_json(path)
     except ValueError as error:  # damaged: left out of the report, evaluated again by the attacks stage
         log.warning("%s; treated as not evaluated", error)
         return None
@@ -155,7 +155,7 @@ def collect_attack_examples(study) -> dict[tuple[str, str], np.ndarray]:
             path = Path(f"{_result_stem(study, run, protocol)}.npz")
             if path.exists():
                 try:
-                    arrays = io.load_arrays(path)
+                    arrays = storage.load_arrays(path)
                 except (OSError, ValueError) as error:
                     log.warning("%s; its per-example results are left out", error)
                     continue

@@ -116,7 +116,7 @@ def cached(kind: str, what: Any, compute) -> dict[str, Any]:
     import json
     import os
 
-    from nt_robust import io
+    from nt_robust import storage
     from nt_robust.cpu.machine import cache_dir, package_version
 
     if os.environ.get("NT_ROBUST_ESTIMATE_CACHE", "").lower() in ("off", "0", "false", "no"):
@@ -125,7 +125,7 @@ def cached(kind: str, what: Any, compute) -> dict[str, Any]:
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
     path = cache_dir() / "estimates.json"
     try:
-        entries = io.read_json(path)
+        entries = storage.read_json(path)
     except (OSError, ValueError):
         entries = {}
     entries = entries if isinstance(entries, dict) else {}
@@ -133,12 +133,12 @@ def cached(kind: str, what: Any, compute) -> dict[str, Any]:
         return entries[key]
     value = compute()
     try:
-        with io.file_lock(path.with_suffix(".lock")):
+        with storage.file_lock(path.with_suffix(".lock")):
             try:
-                latest = io.read_json(path)
+                latest = storage.read_json(path)
             except (OSError, ValueError):
                 latest = {}
-            io.write_json(path, {**(latest if isinstance(latest, dict) else {}), key: value})
+            storage.write_json(path, {**(latest if isinstance(latest, dict) else {}), key: value})
     except OSError:
         pass  # a read-only cache: count again next time
     return value

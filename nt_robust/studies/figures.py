@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nt_robust import io  # noqa: E402
+from nt_robust import storage  # noqa: E402
 from nt_robust.studies.claims import WAR_READINGS  # noqa: E402
 from nt_robust.studies.contrasts import best_lam_by_width, grid_rows, group_stats, select, stats_of  # noqa: E402
 from nt_robust.studies.tables import read_run, run_label  # noqa: E402
@@ -43,7 +43,7 @@ def _save(fig, stem: Path) -> list[Path]:
         # No creation date in PDFs: the same numbers give the same bytes, so reruns do not churn git.
         metadata = {"CreationDate": None} if suffix == ".pdf" else None
         fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", metadata=metadata)
-        io.write_bytes(stem.with_suffix(suffix), buffer.getvalue())
+        storage.write_bytes(stem.with_suffix(suffix), buffer.getvalue())
         paths.append(stem.with_suffix(suffix))
     plt.close(fig)
     return paths
@@ -260,7 +260,7 @@ def plot_run_curves(curves: dict[str, list[dict[str, Any]]], out: Path, split: s
         buffer = _io.BytesIO()
         fig.savefig(buffer, format=out.suffix.lstrip(".") or "png", bbox_inches="tight")
         plt.close(fig)
-    io.write_bytes(out, buffer.getvalue())
+    storage.write_bytes(out, buffer.getvalue())
     return out
 
 
@@ -272,7 +272,7 @@ def plot_runs(runs: Sequence[str | Path], out: Path, split: str = "test") -> Pat
         run_dir, config = read_run(path)
         label = run_label(run_dir, config, labels)
         labels.append(label)
-        metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+        metrics = storage.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
         if not metrics:
             raise FileNotFoundError(f"{run_dir} has no finished epoch yet (no metrics.jsonl rows)")
         eps = config["eval"]["attack"].get("eps_text") or format(config["eval"]["attack"]["eps"], "g")

@@ -54,11 +54,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError
 from nt_robust.studies.contrasts import slope_weights
 from nt_robust.studies.verdicts import Claim, HypothesisTest, decide
-from nt_robust.studies.uncertainty import (LEVEL, NOT_EVALUATED, Interval, holm, interval_p_value,
+from nt_robust.studies.uncertainty import (LEVEL, NOT_EVALUATED, Interval, holm,
                                            normal_quantile)
 
 METRICS = ("natural_accuracy", "robust_accuracy", "perturbation_stability", "lipschitz_mean")
@@ -145,8 +145,8 @@ def _model_dir(study: ImportedStudy, model: ImportedModel, out: Path, progress: 
         if not (model.dir / "config.json").exists():
             raise ConfigError(f"model {model.name!r}: {model.dir} is not an `nt-robust import` directory "
                               "(no config.json)")
-        record = io.read_json(model.dir / "imported.json") if (model.dir / "imported.json").exists() else {}
-        config = io.read_json(model.dir / "config.json")["model"]
+        record = storage.read_json(model.dir / "imported.json") if (model.dir / "imported.json").exists() else {}
+        config = storage.read_json(model.dir / "config.json")["model"]
         record = {"depth": config["depth"], "width": config["width"], **record}
         for key in ("depth", "width"):
             asked = getattr(model, key)
@@ -157,7 +157,7 @@ def _model_dir(study: ImportedStudy, model: ImportedModel, out: Path, progress: 
         raise FileNotFoundError(f"model {model.name!r}: {model.state_dict}: no such file")
     target = out / "models" / model.name
     if (target / "imported.json").exists():
-        record = io.read_json(target / "imported.json")
+        record = storage.read_json(target / "imported.json")
         if record["sha256"] == sha256(model.state_dict):
             return target, record
         raise ImportError_(f"model {model.name!r}: {target} holds another file (sha256 {record['sha256'][:12]}...) "
@@ -230,16 +230,16 @@ def _evaluate(study: ImportedStudy, model: ImportedModel, run_dir: Path, record:
                    "eps": study.eps, "norm": study.norm, "examples": study.examples, "overrides": overrides,
                    "sanity": study.sanity}
     stem = out / "evaluations" / model.name
-    if stem.with_suffix(".json").exists() and io.read_json(stem.with_suffix(".json"))["fingerprint"] == fingerprint:
-        info = io.read_json(stem.with_suffix(".json"))["result"]
+    if stem.with_suffix(".json").exists() and storage.read_json(stem.with_suffix(".json"))["fingerprint"] == fingerprint:
+        info = storage.read_json(stem.with_suffix(".json"))["result"]
     else:
         if progress:
             print(f"evaluating {model.name} ({study.attack} at {study.norm} eps={study.eps}, {study.examples} test "
                   "images)", file=sys.stderr, flush=True)
         info, arrays = _measure(study, run_dir, overrides)
-        io.save_arrays(stem.with_suffix(".npz"), arrays)
-        io.write_json(stem.with_suffix(".json"), {"fingerprint": fingerprint, "result": info})
-    per_example = per_example_metrics(io.load_arrays(stem.with_suffix(".npz")))
+        storage.save_arrays(stem.with_suffix(".npz"), arrays)
+        storage.write_json(stem.with_suffix(".json"), {"fingerprint": fingerprint, "result": info})
+    per_example = per_example_metrics(storage.load_arrays(stem.with_suffix(".npz")))
     row = {"run": model.name, "source": str(model.state_dict or model.dir), "sha256": record.get("sha256"),
            "layout": record.get("layout"), "depth": record["depth"], "width": record["width"],
            "attack": study.attack, "norm": info["norm"], "eps": info["eps"], "eps_text": info["eps_text"],
@@ -372,10 +372,10 @@ def run_imported_study(study: ImportedStudy, out: Path, progress: bool = False) 
     if len({r["width"] for r in rows}) < 2:
         raise ConfigError(f"{study.spec_path}: every model has width {rows[0]['width']}: a width study needs two widths")
     claims = imported_claims(rows, examples)
-    io.write_json(out / "results.json", rows)
-    io.write_json(out / "claims.json", [c.to_dict() for c in claims])
+    storage.write_json(out / "results.json", rows)
+    storage.write_json(out / "claims.json", [c.to_dict() for c in claims])
     report = out / "report.md"
-    io.write_text(report, render(study, rows, examples, claims, f"nt-robust study-imported {study.spec_path}"))
+    storage.write_text(report, render(study, rows, examples, claims, f"nt-robust study-imported {study.spec_path}"))
     return report
 
 
@@ -384,7 +384,7 @@ def imported_study_command(args: argparse.Namespace) -> int:
     study = load_imported_study(args.spec)
     out = Path(args.out or Path("runs") / "imported_studies" / study.name)
     report = run_imported_study(study, out, progress=True)
-    for claim in io.read_json(out / "claims.json"):
+    for claim in storage.read_json(out / "claims.json"):
         print(f"claim {claim['number']}: {claim['verdict']:<14} {claim['text']}")
     print(f"report: {report}")
     return 0

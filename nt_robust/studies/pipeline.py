@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError, load_config
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import collect_curves, collect_examples, collect_runs, write_table
@@ -68,7 +68,7 @@ def theory_figures(name: str, archs: set[str]) -> list[Path]:
     if not record.exists():
         return []
     try:
-        studies = io.read_json(record).get("studies", {})
+        studies = storage.read_json(record).get("studies", {})
     except (OSError, ValueError):
         return []
     return [path for other, result in sorted(studies.items()) if result.get("arch") in archs
@@ -81,7 +81,7 @@ def build_report(study: Study, figures_dir: Path | None = None) -> Path:
     One aggregation at a time per study (an flock on ``results/.lock``): job-array tasks
     that finish together and each aggregate would otherwise race, and the one that read
     the run directories first could write its table last, without the other's row."""
-    with io.file_lock(study.runs_root / "results" / ".lock"):
+    with storage.file_lock(study.runs_root / "results" / ".lock"):
         return _build_report(study, figures_dir)
 
 
@@ -116,10 +116,10 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
     report_dir = figures_dir
     text = render_report(study.name, rows, readings, figures, report_dir, context)
     report_path = report_dir / "report.md"
-    io.write_text(report_path, text)
-    io.write_json(results_dir / "claims.json", [c.to_dict() for c in readings["best_val"]["claims"]])
-    io.write_json(results_dir / "claims_final.json", [c.to_dict() for c in readings["final"]["claims"]])
-    io.write_json(results_dir / "overfitting.json", overfitting_json(context["overfitting"]))
+    storage.write_text(report_path, text)
+    storage.write_json(results_dir / "claims.json", [c.to_dict() for c in readings["best_val"]["claims"]])
+    storage.write_json(results_dir / "claims_final.json", [c.to_dict() for c in readings["final"]["claims"]])
+    storage.write_json(results_dir / "overfitting.json", overfitting_json(context["overfitting"]))
     log.info("report: %s (%d runs, %d figures)", report_path, len({r['run'] for r in rows}), len(figures))
     return report_path
 
@@ -150,10 +150,10 @@ def declaration_check(path: Path) -> str | None:
 
     now = primary_tests_hash()
     if not path.exists():
-        io.write_json(path, {"hash": now, "declared": {str(k): v for k, v in PRIMARY_TESTS.items()},
+        storage.write_json(path, {"hash": now, "declared": {str(k): v for k, v in PRIMARY_TESTS.items()},
                              "stored_utc": environment_info()["time_utc"]})
         return None
-    stored = io.read_json(path)
+    stored = storage.read_json(path)
     if stored.get("hash") == now:
         return None
     return (f"The primary tests changed after these results were first stored: {path} holds declaration "
@@ -165,7 +165,7 @@ def study_summary(study: Study) -> str:
     """The terminal version of the report: the results table (best held-out checkpoint)
     and one line per claim, from the files :func:`build_report` wrote."""
     results_dir = study.runs_root / "results"
-    rows = io.read_json(results_dir / "results.json")
-    claims = io.read_json(results_dir / "claims.json")
+    rows = storage.read_json(results_dir / "results.json")
+    claims = storage.read_json(results_dir / "claims.json")
     verdicts = [f"claim {c['number']}: {c['verdict']:<14} {c['text']}" for c in sorted(claims, key=lambda c: c["number"])]
     return "\n".join([summary_table(rows), "", *verdicts])

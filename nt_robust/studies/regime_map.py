@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.environment import describe_cpu, environment_info
 from nt_robust.studies.aggregate import METRICS, collect_examples, collect_runs
 from nt_robust.studies.claims import evaluate_claims
@@ -290,7 +290,7 @@ def write_map(result: dict[str, Any], out_dir: Path) -> list[Path]:
     from nt_robust.studies.map_report import declaration_note, render_map
 
     out_dir = Path(out_dir)
-    old = io.read_json(out_dir / "map.json") if (out_dir / "map.json").exists() else None
+    old = storage.read_json(out_dir / "map.json") if (out_dir / "map.json").exists() else None
     note = declaration_note(old, result)
     if note:
         result["declaration_note"] = note
@@ -298,6 +298,6 @@ def write_map(result: dict[str, Any], out_dir: Path) -> list[Path]:
     if any(rd["slopes"] for r in result["regimes"] for rd in readings_of(r).values()):
         figures += plot_slopes(result, out_dir / "slopes")
         figures += plot_claims(result, out_dir / "claims")
-    io.write_json(out_dir / "map.json", result)
-    io.write_text(out_dir / "map.md", render_map(result, figures, out_dir))
+    storage.write_json(out_dir / "map.json", result)
+    storage.write_text(out_dir / "map.md", render_map(result, figures, out_dir))
     return [out_dir / "map.json", out_dir / "map.md", *figures]

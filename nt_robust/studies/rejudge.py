@@ -20,13 +20,12 @@ test points 0.0048"), to four decimals. From those:
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.studies.uncertainty import _half_width, benjamini_hochberg, holm, interval_p_value
 
 NUMBER = r"([+-]?\d+\.\d+)"
@@ -103,7 +102,7 @@ def _judge(number: int, per_lam: list[tuple[float, dict[str, float]]]) -> dict[s
 def from_map(path: Path) -> dict[str, Any]:
     """Claims 1–5 of an old map.json, re-judged per regime; Holm across regimes for the
     primaries, BH over every slope."""
-    result = io.read_json(path)
+    result = storage.read_json(path)
     regimes, slopes = {}, []
     metric_of = {1: "natural_accuracy", 2: "perturbation_stability", 4: "lipschitz_mean"}
     for regime in result["regimes"]:

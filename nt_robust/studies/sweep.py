@@ -45,7 +45,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError, load_config
 from nt_robust.studies.attack_check import AttackCheckPlan
 from nt_robust.train.config import WAR_MODES, ExperimentConfig
@@ -149,7 +149,7 @@ class Study:
         from nt_robust.train.run_dir import config_differences, config_hash
 
         run_dir = self.run_dir(run)
-        summary = io.read_json(run_dir / "summary.json")
+        summary = storage.read_json(run_dir / "summary.json")
         wanted = to_dict(config)
         stored_hash = summary.get("config_hash") if isinstance(summary, dict) else None
         if stored_hash == config_hash(wanted):
@@ -162,7 +162,7 @@ class Study:
                               f"{'another config hash' if stored_hash else 'no config hash'}). Move that run "
                               "directory away to train it again, or give the study another runs_root")
         # war.reference_run is the path of a run of this study: it changes when the runs root moves
-        differences = config_differences(io.read_json(run_dir / "config.json"), wanted, allowed=("war.reference_run",))
+        differences = config_differences(storage.read_json(run_dir / "config.json"), wanted, allowed=("war.reference_run",))
         if differences:
             raise ConfigError(
                 f"{run_dir} finished with another config than {self.spec_path} now gives it "
@@ -288,7 +288,7 @@ def best_reference_lam(study: Study) -> float:
         if not study.is_finished(run):
             missing.append(run.name)
             continue
-        summary = io.read_json(study.run_dir(run) / "summary.json")
+        summary = storage.read_json(study.run_dir(run) / "summary.json")
         best = summary["selected_by_val_robust_accuracy"] or summary["final"]
         by_lam.setdefault(run.lam, []).append(best.get("val_robust_accuracy", best.get("test_robust_accuracy")))
     if missing:

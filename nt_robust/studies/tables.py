@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from nt_robust import io
+from nt_robust import storage
 
 COLUMNS = (("natural", "natural_accuracy"), ("robust", "robust_accuracy"),
            ("stability", "perturbation_stability"), ("lipschitz", "lipschitz_mean"))
@@ -59,7 +59,7 @@ def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
                                 "`nt-robust train`")
-    return run_dir, io.read_json(run_dir / "config.json")
+    return run_dir, storage.read_json(run_dir / "config.json")
 
 
 def run_label(run_dir: Path, config: dict[str, Any], labels: Sequence[str]) -> str:
@@ -73,9 +73,9 @@ def _checkpoint_records(run_dir: Path, config: dict[str, Any], split: str) -> li
     rules = (("final", "final"), ("best_val", "selected_by_val_robust_accuracy"),
              ("best_test (paper)", "selected_by_test_robust_accuracy_paper_protocol"))
     if (run_dir / "summary.json").exists():
-        summary = io.read_json(run_dir / "summary.json")
+        summary = storage.read_json(run_dir / "summary.json")
         return [(name, summary.get(key)) for name, key in rules]
-    metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    metrics = storage.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     evaluated = [r for r in metrics if f"{split}_robust_accuracy" in r]
     return [(f"latest of {config['train']['epochs']} (unfinished)", evaluated[-1] if evaluated else None)]
 
@@ -96,7 +96,7 @@ def compare_runs(runs: Sequence[str | Path], split: str = "test") -> str:
             if record and f"{split}_natural_accuracy" in record:
                 rows.append([*fields, name, record["epoch"], *(record.get(f"{split}_{m}") for _, m in COLUMNS)])
         for result_path in sorted((run_dir / "eval").glob("*.json")):
-            result = io.read_json(result_path)
+            result = storage.read_json(result_path)
             if not isinstance(result, dict) or "robust_accuracy" not in result or "checkpoint" not in result:
                 continue
             evaluations.append([label, result.get("protocol") or result.get("attack_name"), repr(result.get("eps")),

@@ -133,7 +133,7 @@ def flax_empirical_ntk(model: nn.Module, variables: Any, x: jax.Array, implement
     is forward mode: it cannot go through the custom-VJP convolutions ("auto" on CPU), so it
     is refused for such a model with the fix."""
     from nt_robust.cpu.ops import supports_forward_mode
-    from nt_robust.theory.nt_compat import NTK_IMPL, NTK_IMPL_VP, nt
+    from nt_robust.theory.nt_compat import NTK_IMPL, NTK_IMPL_VP
 
     implementation = NTK_IMPL if implementation is None else implementation
     conv, dot_general = getattr(model, "conv", None), getattr(model, "dot_general", None)

@@ -23,7 +23,7 @@ import os
 import time
 from typing import Callable, Mapping
 
-from nt_robust.io import read_json, write_json
+from nt_robust.storage import read_json, write_json
 from nt_robust.theory.presets import PRESETS
 
 Measure = Callable[[str, str], dict]    # (preset name, output folder) -> result

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import jax
 import orbax.checkpoint as ocp
 
-from nt_robust import io
+from nt_robust import storage
 
 KINDS = ("latest", "best_val", "best_test")
 DIGEST = "nt_robust_digest.json"
@@ -113,7 +113,7 @@ def _sha256(path: Path) -> str:
 def write_digest(step_dir: Path) -> None:
     files = {str(p.relative_to(step_dir)): {"size": p.stat().st_size, "sha256": _sha256(p)}
              for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != DIGEST}
-    io.write_json(step_dir / DIGEST, {"files": files})
+    storage.write_json(step_dir / DIGEST, {"files": files})
 
 
 def verify_digest(step_dir: Path) -> str | None:
@@ -131,7 +131,7 @@ def verify_digest(step_dir: Path) -> str | None:
                     "stopped between orbax's rename and the digest, so its files cannot be checked")
         return None
     try:
-        files = io.read_json(digest_path)["files"]
+        files = storage.read_json(digest_path)["files"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"its digest {digest_path} is unreadable ({type(error).__name__})"
     for name, expected in files.items():

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError, apply_overrides, build
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.run_dir import ADDED_FIELDS, added_field_value
@@ -49,7 +49,7 @@ def _stored_config(run_dir: Path) -> dict[str, Any]:
             return recorded
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); start a run with "
                                 "`nt-robust train --config FILE`")
-    return io.read_json(path)
+    return storage.read_json(path)
 
 
 def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
@@ -59,7 +59,7 @@ def _checkpoint_config(run_dir: Path) -> dict[str, Any] | None:
     steps = sorted((int(p.name) for p in latest.iterdir() if p.name.isdigit()), reverse=True) if latest.is_dir() else []
     for step in steps:
         try:
-            config = io.read_json(latest / str(step) / "record" / "metadata").get("config")
+            config = storage.read_json(latest / str(step) / "record" / "metadata").get("config")
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(config, dict):
@@ -122,10 +122,10 @@ def extend_run(run_dir: str | Path, extra_epochs: int, overrides: list[str] | tu
               "schedule": optim.schedule, "milestones_now_in_effect": now_in_effect,
               "previous_summary": previous_summary}
     path = run_dir / EXTENSIONS
-    history = io.read_json(path) if path.exists() else []
-    io.write_json(path, [*history, record])
+    history = storage.read_json(path) if path.exists() else []
+    storage.write_json(path, [*history, record])
     stored = {**stored, "train": {**stored.get("train", {}), "epochs": new_epochs}}
-    io.write_json(run_dir / "config.json", stored)
+    storage.write_json(run_dir / "config.json", stored)
     os.replace(run_dir / "summary.json", run_dir / previous_summary)
     return extended
 
@@ -136,9 +136,9 @@ def annotate_summary(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, 
     path = run_dir / EXTENSIONS
     if not path.exists() or "stopped_at_step" in summary or not (run_dir / "summary.json").exists():
         return summary
-    stored, extensions = io.read_json(run_dir / "summary.json"), io.read_json(path)
+    stored, extensions = storage.read_json(run_dir / "summary.json"), storage.read_json(path)
     if stored.get("extensions") == extensions:
         return stored  # a reprinted run: nothing to add, nothing rewritten
     summary = {**stored, "extensions": extensions}
-    io.write_json(run_dir / "summary.json", summary)
+    storage.write_json(run_dir / "summary.json", summary)
     return summary

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.accelerators import mfu, precision_class
 from nt_robust.config import to_dict
 from nt_robust.environment import environment_info
@@ -227,7 +227,7 @@ class Trainer:
             return {"stopped_at_step": int(state.step)}
         if already_finished and run.summary_path.exists():
             try:  # a finished run is reported from its own summary, never rewritten (item 5 of issue 36)
-                summary = io.read_json(run.summary_path)
+                summary = storage.read_json(run.summary_path)
                 if isinstance(summary, dict) and summary.get("final") is not None:
                     return summary
             except ValueError as error:

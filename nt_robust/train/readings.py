@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nt_robust import io
+from nt_robust import storage
 
 # reading -> (checkpoint it is computed from, summary.json key)
 READINGS = {"final": ("latest", "final"), "best_val": ("best_val", "selected_by_val_robust_accuracy")}
@@ -51,7 +51,7 @@ def missing_readings(run_dir: str | Path) -> list[tuple[str, str]]:
     if not (run_dir / "summary.json").exists() or not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished run (no summary.json and config.json): finish "
                                 f"it first with `nt-robust train {run_dir}`")
-    splits = _evaluated_splits(io.read_json(run_dir / "config.json"))
+    splits = _evaluated_splits(storage.read_json(run_dir / "config.json"))
     best_needs_val = "val" in splits   # without a validation split there is no best_val checkpoint
     return [(reading, split) for reading in READINGS for split in splits
             if (reading == "final" or best_needs_val) and not reading_path(run_dir, reading, split).exists()]
@@ -74,7 +74,7 @@ def fill_readings(run_dir: str | Path) -> list[Path]:
     config = load_run_config(run_dir)
     mesh = data_mesh()
     splits = prepare_splits(config.data, sample_seed=config.train.seed)
-    summary = io.read_json(run_dir / "summary.json")
+    summary = storage.read_json(run_dir / "summary.json")
     run, written, changed, evaluator = RunDirectory(run_dir), [], False, None
     for reading in dict.fromkeys(r for r, _ in missing):
         checkpoint, key = READINGS[reading]

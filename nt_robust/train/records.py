@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.train.run_dir import RunConfigMismatchError, RunDirectory, config_differences, config_hash
 
 log = logging.getLogger("nt_robust.train")
@@ -56,14 +56,14 @@ def extended_from(run: RunDirectory, saved: dict[str, Any]) -> bool:
 
     path = run.root / EXTENSIONS
     epochs = saved.get("train", {}).get("epochs") if isinstance(saved.get("train"), dict) else None
-    return path.exists() and any(e.get("from_epochs") == epochs for e in io.read_json(path))
+    return path.exists() and any(e.get("from_epochs") == epochs for e in storage.read_json(path))
 
 
 def warn_if_other_device_count(run: RunDirectory) -> None:
     """Warn when a run resumes on another number of devices than it started on: its
     reductions then sum in another order, so it is no longer bitwise the run it would have been."""
     try:
-        started = io.read_json(run.environment_path).get("device_count")
+        started = storage.read_json(run.environment_path).get("device_count")
     except (OSError, ValueError, AttributeError):
         return
     if isinstance(started, int) and started != jax.device_count():

@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError, apply_overrides, build
 from nt_robust.models import create_model
 from nt_robust.train.checkpoints import Checkpointer
@@ -48,7 +48,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); runs are made by "
                                 "`nt-robust train`")
-    return io.read_json(path)
+    return storage.read_json(path)
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

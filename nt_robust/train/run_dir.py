@@ -17,7 +17,7 @@ take no lock. On NFS, flock works across hosts with NFSv4 (Lustre needs ``-o flo
 A ``.lock`` that is a symbolic link is refused (never followed). :func:`config_hash` ties
 checkpoints and summaries to their config; :func:`config_differences` names what differs::
 
-    config_differences(io.read_json(run / "config.json"), to_dict(config))  # ["optim.lr: 0.05 -> 0.1"]
+    config_differences(storage.read_json(run / "config.json"), to_dict(config))  # ["optim.lr: 0.05 -> 0.1"]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nt_robust import io
+from nt_robust import storage
 
 log = logging.getLogger("nt_robust.train")
 
@@ -75,7 +75,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = io.open_no_follow(self.path)  # a symlinked .lock is refused, never truncated through
+            fd = storage.open_no_follow(self.path)  # a symlinked .lock is refused, never truncated through
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise RunDirectoryNotWritableError(str(error)) from None
@@ -224,9 +224,9 @@ class RunDirectory:
         """Record ``config`` for a new run, or check it matches the run already here.
         Returns True when an existing run will be resumed."""
         if self.config_path.exists():
-            previous = io.read_json(self.config_path)
+            previous = storage.read_json(self.config_path)
             if not isinstance(previous, dict):
-                raise io.DamagedFileError(f"{self.config_path} is damaged (not a JSON object). Restore it from a "
+                raise storage.DamagedFileError(f"{self.config_path} is damaged (not a JSON object). Restore it from a "
                                           "backup, or delete it: the checkpoints' records hold the config too")
             differences = config_differences(previous, config)
             if differences:
@@ -242,8 +242,8 @@ class RunDirectory:
             resumed = False
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
-            io.write_json(self.config_path, config)
-            io.write_json(self.environment_path if not resumed else self.root / "environment.resumed.json",
+            storage.write_json(self.config_path, config)
+            storage.write_json(self.environment_path if not resumed else self.root / "environment.resumed.json",
                           environment)
         return resumed
 
@@ -253,13 +253,13 @@ class RunDirectory:
         return RunLock(self.root).acquire()
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return io.read_jsonl(self.metrics_path)
+        return storage.read_jsonl(self.metrics_path)
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        io.write_jsonl(self.metrics_path, rows)
+        storage.write_jsonl(self.metrics_path, rows)
 
     def save_eval(self, name: str, per_example: dict[str, Any]) -> None:
-        io.save_arrays(self.eval_dir / f"{name}.npz", per_example)
+        storage.save_arrays(self.eval_dir / f"{name}.npz", per_example)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        io.write_json(self.summary_path, summary)
+        storage.write_json(self.summary_path, summary)

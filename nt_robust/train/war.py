@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.train.config import WarConfig
 
 
@@ -27,7 +27,7 @@ def epoch_ratio(lam: float, natural_loss: float, regularizer: float, mode: str =
 
 def reference_ratio(run_dir: str | Path, mode: str = "weighted_ratio") -> float:
     """ρ_s or r_s of a finished (small-model) run: the mean of its per-epoch ratios."""
-    rows = io.read_jsonl(Path(run_dir) / "metrics.jsonl")
+    rows = storage.read_jsonl(Path(run_dir) / "metrics.jsonl")
     if not rows:
         raise FileNotFoundError(f"war.reference_run {run_dir} has no metrics.jsonl: train the small model first")
     ratios = [epoch_ratio(r["lam"], r["train_natural_loss"], r["train_regularizer"], mode) for r in rows]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError
 from nt_robust.studies.attack_check import AttackCheckPlan, collect_attack_check
 from nt_robust.studies.claims import attack_agreement_claim
@@ -119,13 +119,13 @@ def test_collect_reads_only_matching_finished_evaluations(tmp_path):
     spec.write_text(spec.read_text() + '[attack_check]\nprotocols = ["pgd20-0.007", "cw20"]\nexamples = 50\n')
     study = load_study(spec)
     run = study.grid_runs()[0]
-    io.write_json(study.run_dir(run) / "config.json", {"eval": {"attack": {"eps": 0.1}}})
+    storage.write_json(study.run_dir(run) / "config.json", {"eval": {"attack": {"eps": 0.1}}})
     eval_dir = study.run_dir(run) / "eval"
-    io.write_json(eval_dir / "best_val_test_cw20_eps0.1_n50.json",
+    storage.write_json(eval_dir / "best_val_test_cw20_eps0.1_n50.json",
                   {"eps": 0.1, "num_examples": 50, "natural_accuracy": 0.7, "robust_accuracy": 0.3})
-    io.write_json(eval_dir / "best_val_test_pgd20-0.007_eps0.1_n500.json",  # another size: not this check's
+    storage.write_json(eval_dir / "best_val_test_pgd20-0.007_eps0.1_n500.json",  # another size: not this check's
                   {"eps": 0.1, "num_examples": 500, "natural_accuracy": 0.7, "robust_accuracy": 0.35})
-    io.write_json(eval_dir / "best_val_test_cw20_eps0.2_n50.json",          # another ε: not this run's
+    storage.write_json(eval_dir / "best_val_test_cw20_eps0.2_n50.json",          # another ε: not this run's
                   {"eps": 0.2, "num_examples": 50, "natural_accuracy": 0.7, "robust_accuracy": 0.1})
     rows = collect_attack_check(study)
     assert rows == [{"run": run.name, "width": run.width, "lam": run.lam, "seed": 0, "protocol": "cw20",

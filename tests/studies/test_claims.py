@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.studies.claims import evaluate_claims
 from nt_robust.studies.contrasts import lam_averaged_slope, slope_weights
 from nt_robust.studies.uncertainty import CONTRADICTED, INCONCLUSIVE, SUPPORTED
@@ -158,7 +158,7 @@ def test_readings_split_margins_and_tuned_lam():
 
 def test_results_block_regenerates_from_the_committed_map_json():
     doc = (ROOT / "docs" / "results.md").read_text()
-    block = render_results_block(io.read_json(ROOT / "figures" / "regime_map" / "map.json"))
+    block = render_results_block(storage.read_json(ROOT / "figures" / "regime_map" / "map.json"))
     start, end = doc.index(BEGIN), doc.index(END) + len(END)
     assert doc[start:end] == block, "docs/results.md's generated block is stale: run " \
         "`nt-robust map --from-json figures/regime_map/map.json --results-doc docs/results.md`"
@@ -201,8 +201,8 @@ def test_study_results_keep_the_first_declaration_and_say_when_it_changed(tmp_pa
 
     path = tmp_path / "results" / "primary_tests.json"
     assert declaration_check(path) is None                                  # first report: stored
-    assert io.read_json(path)["hash"] == primary_tests_hash() and declaration_check(path) is None
-    io.write_json(path, {**io.read_json(path), "hash": "0123456789ab"})    # tests changed since
+    assert storage.read_json(path)["hash"] == primary_tests_hash() and declaration_check(path) is None
+    storage.write_json(path, {**storage.read_json(path), "hash": "0123456789ab"})    # tests changed since
     note = declaration_check(path)
     assert "changed after these results were first stored" in note and "0123456789ab" in note
 
@@ -216,7 +216,7 @@ def test_map_from_json_rewrites_only_the_block_and_refuses_what_it_cannot_do(tmp
     assert main(["map", "--from-json", source, "--results-doc", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("# Results\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale" not in text
-    assert render_results_block(io.read_json(Path(source))) in text
+    assert render_results_block(storage.read_json(Path(source))) in text
     assert main(["map", "--from-json", source]) == 2                       # nothing to write
     assert main(["map"]) == 2                                               # nothing to read
     (tmp_path / "plain.md").write_text("no markers\n")

@@ -5,7 +5,7 @@ import contextlib
 import threading
 from pathlib import Path
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import load_config, to_dict
 from nt_robust.studies import pipeline
 from nt_robust.studies.sweep import load_study
@@ -17,8 +17,8 @@ REPO = Path(__file__).parents[2]
 def finish(study, run) -> None:
     config = load_config(ExperimentConfig, study.base_config, list(run.overrides))
     record = {"epoch": 1, "test_natural_accuracy": 0.5, "test_robust_accuracy": 0.3}
-    io.write_json(study.run_dir(run) / "config.json", to_dict(config))
-    io.write_json(study.run_dir(run) / "summary.json", {
+    storage.write_json(study.run_dir(run) / "config.json", to_dict(config))
+    storage.write_json(study.run_dir(run) / "summary.json", {
         "model": config.model.label, "final": record, "selected_by_val_robust_accuracy": record,
         "selected_by_test_robust_accuracy_paper_protocol": record})
 
@@ -63,7 +63,7 @@ def race(tmp_path, monkeypatch) -> list[str]:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    return sorted({row["run"] for row in io.read_json(study.runs_root / "results" / "results.json")})
+    return sorted({row["run"] for row in storage.read_json(study.runs_root / "results" / "results.json")})
 
 
 def test_two_tasks_aggregating_at_the_same_moment_lose_no_row(tmp_path, monkeypatch):

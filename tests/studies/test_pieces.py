@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError
 from nt_robust.studies.pieces import check_piece, format_pieces, piece_hours, piece_runs
 from nt_robust.studies.sweep import load_study
@@ -79,9 +79,9 @@ def test_a_study_run_piece_by_piece_with_seeded_samples_keeps_both_readings(tmp_
     assert main(["study", str(spec), "--pieces", "2", "--piece", "1", "--no-estimate",
                  "--figures-dir", str(figures)]) == 0
     assert all(study.is_finished(r) for r in study.runs()) and (figures / "report.md").exists()
-    rows = io.read_json(tmp_path / "runs" / "results" / "results.json")
+    rows = storage.read_json(tmp_path / "runs" / "results" / "results.json")
     assert {r["train_sample"] for r in rows} == {"seed"} and {r["seed"] for r in rows} == {0, 1}
-    summaries = {r.seed: io.read_json(study.run_dir(r) / "summary.json") for r in study.runs() if r.lam == 1.0}
+    summaries = {r.seed: storage.read_json(study.run_dir(r) / "summary.json") for r in study.runs() if r.lam == 1.0}
     for seed, summary in summaries.items():
         data = summary["data"]
         assert data["train_sample"] == "seed" and data["sample_seed"] == seed == summary["seed"]

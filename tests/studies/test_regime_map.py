@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.cli import main
 from nt_robust.studies.contrasts import contrast, linear_contrast, slope_weights, width_slope
 from nt_robust.studies.regime_map import build_map, load_regime, write_map
@@ -99,7 +99,7 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
     specs.append(regime_spec(tmp_path, "unrun", 20000))
     out = tmp_path / "map"
     assert main(["map", *map(str, specs), "--out", str(out)]) == 0
-    result = io.read_json(out / "map.json")
+    result = storage.read_json(out / "map.json")
     small, large, unrun = result["regimes"]
     assert small["label"] == "MLP-2 · n=1k · 3 ep · 28x28" and small["status"] == "complete"
     assert unrun["status"] == "not run" and unrun["readings"] == {} and "nt-robust study" in unrun["command"]
@@ -157,7 +157,7 @@ def test_study_report_links_the_predicted_vs_measured_figure_of_its_architecture
     theory = tmp_path / "theory"
     monkeypatch.setattr(pipeline, "THEORY_DIR", theory)
     assert pipeline.theory_figures("small", {"mlp"}) == []            # nothing measured yet
-    io.write_json(theory / "trained.json", {"studies": {"other_mlp": {"arch": "mlp"}, "a_wrn": {"arch": "wrn"}}})
+    storage.write_json(theory / "trained.json", {"studies": {"other_mlp": {"arch": "mlp"}, "a_wrn": {"arch": "wrn"}}})
     for name in ("other_mlp", "a_wrn"):
         (theory / f"trained_{name}.png").write_bytes(b"png")
     assert pipeline.theory_figures("small", {"mlp"}) == [theory / "trained_other_mlp.png"]
@@ -188,18 +188,18 @@ def test_bad_input_gives_notes_naming_the_regime_and_the_gap_never_a_crash(tmp_p
             fabricate_run(study, run, natural=0.5 + 0.05 * w + 0.001 * run.seed, robust=0.35 + 0.001 * run.seed,
                           stability=0.8 - 0.01 * w, lipschitz=None if name == "nolip" else 1.0 + w)
             if name == "nofinal" and run.seed == 0:
-                summary = io.read_json(study.run_dir(run) / "summary.json")
+                summary = storage.read_json(study.run_dir(run) / "summary.json")
                 del summary["final"]
-                io.write_json(study.run_dir(run) / "summary.json", summary)
+                storage.write_json(study.run_dir(run) / "summary.json", summary)
             if name == "broken":   # per-example arrays whose mean is not the summary's
                 n = 10
-                io.save_arrays(study.run_dir(run) / "eval" / "best_val_test.npz",
+                storage.save_arrays(study.run_dir(run) / "eval" / "best_val_test.npz",
                                {"labels": np.zeros(n, np.int32), "clean_pred": np.zeros(n, np.int32),
                                 "adv_pred": np.zeros(n, np.int32), "lipschitz": np.ones(n)})
         specs.append(spec)
     out = tmp_path / "map"
     assert main(["map", *map(str, specs), "--out", str(out)]) == 0
-    result = io.read_json(out / "map.json")
+    result = storage.read_json(out / "map.json")
     nolip, nofinal, broken = result["regimes"]
     assert any("MLP-2 · n=1k" in n and "no lipschitz_mean" in n for n in nolip["notes"])
     claim4 = next(c for c in nolip["readings"]["best_val"]["claims"] if c["number"] == 4)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import ConfigError, load_config, to_dict
 from nt_robust.studies.aggregate import collect_curves, collect_runs, write_table
 from nt_robust.studies.claims import evaluate_claims
@@ -75,7 +75,7 @@ def fabricate_run(study, run, natural: float, robust: float, stability: float, l
     config = load_config(ExperimentConfig, study.base_config, resolve_overrides(study, run)
                          if run.stage == "grid" else list(run.overrides) + ["war.enabled=true", "war.target_ratio=0.2"])
     run_dir = study.run_dir(run)
-    io.write_json(run_dir / "config.json", to_dict(config))
+    storage.write_json(run_dir / "config.json", to_dict(config))
     rows = []
     for epoch in (1, 2, 3):
         scale = epoch / 3
@@ -86,9 +86,9 @@ def fabricate_run(study, run, natural: float, robust: float, stability: float, l
                            f"{split}_perturbation_stability": stability, f"{split}_lipschitz_mean": lipschitz,
                            f"{split}_num_examples": 100})
         rows.append(record)
-    io.write_jsonl(run_dir / "metrics.jsonl", rows)
+    storage.write_jsonl(run_dir / "metrics.jsonl", rows)
     best = {k: v for k, v in rows[-1].items() if k.startswith(("epoch", "val_", "test_"))}
-    io.write_json(run_dir / "summary.json", {
+    storage.write_json(run_dir / "summary.json", {
         "model": config.model.label, "objective": "trades", "lam": config.objective.lam,
         "lam_final": lam_final or config.objective.lam, "final": rows[-1], "train_seconds_total": seconds,
         "selected_by_val_robust_accuracy": best, "selected_by_test_robust_accuracy_paper_protocol": best,
@@ -149,7 +149,7 @@ def test_aggregation_reads_fabricated_run_directories(tmp_path):
     assert row["test_natural_accuracy"] == pytest.approx(0.628)
     assert row["eval_eps"] == 0.1 and row["train_eps"] == 0.1
     write_table(rows, tmp_path / "out" / "results")
-    assert io.read_json(tmp_path / "out" / "results.json") == rows
+    assert storage.read_json(tmp_path / "out" / "results.json") == rows
     csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(rows) and csv_lines[0].startswith("run,")
     assert len(collect_curves(study.runs_root.iterdir())) == 12 * 3
@@ -281,7 +281,7 @@ def test_unweighted_war_step_by_hand_and_its_floor():
 
 
 def test_reference_ratio_is_the_mean_epoch_ratio(tmp_path):
-    io.write_jsonl(tmp_path / "metrics.jsonl", [
+    storage.write_jsonl(tmp_path / "metrics.jsonl", [
         {"lam": 6.0, "train_natural_loss": 1.0, "train_regularizer": 0.1},
         {"lam": 6.0, "train_natural_loss": 0.5, "train_regularizer": 0.1}])
     assert reference_ratio(tmp_path) == pytest.approx((0.6 + 1.2) / 2)
@@ -331,30 +331,30 @@ examples = 32
     # both readings side by side, each from the real run directories' per-example arrays
     assert "— best held-out: *" in report and "; final epoch: *" in report and "## Results (final epoch)" in report
     assert "final epoch: per-example arrays (eval/final_test.npz)" in report
-    stored = io.read_json(tmp_path / "runs" / "results" / "primary_tests.json")
+    stored = storage.read_json(tmp_path / "runs" / "results" / "primary_tests.json")
     assert stored["hash"] and (tmp_path / "runs" / "results" / "claims_final.json").exists()
     assert "WAR (unweighted_ratio) from" in report and "WAR (weighted_ratio) from" in report
     assert (figures / "war.png").exists()
-    rows = io.read_json(tmp_path / "runs" / "results" / "results.json")
+    rows = storage.read_json(tmp_path / "runs" / "results" / "results.json")
     assert {r["run"] for r in rows} == {"width4_lam1_seed0", "width4_lam6_seed0", "width32_lam1_seed0",
                                         "width32_lam6_seed0", "war_width32_seed0", "war_unweighted_width32_seed0"}
     for name, mode in (("war_width32_seed0", "weighted_ratio"), ("war_unweighted_width32_seed0", "unweighted_ratio")):
-        war_config = io.read_json(tmp_path / "runs" / name / "config.json")
+        war_config = storage.read_json(tmp_path / "runs" / name / "config.json")
         assert war_config["war"]["enabled"] and war_config["war"]["reference_run"].endswith("seed0")
         assert war_config["war"]["mode"] == mode
-        war_metrics = io.read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
+        war_metrics = storage.read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
         assert all("lam_next" in r for r in war_metrics)
-    claim7 = next(c for c in io.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 7)
+    claim7 = next(c for c in storage.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 7)
     readings = [e for e in claim7["evidence"] if e.startswith("WAR ")]
     assert [e.split(" (")[0] for e in readings] == ["WAR unweighted_ratio", "WAR weighted_ratio"]
     assert "primary" in readings[0] and "secondary" in readings[1] and "runs moved λ" in readings[0]
     # Claim 8 from the attack check: both protocols on the four grid runs' best_val checkpoints.
-    checks = io.read_json(tmp_path / "runs" / "results" / "attack_check.json")
+    checks = storage.read_json(tmp_path / "runs" / "results" / "attack_check.json")
     assert sorted((r["run"], r["protocol"]) for r in checks) == sorted(
         (run, p) for run in ("width4_lam1_seed0", "width4_lam6_seed0", "width32_lam1_seed0", "width32_lam6_seed0")
         for p in ("pgd20-0.007", "cw20"))
     assert all(r["num_examples"] == 32 and 0 <= r["robust_accuracy"] <= r["natural_accuracy"] for r in checks)
-    claim8 = next(c for c in io.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 8)
+    claim8 = next(c for c in storage.read_json(tmp_path / "runs" / "results" / "claims.json") if c["number"] == 8)
     assert claim8["verdict"] != "not evaluated" and "Kendall τ-b of cw20" in " ".join(claim8["evidence"])
     # A second invocation finds everything finished and only rebuilds the report.
     before = (tmp_path / "runs" / "width4_lam1_seed0" / "summary.json").stat().st_mtime_ns

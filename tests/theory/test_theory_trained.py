@@ -126,7 +126,7 @@ def test_width_exponents_of_the_experiments_by_hand():
 
 
 def test_prediction_only_needs_an_earlier_trained_json_and_its_study(tmp_path):
-    from nt_robust.io import write_json
+    from nt_robust.storage import write_json
 
     trained = _experiment("theory_trained")
     spec = str(Path(__file__).parents[2] / "experiments" / "regime_mlp_n1000.toml")

@@ -8,7 +8,7 @@ import shutil
 import jax
 import pytest
 
-from nt_robust import cli, io
+from nt_robust import cli, storage
 from nt_robust.cli import main
 from nt_robust.config import ConfigError, load_config
 from nt_robust.models import ModelConfig, count_parameters, create_model, init_variables
@@ -129,7 +129,7 @@ def test_milestones_past_the_last_epoch_are_warned_about(capsys):
 def test_compare_prints_every_checkpoint_rule_of_each_run(finished_run, capsys, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(finished_run, other)
-    io.write_json(other / "eval" / "best_val_test_cw20_eps0.1_n8.json",
+    storage.write_json(other / "eval" / "best_val_test_cw20_eps0.1_n8.json",
                   {"protocol": "cw20", "eps": 0.1, "checkpoint": "best_val", "split": "test", "num_examples": 8,
                    "natural_accuracy": 0.5, "robust_accuracy": 0.25})
     assert main(["compare", str(finished_run), str(other)]) == 0
@@ -160,20 +160,20 @@ def test_plot_writes_the_per_epoch_curves(finished_run, capsys, tmp_path):
 def test_a_finished_run_is_extended_explicitly_and_on_the_record(finished_run, tiny_run_overrides, capsys, tmp_path):
     run_dir = tmp_path / "extended"
     shutil.copytree(finished_run, run_dir)
-    summary_before = io.read_json(run_dir / "summary.json")
+    summary_before = storage.read_json(run_dir / "summary.json")
     # More epochs through the config is a mismatch, whose message now says what to do.
     assert main(["train", "--run-dir", str(run_dir), *_sets(tiny_run_overrides + ["train.epochs=2"])]) == 2
     assert f"nt-robust train {run_dir} --extend-epochs N" in capsys.readouterr().err
     assert main(["train", str(run_dir), "--extend-epochs", "1"]) == 0
-    assert [r["epoch"] for r in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
-    assert io.read_json(run_dir / "config.json")["train"]["epochs"] == 2
-    (record,) = io.read_json(run_dir / "extensions.json")
+    assert [r["epoch"] for r in storage.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert storage.read_json(run_dir / "config.json")["train"]["epochs"] == 2
+    (record,) = storage.read_json(run_dir / "extensions.json")
     assert record["from_epochs"] == 1 and record["to_epochs"] == 2 and record["milestones_now_in_effect"] == [2]
-    summary = io.read_json(run_dir / "summary.json")
+    summary = storage.read_json(run_dir / "summary.json")
     assert summary["epochs"] == 2 and summary["extensions"] == [record]
-    assert io.read_json(run_dir / "summary.epochs1.json") == summary_before
+    assert storage.read_json(run_dir / "summary.epochs1.json") == summary_before
     assert main(["train", str(run_dir)]) == 0  # resuming a finished run from its directory: nothing to do
-    assert [r["epoch"] for r in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in storage.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
 
 
 def test_extensions_that_would_change_the_past_schedule_are_refused(finished_run, capsys, tmp_path):
@@ -181,8 +181,8 @@ def test_extensions_that_would_change_the_past_schedule_are_refused(finished_run
 
     run_dir = tmp_path / "cosine"
     shutil.copytree(finished_run, run_dir)
-    config = io.read_json(run_dir / "config.json")
-    io.write_json(run_dir / "config.json", {**config, "optim": {**config["optim"], "schedule": "cosine"}})
+    config = storage.read_json(run_dir / "config.json")
+    storage.write_json(run_dir / "config.json", {**config, "optim": {**config["optim"], "schedule": "cosine"}})
     with pytest.raises(ConfigError, match="depends on train.epochs.*--set train.epochs=3"):
         extend_run(run_dir, 2)
     (run_dir / "summary.json").unlink()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.attacks.protocols import PROTOCOLS, ProtocolResult
 from nt_robust.cli import main
 from nt_robust import evaluate as evaluate_module
@@ -20,7 +20,7 @@ CHEAP = ["--set", "eval.attack.num_steps=3"]  # presets keep their 20 steps othe
 
 @pytest.fixture
 def run_dir(tiny_run):
-    assert io.read_json(tiny_run / "config.json")["eval"]["attack"]["eps"] == RUN_EPS
+    assert storage.read_json(tiny_run / "config.json")["eval"]["attack"]["eps"] == RUN_EPS
     return tiny_run
 
 
@@ -45,7 +45,7 @@ def test_every_attack_preset_runs_at_the_runs_eps_and_records_it(run_dir, capsys
     assert result["attack"]["loss"] == ATTACKS[attack].loss
     assert result["attack"]["restarts"] == (2 if more else 1) and result["batch_size"] == (32 if more else 64)
     assert ("_set-" in result["result_file"]) == bool(cheap)  # changed settings: not the plain preset's file
-    assert io.read_json(result["result_file"])["eps"] == RUN_EPS
+    assert storage.read_json(result["result_file"])["eps"] == RUN_EPS
 
 
 def test_every_protocol_runs_at_the_runs_eps(run_dir, capsys, monkeypatch):
@@ -63,7 +63,7 @@ def test_every_protocol_runs_at_the_runs_eps(run_dir, capsys, monkeypatch):
         result, err = _eval(capsys, run_dir, "--protocol", name, "--examples", 4)
         assert result["eps"] == RUN_EPS and result["eps_source"] == "the run's eval.attack.eps"
         assert f"eps={RUN_EPS}" in err and result["result_file"].endswith(f"{name}_eps{RUN_EPS}_n4.json")
-        assert io.read_json(result["result_file"])["eps"] == RUN_EPS
+        assert storage.read_json(result["result_file"])["eps"] == RUN_EPS
     assert seen == {name: {RUN_EPS} for name in PROTOCOLS}
     result, _ = _eval(capsys, run_dir, "--protocol", "cw20", "--examples", 4, "--eps", 0.2)
     assert seen["cw20"] == {0.2} and result["eps_source"] == "--eps"
@@ -102,7 +102,7 @@ def test_examples_beyond_the_split_are_clipped_with_a_warning_and_results_keyed_
     some, _ = _eval(capsys, run_dir, "--examples", 16)
     assert everything["result_file"].endswith(f"best_val_test_config_eps{RUN_EPS}_n256.json")
     assert some["result_file"].endswith("_n16.json")
-    assert io.read_json(everything["result_file"])["num_examples"] == 256  # not overwritten by the 16
+    assert storage.read_json(everything["result_file"])["num_examples"] == 256  # not overwritten by the 16
 
 
 def test_default_checkpoint_is_best_val_and_every_number_says_how_it_was_chosen(run_dir, capsys):

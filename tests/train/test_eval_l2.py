@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nt_robust import evaluate as evaluate_module
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.attacks import PGD20
 from nt_robust.attacks.config import RELATIVE_STEP, AttackConfig, step_budget_short
 from nt_robust.attacks.protocols import PROTOCOLS, ProtocolResult, get_protocol
@@ -49,7 +49,7 @@ def test_presets_run_in_the_runs_norm_with_steps_relative_to_eps(l2_run, capsys)
     result = json.loads(out.out)
     assert result["norm"] == result["attack"]["norm"] == "l2" and result["eps"] == L2_EPS
     assert result["attack"]["step_size"] == RELATIVE_STEP * L2_EPS   # ε/4, not the paper's 0.007
-    assert io.read_json(result["result_file"])["norm"] == "l2"
+    assert storage.read_json(result["result_file"])["norm"] == "l2"
     assert "in l2 at eps=1.0" in out.err and "at l2 eps=1.0" in out.err
     # the ℓ2 ball of radius 1 is a small part of the ℓ∞ ball of radius 1 (the whole image box):
     # the same preset in ℓ∞ leaves at most as many points robust
@@ -68,7 +68,7 @@ def test_the_evaluation_is_the_hand_built_l2_attack(l2_run, capsys):
 
     code, out = _eval(capsys, l2_run, "--attack", "pgd20", "--examples", 16, "--checkpoint", "latest")
     result = json.loads(out.out)
-    per_example = io.load_arrays(result["result_file"].replace(".json", ".npz"))
+    per_example = storage.load_arrays(result["result_file"].replace(".json", ".npz"))
     assert AttackConfig(**result["attack"]) == AttackConfig(norm="l2", eps=1.0, step_size=0.25, num_steps=20)
     trainer = Trainer(load_run_config(l2_run), l2_run)
     state, _ = trainer.restore("latest")
@@ -108,7 +108,7 @@ def test_l2_protocols_get_the_runs_norm_and_record_it(l2_run, capsys, monkeypatc
         assert code == 0, out.err
         result = json.loads(out.out)
         assert result["norm"] == "l2" and result["result_file"].endswith("_l2.json")
-        assert io.read_json(result["result_file"])["fingerprint"]["protocol"]["norm"] == "l2"
+        assert storage.read_json(result["result_file"])["fingerprint"]["protocol"]["norm"] == "l2"
     assert seen == {"apgd": {("l2", L2_EPS)}, "pgd20": {("l2", L2_EPS)}, "autoattack-standard": {("l2", L2_EPS)}}
     assert get_protocol("pgd20", L2_EPS, "l2").stages[0].config.step_size == RELATIVE_STEP * L2_EPS
 

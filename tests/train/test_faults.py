@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.cli import main
 from nt_robust.config import ConfigError, load_config, to_dict
 from nt_robust.train import ExperimentConfig, RunConfigMismatchError, Trainer, train
@@ -62,13 +62,13 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def assert_nothing_lost(run_dir: Path, epochs: int = 1) -> None:
     """metrics.jsonl has every epoch's row, summary.json's final is the last one, and that
     row's test robust accuracy is what eval/final_test.npz (the last weights' predictions) says."""
-    rows = io.read_jsonl(run_dir / "metrics.jsonl")
+    rows = storage.read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
-    summary = io.read_json(run_dir / "summary.json")
+    summary = storage.read_json(run_dir / "summary.json")
     assert summary["final"] == rows[-1]
-    final = io.load_arrays(run_dir / "eval" / "final_test.npz")
+    final = storage.load_arrays(run_dir / "eval" / "final_test.npz")
     assert summary["final"]["test_robust_accuracy"] == pytest.approx(np.mean(final["adv_pred"] == final["labels"]))
-    assert summary["config_hash"] == config_hash(io.read_json(run_dir / "config.json"))
+    assert summary["config_hash"] == config_hash(storage.read_json(run_dir / "config.json"))
 
 
 def cli_error(capsys, *argv: str) -> str:
@@ -157,7 +157,7 @@ def test_signal_during_the_epoch_end_save_loses_no_metrics_row(processes, name, 
     assert sorted(p.name for p in latest.iterdir()) == ["6", "7"]  # the save finished, nothing half written
     assert verify_digest(latest / "7") is None and (latest / "7" / DIGEST).exists()
     # The signal landed between the checkpoint and metrics.jsonl: the row is only in the checkpoint.
-    assert io.read_jsonl(run_dir / "metrics.jsonl") == [] and not (run_dir / "summary.json").exists()
+    assert storage.read_jsonl(run_dir / "metrics.jsonl") == [] and not (run_dir / "summary.json").exists()
     assert train(tiny(base=SIGNAL_RUN), run_dir)["final"]["epoch"] == 1  # resume: rebuilt, not retrained
     assert sorted(p.name for p in latest.iterdir()) == ["6", "7"]
     assert_nothing_lost(run_dir)
@@ -193,32 +193,32 @@ def test_tensorstore_full_disk_error_is_a_checkpoint_save_error(tmp_path, monkey
 
 def test_deleted_metrics_of_a_finished_run_are_rebuilt_and_the_summary_is_not_rewritten(finished):
     summary_bytes = (finished / "summary.json").read_bytes()
-    rows = io.read_jsonl(finished / "metrics.jsonl")
+    rows = storage.read_jsonl(finished / "metrics.jsonl")
     (finished / "metrics.jsonl").unlink()
     assert train(tiny(), finished)["final"] == rows[-1]
-    assert io.read_jsonl(finished / "metrics.jsonl") == rows
+    assert storage.read_jsonl(finished / "metrics.jsonl") == rows
     assert (finished / "summary.json").read_bytes() == summary_bytes  # never rewritten from a weaker source
 
 
 def test_damaged_metrics_file_is_rebuilt_from_the_checkpoint(finished, caplog):
-    rows = io.read_jsonl(finished / "metrics.jsonl")
+    rows = storage.read_jsonl(finished / "metrics.jsonl")
     (finished / "metrics.jsonl").write_text('{"epoch": 1, "trunc')
     with caplog.at_level(logging.WARNING, logger="nt_robust.train"):
         train(tiny(), finished)
     assert f"{finished / 'metrics.jsonl'} is damaged (line 1" in caplog.text
-    assert io.read_jsonl(finished / "metrics.jsonl") == rows
+    assert storage.read_jsonl(finished / "metrics.jsonl") == rows
 
 
 def test_metrics_row_past_the_checkpoint_is_dropped(finished):
-    rows = io.read_jsonl(finished / "metrics.jsonl")
-    io.write_jsonl(finished / "metrics.jsonl", rows + [{**rows[-1], "epoch": 2}])  # from an epoch never saved
+    rows = storage.read_jsonl(finished / "metrics.jsonl")
+    storage.write_jsonl(finished / "metrics.jsonl", rows + [{**rows[-1], "epoch": 2}])  # from an epoch never saved
     train(tiny(), finished)
-    assert io.read_jsonl(finished / "metrics.jsonl") == rows
+    assert storage.read_jsonl(finished / "metrics.jsonl") == rows
 
 
 @pytest.mark.parametrize("damage", ["deleted", "damaged"])
 def test_lost_summary_is_rebuilt_from_the_checkpoint_with_the_last_epochs_row(finished, damage):
-    expected = io.read_json(finished / "summary.json")
+    expected = storage.read_json(finished / "summary.json")
     if damage == "deleted":
         (finished / "summary.json").unlink()
     else:
@@ -241,10 +241,10 @@ def test_other_config_with_config_json_deleted_is_refused_naming_both_values(fin
 
 
 def test_same_config_with_config_json_deleted_resumes_and_rewrites_it(finished):
-    config = io.read_json(finished / "config.json")
+    config = storage.read_json(finished / "config.json")
     (finished / "config.json").unlink()
     train(tiny(), finished)
-    assert io.read_json(finished / "config.json") == config
+    assert storage.read_json(finished / "config.json") == config
 
 
 def _strip_config_from_records(run_dir: Path) -> None:
@@ -281,13 +281,13 @@ def test_train_epochs_may_change_only_through_a_recorded_extension(finished):
     (finished / "config.json").unlink()
     with pytest.raises(RunConfigMismatchError, match=r"train\.epochs: 1 -> 2"):
         Trainer(tiny("train.epochs=2"), finished).fit(stop_after_steps=8)
-    io.write_json(finished / "extensions.json", [{"from_epochs": 1, "to_epochs": 2}])
+    storage.write_json(finished / "extensions.json", [{"from_epochs": 1, "to_epochs": 2}])
     assert Trainer(tiny("train.epochs=2"), finished).fit(stop_after_steps=8) == {"stopped_at_step": 8}
 
 
 def test_resume_on_another_device_count_warns_naming_the_original(finished, caplog):
-    environment = io.read_json(finished / "environment.json")
-    io.write_json(finished / "environment.json", {**environment, "device_count": 3})
+    environment = storage.read_json(finished / "environment.json")
+    storage.write_json(finished / "environment.json", {**environment, "device_count": 3})
     with caplog.at_level(logging.WARNING, logger="nt_robust.train"):
         train(tiny(), finished)
     import jax
@@ -309,12 +309,12 @@ def test_step_without_its_digest_is_not_restored_unchecked(finished, capsys):
 def test_damaged_eval_result_npz_names_the_file_and_never_unpickles(finished):
     path = finished / "eval" / "final_test.npz"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(io.DamagedFileError, match=f"{path} is damaged") as error:
-        io.load_arrays(path)
+    with pytest.raises(storage.DamagedFileError, match=f"{path} is damaged") as error:
+        storage.load_arrays(path)
     assert "pickle" not in str(error.value)
     np.save(path.with_suffix(".obj.npy"), np.array([object()]), allow_pickle=True)
     with pytest.raises(ValueError, match="is damaged"):
-        io.load_arrays(path.with_suffix(".obj.npy"))
+        storage.load_arrays(path.with_suffix(".obj.npy"))
 
 
 # --- damaged files in every command -----------------------------------------------------------
@@ -357,10 +357,10 @@ def test_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(finishe
     with pytest.raises(RunDirectoryNotWritableError, match=r"\.lock is a symbolic link .*Remove the link"):
         train(tiny(), finished)
     assert outside.read_text() == "keep me"
-    link = finished / "results.lock"  # a study's results/.lock is taken by io.file_lock
+    link = finished / "results.lock"  # a study's results/.lock is taken by storage.file_lock
     link.symlink_to(outside)
     with pytest.raises(OSError, match="is a symbolic link"):
-        with io.file_lock(link):
+        with storage.file_lock(link):
             pass
     assert outside.read_text() == "keep me"
 
@@ -370,8 +370,8 @@ def test_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(finishe
 def test_result_files_get_the_permissions_of_the_umask_like_checkpoints(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        io.write_json(tmp_path / "summary.json", {"a": 1})
-        io.save_arrays(tmp_path / "eval.npz", {"a": np.zeros(2)})
+        storage.write_json(tmp_path / "summary.json", {"a": 1})
+        storage.save_arrays(tmp_path / "eval.npz", {"a": np.zeros(2)})
         with open(tmp_path / "plain", "w"):
             pass
     finally:
@@ -384,9 +384,9 @@ def test_full_disk_while_writing_a_result_names_the_file(tmp_path, monkeypatch):
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(io.os, "fsync", no_space)
+    monkeypatch.setattr(storage.os, "fsync", no_space)
     with pytest.raises(OSError, match=f"No space left on device \\(writing {tmp_path / 'r.json'}"):
-        io.write_json(tmp_path / "r.json", {})
+        storage.write_json(tmp_path / "r.json", {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -397,7 +397,7 @@ def test_eval_on_a_full_disk_is_refused_before_the_attack(tmp_path):
     try:
         (disk / "filler").write_bytes(b"\0" * 150_000)
         with pytest.raises(OSError, match=f"No space left on device: {disk / 'eval'} has \\d+ bytes free"):
-            io.check_writable(disk / "eval", "eval stores its results")
+            storage.check_writable(disk / "eval", "eval stores its results")
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
@@ -491,8 +491,8 @@ def _finished_study_run(tmp_path: Path, legacy: bool = False):
     study = load_study(spec)
     run = study.runs()[0]
     config = to_dict(load_config(ExperimentConfig, study.base_config, list(run.overrides)))
-    io.write_json(study.run_dir(run) / "config.json", config)
-    io.write_json(study.run_dir(run) / "summary.json", {"final": {"epoch": 2}, "selected_by_val_robust_accuracy": None,
+    storage.write_json(study.run_dir(run) / "config.json", config)
+    storage.write_json(study.run_dir(run) / "summary.json", {"final": {"epoch": 2}, "selected_by_val_robust_accuracy": None,
                                                          **({} if legacy else {"config_hash": config_hash(config)})})
     return spec, study, run
 
@@ -552,7 +552,7 @@ def test_kernel_choice_made_without_the_native_kernels_is_measured_again_once_th
     from nt_robust.cpu import choice
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    io.write_json(choice.cache_path(), {"key": {"impl": "xla", "xla_ms": 2.0, "shifted_matmul_ms": 3.0,
+    storage.write_json(choice.cache_path(), {"key": {"impl": "xla", "xla_ms": 2.0, "shifted_matmul_ms": 3.0,
                                                      "native_unavailable": "g++ is not on PATH"}})
     monkeypatch.setattr(choice, "native_unavailable", lambda: None)  # g++ installed since
     measured = []
@@ -565,7 +565,7 @@ def test_kernel_choice_made_without_the_native_kernels_is_measured_again_once_th
                                    lambda t: min(("xla", "shifted_matmul", "native"), key=lambda k: t[f"{k}_ms"]),
                                    "a test layer")
     assert measured and chosen["impl"] == "native" and chosen["source"] == "measured now"
-    assert io.read_json(choice.cache_path())["key"]["impl"] == "native"
+    assert storage.read_json(choice.cache_path())["key"]["impl"] == "native"
 
 
 def test_damaged_attack_check_result_is_left_out_of_the_report_naming_it(tmp_path, caplog):
@@ -585,11 +585,11 @@ def test_damaged_attack_check_result_is_left_out_of_the_report_naming_it(tmp_pat
 
 
 def test_resume_by_run_directory_with_config_json_deleted_uses_the_checkpoints_config(finished, capsys):
-    config = io.read_json(finished / "config.json")
+    config = storage.read_json(finished / "config.json")
     (finished / "config.json").unlink()
     (finished / "summary.json").unlink()
     assert main(["train", str(finished)]) == 0
     err = capsys.readouterr().err  # (the CLI logs to stderr)
     assert f"{finished / 'config.json'} is missing: using the config recorded in the run's newest checkpoint" in err
-    assert io.read_json(finished / "config.json") == config
+    assert storage.read_json(finished / "config.json") == config
     assert_nothing_lost(finished)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.cli import main
 from nt_robust.config import ConfigError, load_config
 from nt_robust.train import ExperimentConfig, RunConfigMismatchError, Trainer, TrainingDivergedError, train
@@ -77,7 +77,7 @@ def test_run_directory_with_another_config_is_never_overwritten(tmp_path):
 
 def test_run_made_before_a_field_existed_resumes_only_with_the_behaviour_it_had(tmp_path):
     from nt_robust.train.run_dir import RunDirectory
-    io.write_json(tmp_path / "config.json", {"model": {"arch": "cnn", "width": 1}, "objective": {"lam": 6.0}})
+    storage.write_json(tmp_path / "config.json", {"model": {"arch": "cnn", "width": 1}, "objective": {"lam": 6.0}})
     legacy = {"model": {"arch": "cnn", "width": 1, "conv_impl": "xla"}, "objective": {"lam": 6.0}}
     assert RunDirectory(tmp_path).claim(legacy, {}, write=False) is True  # absent = XLA's conv, as it ran
     today = {**legacy, "model": {**legacy["model"], "conv_impl": "auto"}}
@@ -92,20 +92,20 @@ def test_cli_train_then_eval_writes_a_complete_run_directory(tmp_path, capsys):
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "best test-robust" in table and "MLP-1x16" in table
-    config = io.read_json(run_dir / "config.json")
+    config = storage.read_json(run_dir / "config.json")
     assert config["train_attack"]["eps"] == 0.031 and config["objective"]["lam"] == 6.0
-    environment = io.read_json(run_dir / "environment.json")
+    environment = storage.read_json(run_dir / "environment.json")
     assert environment["packages"]["jax"] and environment["device_count"] >= 1
-    rows = io.read_jsonl(run_dir / "metrics.jsonl")
+    rows = storage.read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("lam", "train_natural_loss", "train_regularizer", "test_robust_accuracy",
                 "val_perturbation_stability", "test_lipschitz_mean"):
         assert key in rows[-1]
-    summary = io.read_json(run_dir / "summary.json")
+    summary = storage.read_json(run_dir / "summary.json")
     best = summary["selected_by_test_robust_accuracy_paper_protocol"]
     assert best["test_robust_accuracy"] == max(r["test_robust_accuracy"] for r in rows)
     # Summaries are recomputable from the per-example arrays.
-    final = io.load_arrays(run_dir / "eval" / "final_test.npz")
+    final = storage.load_arrays(run_dir / "eval" / "final_test.npz")
     assert np.mean(final["adv_pred"] == final["labels"]) == pytest.approx(rows[-1]["test_robust_accuracy"])
 
     assert main(["eval", str(run_dir), "--attack", "cw20", "--examples", "32"]) == 0

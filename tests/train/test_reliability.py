@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.cli import main
 from nt_robust.config import load_config
 from nt_robust.data import DataFormatError
@@ -53,7 +53,7 @@ def assert_same_run(reference: Path, other: Path) -> None:
     for a, b in zip(leaves(reference), leaves(other), strict=True):
         np.testing.assert_array_equal(a, b)
     strip = lambda row: {k: v for k, v in row.items() if k not in TIMING}  # noqa: E731
-    assert strip(io.read_json(reference / "summary.json")["final"]) == strip(io.read_json(other / "summary.json")["final"])
+    assert strip(storage.read_json(reference / "summary.json")["final"]) == strip(storage.read_json(other / "summary.json")["final"])
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -177,15 +177,15 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_the_run_resum
 
 def test_full_disk_while_writing_a_result_file_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
-    io.write_json(path, {"old": 1})
+    storage.write_json(path, {"old": 1})
     before = path.read_bytes()
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(io.os, "fsync", no_space)
+    monkeypatch.setattr(storage.os, "fsync", no_space)
     with pytest.raises(OSError, match="No space left"):
-        io.write_json(path, {"new": 2})
+        storage.write_json(path, {"new": 2})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nt_robust import io
+from nt_robust import storage
 from nt_robust.config import to_dict
 from nt_robust.train import ExperimentConfig, OptimConfig
 from nt_robust.train.config import config_warnings
@@ -126,7 +126,7 @@ def _old_run(tmp_path, config: ExperimentConfig):
         del saved[section][field]
     run_dir = tmp_path / config.name
     run_dir.mkdir()
-    io.write_json(run_dir / "config.json", saved)
+    storage.write_json(run_dir / "config.json", saved)
     return run_dir, saved
 
 
@@ -147,7 +147,7 @@ def test_an_old_run_dir_resumes_with_the_schedule_and_passes_it_started_with(tmp
     with pytest.raises(RunConfigMismatchError, match="--set optim.milestone_convention=legacy"):
         RunDirectory(run_dir).claim(to_dict(dataclasses.replace(config, optim=OptimConfig(milestones=(75, 90)))),
                                     {}, write=False)
-    assert io.read_json(run_dir / "config.json") == saved   # nothing rewritten
+    assert storage.read_json(run_dir / "config.json") == saved   # nothing rewritten
 
 
 def test_an_old_late_halving_run_resumes_with_the_legacy_halving(tmp_path):
