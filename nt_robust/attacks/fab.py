@@ -29,13 +29,13 @@ projects onto hyperplane ∩ box in ℓ2.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nt_robust.attacks.loops import LOOPS, run_loop
+from nt_robust.config import check_choice, check_int, check_real
 from nt_robust.models.apply import LogitsFn
 
 _FAR = 1e10  # "no adversarial point found yet"
@@ -58,16 +58,11 @@ class FABConfig:
     loop: str = "fori"
 
     def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"FAB is implemented for norm 'linf' and 'l2', got {self.norm!r}")
-        if self.loop not in LOOPS:
-            raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be finite and >= 0, got {self.eps!r}")
+        check_choice("norm", self.norm, ("linf", "l2"), "the norms FAB is implemented for")
+        check_choice("loop", self.loop, LOOPS)
         for name in ("num_steps", "restarts", "num_targets"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        object.__setattr__(self, "eps", float(self.eps))
+            check_int(name, getattr(self, name), minimum=1)
+        object.__setattr__(self, "eps", check_real("eps", self.eps, minimum=0))
 
 
 class FABResult(NamedTuple):

@@ -30,13 +30,13 @@ is the same). The loop is a ``lax.while_loop`` that ends early when every point 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nt_robust.attacks.losses import best_other_logit
+from nt_robust.config import check_choice, check_int, check_real
 from nt_robust.attacks.square_l2 import l2_proposal, l2_start, start_tiles, window_side
 from nt_robust.models.apply import LogitsFn
 
@@ -56,16 +56,11 @@ class SquareConfig:
     rescale_schedule: bool = False
 
     def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"Square is implemented for norm 'linf' and 'l2', got {self.norm!r}")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be finite and >= 0, got {self.eps!r}")
-        if not 0 < self.p_init <= 1:
-            raise ValueError(f"p_init must be in (0, 1], got {self.p_init!r}")
+        check_choice("norm", self.norm, ("linf", "l2"), "the norms Square is implemented for")
+        check_real("p_init", self.p_init, above=0, maximum=1)
         for name in ("num_queries", "restarts"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        object.__setattr__(self, "eps", float(self.eps))
+            check_int(name, getattr(self, name), minimum=1)
+        object.__setattr__(self, "eps", check_real("eps", self.eps, minimum=0))
 
 
 class SquareResult(NamedTuple):

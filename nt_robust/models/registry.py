@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nt_robust.config import check_choice, check_int, require
 from nt_robust.models.layers import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.dm_wide_resnet import DMWideResNet
@@ -72,23 +73,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from nt_robust.cpu.ops import CONV_IMPLS, DENSE_IMPLS  # here: importing the models loads no CPU engine
 
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"model.arch must be one of {ARCHITECTURES}, got {self.arch!r}")
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        if self.dense_impl not in DENSE_IMPLS:
-            raise ValueError(f"model.dense_impl must be one of {DENSE_IMPLS}, got {self.dense_impl!r}")
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"model.dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"model.matmul_precision must be one of {tuple(MATMUL_PRECISIONS)}, "
-                             f"got {self.matmul_precision!r}")
+        check_choice("model.arch", self.arch, ARCHITECTURES)
+        check_choice("model.conv_impl", self.conv_impl, CONV_IMPLS)
+        check_choice("model.dense_impl", self.dense_impl, DENSE_IMPLS)
+        check_choice("model.dtype", self.dtype, COMPUTE_DTYPES)
+        check_choice("model.matmul_precision", self.matmul_precision, tuple(MATMUL_PRECISIONS))
         for name in ("width", "depth"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
-        if self.arch in ("wrn", "dm_wrn") and (self.depth - 4) % 6 != 0:
-            raise ValueError(f"model.depth for a WideResNet must be 6n+4 (10, 16, 22, 28, 34, ...), got {self.depth}")
+            check_int(f"model.{name}", getattr(self, name), minimum=1)
+        require(self.arch not in ("wrn", "dm_wrn") or (self.depth - 4) % 6 == 0, "model.depth",
+                f"for a WideResNet must be 6n+4 (10, 16, 22, 28, 34, ...), got {self.depth}")
 
     @property
     def label(self) -> str:
