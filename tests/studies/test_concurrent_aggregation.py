@@ -72,5 +72,5 @@ def test_two_tasks_aggregating_at_the_same_moment_lose_no_row(tmp_path, monkeypa
 
 def test_without_the_lock_the_race_loses_a_row(tmp_path, monkeypatch):
     """The scenario above is a real race: with the lock removed, A's stale table wins."""
-    monkeypatch.setattr(pipeline.io, "file_lock", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(pipeline.storage, "file_lock", lambda path: contextlib.nullcontext())
     assert race(tmp_path, monkeypatch) == ["width4_seed0"]

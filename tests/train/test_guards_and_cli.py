@@ -44,12 +44,15 @@ def test_config_file_errors_are_clear(tmp_path):
 
 
 def test_shipped_experiment_configs_and_study_specs_are_valid():
+    from nt_robust.studies.imported import load_imported_study
     from nt_robust.studies.sweep import load_study
 
     experiments = Path(__file__).parents[2] / "experiments"
     for path in experiments.glob("*.toml"):
         if path.name.startswith(("study_", "regime_")):
             assert load_study(path).runs()  # validates every run's config
+        elif path.name.startswith("zoo_"):     # a width study over imported checkpoints
+            assert load_imported_study(path).models
         else:
             load_config(ExperimentConfig, path)
 
