@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from nt_robust.export.state_dicts import ImportError_, as_numpy, sha256, unwrap
+from nt_robust.export.state_dicts import ImportError_, as_numpy, layout_problems, sha256, unwrap
 from nt_robust.models.dm_wide_resnet import DMWideResNet
 
 DM_CORE = {"init_conv.weight", "logits.weight", "logits.bias", "batchnorm.weight", "layer.0.block.0.conv_0.weight"}
@@ -98,15 +98,7 @@ def check_dm_layout(arrays: dict[str, np.ndarray], activation: str = "swish") ->
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, channels), np.float32)))
     zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     expected = {k: (v.shape, v.dtype) for k, v in dm_state_arrays(zeros, [0.0] * channels, [1.0] * channels).items()}
-    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-    problems = [f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}"] if missing else []
-    problems += [f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}"] if extra else []
-    for key in sorted(set(expected) & set(arrays)):
-        shape, dtype = expected[key]
-        if tuple(arrays[key].shape) != tuple(shape):
-            problems.append(f"{key}: shape {tuple(arrays[key].shape)}, expected {tuple(shape)}")
-        elif arrays[key].dtype != np.dtype(dtype):
-            problems.append(f"{key}: dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    problems = layout_problems(arrays, expected)
     if problems:
         raise ImportError_(f"not the DMWideResNet layout of a DMWideResNet-{arch['depth']}-{arch['width']}, "
                            f"{arch['num_classes']} classes: " + "; ".join(problems[:10])

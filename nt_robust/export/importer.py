@@ -43,7 +43,7 @@ import numpy as np
 from nt_robust import storage
 from nt_robust.export.dm_import import check_dm_layout, dm_variables, is_dm_layout
 from nt_robust.export.pytorch import state_arrays
-from nt_robust.export.state_dicts import ImportError_, as_numpy, sha256, unwrap
+from nt_robust.export.state_dicts import ImportError_, as_numpy, layout_problems, sha256, unwrap
 from nt_robust.models.wide_resnet import WideResNet
 
 LAYOUTS = ("robustbench", "torch", "dm_wide_resnet")
@@ -103,18 +103,7 @@ def check_layout(arrays: dict[str, np.ndarray], layout: str, depth: int | None =
     expected = _expected_arrays(model, arch["in_channels"], layout)
     if layout == "torch":
         expected["mean"] = expected["std"] = ((arrays["mean"].size,), np.float32)
-    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if extra:
-        problems.append(f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}")
-    for key in sorted(set(expected) & set(arrays)):
-        shape, dtype = expected[key]
-        if tuple(arrays[key].shape) != tuple(shape):
-            problems.append(f"{key}: shape {tuple(arrays[key].shape)}, expected {tuple(shape)}")
-        elif arrays[key].dtype != np.dtype(dtype):
-            problems.append(f"{key}: dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    problems = layout_problems(arrays, expected)
     if problems:
         name = f"WideResNet-{arch['depth']}-{arch['width']}, {arch['num_classes']} classes"
         raise ImportError_(f"not the {layout} layout of a {name}: " + "; ".join(problems[:10])

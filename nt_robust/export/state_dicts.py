@@ -55,3 +55,21 @@ def as_numpy(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
             value = value.detach().cpu().numpy()
         out[key] = np.asarray(value)
     return out
+
+
+def layout_problems(arrays: dict[str, np.ndarray], expected: dict[str, tuple[tuple[int, ...], Any]]) -> list[str]:
+    """What keeps ``arrays`` from being the layout ``expected`` ({key: (shape, dtype)}): missing
+    and unexpected keys (the first 8 of each), then each shared key's wrong shape or dtype::
+
+        layout_problems({"w": np.zeros(3)}, {"w": ((2,), np.float32)})   # ['w: shape (3,), expected (2,)']
+    """
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    problems = [f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}"] if missing else []
+    problems += [f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}"] if extra else []
+    for key in sorted(set(expected) & set(arrays)):
+        shape, dtype = expected[key]
+        if tuple(arrays[key].shape) != tuple(shape):
+            problems.append(f"{key}: shape {tuple(arrays[key].shape)}, expected {tuple(shape)}")
+        elif arrays[key].dtype != np.dtype(dtype):
+            problems.append(f"{key}: dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+    return problems
