@@ -195,8 +195,15 @@ def _settle(threads: set[threading.Thread], seconds: float = 5.0) -> None:
             try:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
                 break
-            except RuntimeError:  # threading.enumerate() also lists threads still starting up
-                time.sleep(0.01)
+            except RuntimeError as error:
+                if "before it is started" in str(error):  # threading.enumerate() lists threads starting up
+                    time.sleep(0.01)
+                    continue
+                log.debug("a worker thread of the failed save: %r", error)
+                break
+            except Exception as error:  # noqa: BLE001 - orbax's threads re-raise their own part of the failure in join()
+                log.debug("a worker thread of the failed save: %r", error)
+                break
 
 
 class Checkpointer:

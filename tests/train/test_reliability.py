@@ -350,3 +350,22 @@ def test_settling_a_failed_save_tolerates_threads_that_are_still_starting():
     thread = Starting()
     _settle({thread}, seconds=5.0)
     assert thread.attempts == 3
+
+
+def test_settling_a_failed_save_survives_orbax_threads_that_re_raise_the_failure_in_join():
+    # orbax's worker threads re-raise their own exception from join(); a full disk then hit
+    # _settle a second time and escaped as a raw ValueError instead of CheckpointSaveError
+    # (CI, 2026-12-07). The thread class here is orbax's own.
+    from orbax.checkpoint._src.futures.future import _SignalingThread
+
+    from nt_robust.train.checkpoints import _settle
+
+    def full_disk():
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x/_sharding": No space left on device')
+
+    thread = _SignalingThread(target=full_disk, send_signals=[], receive_signals=[], daemon=False)
+    thread.start()
+    with pytest.raises(ValueError, match="RESOURCE_EXHAUSTED"):  # the behaviour this guards against
+        thread.join()
+    _settle({thread}, seconds=5.0)
+    assert not thread.is_alive()
