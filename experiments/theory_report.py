@@ -49,7 +49,7 @@ def init_section(r: dict) -> list[str]:
         lines.append(f"| {depth} | {k['closed_form']:.1f} | {np.mean(k['autodiff_of_kernel']):.1f} | "
                      f"{fit['ratio_at_widest']:.3f} | {_ci(fit['mean_sq_vs_width'])} | "
                      f"{_ci(ols) if ols else ''} | {floor} |")
-    return lines + [f"", f"widths {sorted({x['width'] for x in r['rows']})}, "
+    return lines + ["", f"widths {sorted({x['width'] for x in r['rows']})}, "
                     f"{len({x['seed'] for x in r['rows']})} inits each, {r['data']['n_test']} test points.", ""]
 
 

@@ -335,16 +335,14 @@ def _evaluate_protocol(run: RestoredRun, variables: Any, step: int, images: np.n
             if progress:
                 print(f"{json_path} is finished with these settings: not recomputed", file=sys.stderr, flush=True)
             return {**common, **previous, "result_file": str(json_path)}
-    report = None
-    if progress:
-        if store.done:
-            print(f"resuming {name}: {len(store.done)} batch(es) already done", file=sys.stderr, flush=True)
+    if progress and store.done:
+        print(f"resuming {name}: {len(store.done)} batch(es) already done", file=sys.stderr, flush=True)
 
-        def report(done: int, total: int) -> None:
-            print(f"{name} (eps={protocol.eps!r}): batch {done}/{total}", file=sys.stderr, flush=True)
+    def report(done: int, total: int) -> None:
+        print(f"{name} (eps={protocol.eps!r}): batch {done}/{total}", file=sys.stderr, flush=True)
 
     result = run_protocol(protocol, ModelFn(run.eval_model, config.eval.bn_mode), variables, images, labels,
-                          seed=config.train.seed, batch_size=batch_size, store=store, progress=report)
+                          seed=config.train.seed, batch_size=batch_size, store=store, progress=report if progress else None)
     summary = {
         **result.summary(),
         "run_dir": str(run_dir),

@@ -17,7 +17,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 
 from nt_robust.cli_parser import build_parser
 from nt_robust.train import ExperimentConfig

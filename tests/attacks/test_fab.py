@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nt_robust.attacks.fab import FABConfig, fab, project_onto_hyperplane_box
-from test_apgd import (assert_fooled_matches_margin, assert_valid, images, linear_model, margin_slack, relu_net,
+from test_apgd import (assert_valid, images, linear_model, margin_slack, relu_net,
                        worst_margin)
 
 

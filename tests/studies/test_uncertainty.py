@@ -13,7 +13,7 @@ from nt_robust.studies.contrasts import contrast
 from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, benjamini_hochberg,
                                            bootstrap_interval, bootstrap_weights, contrast_interval,
                                            example_mean_variance, holm, minimum_detectable_effect, normal_cdf,
-                                           normal_quantile, paired_difference, regularized_beta, t_cdf,
+                                           normal_quantile, regularized_beta, t_cdf,
                                            t_quantile, verdict)
 
 

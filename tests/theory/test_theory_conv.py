@@ -13,7 +13,7 @@ from nt_robust.cpu.ops import conv_function
 from nt_robust.models.small import MLP, SmallCNN
 from nt_robust.models.wide_resnet import WideResNet
 from nt_robust.theory.conv import (abs_product_bound, flax_empirical_ntk, kernel_distance,
-                                   logit_input_grads, model_input_grads, smallcnn_abs_product_bound,
+                                   model_input_grads, smallcnn_abs_product_bound,
                                    stax_abs_product_bound, stax_empirical_ntk, stax_init, stax_input_grads, wrn_stax)
 from nt_robust.theory.data import downsample_images
 from nt_robust.theory.nt_compat import NTK_IMPL_VP

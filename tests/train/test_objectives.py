@@ -1,7 +1,5 @@
 """A TRADES step on a tiny linear model against a hand-written loss and gradient."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,7 @@ import numpy as np
 from nt_robust.attacks import pgd
 from nt_robust.config import load_config
 from nt_robust.data import make_synthetic_dataset
-from nt_robust.models import create_model, init_variables, make_logits_fn
+from nt_robust.models import make_logits_fn
 from nt_robust.objectives import objective_terms
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.optim import make_optimizer
