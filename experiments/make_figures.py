@@ -64,7 +64,7 @@ STAGES = (
     Stage("quick_fmnist_seeds345", "figures/quick_fmnist_seeds345", "experiments/study_quick_fmnist_seeds345.toml"),
     Stage("theory", "figures/theory", None),
     # Hours on 2 cores (docs/results.md, "The regime map"): only with --only regime_map.
-    Stage("regime_map", "figures/regime_map", None, default=False, script="experiments/regime_map.py"),
+    Stage("regime_map", "figures/regime_map", None, default=False, script="experiments/build_regime_map.py"),
     # The issue-33 reading of the quick study (best held-out and final epoch): after quick_fmnist, same build.
     Stage("quick_fmnist_issue33", "figures/quick_fmnist_issue33", None, default=False),
 )

@@ -51,7 +51,7 @@ from nt_robust.studies.uncertainty import contrast_interval, verdict
 from nt_robust.theory.conv import analytic_grad_sq_diag, wrn_arch
 from nt_robust.theory.scaling import save_figure
 from nt_robust.theory.trained import lipschitz_measures, mlp_arch, predicted_grad_l1
-from nt_robust.train.data import prepare_splits
+from nt_robust.train.splits import prepare_splits
 from nt_robust.train.state import init_key
 
 MEASURES = ("yang", "trades_grad", "sum_l1", "max_l1")

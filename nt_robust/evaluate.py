@@ -52,7 +52,7 @@ from nt_robust.attacks.sanity import attack_precision_flag, format_flags, sanity
 from nt_robust.config import ConfigError, ExactFloat, apply_overrides, build, parse_override
 from nt_robust.metrics import summarize
 from nt_robust.train.config import ExperimentConfig
-from nt_robust.train.data import prepare_splits
+from nt_robust.train.splits import prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.restore import SELECTION_RULES, RestoredRun, read_run_config, restore_run, selection_rule
 from nt_robust.train.sharding import data_mesh, replicated_sharding

@@ -150,7 +150,7 @@ def test_nt_robust_import_writes_a_dm_directory_that_eval_takes(tmp_path, capsys
     import dataclasses
     import json
 
-    import nt_robust.train.data as train_data
+    import nt_robust.train.splits as train_data
     from nt_robust.cli import main
     from nt_robust.data import make_synthetic_dataset
     from nt_robust.export.run import restore_variables

@@ -305,7 +305,7 @@ def _estimate_splits(config: ExperimentConfig) -> SimpleNamespace:
     from nt_robust.data.errors import DataError
     from nt_robust.data.specs import canonical_name
     from nt_robust.train.config import input_shape
-    from nt_robust.train.data import prepare_splits
+    from nt_robust.train.splits import prepare_splits
 
     data = config.data
     try:

@@ -189,7 +189,7 @@ def _measure(study: ImportedStudy, run_dir: Path, overrides: list[str]) -> tuple
     from nt_robust.attacks.protocols import ModelFn
     from nt_robust.export.run import restore_variables
     from nt_robust.metrics import evaluate_model
-    from nt_robust.train.data import prepare_splits
+    from nt_robust.train.splits import prepare_splits
     from nt_robust.train.restore import load_run_config
     from nt_robust.train.evaluation import lipschitz_config
 

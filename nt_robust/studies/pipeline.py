@@ -127,9 +127,9 @@ def _build_report(study: Study, figures_dir: Path | None = None) -> Path:
 
 def reading_extras(rows: list[dict], examples: dict, reading: str) -> dict:
     """Stability split, margins vs Lipschitz and tuned-λ robust accuracy of one reading
-    (:mod:`nt_robust.studies.readings`), and where its numbers come from."""
+    (:mod:`nt_robust.studies.mechanism`), and where its numbers come from."""
     from nt_robust.studies.contrasts import grid_rows
-    from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
+    from nt_robust.studies.mechanism import margin_slopes, stability_split_table, tuned_robust
 
     grid = grid_rows(rows, reading)
     runs = {r["run"] for r in rows if r["selection"] == reading}

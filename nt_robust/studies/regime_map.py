@@ -16,7 +16,7 @@ regimes. Every regime is read twice, side by side: at the best held-out checkpoi
 (per-example arrays ``eval/{best_val,final}_test.npz``, else the summary's test metrics of
 that epoch, seed spread only). Beside them: stability split by correctness, clean margin
 against local Lipschitzness, robust accuracy at each width's own best λ
-(:mod:`nt_robust.studies.readings`). Only finished runs count; a regime with unfinished runs
+(:mod:`nt_robust.studies.mechanism`). Only finished runs count; a regime with unfinished runs
 is drawn from what has finished and marked partial, and one with none is listed with the
 command that runs it. What a regime lacks (a metric, final arrays, a λ) is a note naming
 the regime and the gap, never a crash and never a silent verdict.
@@ -36,7 +36,7 @@ from nt_robust.studies.claims import evaluate_claims
 from nt_robust.studies.contrasts import grid_rows, select, width_slope
 from nt_robust.studies.map_report import readings_of
 from nt_robust.studies.overfitting import overfitting_json, robust_overfitting
-from nt_robust.studies.readings import margin_slopes, stability_split_table, tuned_robust
+from nt_robust.studies.mechanism import margin_slopes, stability_split_table, tuned_robust
 from nt_robust.studies.sweep import Study
 from nt_robust.studies.uncertainty import (CONTRADICTED, INCONCLUSIVE, NOT_EVALUATED, SUPPORTED, benjamini_hochberg,
                                            holm)

@@ -76,7 +76,7 @@ class Evaluator:
 
     def splits(self, variables: Any, splits: Any) -> dict[str, dict[str, np.ndarray]]:
         """The first ``eval.val_examples`` / ``eval.test_examples`` of a run's validation and
-        test splits (:class:`nt_robust.train.data.Splits`), as every epoch of training
+        test splits (:class:`nt_robust.train.splits.Splits`), as every epoch of training
         evaluates them; a split without examples (or with a limit of 0) is left out."""
         results = {}
         for split, limit in (("val", self.config.val_examples), ("test", self.config.test_examples)):

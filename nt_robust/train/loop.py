@@ -38,7 +38,7 @@ from nt_robust.models import count_parameters, create_model
 from nt_robust.train.checkpoints import Checkpointer, raise_terminated
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.cost import config_precision, jitted_step_flops
-from nt_robust.train.data import Splits, epoch_order, prepare_splits
+from nt_robust.train.splits import Splits, epoch_order, prepare_splits
 from nt_robust.train.evaluation import Evaluator
 from nt_robust.train.optim import make_optimizer, make_schedule
 from nt_robust.train.precision import precision_record

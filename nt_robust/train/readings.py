@@ -61,7 +61,7 @@ def fill_readings(run_dir: str | Path) -> list[Path]:
     """Compute the missing readings of a finished run from its checkpoints; returns the
     files written ([] when nothing was missing)."""
     from nt_robust.metrics import summarize
-    from nt_robust.train.data import prepare_splits
+    from nt_robust.train.splits import prepare_splits
     from nt_robust.train.evaluation import Evaluator
     from nt_robust.train.restore import load_run_config, restore_run
     from nt_robust.train.run_dir import RunDirectory

@@ -9,7 +9,7 @@ from nt_robust.config import load_config, to_dict
 from nt_robust.data.resize import block_mean, downsample_uint8
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.config import DataConfig, input_shape
-from nt_robust.train.data import prepare_splits
+from nt_robust.train.splits import prepare_splits
 from nt_robust.train.run_dir import RunDirectory
 
 

@@ -8,7 +8,7 @@ from nt_robust.config import load_config, to_dict
 from nt_robust.data import load_dataset, train_val_split
 from nt_robust.train import ExperimentConfig
 from nt_robust.train.config import DataConfig
-from nt_robust.train.data import balanced_sample, prepare_splits
+from nt_robust.train.splits import balanced_sample, prepare_splits
 from nt_robust.train.run_dir import RunConfigMismatchError, RunDirectory
 
 

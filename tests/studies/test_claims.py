@@ -14,7 +14,7 @@ from nt_robust.studies.contrasts import lam_averaged_slope, slope_weights
 from nt_robust.studies.uncertainty import CONTRADICTED, INCONCLUSIVE, SUPPORTED
 from nt_robust.studies.verdicts import PRIMARY_TESTS, HypothesisTest, decide, primary_tests_hash
 from nt_robust.studies.map_report import BEGIN, END, declaration_note, render_results_block, replace_block
-from nt_robust.studies.readings import margin_slopes, stability_split, stability_split_table, tuned_robust
+from nt_robust.studies.mechanism import margin_slopes, stability_split, stability_split_table, tuned_robust
 from nt_robust.studies.uncertainty import contrast_interval
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -33,7 +33,7 @@ DATA = dataclasses.replace(make_synthetic_dataset(num_train=256, num_test=EXAMPL
 @pytest.fixture()
 def zoo(tmp_path, monkeypatch):
     """State_dicts of WRN-10-{1,2,4}, the torch modules, and CIFAR-10 replaced by DATA."""
-    import nt_robust.train.data as train_data
+    import nt_robust.train.splits as train_data
 
     monkeypatch.setattr(train_data, "load_dataset", lambda name, data_dir=None: DATA)
     x = DATA.test_images.astype(np.float32) / 255.0

@@ -43,7 +43,7 @@ start_jax(args)
 from nt_robust.config import load_config  # noqa: E402
 from nt_robust.models import create_model, init_variables  # noqa: E402
 from nt_robust.train import ExperimentConfig  # noqa: E402
-from nt_robust.train.data import prepare_splits  # noqa: E402
+from nt_robust.train.splits import prepare_splits  # noqa: E402
 from nt_robust.train.optim import make_optimizer  # noqa: E402
 from nt_robust.train.sharding import (batch_sharding, data_mesh, global_batch, process_rows,  # noqa: E402
                                       replicate, replicated_sharding, to_host)

@@ -1,4 +1,4 @@
-"""More than one reading of a study's runs, from the per-example arrays already on disk::
+"""The paper's mechanism and its positive message, read again from the per-example arrays on disk::
 
     split = stability_split(natural, stable)        # P(stable), P(stable | correct), P(stable | wrong)
     table = stability_split_table(rows, examples)  # per λ and width (seed means), slopes per λ

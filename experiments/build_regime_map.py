@@ -1,10 +1,11 @@
 """Train the regime presets, then draw the regime map and the predicted-vs-measured figures.
 
-    python experiments/regime_map.py --list                         # the regimes, their runs, what is finished
-    python experiments/regime_map.py                                # train what is missing, then draw
-    python experiments/regime_map.py --only regime_mlp_n1000 regime_wrn_n1000   # some regimes (a sitting)
-    python experiments/regime_map.py --draw-only                    # no training: the map of what has finished
-    python experiments/make_figures.py --only regime_map            # the same, from scratch, as a make-figures stage
+    python experiments/build_regime_map.py --list       # the regimes, their runs, what is finished
+    python experiments/build_regime_map.py              # train what is missing, then draw
+                                                        # (the *_overfit presets only with --only)
+    python experiments/build_regime_map.py --only regime_mlp_n1000 regime_wrn_n1000  # some regimes (a sitting)
+    python experiments/build_regime_map.py --draw-only  # no training: the map of what has finished
+    python experiments/make_figures.py --only regime_map  # the same, from scratch, as a make-figures stage
 
 Each regime is an ordinary study (``experiments/regime_*.toml``); by default the runs go where
 ``nt-robust study`` puts them (``runs/studies/<name>``), so the two share finished runs, and
@@ -30,6 +31,9 @@ sys.path.insert(0, str(REPO))
 from nt_robust.studies.sweep import load_study  # noqa: E402
 
 SPECS = sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments").glob("regime_*.toml"))
+# The long-training presets (issue 33) take hours to days on a CPU: trained only when named
+# with --only (their finished runs are drawn either way).
+LONG_TRAINING_SUFFIX = "_overfit"
 # The regimes whose trained runs get the kernel prediction (one figure per architecture).
 THEORY_SPECS = ("experiments/regime_mlp_n1000.toml", "experiments/regime_wrn_n1000.toml")
 
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.draw_only:
         for spec, study in studies.items():
             if args.only and study.name not in args.only:
+                continue
+            if not args.only and study.name.endswith(LONG_TRAINING_SUFFIX):
+                print(f"== {study.name}: not trained by default (a long-training preset, hours on a CPU): "
+                      f"--only {study.name}, or nt-robust study {spec} --pieces K --piece i in sittings", flush=True)
                 continue
             start = time.time()
             print(f"== {study.name} ({spec})", flush=True)
