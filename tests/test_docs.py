@@ -142,6 +142,18 @@ def test_markdown_links_resolve():
     assert not broken, broken
 
 
+def test_test_files_and_tests_the_docs_name_exist():
+    # docs/reliability.md names the test of every fault; a renamed file or test must not leave it stale.
+    missing = []
+    for path in DOC_FILES:
+        for name, test in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", _text(path)):
+            if not (ROOT / name).exists():
+                missing.append(f"{path.relative_to(ROOT)} -> {name}")
+            elif test and not re.search(rf"^def {test}\(", _text(ROOT / name), re.MULTILINE):
+                missing.append(f"{path.relative_to(ROOT)} -> {name}::{test}")
+    assert not missing, missing
+
+
 # 2. The README's layout names every module, subpackage and document.
 
 def test_readme_layout_names_every_module_subpackage_and_doc():
