@@ -80,6 +80,34 @@ def plot_epoch_curves(curves: list[dict[str, Any]], stem: Path, lam: float | Non
         return _save(fig, stem)
 
 
+def plot_robust_vs_epoch_widest(curves: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """Robust overfitting, seen: test robust accuracy vs epoch at the widest width, one line per
+    λ (mean over seeds, ± one standard deviation), each line's highest point marked (a circle)
+    beside its final epoch (a square); docs/paper.md §9.1 measures the gap at the best held-out
+    checkpoint instead of this test-set maximum."""
+    curves = [c for c in curves if not c["war"] and c.get("test_robust_accuracy") is not None]
+    width = max(c["width"] for c in curves)
+    curves = select(curves, width=width)
+    lams = sorted({c["lam"] for c in curves})
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
+        for color, lam in zip(_colors(len(lams)), lams):
+            stats = group_stats(select(curves, lam=lam), ("epoch",), "test_robust_accuracy")
+            epochs = np.array([k[0] for k in stats])
+            mean = np.array([s.mean for s in stats.values()])
+            std = np.array([s.std for s in stats.values()])
+            seeds = max(s.n for s in stats.values())
+            ax.plot(epochs, mean, color=color, label=f"λ = {lam:g} ({seeds} seeds)")
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
+            top = int(np.argmax(mean))
+            ax.plot(epochs[top], mean[top], "o", color=color, ms=5)
+            ax.plot(epochs[-1], mean[-1], "s", color=color, ms=5, mfc="white")
+        ax.set(xlabel="epoch", ylabel=f"test {METRIC_LABELS['robust_accuracy']}",
+               title=f"Width {width}: test robust accuracy vs epoch (● highest, □ final)")
+        ax.legend(fontsize="small")
+        return _save(fig, stem)
+
+
 def plot_metrics_vs_width(rows: list[dict[str, Any]], stem: Path, lam: float | None = None) -> list[Path]:
     """Best-epoch natural, robust accuracy, stability and local Lipschitz vs width at fixed λ."""
     rows = grid_rows(rows)
@@ -230,6 +258,7 @@ def make_all_figures(rows: list[dict[str, Any]], curves: list[dict[str, Any]], d
     paths += plot_attack_check(attack_rows or [], directory / "attack_check") or []
     if curves:
         paths += plot_epoch_curves(curves, directory / "epoch_curves", lam)
+        paths += plot_robust_vs_epoch_widest(curves, directory / "robust_vs_epoch_widest")
     if grid_rows(rows):
         paths += plot_metrics_vs_width(rows, directory / "metrics_vs_width", lam)
         paths += plot_metrics_vs_lambda(rows, directory / "metrics_vs_lambda")

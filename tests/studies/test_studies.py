@@ -203,7 +203,8 @@ def test_figures_are_written_from_a_fabricated_table(tmp_path):
     rows = collect_runs(study.runs_root.iterdir())
     paths = make_all_figures(rows, collect_curves(study.runs_root.iterdir()), tmp_path / "figs", lam=6.0)
     names = {p.name for p in paths}
-    for stem in ("epoch_curves", "metrics_vs_width", "metrics_vs_lambda", "lipschitz_vs_width", "war"):
+    for stem in ("epoch_curves", "robust_vs_epoch_widest", "metrics_vs_width", "metrics_vs_lambda",
+                 "lipschitz_vs_width", "war"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
     for path in paths:
         assert path.stat().st_size > 1000
