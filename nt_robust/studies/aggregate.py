@@ -92,7 +92,9 @@ def collect_runs(paths: Iterable[Path]) -> list[dict[str, Any]]:
             record = summary.get(key)
             if not record:
                 continue
-            row = {**fields, "selection": selection, "epoch": record["epoch"]}
+            # the epoch's clean accuracy on its training batches (final records; None where not stored)
+            row = {**fields, "selection": selection, "epoch": record["epoch"],
+                   "train_accuracy": record.get("train_accuracy")}
             for split in ("val", "test"):
                 for metric in METRICS:
                     row[f"{split}_{metric}"] = record.get(f"{split}_{metric}")

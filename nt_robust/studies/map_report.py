@@ -186,17 +186,32 @@ def _overfitting(regimes: list[dict[str, Any]]) -> list[str]:
     for r in regimes:
         o = (r.get("overfitting") or {}).get("primary")
         if o:
+            cells = [c for c in r["overfitting"]["cells"] if c["width"] == o["width"]]
+            best_epoch = _mean([c["best_epoch_mean"] for c in cells])
+            fit = r["overfitting"].get("widest_fit") or []
+            train = _mean([f["train_accuracy"] for f in fit if f["train_accuracy"] is not None])
+            natural = _mean([f["test_natural"] for f in fit])
             rows.append([r["label"], o["width"], o["n_seeds"], f"{_num(o['estimate'])} [{_num(o['low'])}, "
                          f"{_num(o['high'])}]", _p(o["p"]), _p(o.get("p_holm_map")),
-                         o.get("overfitting_map", o["overfitting"])])
+                         o.get("overfitting_map", o["overfitting"]),
+                         "-" if best_epoch is None else f"{best_epoch:.0f} of {r['axes']['epochs']}",
+                         "-" if train is None or natural is None else f"{train:.3f} / {natural:.3f}"])
     if not rows:
         return []
     return ["", "## Robust overfitting: best held-out minus final epoch (docs/paper.md §9.1)", "",
             "Test robust accuracy at the best held-out checkpoint minus at the final epoch, at the regime's widest "
             "width, mean over its λ, paired by seed and test image; Holm across the regimes. Every (width, λ) "
-            "cell is in map.json and each study's report.", "",
-            format_table(["regime", "widest width", "seeds", "best − final [95%]", "p", "Holm (map)", "overfitting"],
-                         rows)]
+            "cell is in map.json and each study's report. Beside it, means over λ at the widest width: the epoch of "
+            "the best held-out checkpoint, and at the final epoch the clean training accuracy (its last epoch's "
+            "batches) against the natural test accuracy: a model that has not fitted its training set has little "
+            "to overfit.", "",
+            format_table(["regime", "widest width", "seeds", "best − final [95%]", "p", "Holm (map)", "overfitting",
+                          "best epoch", "final: train / test natural"], rows)]
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _extras(regimes: list[dict[str, Any]]) -> list[str]:

@@ -105,3 +105,21 @@ def test_the_measurement_is_declared_word_for_word_in_the_paper_notes():
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "paper.md").read_text()
     assert f"- {OVERFITTING_TEST}\n" in text
+
+
+def test_widest_fit_sets_final_training_accuracy_beside_test_accuracy():
+    rows, best, final = _rows_and_examples({0: 0.1, 1: 0.2, 2: 0.3})
+    for row in rows:   # the trainer stores train_accuracy in the final record only
+        row["train_accuracy"] = (0.9 + 0.01 * row["seed"]) if row["selection"] == "final" else None
+    table = robust_overfitting(rows, best, final)
+    fit = table["widest_fit"]
+    assert [f["lam"] for f in fit] == [1.0, 6.0] and all(f["seeds"] == 3 for f in fit)
+    assert fit[0]["train_accuracy"] == pytest.approx(0.91)                # (0.90 + 0.91 + 0.92) / 3
+    assert fit[0]["test_natural"] == pytest.approx(0.6)                   # (0.5 + 0.6 + 0.7) / 3
+    assert fit[0]["test_robust"] == pytest.approx(1 - 0.2)                # mean final robust at width 64
+    assert overfitting_json(table)["widest_fit"] == fit
+    assert "λ = 1: 0.910 / 0.600 / 0.800" in "\n".join(overfitting_lines(table))
+    for row in rows:
+        row["train_accuracy"] = None                                      # runs that did not store it
+    lines = "\n".join(overfitting_lines(robust_overfitting(rows, best, final)))
+    assert "λ = 1: - / 0.600 / 0.800" in lines

@@ -128,6 +128,9 @@ def test_map_of_two_fabricated_regimes_marks_each_claim_and_lists_an_unrun_one(t
     overfit = small["overfitting"]["primary"]
     assert overfit["width"] == max(small["axes"]["widths"]) and overfit["estimate"] == pytest.approx(0.0, abs=1e-12)
     assert "## Robust overfitting" in text and "overfitting" not in unrun
+    # beside it: the best checkpoint's epoch (the fabricated runs' last, 3) and no stored training accuracy
+    row = next(line for line in text.splitlines() if line.startswith("| MLP-2 · n=1k") and "not shown" in line)
+    assert [c.strip() for c in row.strip("|").split("|")][-2:] == ["3 of 3", "-"]
     assert "MLP-2 · n=1k · 3 ep · 28x28" in capsys.readouterr().out
 
 
