@@ -115,13 +115,18 @@ def robust_overfitting(rows: list[dict[str, Any]], best: Examples | None, final:
                    "interval": contrast_interval(np.mean(stacked, axis=0))}
     narrowest = [{"lam": lam, "natural": float(np.mean([r["test_natural_accuracy"] for r in rs])),
                   "seeds": len(rs)} for lam in lams if (rs := at(final_rows, widths[0], lam))]
-    widest_fit = [{"lam": lam, "train_accuracy": float(np.mean(train)) if train else None,
-                   "test_natural": float(np.mean([r["test_natural_accuracy"] for r in rs])),
-                   "test_robust": float(np.mean([r["test_robust_accuracy"] for r in rs])), "seeds": len(rs)}
-                  for lam in lams if (rs := at(final_rows, widths[-1], lam))
-                  for train in [[r["train_accuracy"] for r in rs if r.get("train_accuracy") is not None]]]
+    widest_fit = [_fit(lam, rs) for lam in lams if (rs := at(final_rows, widths[-1], lam))]
     return {"primary": primary, "cells": cells, "narrowest_natural": narrowest, "widest_fit": widest_fit,
             "test": OVERFITTING_TEST, "widths": widths, "lams": lams}
+
+
+def _fit(lam: float, final_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed means of one cell's final-epoch training accuracy (None where no run stored it)
+    and natural and robust test accuracy."""
+    train = [r["train_accuracy"] for r in final_rows if r.get("train_accuracy") is not None]
+    return {"lam": lam, "train_accuracy": float(np.mean(train)) if train else None,
+            "test_natural": float(np.mean([r["test_natural_accuracy"] for r in final_rows])),
+            "test_robust": float(np.mean([r["test_robust_accuracy"] for r in final_rows])), "seeds": len(final_rows)}
 
 
 def _shows(iv: Interval) -> str:
