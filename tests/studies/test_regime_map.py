@@ -2,6 +2,7 @@
 regime map, against hand computations and fabricated studies."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,17 @@ def test_bad_input_gives_notes_naming_the_regime_and_the_gap_never_a_crash(tmp_p
     assert "final" in broken["readings"]                             # the other reading still stands
     text = (out / "map.md").read_text()
     assert "## What is missing or flagged" in text and "no lipschitz_mean" in text
+
+
+def test_committed_maps_render_from_their_committed_json():
+    # Every committed map of the current format (both readings, primary tests): its map.md is
+    # what map_report renders from its map.json, so the numbers docs/results.md quotes from
+    # either are the same numbers. (figures/regime_map predates issue 33's format.)
+    from nt_robust.studies.map_report import render_map
+
+    root = Path(__file__).resolve().parents[2] / "figures"
+    maps = [p.parent for p in sorted(root.glob("**/map.json")) if "primary_tests" in storage.read_json(p)]
+    assert maps, "no committed map of the current format"
+    for folder in maps:
+        figures = [folder / name for name in ("slopes.png", "claims.png") if (folder / name).exists()]
+        assert render_map(storage.read_json(folder / "map.json"), figures, folder) == (folder / "map.md").read_text(), folder
