@@ -44,11 +44,12 @@ class Stage:
     study_spec: str | None  # a study spec, or None for the scripts
     default: bool = True    # run by a plain `make figures` (else only with --only NAME)
     script: str = "experiments/theory_all.py"
+    map_of: str | None = None  # a study spec: `nt-robust map` of the runs its own stage trained in this build
 
     def command(self, build_dir: Path) -> list[str]:
         """Run from the repository root (relative paths, as the reports quote them)."""
-        if self.name == "quick_fmnist_issue33":   # the map of the quick_fmnist stage's runs (both readings)
-            return [sys.executable, "-m", "nt_robust.cli", "map", "experiments/study_quick_fmnist.toml",
+        if self.map_of:   # the study's stage trains into build_dir/<study name>, where map --runs-root looks
+            return [sys.executable, "-m", "nt_robust.cli", "map", self.map_of,
                     "--runs-root", str(build_dir), "--out", self.figures]
         if self.study_spec is None and self.name == "regime_map":
             return [sys.executable, self.script, "--runs-root", str(build_dir / self.name), "--out", self.figures]
@@ -66,7 +67,13 @@ STAGES = (
     # Hours on 2 cores (docs/results.md, "The regime map"): only with --only regime_map.
     Stage("regime_map", "figures/regime_map", None, default=False, script="experiments/build_regime_map.py"),
     # The issue-33 reading of the quick study (best held-out and final epoch): after quick_fmnist, same build.
-    Stage("quick_fmnist_issue33", "figures/quick_fmnist_issue33", None, default=False),
+    Stage("quick_fmnist_issue33", "figures/quick_fmnist_issue33", None, default=False,
+          map_of="experiments/study_quick_fmnist.toml"),
+    # The long-training axis (issue 33): 100 runs of 100 epochs, about 4.5 h on 2 cores; its map after it.
+    Stage("regime_mlp_n2000_overfit", "figures/regime_mlp_n2000_overfit", "experiments/regime_mlp_n2000_overfit.toml",
+          default=False),
+    Stage("regime_mlp_n2000_overfit_map", "figures/regime_mlp_n2000_overfit/map", None, default=False,
+          map_of="experiments/regime_mlp_n2000_overfit.toml"),
 )
 
 

@@ -77,3 +77,19 @@ def test_a_build_split_over_two_sittings_records_every_stage_once(tmp_path, monk
     record = json.loads(module.RECORD.read_text())
     assert set(record["stages"]) == {"a", "b"}
     assert record["total_wall_s"] == pytest.approx(sum(s["wall_s"] for s in record["stages"].values()), abs=0.11)
+
+
+def test_a_map_stage_reads_the_runs_its_studys_stage_trains(tmp_path):
+    # `map --runs-root B` looks for a study's runs in B/<study name>; the study's stage trains into
+    # B/<stage name>: the two names must agree, and the study must have a stage of its own.
+    from nt_robust.studies.sweep import load_study
+
+    stages = _module().STAGES
+    maps = [s for s in stages if s.map_of]
+    assert maps
+    for stage in maps:
+        [trainer] = [s for s in stages if s.study_spec == stage.map_of]
+        assert trainer.name == load_study(ROOT / stage.map_of).name
+        command = stage.command(tmp_path)
+        assert command[command.index("--runs-root") + 1] == str(tmp_path)
+        assert command[command.index("--out") + 1] == stage.figures
