@@ -22,6 +22,7 @@ import dataclasses
 import glob
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -380,9 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nt_robust.cpu.malloc import tune_malloc
         from nt_robust.cpu.setup import configure_xla_cpu
         from nt_robust.environment import enable_compilation_cache
+        from nt_robust.signals import raise_terminated
 
         if argv is None:
             tune_malloc()       # before XLA's threads exist (nt_robust.cpu.malloc)
+            signal.signal(signal.SIGTERM, raise_terminated)  # SIGTERM stops like Ctrl-C (nt_robust.signals)
         set_cpu_devices_for(args, own_process=argv is None)  # both before anything starts the backend
         configure_xla_cpu()     # (info too, so that it shows the flags train uses)
         if args.command != "info":
@@ -392,8 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the one CLI error handler (see _report_error)
         return _report_error(error, args.verbose, own_process=argv is None)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: training says where it resumes from
-        import signal
-
         signum = getattr(interrupt, "signum", signal.SIGINT)
         what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
         print(f"nt-robust: {what}{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr, flush=True)

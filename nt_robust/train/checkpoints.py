@@ -77,17 +77,6 @@ def _os_error_in(error: BaseException) -> OSError | None:
     return None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what Slurm, Kubernetes and ``kill`` send) during training, handled like Ctrl-C."""
-
-    signum = signal.SIGTERM
-
-
-def raise_terminated(signum: int, frame: Any) -> None:
-    """A SIGTERM handler: stop as Ctrl-C would (the trainer installs it while it trains)."""
-    raise Terminated()
-
-
 class CheckpointSaveError(RuntimeError):
     """Writing a checkpoint failed (full disk, read-only or vanished directory, ...)."""
 

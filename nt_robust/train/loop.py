@@ -35,7 +35,8 @@ from nt_robust.config import to_dict
 from nt_robust.environment import environment_info
 from nt_robust.metrics import summarize
 from nt_robust.models import count_parameters, create_model
-from nt_robust.train.checkpoints import Checkpointer, raise_terminated
+from nt_robust.signals import raise_terminated
+from nt_robust.train.checkpoints import Checkpointer
 from nt_robust.train.config import ExperimentConfig
 from nt_robust.train.cost import config_precision, jitted_step_flops
 from nt_robust.train.splits import Splits, epoch_order, prepare_splits
