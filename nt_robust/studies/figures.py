@@ -58,6 +58,18 @@ def _fixed_lam(rows: list[dict[str, Any]], lam: float | None) -> float:
     return lam if lam in lams else lams[len(lams) // 2]
 
 
+def _mean_band(ax: Any, stats: dict[tuple, Any], color: Any, label: str,
+               alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch ``group_stats`` (over seeds) as a line of means with a band of ± one standard
+    deviation; returns the epochs and the means."""
+    epochs = np.array([k[0] for k in stats])
+    mean = np.array([s.mean for s in stats.values()])
+    std = np.array([s.std for s in stats.values()])
+    ax.plot(epochs, mean, color=color, label=label)
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=alpha, linewidth=0)
+    return epochs, mean
+
+
 def plot_epoch_curves(curves: list[dict[str, Any]], stem: Path, lam: float | None = None) -> list[Path]:
     """Natural / robust accuracy and stability on the test set vs epoch, one line per width."""
     curves = [c for c in curves if not c["war"] and "test_robust_accuracy" in c]
@@ -69,11 +81,7 @@ def plot_epoch_curves(curves: list[dict[str, Any]], stem: Path, lam: float | Non
         for metric, ax in zip(("natural_accuracy", "robust_accuracy", "perturbation_stability"), axes):
             for color, width in zip(_colors(len(widths)), widths):
                 stats = group_stats(select(curves, width=width), ("epoch",), f"test_{metric}")
-                epochs = [k[0] for k in stats]
-                mean = np.array([s.mean for s in stats.values()])
-                std = np.array([s.std for s in stats.values()])
-                ax.plot(epochs, mean, color=color, label=f"width {width}")
-                ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+                _mean_band(ax, stats, color, f"width {width}", alpha=0.15)
             ax.set(xlabel="epoch", ylabel=METRIC_LABELS[metric])
         axes[0].legend()
         fig.suptitle(f"Per-epoch test metrics at fixed λ = {lam:g}")
@@ -93,12 +101,8 @@ def plot_robust_vs_epoch_widest(curves: list[dict[str, Any]], stem: Path) -> lis
         fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
         for color, lam in zip(_colors(len(lams)), lams):
             stats = group_stats(select(curves, lam=lam), ("epoch",), "test_robust_accuracy")
-            epochs = np.array([k[0] for k in stats])
-            mean = np.array([s.mean for s in stats.values()])
-            std = np.array([s.std for s in stats.values()])
             seeds = max(s.n for s in stats.values())
-            ax.plot(epochs, mean, color=color, label=f"λ = {lam:g} ({seeds} seeds)")
-            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
+            epochs, mean = _mean_band(ax, stats, color, f"λ = {lam:g} ({seeds} seeds)", alpha=0.12)
             top = int(np.argmax(mean))
             ax.plot(epochs[top], mean[top], "o", color=color, ms=5)
             ax.plot(epochs[-1], mean[-1], "s", color=color, ms=5, mfc="white")

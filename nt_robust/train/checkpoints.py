@@ -184,13 +184,10 @@ def _settle(threads: set[threading.Thread], seconds: float = 5.0) -> None:
             try:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
                 break
-            except RuntimeError as error:
-                if "before it is started" in str(error):  # threading.enumerate() lists threads starting up
-                    time.sleep(0.01)
-                    continue
-                log.debug("a worker thread of the failed save: %r", error)
-                break
             except Exception as error:  # noqa: BLE001 - orbax's threads re-raise their own part of the failure in join()
+                if isinstance(error, RuntimeError) and "before it is started" in str(error):
+                    time.sleep(0.01)  # threading.enumerate() also lists threads still starting up
+                    continue
                 log.debug("a worker thread of the failed save: %r", error)
                 break
 
